@@ -1,0 +1,148 @@
+// pybind11 module lars_npu._C: converts arguments, releases the GIL around kernels, nothing more.
+// Tensors arrive as arrays of raw data pointers (zero-copy views of contiguous tensors), element
+// counts and dtype codes, so the module never links against libtorch and works with any torch.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cpu/lars_cpu.h"
+
+namespace py = pybind11;
+
+namespace {
+
+using I64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+using F64 = py::array_t<double, py::array::c_style | py::array::forcecast>;
+using U8 = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+
+void check_len(const py::array& a, py::ssize_t n, const char* name) {
+  if (a.ndim() != 1 || a.shape(0) != n) {
+    throw std::invalid_argument(std::string(name) + ": expected a 1-D array of length " +
+                                std::to_string(n));
+  }
+}
+
+// allow_null: a null pointer means "absent" (weights of gradient-only tensors in pass 1).
+std::vector<lars::TensorRef> refs(const I64& ptr, const I64& numel, const I64& dtype,
+                                  const char* name, bool allow_null = false) {
+  const py::ssize_t n = numel.shape(0);
+  check_len(ptr, n, name);
+  check_len(dtype, n, "dtype");
+  std::vector<lars::TensorRef> out(static_cast<size_t>(n));
+  const int64_t* p = ptr.data();
+  const int64_t* c = numel.data();
+  const int64_t* d = dtype.data();
+  for (py::ssize_t i = 0; i < n; ++i) {
+    if (d[i] < lars::kFloat32 || d[i] > lars::kFloat64) {
+      throw std::invalid_argument("dtype: unsupported dtype code " + std::to_string(d[i]));
+    }
+    if (c[i] < 0) throw std::invalid_argument("numel: negative element count");
+    if (c[i] > 0 && p[i] == 0 && !allow_null) {
+      throw std::invalid_argument(std::string(name) + ": null data pointer");
+    }
+    out[static_cast<size_t>(i)] = {reinterpret_cast<void*>(static_cast<uintptr_t>(p[i])), c[i],
+                                   static_cast<int>(d[i])};
+  }
+  return out;
+}
+
+py::tuple square_sums(const I64& w_ptr, const I64& g_ptr, const I64& numel, const I64& dtype,
+                      int num_threads) {
+  const auto w = refs(w_ptr, numel, dtype, "w_ptr", /*allow_null=*/true);
+  const auto g = refs(g_ptr, numel, dtype, "g_ptr");
+  const py::ssize_t n = numel.shape(0);
+  F64 w_s(n), g_s(n);
+  double* ws = w_s.mutable_data();
+  double* gs = g_s.mutable_data();
+  {
+    py::gil_scoped_release release;
+    lars::square_sums(w.data(), g.data(), n, ws, gs, num_threads);
+  }
+  return py::make_tuple(w_s, g_s);
+}
+
+void lars_rewrite(const I64& w_ptr, const I64& g_ptr, const I64& out_ptr, const I64& numel,
+                  const I64& dtype, const F64& lam, const F64& wd, int num_threads) {
+  const auto w = refs(w_ptr, numel, dtype, "w_ptr");
+  const auto g = refs(g_ptr, numel, dtype, "g_ptr");
+  const auto out = refs(out_ptr, numel, dtype, "out_ptr");
+  const py::ssize_t n = numel.shape(0);
+  check_len(lam, n, "lam");
+  check_len(wd, n, "wd");
+  py::gil_scoped_release release;
+  lars::lars_rewrite(w.data(), g.data(), out.data(), lam.data(), wd.data(), nullptr, n,
+                     num_threads);
+}
+
+py::tuple multi_lars(const I64& w_ptr, const I64& g_ptr, const I64& numel, const I64& dtype,
+                     const U8& adapt, const F64& wd, const F64& lr, double epsilon,
+                     double coefficient, bool use_clip, bool guard_zero_norm, int num_threads) {
+  const auto w = refs(w_ptr, numel, dtype, "w_ptr");
+  const auto g = refs(g_ptr, numel, dtype, "g_ptr");
+  const py::ssize_t n = numel.shape(0);
+  check_len(adapt, n, "adapt");
+  check_len(wd, n, "wd");
+  check_len(lr, n, "lr");
+  const lars::Hyper h{epsilon, coefficient, use_clip, guard_zero_norm};
+  F64 lam(n), w_s(n), g_s(n);
+  double* l = lam.mutable_data();
+  double* ws = w_s.mutable_data();
+  double* gs = g_s.mutable_data();
+  bool found_inf;
+  {
+    py::gil_scoped_release release;
+    found_inf = lars::multi_lars(w.data(), g.data(), adapt.data(), wd.data(), lr.data(), n, h, l,
+                                 ws, gs, num_threads);
+  }
+  return py::make_tuple(found_inf, lam, w_s, g_s);
+}
+
+double trust_ratio(double w_s, double g_s, double weight_decay, double lr, double epsilon,
+                   double coefficient, bool use_clip, bool guard_zero_norm) {
+  return lars::trust_ratio(w_s, g_s, weight_decay, lr,
+                           lars::Hyper{epsilon, coefficient, use_clip, guard_zero_norm});
+}
+
+py::dict build_info() {
+  py::dict d;
+  d["openmp"] = lars::has_openmp();
+  d["default_threads"] = lars::default_threads();
+  d["chunk_elements"] = lars::kChunk;
+#if defined(__clang__)
+  d["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  d["compiler"] = std::string("gcc ") + __VERSION__;
+#else
+  d["compiler"] = std::string("unknown");
+#endif
+#ifdef LARS_NPU_BUILD_TYPE
+  d["build_type"] = std::string(LARS_NPU_BUILD_TYPE);
+#endif
+  d["cann"] = false;
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "lars_npu native kernels (CPU; AscendC when built with CANN)";
+  m.def("square_sums", &square_sums, py::arg("w_ptr"), py::arg("g_ptr"), py::arg("numel"),
+        py::arg("dtype"), py::arg("num_threads") = 0,
+        "Pass 1: per-tensor fp64 sums of squares of w (pointer 0 = absent) and g.");
+  m.def("lars_rewrite", &lars_rewrite, py::arg("w_ptr"), py::arg("g_ptr"), py::arg("out_ptr"),
+        py::arg("numel"), py::arg("dtype"), py::arg("lam"), py::arg("wd"),
+        py::arg("num_threads") = 0, "Pass 2: out = lam * (g + wd * w) per tensor.");
+  m.def("multi_lars", &multi_lars, py::arg("w_ptr"), py::arg("g_ptr"), py::arg("numel"),
+        py::arg("dtype"), py::arg("adapt"), py::arg("wd"), py::arg("lr"), py::arg("epsilon"),
+        py::arg("coefficient"), py::arg("use_clip"), py::arg("guard_zero_norm"),
+        py::arg("num_threads") = 0,
+        "Both passes with the non-finite check between them; returns (found_inf, lam, w_s, g_s).");
+  m.def("trust_ratio", &trust_ratio, py::arg("w_s"), py::arg("g_s"), py::arg("weight_decay"),
+        py::arg("lr"), py::arg("epsilon"), py::arg("coefficient"), py::arg("use_clip"),
+        py::arg("guard_zero_norm"));
+  m.def("build_info", &build_info);
+}

@@ -1,0 +1,44 @@
+// The LARS trust ratio, written once for every C++ kernel (CPU and AscendC host side).
+// It is a transcription of lars_npu/reference.py::trust_ratio (DESIGN.md section 1):
+//
+//   lambda = coefficient * sqrt(w_s) / (sqrt(g_s) + wd * sqrt(w_s) + epsilon)
+//   guard_zero_norm and (sqrt(w_s) == 0 or sqrt(g_s) == 0)  ->  lambda = 1   (before clipping)
+//   use_clip:  lambda = max(min(lambda / lr, 1), 0), with lambda / 0 taken at its limit
+//              (lr == 0: 1 if lambda > 0, else 0)
+//
+// w_s and g_s are SUMS OF SQUARES (MindSpore's LARSUpdate inputs), not norms.
+#pragma once
+
+#include <cmath>
+
+namespace lars {
+
+struct Hyper {
+  double epsilon = 1e-5;
+  double coefficient = 1e-3;
+  bool use_clip = false;
+  bool guard_zero_norm = false;
+};
+
+inline double trust_ratio(double w_s, double g_s, double weight_decay, double lr, const Hyper& h) {
+  const double wn = std::sqrt(w_s);
+  const double gn = std::sqrt(g_s);
+  double lam;
+  if (h.guard_zero_norm && (wn == 0.0 || gn == 0.0)) {
+    lam = 1.0;
+  } else {
+    lam = h.coefficient * wn / (gn + weight_decay * wn + h.epsilon);
+  }
+  if (h.use_clip) {
+    if (lr > 0.0) {
+      lam = lam / lr;
+      lam = lam < 1.0 ? lam : 1.0;
+      lam = lam > 0.0 ? lam : 0.0;
+    } else if (!std::isnan(lam)) {
+      lam = lam > 0.0 ? 1.0 : 0.0;  // the limit of min(lambda / lr, 1) as lr -> 0+
+    }
+  }
+  return lam;
+}
+
+}  // namespace lars

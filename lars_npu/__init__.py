@@ -1,0 +1,28 @@
+"""lars_npu: LARS (layer-wise adaptive rate scaling) for PyTorch, MindSpore ``nn.LARS`` semantics.
+
+    inner = torch.optim.SGD(model.named_parameters(), lr=0.1, momentum=0.9, weight_decay=5e-5)
+    opt = lars_npu.LARS(inner, epsilon=1e-5, coefficient=0.001, use_clip=False)
+
+Backends: fused C++ kernels on CPU (``lars_npu._C``), plain torch ops on other devices, and the
+NumPy reference (:mod:`lars_npu.reference`, the spec in code) everywhere.
+"""
+
+from . import reference
+from ._backends import BackendUnavailableError, available_backends
+from ._version import __version__
+from .filters import ParamInfo, default_lars_filter, exclude_bias_and_norm
+from .functional import lars_update, square_sum_all
+from .optim import LARS
+
+__all__ = [
+    "LARS",
+    "BackendUnavailableError",
+    "ParamInfo",
+    "__version__",
+    "available_backends",
+    "default_lars_filter",
+    "exclude_bias_and_norm",
+    "lars_update",
+    "reference",
+    "square_sum_all",
+]

@@ -1,0 +1,95 @@
+"""The backend registry: the one place that decides which implementation runs.
+
+Choice, per call (DESIGN.md §1): an explicit ``backend=`` name wins; with ``"auto"`` the
+environment variable ``LARS_NPU_BACKEND`` (read at call time) decides when set; otherwise the
+tensors' device does: ``cpu`` → the C++ kernels (NumPy reference when ``_C`` is absent), any other
+device → plain torch ops. Asking for an unavailable backend is an error, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .base import Backend, Hyper, MultiResult
+from .cpu import CpuBackend
+from .numpy_ import NumpyBackend
+from .torch_ import TorchBackend
+
+__all__ = [
+    "Backend",
+    "BackendUnavailableError",
+    "Hyper",
+    "MultiResult",
+    "all_backends",
+    "available_backends",
+    "get_backend",
+    "resolve",
+]
+
+ENV_VAR = "LARS_NPU_BACKEND"
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was asked for by name but cannot run here (or not on these tensors)."""
+
+
+_REGISTRY: dict[str, Backend] = {b.name: b for b in (NumpyBackend(), TorchBackend(), CpuBackend())}
+
+
+def all_backends() -> dict[str, Backend]:
+    """Every backend this build knows, available or not, by name."""
+    return dict(_REGISTRY)
+
+
+def available_backends() -> list[str]:
+    """Names of the backends usable on this machine, e.g. ``["numpy", "torch", "cpu"]``."""
+    return [name for name, b in _REGISTRY.items() if b.available()[0]]
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name``: ValueError if unknown, :class:`BackendUnavailableError` if it
+    cannot run on this machine."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown lars_npu backend {name!r}; known: {sorted(_REGISTRY)}")
+    b = _REGISTRY[name]
+    ok, why = b.available()
+    if not ok:
+        raise BackendUnavailableError(f"lars_npu backend {name!r} is not available: {why}")
+    return b
+
+
+def _by_device(device: torch.device) -> Backend:
+    if device.type == "cpu":
+        cpu = _REGISTRY["cpu"]
+        return cpu if cpu.available()[0] else _REGISTRY["numpy"]
+    npu = _REGISTRY.get("npu")
+    if device.type == "npu" and npu is not None and npu.available()[0]:
+        return npu
+    return _REGISTRY["torch"]
+
+
+def resolve(device: torch.device, requested: str = "auto") -> Backend:
+    """The backend that runs tensors on ``device``, following the rules in the module docstring."""
+    if not isinstance(requested, str):
+        raise TypeError(f"backend must be a str, got {type(requested).__name__}")
+    name = requested
+    source = "backend="
+    if name == "auto":
+        env = os.environ.get(ENV_VAR, "").strip()
+        if not env or env == "auto":
+            return _by_device(device)
+        name, source = env, f"{ENV_VAR}="
+    try:
+        b = get_backend(name)
+    except BackendUnavailableError as exc:
+        raise BackendUnavailableError(f"{exc} (asked for by {source}{name})") from None
+    except ValueError as exc:
+        raise ValueError(f"{exc} (asked for by {source}{name})") from None
+    if not b.supports(device):
+        raise BackendUnavailableError(
+            f"lars_npu backend {name!r} (asked for by {source}{name}) cannot run tensors on "
+            f"device {device}"
+        )
+    return b

@@ -1,0 +1,120 @@
+"""CPU backend: the C++ kernels of ``lars_npu._C`` on zero-copy views of CPU tensors.
+
+The kernels take raw data pointers of contiguous tensors. A non-contiguous tensor (a view a model
+may hold) is given to them as a contiguous copy; a rewritten gradient is copied back afterwards.
+Thread count: ``torch.get_num_threads()``, so ``torch.set_num_threads`` governs lars_npu too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._native import native, native_error
+from .base import Hyper, MultiResult
+
+DTYPE_CODES: dict[torch.dtype, int] = {
+    torch.float32: 0,
+    torch.float16: 1,
+    torch.bfloat16: 2,
+    torch.float64: 3,
+}
+
+
+def _contig(t: torch.Tensor) -> torch.Tensor:
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def _arrays(
+    ws: list[torch.Tensor], gs: list[torch.Tensor]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    w_ptr = np.fromiter((w.data_ptr() for w in ws), dtype=np.int64, count=len(ws))
+    g_ptr = np.fromiter((g.data_ptr() for g in gs), dtype=np.int64, count=len(gs))
+    numel = np.fromiter((g.numel() for g in gs), dtype=np.int64, count=len(gs))
+    dtype = np.fromiter((DTYPE_CODES[g.dtype] for g in gs), dtype=np.int64, count=len(gs))
+    return w_ptr, g_ptr, numel, dtype
+
+
+class CpuBackend:
+    name = "cpu"
+
+    def available(self) -> tuple[bool, str]:
+        return (native() is not None), native_error()
+
+    def supports(self, device: torch.device) -> bool:
+        return device.type == "cpu"
+
+    def square_sum_all(
+        self, weight: torch.Tensor, gradient: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        w, g = _contig(weight), _contig(gradient)
+        w_s, g_s = native().square_sums(*_arrays([w], [g]), torch.get_num_threads())
+        return (
+            torch.tensor(w_s[0], dtype=torch.float32),
+            torch.tensor(g_s[0], dtype=torch.float32),
+        )
+
+    def lars_update(
+        self,
+        weight: torch.Tensor,
+        gradient: torch.Tensor,
+        w_s: float,
+        g_s: float,
+        weight_decay: float,
+        lr: float,
+        hyper: Hyper,
+    ) -> torch.Tensor:
+        C = native()
+        w, g = _contig(weight), _contig(gradient)
+        out = torch.empty_like(g, memory_format=torch.contiguous_format)
+        lam = C.trust_ratio(
+            w_s,
+            g_s,
+            weight_decay,
+            lr,
+            hyper.epsilon,
+            hyper.coefficient,
+            hyper.use_clip,
+            hyper.guard_zero_norm,
+        )
+        w_ptr, g_ptr, numel, dtype = _arrays([w], [g])
+        o_ptr = np.array([out.data_ptr()], dtype=np.int64)
+        C.lars_rewrite(
+            w_ptr,
+            g_ptr,
+            o_ptr,
+            numel,
+            dtype,
+            np.array([lam]),
+            np.array([weight_decay]),
+            torch.get_num_threads(),
+        )
+        return out
+
+    def multi_lars_(
+        self,
+        weights: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        adapt: list[bool],
+        weight_decays: list[float],
+        lrs: list[float],
+        hyper: Hyper,
+    ) -> MultiResult:
+        ws = [_contig(w) for w in weights]
+        gs = [_contig(g) for g in grads]
+        found_inf, lam, _, _ = native().multi_lars(
+            *_arrays(ws, gs),
+            np.fromiter(adapt, dtype=np.uint8, count=len(adapt)),
+            np.asarray(weight_decays, dtype=np.float64),
+            np.asarray(lrs, dtype=np.float64),
+            hyper.epsilon,
+            hyper.coefficient,
+            hyper.use_clip,
+            hyper.guard_zero_norm,
+            torch.get_num_threads(),
+        )
+        if not found_inf:
+            for g, c in zip(grads, gs, strict=True):
+                if c is not g:  # a non-contiguous gradient: write the result back into the view
+                    g.copy_(c)
+        return MultiResult(torch.tensor(bool(found_inf)), torch.from_numpy(lam))

@@ -1,0 +1,355 @@
+"""``lars_npu.LARS``: MindSpore's ``nn.LARS`` as a torch optimizer wrapper (DESIGN.md §1).
+
+The class does validation, bookkeeping and the take-over of the inner optimizer's weight decay;
+the math runs in one call of :func:`lars_npu.functional.lars_` per step, on the backend the
+registry picks.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from ._backends import get_backend
+from .filters import ParamInfo, default_lars_filter, exclude_bias_and_norm
+from .functional import check_hyper, lars_, to_float
+
+__all__ = ["LARS"]
+
+LarsFilter = Callable[[ParamInfo], bool]
+
+# Group keys LARS adds: the weight decay it took over, and the filter's result per parameter.
+WD_KEY = "lars_weight_decay"
+MASK_KEY = "lars_mask"
+STATE_KEY = "lars"
+
+
+def _refused_family(optimizer: Optimizer) -> str | None:
+    for cls in type(optimizer).__mro__:
+        if cls in (Optimizer, object):
+            continue
+        low = cls.__name__.lower()
+        if "adam" in low or ("lamb" in low and "lambda" not in low):
+            return cls.__name__
+    return None
+
+
+class LARS(Optimizer):
+    """Layer-wise adaptive rate scaling around any torch optimizer (MindSpore ``nn.LARS``).
+
+    Per parameter the filter adapts, the gradient becomes ``g' = λ·(g + wd·w)`` with
+    ``λ = coefficient·‖w‖ / (‖g‖ + wd·‖w‖ + epsilon)`` (clipped to ``[0, 1]`` after dividing by
+    the group's lr when ``use_clip``), then the inner optimizer steps. ``wd`` is the inner
+    optimizer's per-group ``weight_decay``, which LARS takes over (the inner one is set to 0, the
+    value kept as ``lars_weight_decay``); parameters the filter excludes get neither LARS nor decay.
+
+    Args:
+        optimizer: the inner optimizer (momentum SGD is the intended partner). Adam/LAMB-family
+            optimizers are refused: their update is invariant to the gradient's scale, so λ
+            would cancel.
+        epsilon: ε > 0 in the denominator of λ.
+        coefficient: θ > 0, the trust coefficient.
+        use_clip: clip λ/lr to [0, 1] (at lr = 0, its limit: 1 if λ > 0 else 0).
+        lars_filter: ``f(ParamInfo) -> bool``; True adapts the parameter. Default: MindSpore's
+            (no ``"LayerNorm"``, no ``"bias"`` in the name); see :func:`exclude_bias_and_norm`.
+        guard_zero_norm: λ = 1 (before clipping) for a tensor whose ‖w‖ or ‖g‖ is 0.
+        backend: ``"auto"`` (``LARS_NPU_BACKEND`` if set, else by device) or a backend name.
+
+    After each step, ``found_inf`` is a 0-dim bool tensor: True when a gradient held inf/nan and
+    the step was skipped (nothing written).
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        epsilon: float = 1e-5,
+        coefficient: float = 0.001,
+        use_clip: bool = False,
+        lars_filter: LarsFilter = default_lars_filter,
+        *,
+        guard_zero_norm: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        if isinstance(optimizer, LARS):
+            raise TypeError("optimizer is already a LARS; wrap the inner optimizer once")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
+        refused = _refused_family(optimizer)
+        if refused is not None:
+            raise TypeError(
+                f"LARS can not be used with {refused} (optimizer): Adam/LAMB-family updates are "
+                "invariant to the gradient's scale, so the layer-wise trust ratio would cancel; "
+                "use momentum SGD as the inner optimizer"
+            )
+        self._hyper = check_hyper(epsilon, coefficient, use_clip, guard_zero_norm)
+        if not callable(lars_filter):
+            raise TypeError(
+                "lars_filter must be callable (ParamInfo -> bool), got "
+                f"{type(lars_filter).__name__}"
+            )
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+        if backend != "auto":
+            get_backend(backend)  # unknown or unavailable: a clear error now, not at step time
+        self.optimizer = optimizer
+        self.lars_filter = lars_filter
+        self.backend = backend
+        self._optimizer_step_pre_hooks = OrderedDict()
+        self._optimizer_step_post_hooks = OrderedDict()
+        self._optimizer_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_state_dict_post_hooks = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()
+        self._patch_step_function()
+        self._warned_names = False
+        self._warned_inf = False
+        self.found_inf = torch.tensor(False)
+        self._last_lam: torch.Tensor | None = None
+        self._last_names: list[str] = []
+        self._last_adapt: list[bool] = []
+        plans = [self._plan_group(i, g) for i, g in enumerate(self.param_groups)]
+        for group, plan in zip(self.param_groups, plans, strict=True):
+            self._commit_group(group, plan)
+
+    # -- shared with the inner optimizer --
+    @property  # type: ignore[override]
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        self.optimizer.param_groups = value
+
+    @property  # type: ignore[override]
+    def state(self) -> Any:
+        return self.optimizer.state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self.optimizer.state = value
+
+    @property  # type: ignore[override]
+    def defaults(self) -> dict[str, Any]:
+        return self.optimizer.defaults
+
+    @defaults.setter
+    def defaults(self, value: dict[str, Any]) -> None:
+        self.optimizer.defaults = value
+
+    @property
+    def epsilon(self) -> float:
+        return self._hyper.epsilon
+
+    @property
+    def coefficient(self) -> float:
+        return self._hyper.coefficient
+
+    @property
+    def use_clip(self) -> bool:
+        return self._hyper.use_clip
+
+    @property
+    def guard_zero_norm(self) -> bool:
+        return self._hyper.guard_zero_norm
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._patch_step_function()
+
+    def __repr__(self) -> str:
+        h = self._hyper
+        return (
+            f"LARS(epsilon={h.epsilon}, coefficient={h.coefficient}, use_clip={h.use_clip}, "
+            f"guard_zero_norm={h.guard_zero_norm}, backend={self.backend!r}, "
+            f"lars_filter={getattr(self.lars_filter, '__name__', repr(self.lars_filter))})\n"
+            f"wrapping {self.optimizer!r}"
+        )
+
+    # -- weight-decay take-over and the filter --
+    def _plan_group(self, index: int, group: dict[str, Any]) -> tuple[float, list[bool]]:
+        """(weight decay LARS applies, filter result per parameter) for a group, read-only."""
+        wd_inner = group.get("weight_decay", 0.0)
+        if WD_KEY in group and not wd_inner:
+            wd = to_float(group[WD_KEY], f"param_groups[{index}]['{WD_KEY}']", minimum=0.0)
+        else:  # first sight of the group, or weight_decay set again on the inner optimizer
+            wd = to_float(wd_inner, f"param_groups[{index}]['weight_decay']", minimum=0.0)
+        params = group["params"]
+        mask = group.get(MASK_KEY)
+        if not isinstance(mask, list) or len(mask) != len(params):
+            names = group.get("param_names")
+            needs_names = self.lars_filter is not exclude_bias_and_norm
+            if names is None and needs_names and not self._warned_names:
+                self._warned_names = True
+                warnings.warn(
+                    "LARS: the inner optimizer has no parameter names, so lars_filter sees '' "
+                    "for every parameter and the default filter adapts all of them (biases and "
+                    "norm weights included). Build the inner optimizer from "
+                    "model.named_parameters(), or pass lars_filter=lars_npu.exclude_bias_and_norm "
+                    "(needs no names).",
+                    UserWarning,
+                    stacklevel=4,
+                )
+            mask = []
+            for j, p in enumerate(params):
+                keep = self.lars_filter(ParamInfo(names[j] if names else "", p))
+                mask.append(bool(keep))
+        return wd, mask
+
+    @staticmethod
+    def _commit_group(group: dict[str, Any], plan: tuple[float, list[bool]]) -> None:
+        wd, mask = plan
+        group[WD_KEY] = wd
+        if "weight_decay" in group:
+            group["weight_decay"] = 0.0
+        group[MASK_KEY] = mask
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the inner optimizer, taking over its weight decay (filter re-run)."""
+        self.optimizer.add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._commit_group(group, self._plan_group(len(self.param_groups) - 1, group))
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
+
+    # -- the step --
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """Rewrite the gradients of the adapted parameters with LARS, then step the inner
+        optimizer. Skips the whole step (writes nothing) if a gradient holds inf/nan."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        plans = []
+        weights: list[torch.Tensor] = []
+        grads: list[torch.Tensor] = []
+        adapt: list[bool] = []
+        wds: list[float] = []
+        lrs: list[float] = []
+        names: list[str] = []
+        for gi, group in enumerate(self.param_groups):
+            wd, mask = self._plan_group(gi, group)
+            plans.append((wd, mask))
+            lr = to_float(group["lr"], f"param_groups[{gi}]['lr']", minimum=0.0)
+            pnames = group.get("param_names")
+            for j, p in enumerate(group["params"]):
+                g = p.grad
+                if g is None:
+                    continue
+                name = pnames[j] if pnames else f"param_groups[{gi}][{j}]"
+                if g.is_sparse or g.layout != torch.strided:
+                    if mask[j]:
+                        raise ValueError(
+                            f"parameter {name!r} has a sparse gradient; LARS cannot adapt it "
+                            "(exclude it with lars_filter to let the inner optimizer handle it)"
+                        )
+                    continue  # excluded: LARS leaves it to the inner optimizer, unchecked
+                weights.append(p)
+                grads.append(g)
+                adapt.append(mask[j])
+                wds.append(wd)
+                lrs.append(lr)
+                names.append(name)
+        result = lars_(
+            weights,
+            grads,
+            adapt=adapt,
+            weight_decays=wds,
+            lrs=lrs,
+            hyper=self._hyper,
+            backend=self.backend,
+            names=names,
+        )
+        device = grads[0].device if grads else torch.device("cpu")
+        found = bool(result.found_inf)
+        self.found_inf = torch.tensor(found, device=device)
+        self._last_lam = result.trust_ratio
+        self._last_names = names
+        self._last_adapt = adapt
+        if found:
+            if not self._warned_inf:
+                self._warned_inf = True
+                warnings.warn(
+                    "LARS: a gradient holds inf/nan; the step was skipped (weights, gradients and "
+                    "optimizer state untouched). opt.found_inf records it on every step.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            return loss
+        for group, plan in zip(self.param_groups, plans, strict=True):
+            self._commit_group(group, plan)
+        self.optimizer.step()
+        return loss
+
+    def trust_ratios(self) -> dict[str, float]:
+        """λ of every adapted parameter at the last step, by name (nan when it was skipped)."""
+        if self._last_lam is None:
+            return {}
+        lam = self._last_lam.tolist()
+        return {n: lam[i] for i, n in enumerate(self._last_names) if self._last_adapt[i]}
+
+    # -- checkpoints --
+    def state_dict(self) -> dict[str, Any]:
+        """The inner optimizer's state dict (its groups carry ``lars_weight_decay`` and
+        ``lars_mask``) plus LARS's hyper-parameters under ``"lars"``. No functions inside: loads
+        with ``torch.load(weights_only=True)``."""
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
+        sd = self.optimizer.state_dict()
+        h = self._hyper
+        sd[STATE_KEY] = {
+            "epsilon": h.epsilon,
+            "coefficient": h.coefficient,
+            "use_clip": h.use_clip,
+            "guard_zero_norm": h.guard_zero_norm,
+        }
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            out = post_hook(self, sd)
+            if out is not None:
+                sd = out
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a LARS checkpoint, or one of the plain inner optimizer (its weight decay is taken
+        over again). Hyper-parameters and filter results in the checkpoint win over the
+        constructor's."""
+        sd = dict(state_dict)
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            out = pre_hook(self, sd)
+            if out is not None:
+                sd = out
+        saved = sd.pop(STATE_KEY, None)
+        hyper = self._hyper
+        if saved is not None:
+            if not isinstance(saved, dict):
+                raise TypeError(f"state_dict['{STATE_KEY}'] must be a dict")
+            hyper = check_hyper(
+                saved.get("epsilon", hyper.epsilon),
+                saved.get("coefficient", hyper.coefficient),
+                saved.get("use_clip", hyper.use_clip),
+                saved.get("guard_zero_norm", hyper.guard_zero_norm),
+            )
+        for gi, g in enumerate(sd.get("param_groups", [])):
+            mask = g.get(MASK_KEY)
+            if mask is not None and (
+                not isinstance(mask, list) or not all(isinstance(b, bool) for b in mask)
+            ):
+                raise TypeError(f"state_dict['param_groups'][{gi}]['{MASK_KEY}'] must be bools")
+        self.optimizer.load_state_dict(sd)
+        self._hyper = hyper
+        for gi, group in enumerate(self.param_groups):
+            self._commit_group(group, self._plan_group(gi, group))
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
