@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/fused.h"
 #include "cpu/lars_cpu.h"
 
 namespace py = pybind11;
@@ -107,6 +108,70 @@ double trust_ratio(double w_s, double g_s, double weight_decay, double lr, doubl
                            lars::Hyper{epsilon, coefficient, use_clip, guard_zero_norm});
 }
 
+// ---- the fused LARS + momentum-SGD step ----------------------------------------------------------
+
+std::shared_ptr<lars::FusedPlan> make_plan(const I64& numel, const I64& w_dtype, const I64& g_dtype,
+                                           const U8& adapt, const U8& momentum,
+                                           int64_t cache_budget_bytes) {
+  const py::ssize_t n = numel.shape(0);
+  check_len(w_dtype, n, "w_dtype");
+  check_len(g_dtype, n, "g_dtype");
+  check_len(adapt, n, "adapt");
+  check_len(momentum, n, "momentum");
+  std::vector<lars::FusedTensorSpec> specs(static_cast<size_t>(n));
+  for (py::ssize_t i = 0; i < n; ++i) {
+    const int wd = static_cast<int>(w_dtype.data()[i]);
+    const int gd = static_cast<int>(g_dtype.data()[i]);
+    if (!lars::FusedPlan::supported_pair(wd, gd)) {
+      throw std::invalid_argument("g_dtype: unsupported (parameter, gradient) dtype pair (" +
+                                  std::to_string(wd) + ", " + std::to_string(gd) + ")");
+    }
+    if (numel.data()[i] < 0) throw std::invalid_argument("numel: negative element count");
+    specs[static_cast<size_t>(i)] = {numel.data()[i], wd, gd, adapt.data()[i] != 0,
+                                     momentum.data()[i] != 0};
+  }
+  if (cache_budget_bytes <= 0) cache_budget_bytes = lars::last_level_cache_bytes() / 2;
+  return std::make_shared<lars::FusedPlan>(std::move(specs), cache_budget_bytes);
+}
+
+py::tuple plan_step(lars::FusedPlan& plan, const I64& w_ptr, const I64& g_ptr, const I64& m_ptr,
+                    const U8& first, const F64& wd, const F64& lr, const F64& mu,
+                    const U8& nesterov, double epsilon, double coefficient, bool use_clip,
+                    bool guard_zero_norm, int num_threads) {
+  const py::ssize_t n = static_cast<py::ssize_t>(plan.size());
+  check_len(w_ptr, n, "w_ptr");
+  check_len(g_ptr, n, "g_ptr");
+  check_len(m_ptr, n, "m_ptr");
+  check_len(first, n, "first");
+  check_len(wd, n, "wd");
+  check_len(lr, n, "lr");
+  check_len(mu, n, "mu");
+  check_len(nesterov, n, "nesterov");
+  static_assert(sizeof(void*) == sizeof(int64_t), "64-bit pointers expected");
+  for (py::ssize_t i = 0; i < n; ++i) {
+    const lars::FusedTensorSpec& s = plan.spec(i);
+    if (s.numel > 0 && (w_ptr.data()[i] == 0 || g_ptr.data()[i] == 0 ||
+                        (s.momentum && m_ptr.data()[i] == 0))) {
+      throw std::invalid_argument("null data pointer for tensor " + std::to_string(i));
+    }
+  }
+  const lars::Hyper h{epsilon, coefficient, use_clip, guard_zero_norm};
+  F64 lam(n), w_s(n), g_s(n);
+  double* l = lam.mutable_data();
+  double* ws = w_s.mutable_data();
+  double* gs = g_s.mutable_data();
+  const lars::FusedStepArgs args{
+      reinterpret_cast<void* const*>(w_ptr.data()), reinterpret_cast<const void* const*>(g_ptr.data()),
+      reinterpret_cast<void* const*>(m_ptr.data()), first.data(), wd.data(), lr.data(), mu.data(),
+      nesterov.data()};
+  bool found_inf;
+  {
+    py::gil_scoped_release release;
+    found_inf = plan.step(args, h, l, ws, gs, num_threads);
+  }
+  return py::make_tuple(found_inf, lam, w_s, g_s);
+}
+
 py::dict build_info() {
   py::dict d;
   d["openmp"] = lars::has_openmp();
@@ -145,4 +210,21 @@ PYBIND11_MODULE(_C, m) {
         py::arg("lr"), py::arg("epsilon"), py::arg("coefficient"), py::arg("use_clip"),
         py::arg("guard_zero_norm"));
   m.def("build_info", &build_info);
+  m.def("last_level_cache_bytes", &lars::last_level_cache_bytes);
+
+  py::class_<lars::FusedPlan, std::shared_ptr<lars::FusedPlan>>(
+      m, "FusedPlan",
+      "Work list of a fused LARS + momentum-SGD step over a fixed list of tensors (built once).")
+      .def(py::init(&make_plan), py::arg("numel"), py::arg("w_dtype"), py::arg("g_dtype"),
+           py::arg("adapt"), py::arg("momentum"), py::arg("cache_budget_bytes") = 0)
+      .def("step", &plan_step, py::arg("w_ptr"), py::arg("g_ptr"), py::arg("m_ptr"),
+           py::arg("first"), py::arg("wd"), py::arg("lr"), py::arg("mu"), py::arg("nesterov"),
+           py::arg("epsilon"), py::arg("coefficient"), py::arg("use_clip"),
+           py::arg("guard_zero_norm"), py::arg("num_threads") = 0,
+           "One step; returns (found_inf, lam, w_s, g_s). Nothing is written when found_inf.")
+      .def_property_readonly("size", &lars::FusedPlan::size)
+      .def_property_readonly("num_batches", &lars::FusedPlan::num_batches)
+      .def_property_readonly("num_chunks", &lars::FusedPlan::num_chunks)
+      .def_property_readonly("total_elements", &lars::FusedPlan::total_elements)
+      .def_property_readonly("scratch_bytes", &lars::FusedPlan::scratch_bytes);
 }

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from ._backends import get_backend
+from ._backends import get_backend, resolve
+from ._fused import FUSED_REQUIREMENTS, FusedDriver, SparseGradientError, unsupported_reason
 from .filters import ParamInfo, default_lars_filter, exclude_bias_and_norm
 from .functional import check_hyper, lars_, to_float
 
@@ -59,6 +60,11 @@ class LARS(Optimizer):
             (no ``"LayerNorm"``, no ``"bias"`` in the name); see :func:`exclude_bias_and_norm`.
         guard_zero_norm: λ = 1 (before clipping) for a tensor whose ‖w‖ or ‖g‖ is 0.
         backend: ``"auto"`` (``LARS_NPU_BACKEND`` if set, else by device) or a backend name.
+        fused: ``None`` (default) runs LARS + momentum + weight update as one backend call when
+            the inner optimizer is a plain ``torch.optim.SGD`` (dampening 0, maximize False),
+            writing SGD's own ``momentum_buffer`` state; ``True`` requires that; ``False`` always
+            rewrites the gradients and calls ``optimizer.step()``. On the fused path ``p.grad``
+            keeps the raw gradient; on the unfused path it holds g' after the step.
 
     After each step, ``found_inf`` is a 0-dim bool tensor: True when a gradient held inf/nan and
     the step was skipped (nothing written).
@@ -74,6 +80,7 @@ class LARS(Optimizer):
         *,
         guard_zero_norm: bool = False,
         backend: str = "auto",
+        fused: bool | None = None,
     ) -> None:
         if isinstance(optimizer, LARS):
             raise TypeError("optimizer is already a LARS; wrap the inner optimizer once")
@@ -98,6 +105,14 @@ class LARS(Optimizer):
             raise TypeError(f"backend must be a str, got {type(backend).__name__}")
         if backend != "auto":
             get_backend(backend)  # unknown or unavailable: a clear error now, not at step time
+        if fused is not None and not isinstance(fused, bool):
+            raise TypeError(f"fused must be None, True or False, got {type(fused).__name__}")
+        if fused:
+            why = unsupported_reason(optimizer)
+            if why is not None:
+                raise ValueError(f"fused=True needs {FUSED_REQUIREMENTS}, but {why}")
+        self.fused = fused
+        self._driver = FusedDriver()
         self.optimizer = optimizer
         self.lars_filter = lars_filter
         self.backend = backend
@@ -170,7 +185,7 @@ class LARS(Optimizer):
         h = self._hyper
         return (
             f"LARS(epsilon={h.epsilon}, coefficient={h.coefficient}, use_clip={h.use_clip}, "
-            f"guard_zero_norm={h.guard_zero_norm}, backend={self.backend!r}, "
+            f"guard_zero_norm={h.guard_zero_norm}, backend={self.backend!r}, fused={self.fused}, "
             f"lars_filter={getattr(self.lars_filter, '__name__', repr(self.lars_filter))})\n"
             f"wrapping {self.optimizer!r}"
         )
@@ -216,6 +231,7 @@ class LARS(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the inner optimizer, taking over its weight decay (filter re-run)."""
         self.optimizer.add_param_group(param_group)
+        self._driver.invalidate()
         group = self.param_groups[-1]
         try:
             self._commit_group(group, self._plan_group(len(self.param_groups) - 1, group))
@@ -224,14 +240,80 @@ class LARS(Optimizer):
             raise
 
     # -- the step --
+    def _fused_now(self) -> bool:
+        """Whether this step takes the fused path (re-checked every step: groups can change)."""
+        if self.fused is False:
+            return False
+        why = unsupported_reason(self.optimizer)
+        if why is None:
+            return True
+        if self.fused:
+            raise ValueError(f"fused=True needs {FUSED_REQUIREMENTS}, but {why}")
+        return False
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        """Rewrite the gradients of the adapted parameters with LARS, then step the inner
-        optimizer. Skips the whole step (writes nothing) if a gradient holds inf/nan."""
+        """One LARS step: fused (LARS + momentum + update in one call) when the inner optimizer
+        allows it, else rewrite the adapted gradients and step the inner optimizer. Skips the
+        whole step (writes nothing) if a gradient holds inf/nan."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._fused_now():
+            try:
+                return self._fused_step(loss)
+            except SparseGradientError:
+                if self.fused:
+                    raise ValueError(
+                        "fused=True cannot take sparse gradients; use fused=False (the inner "
+                        "SGD handles sparse gradients of parameters LARS does not adapt)"
+                    ) from None
+        self._driver.invalidate()  # the inner step may create momentum buffers
+        return self._unfused_step(loss)
+
+    def _fused_step(self, loss: Any) -> Any:
+        plans = [self._plan_group(gi, g) for gi, g in enumerate(self.param_groups)]
+        device = None
+        for g in self.param_groups:
+            for p in g["params"]:
+                device = p.device
+                break
+            if device is not None:
+                break
+        backend = resolve(device or torch.device("cpu"), self.backend)
+        result, names, adapt = self._driver.step(
+            self, backend, self._hyper, [wd for wd, _ in plans], [m for _, m in plans]
+        )
+        return self._finish(result, names, [bool(a) for a in adapt], plans, loss, inner=False)
+
+    def _finish(
+        self, result: Any, names: list[str], adapt: list[bool], plans: list[Any], loss: Any,
+        *, inner: bool,
+    ) -> Any:
+        found = bool(result.found_inf)
+        device = result.found_inf.device
+        self.found_inf = torch.tensor(found, device=device)
+        self._last_lam = result.trust_ratio
+        self._last_names = names
+        self._last_adapt = adapt
+        if found:
+            if not self._warned_inf:
+                self._warned_inf = True
+                warnings.warn(
+                    "LARS: a gradient holds inf/nan; the step was skipped (weights, gradients and "
+                    "optimizer state untouched). opt.found_inf records it on every step.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+            return loss
+        for group, plan in zip(self.param_groups, plans, strict=True):
+            self._commit_group(group, plan)
+        if inner:
+            self.optimizer.step()
+        return loss
+
+    def _unfused_step(self, loss: Any) -> Any:
         plans = []
         weights: list[torch.Tensor] = []
         grads: list[torch.Tensor] = []
@@ -272,26 +354,9 @@ class LARS(Optimizer):
             backend=self.backend,
             names=names,
         )
-        device = grads[0].device if grads else torch.device("cpu")
-        found = bool(result.found_inf)
-        self.found_inf = torch.tensor(found, device=device)
-        self._last_lam = result.trust_ratio
-        self._last_names = names
-        self._last_adapt = adapt
-        if found:
-            if not self._warned_inf:
-                self._warned_inf = True
-                warnings.warn(
-                    "LARS: a gradient holds inf/nan; the step was skipped (weights, gradients and "
-                    "optimizer state untouched). opt.found_inf records it on every step.",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-            return loss
-        for group, plan in zip(self.param_groups, plans, strict=True):
-            self._commit_group(group, plan)
-        self.optimizer.step()
-        return loss
+        if grads:
+            result.found_inf = result.found_inf.to(grads[0].device)
+        return self._finish(result, names, adapt, plans, loss, inner=True)
 
     def trust_ratios(self) -> dict[str, float]:
         """λ of every adapted parameter at the last step, by name (nan when it was skipped)."""
@@ -348,6 +413,7 @@ class LARS(Optimizer):
             ):
                 raise TypeError(f"state_dict['param_groups'][{gi}]['{MASK_KEY}'] must be bools")
         self.optimizer.load_state_dict(sd)
+        self._driver.invalidate()
         self._hyper = hyper
         for gi, group in enumerate(self.param_groups):
             self._commit_group(group, self._plan_group(gi, group))

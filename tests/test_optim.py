@@ -53,6 +53,11 @@ def warmup(step: int) -> float:
     return min(1.0, (step + 1) / 3)
 
 
+@pytest.fixture(params=[False, True], ids=["unfused", "fused"])
+def fused(request: pytest.FixtureRequest) -> bool:
+    return request.param
+
+
 # -- construction and validation ----------------------------------------------------------------
 
 
@@ -202,10 +207,11 @@ def reference_run(steps, use_clip, nesterov=False, seed=0, guard=False, wd=1e-4,
 
 
 def lars_run(
-    steps, use_clip, backend="auto", nesterov=False, seed=0, guard=False, wd=1e-4, mom=0.9
+    steps, use_clip, backend="auto", nesterov=False, seed=0, guard=False, wd=1e-4, mom=0.9,
+    fused=None,
 ):
     model, sgd = make(seed, nesterov=nesterov, weight_decay=wd, momentum=mom)
-    opt = LARS(sgd, use_clip=use_clip, guard_zero_norm=guard, backend=backend)
+    opt = LARS(sgd, use_clip=use_clip, guard_zero_norm=guard, backend=backend, fused=fused)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup)
     for t in range(steps):
         opt.zero_grad()
@@ -217,10 +223,10 @@ def lars_run(
 
 @pytest.mark.parametrize("use_clip", [False, True])
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_training_matches_reference(backend, use_clip, nesterov):
+def test_training_matches_reference(backend, use_clip, nesterov, fused):
     steps = 8
     ref = reference_run(steps, use_clip, nesterov)
-    got, opt = lars_run(steps, use_clip, backend, nesterov)
+    got, opt = lars_run(steps, use_clip, backend, nesterov, fused=fused)
     for (n, p), (_, q) in zip(got.named_parameters(), ref.named_parameters(), strict=False):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
     assert not bool(opt.found_inf)
@@ -229,9 +235,9 @@ def test_training_matches_reference(backend, use_clip, nesterov):
     assert all(0 < v < math.inf for v in lam.values())
 
 
-def test_training_matches_reference_momentum_zero_and_guard(backend):
+def test_training_matches_reference_momentum_zero_and_guard(backend, fused):
     ref = reference_run(5, True, guard=True, mom=0.0, wd=0.0)
-    got, opt = lars_run(5, True, backend, guard=True, mom=0.0, wd=0.0)
+    got, opt = lars_run(5, True, backend, guard=True, mom=0.0, wd=0.0, fused=fused)
     for (n, p), (_, q) in zip(got.named_parameters(), ref.named_parameters(), strict=False):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
     assert all(
@@ -253,9 +259,20 @@ def test_loss_decreases():
     assert loss.item() < 0.8 * first
 
 
+def test_fused_path_leaves_raw_grad():
+    model, sgd = make()
+    opt = LARS(sgd)  # fused by default for plain SGD
+    loss_of(model, 0).backward()
+    raw = {n: p.grad.clone() for n, p in model.named_parameters()}
+    opt.step()
+    for n, p in model.named_parameters():
+        assert torch.equal(p.grad, raw[n])
+    assert all("momentum_buffer" in opt.state[p] for p in model.parameters())
+
+
 def test_unfused_path_leaves_rewritten_grad():
     model, sgd = make()
-    opt = LARS(sgd)
+    opt = LARS(sgd, fused=False)
     loss_of(model, 0).backward()
     raw = {n: p.grad.clone() for n, p in model.named_parameters()}
     w_before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -272,7 +289,7 @@ def test_unfused_path_leaves_rewritten_grad():
 
 def test_closure_and_hooks():
     model, sgd = make()
-    opt = LARS(sgd)
+    opt = LARS(sgd, fused=False)
     calls = []
     opt.register_step_pre_hook(lambda o, a, k: calls.append("pre"))
     opt.register_step_post_hook(lambda o, a, k: calls.append("post"))
@@ -330,7 +347,7 @@ def test_weight_decay_changed_later_is_taken_over_again():
 # -- checkpoints ---------------------------------------------------------------------------------
 
 
-def test_state_dict_round_trip_and_bitwise_resume(tmp_path):
+def test_state_dict_round_trip_and_bitwise_resume(tmp_path, fused):
     def train(opt, sched, model, start, stop):
         for t in range(start, stop):
             opt.zero_grad()
@@ -339,12 +356,12 @@ def test_state_dict_round_trip_and_bitwise_resume(tmp_path):
             sched.step()
 
     model_a, sgd_a = make()
-    opt_a = LARS(sgd_a, use_clip=True)
+    opt_a = LARS(sgd_a, use_clip=True, fused=fused)
     sched_a = torch.optim.lr_scheduler.LambdaLR(opt_a, warmup)
     train(opt_a, sched_a, model_a, 0, 10)
 
     model_b, sgd_b = make()
-    opt_b = LARS(sgd_b, use_clip=True)
+    opt_b = LARS(sgd_b, use_clip=True, fused=fused)
     sched_b = torch.optim.lr_scheduler.LambdaLR(opt_b, warmup)
     train(opt_b, sched_b, model_b, 0, 4)
     path = tmp_path / "ckpt.pt"
@@ -361,7 +378,7 @@ def test_state_dict_round_trip_and_bitwise_resume(tmp_path):
         "guard_zero_norm": False,
     }
     model_c, sgd_c = make(seed=123)
-    opt_c = LARS(sgd_c, use_clip=False, coefficient=0.5)  # the checkpoint's values win
+    opt_c = LARS(sgd_c, use_clip=False, coefficient=0.5, fused=fused)  # checkpoint's values win
     sched_c = torch.optim.lr_scheduler.LambdaLR(opt_c, warmup)
     model_c.load_state_dict(ck["model"])
     opt_c.load_state_dict(ck["opt"])
@@ -440,9 +457,9 @@ def assert_same(a, b):
     assert a[3] == b[3]
 
 
-def test_grad_scaler_unscales_and_skips_inf():
+def test_grad_scaler_unscales_and_skips_inf(fused):
     model, sgd = make()
-    opt = LARS(sgd)
+    opt = LARS(sgd, fused=fused)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     scaler.scale(loss_of(model, 0)).backward()
     scaler.step(opt)
@@ -460,11 +477,11 @@ def test_grad_scaler_unscales_and_skips_inf():
     assert all(torch.equal(x, y) for x, y in zip(before[0], model.parameters(), strict=True))
 
 
-def test_grad_scaler_matches_unscaled_training():
+def test_grad_scaler_matches_unscaled_training(fused):
     model_a, sgd_a = make()
-    opt_a = LARS(sgd_a)
+    opt_a = LARS(sgd_a, fused=fused)
     model_b, sgd_b = make()
-    opt_b = LARS(sgd_b)
+    opt_b = LARS(sgd_b, fused=fused)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
     for t in range(4):
         opt_a.zero_grad()
@@ -480,9 +497,9 @@ def test_grad_scaler_matches_unscaled_training():
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_gradient_skips_step(backend, bad):
+def test_non_finite_gradient_skips_step(backend, bad, fused):
     model, sgd = make()
-    opt = LARS(sgd, backend=backend)
+    opt = LARS(sgd, backend=backend, fused=fused)
     loss_of(model, 0).backward()
     opt.step()  # momentum buffers exist now
     opt.zero_grad()
@@ -499,9 +516,9 @@ def test_non_finite_gradient_skips_step(backend, bad):
     assert not bool(opt.found_inf)
 
 
-def test_refused_step_writes_nothing():
+def test_refused_step_writes_nothing(fused):
     model, sgd = make()
-    opt = LARS(sgd)
+    opt = LARS(sgd, fused=fused)
     loss_of(model, 0).backward()
     opt.step()
     loss_of(model, 1).backward()
@@ -522,9 +539,9 @@ def test_refused_step_writes_nothing():
     assert_same(before, snapshot(model, opt))
 
 
-def test_mismatched_gradient_is_refused_before_writing():
+def test_mismatched_gradient_is_refused_before_writing(fused):
     model, sgd = make()
-    opt = LARS(sgd)
+    opt = LARS(sgd, fused=fused)
     loss_of(model, 0).backward()
     # torch checks assignments to .grad, but .data swaps bypass it: LARS must still refuse
     model.fc2.weight.grad.data = torch.zeros(5)
@@ -551,14 +568,14 @@ def test_sparse_gradients():
     assert not torch.equal(before[0], emb.weight)
 
 
-def test_non_contiguous_parameters_train(backend):
+def test_non_contiguous_parameters_train(backend, fused):
     base = torch.randn(8, 6)
     start = base.t().clone()
     p = nn.Parameter(base.t())  # a non-contiguous leaf
     assert not p.is_contiguous()
     q = nn.Parameter(base.t().contiguous())
-    opt_p = LARS(torch.optim.SGD([("w", p)], lr=0.1, momentum=0.9), backend=backend)
-    opt_q = LARS(torch.optim.SGD([("w", q)], lr=0.1, momentum=0.9), backend=backend)
+    opt_p = LARS(torch.optim.SGD([("w", p)], lr=0.1, momentum=0.9), backend=backend, fused=fused)
+    opt_q = LARS(torch.optim.SGD([("w", q)], lr=0.1, momentum=0.9), backend=backend, fused=fused)
     x = torch.randn(3, 6)
     for _ in range(3):
         for opt, w in ((opt_p, p), (opt_q, q)):
@@ -569,9 +586,9 @@ def test_non_contiguous_parameters_train(backend):
     assert not torch.equal(p.detach(), start)
 
 
-def test_use_clip_with_zero_lr_is_legal():
+def test_use_clip_with_zero_lr_is_legal(fused):
     model, sgd = make(lr=0.0)
-    opt = LARS(sgd, use_clip=True)
+    opt = LARS(sgd, use_clip=True, fused=fused)
     loss_of(model, 0).backward()
     w = [p.detach().clone() for p in model.parameters()]
     opt.step()
@@ -593,7 +610,7 @@ def test_env_var_selects_backend_at_call_time(monkeypatch):
 
     monkeypatch.setattr(numpy_.NumpyBackend, "multi_lars_", spy)
     model, sgd = make()
-    opt = LARS(sgd)
+    opt = LARS(sgd, fused=False)
     loss_of(model, 0).backward()
     opt.step()
     assert seen == []

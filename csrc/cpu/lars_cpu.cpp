@@ -1,5 +1,7 @@
 #include "lars_cpu.h"
 
+#include "kernels_inl.h"
+
 #include <cmath>
 #include <vector>
 
@@ -9,6 +11,7 @@
 
 namespace lars {
 namespace {
+using detail::sumsq;
 
 // Below this many elements a call stays on one thread: forking costs more than it saves.
 constexpr int64_t kParallelMin = 1 << 16;
@@ -36,35 +39,6 @@ std::vector<Chunk> make_chunks(const TensorRef* t, int64_t n, const uint8_t* ski
 }
 
 int resolve_threads(int num_threads) { return num_threads > 0 ? num_threads : default_threads(); }
-
-// Sum of squares of p[begin, end) in fp64 with 8 independent lanes (a fixed association, so the
-// compiler may vectorise it without -ffast-math and the bits never depend on the caller).
-template <typename T>
-double chunk_sumsq(const T* p, int64_t begin, int64_t end) {
-  constexpr int kLanes = 8;
-  double acc[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = begin;
-  for (; i + kLanes <= end; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      const double v = static_cast<double>(load(p, i + j));
-      acc[j] += v * v;
-    }
-  }
-  for (int j = 0; i < end; ++i, ++j) {
-    const double v = static_cast<double>(load(p, i));
-    acc[j] += v * v;
-  }
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-double sumsq(const TensorRef& t, int64_t begin, int64_t end) {
-  double r = 0.0;
-  dispatch_dtype(t.dtype, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    r = chunk_sumsq(static_cast<const T*>(t.data), begin, end);
-  });
-  return r;
-}
 
 template <typename T>
 void chunk_rewrite(const T* w, const T* g, T* out, int64_t begin, int64_t end, double lam_d,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .._fused import FusedCall
 
 import torch
 
@@ -72,4 +75,10 @@ class Backend(Protocol):
     ) -> MultiResult:
         """In place: grads[i] ← λ_i·(g_i + wd_i·w_i) where adapt[i]; every gradient is checked
         for inf/nan first, and if one is non-finite no tensor is written."""
+        ...
+
+    def fused_sgd_(self, call: FusedCall) -> MultiResult:
+        """The whole LARS + momentum-SGD step (DESIGN.md §1, fused path): parameters and
+        momentum buffers updated in place, gradients left as they are; nothing written when a
+        gradient holds inf/nan."""
         ...

@@ -7,11 +7,19 @@ Thread count: ``torch.get_num_threads()``, so ``torch.set_num_threads`` governs 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from ._native import native, native_error
 from .base import Hyper, MultiResult
+
+if TYPE_CHECKING:
+    from .._fused import FusedCall
+
+# Bytes of parameters per cache batch of the fused step; 0: half the last-level cache.
+CACHE_BUDGET_BYTES = 0
 
 DTYPE_CODES: dict[torch.dtype, int] = {
     torch.float32: 0,
@@ -19,6 +27,14 @@ DTYPE_CODES: dict[torch.dtype, int] = {
     torch.bfloat16: 2,
     torch.float64: 3,
 }
+
+
+_DATA_PTR = torch.Tensor.data_ptr
+
+
+def _ptrs(ts: list[torch.Tensor | None]) -> np.ndarray:
+    return np.fromiter((0 if t is None else t.data_ptr() for t in ts), dtype=np.int64,
+                       count=len(ts))
 
 
 def _contig(t: torch.Tensor) -> torch.Tensor:
@@ -118,3 +134,50 @@ class CpuBackend:
                 if c is not g:  # a non-contiguous gradient: write the result back into the view
                     g.copy_(c)
         return MultiResult(torch.tensor(bool(found_inf)), torch.from_numpy(lam))
+
+    def fused_sgd_(self, call: FusedCall) -> MultiResult:
+        C = native()
+        threads = torch.get_num_threads()
+        h = call.hyper
+        if call.fast:
+            plan = call.cache.get("cpu_plan")
+            if plan is None:
+                plan = call.cache["cpu_plan"] = self._plan(C, call.params, call.grads, call)
+            if call.cache.get("m_version") != call.bufs_version:
+                call.cache["m_ptr"] = _ptrs(call.bufs)
+                call.cache["m_version"] = call.bufs_version
+            w_ptr = call.w_ptr
+            g_ptr = np.fromiter(map(_DATA_PTR, call.grads), dtype=np.int64,
+                                count=len(call.grads))
+            m_ptr = call.cache["m_ptr"]
+            ws, gs, ms = call.params, call.grads, call.bufs
+        else:  # non-contiguous tensors: contiguous copies, written back after success
+            ws = [_contig(p.detach()) for p in call.params]
+            gs = [_contig(g) for g in call.grads]
+            ms = [None if b is None else _contig(b) for b in call.bufs]
+            plan = self._plan(C, ws, gs, call)
+            w_ptr, g_ptr, m_ptr = _ptrs(ws), _ptrs(gs), _ptrs(ms)
+        found, lam, _, _ = plan.step(
+            w_ptr, g_ptr, m_ptr, call.first, call.wd, call.lr, call.mu, call.nesterov,
+            h.epsilon, h.coefficient, h.use_clip, h.guard_zero_norm, threads,
+        )
+        if not found and not call.fast:
+            for p, w in zip(call.params, ws, strict=True):
+                if w is not p:
+                    p.detach().copy_(w)
+            for b, m in zip(call.bufs, ms, strict=True):
+                if b is not None and m is not b:
+                    b.copy_(m)
+        return MultiResult(torch.tensor(bool(found)), torch.from_numpy(lam))
+
+    @staticmethod
+    def _plan(C, ws, gs, call: FusedCall):
+        n = len(ws)
+        return C.FusedPlan(
+            np.fromiter((w.numel() for w in ws), dtype=np.int64, count=n),
+            np.fromiter((DTYPE_CODES[w.dtype] for w in ws), dtype=np.int64, count=n),
+            np.fromiter((DTYPE_CODES[g.dtype] for g in gs), dtype=np.int64, count=n),
+            call.adapt,
+            call.has_m,
+            CACHE_BUDGET_BYTES,
+        )

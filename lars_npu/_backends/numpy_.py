@@ -6,11 +6,15 @@ The floor: used when the native module is absent, or when asked for by name.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .. import reference
+
+if TYPE_CHECKING:
+    from .._fused import FusedCall
 from .base import Hyper, MultiResult
 
 
@@ -20,6 +24,36 @@ def _np(t: torch.Tensor) -> np.ndarray:
     if t.dtype in (torch.bfloat16, torch.float16):
         t = t.float()
     return t.cpu().numpy()
+
+
+def reference_fused_step(call: FusedCall) -> tuple[bool, list[float]]:
+    """The reference step per tensor; no writes when a gradient is non-finite."""
+    def np64(t: torch.Tensor) -> np.ndarray:
+        return t.detach().to(device="cpu", dtype=torch.float64).numpy()
+
+    gs = [np64(g) for g in call.grads]
+    if not all(math.isfinite(float(np.sum(g * g))) for g in gs):
+        return True, [math.nan] * len(gs)
+    lams = []
+    outs = []
+    h = call.hyper
+    for i, p in enumerate(call.params):
+        buf = call.bufs[i]
+        m = None if (buf is None or call.first[i]) else np64(buf)
+        w, m_new, _, lam = reference.lars_momentum_step(
+            np64(p), gs[i], m, lr=float(call.lr[i]), weight_decay=float(call.wd[i]),
+            momentum=float(call.mu[i]) if call.has_m[i] else 0.0,
+            nesterov=bool(call.nesterov[i]), lars=bool(call.adapt[i]), epsilon=h.epsilon,
+            coefficient=h.coefficient, use_clip=h.use_clip, guard_zero_norm=h.guard_zero_norm,
+        )
+        outs.append((w, m_new))
+        lams.append(lam)
+    for i, (w, m_new) in enumerate(outs):
+        call.params[i].detach().copy_(torch.from_numpy(w))
+        buf = call.bufs[i]
+        if buf is not None and m_new is not None:
+            buf.copy_(torch.from_numpy(m_new))
+    return False, lams
 
 
 class NumpyBackend:
@@ -100,3 +134,8 @@ class NumpyBackend:
             if out is not None:
                 g.copy_(torch.from_numpy(out))
         return MultiResult(torch.tensor(False, device=dev), lam)
+
+    def fused_sgd_(self, call: FusedCall) -> MultiResult:
+        found, lams = reference_fused_step(call)
+        dev = call.params[0].device if call.params else torch.device("cpu")
+        return MultiResult(torch.tensor(found, device=dev), torch.tensor(lams, dtype=torch.float64))

@@ -4,10 +4,14 @@ the AscendC kernels, ...). Per-tensor norms with fp32 (fp64 for fp64) accumulati
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from .base import Hyper, MultiResult
+
+if TYPE_CHECKING:
+    from .._fused import FusedCall
 
 
 def _acc_dtype(t: torch.Tensor) -> torch.dtype:
@@ -100,4 +104,36 @@ class TorchBackend:
             a = _acc_dtype(g)
             g.copy_(lam[k].to(a) * (g.to(a) + weight_decays[i] * w.to(a)))
         lam_all[idx] = lam.to(device="cpu", dtype=torch.float64)
+        return MultiResult(found_inf, lam_all)
+
+    def fused_sgd_(self, call: FusedCall) -> MultiResult:
+        n = len(call.params)
+        dev = call.params[0].device if n else torch.device("cpu")
+        acc = _norm_dtype(dev)
+        g_n = torch.stack([torch.linalg.vector_norm(g, dtype=acc) for g in call.grads])
+        found_inf = ~torch.isfinite(g_n).all()
+        if bool(found_inf):
+            return MultiResult(found_inf, torch.full((n,), math.nan, dtype=torch.float64))
+        idx = [i for i in range(n) if call.adapt[i]]
+        lam_all = torch.ones(n, dtype=torch.float64)
+        if idx:
+            w_n = torch.stack([torch.linalg.vector_norm(call.params[i], dtype=acc) for i in idx])
+            wd = torch.tensor(call.wd[idx], dtype=acc, device=dev)
+            lr = torch.tensor(call.lr[idx], dtype=acc, device=dev)
+            lam = trust_ratio_t(w_n, g_n[idx], wd, lr, call.hyper)
+            lam_all[idx] = lam.to(device="cpu", dtype=torch.float64)
+        lam_list = lam_all.tolist()
+        for i, (p, g) in enumerate(zip(call.params, call.grads, strict=True)):
+            a = _acc_dtype(p)
+            gp = g.to(a)
+            if call.adapt[i]:
+                gp = lam_list[i] * (gp + float(call.wd[i]) * p.to(a))
+            d = gp
+            buf = call.bufs[i]
+            if call.has_m[i] and buf is not None:
+                mu = float(call.mu[i])
+                m = gp if call.first[i] else mu * buf.to(a) + gp
+                buf.copy_(m)
+                d = gp + mu * buf.to(a) if call.nesterov[i] else buf.to(a)
+            p.detach().copy_(p.to(a) - float(call.lr[i]) * d)
         return MultiResult(found_inf, lam_all)

@@ -1,0 +1,318 @@
+"""The optimizer side of the fused LARS + momentum-SGD step (``LARS(SGD(...))`` in one call).
+
+``FusedDriver`` turns the optimizer's param groups into one :class:`FusedCall` per step and gives
+it to the backend's ``fused_sgd_``. Everything that depends only on the optimizer's structure
+(the flat parameter list, names, filter results, per-parameter group index, momentum buffers and
+the backend's work plan) is built once and cached; it is rebuilt when the groups, the filter
+results, the state dict or a parameter's storage change. Per step, the Python cost is a few bulk
+``map`` calls over the gradients (pointers and the metadata checks that keep the kernel safe).
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from itertools import repeat
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._backends.base import Backend, Hyper, MultiResult
+from .functional import check_pair, to_float
+
+_GRAD = operator.attrgetter("grad")
+_DTYPE = operator.attrgetter("dtype")
+_IS_CPU = operator.attrgetter("is_cpu")
+_DATA_PTR = torch.Tensor.data_ptr
+_NUMEL = torch.Tensor.numel
+_IS_CONTIGUOUS = torch.Tensor.is_contiguous
+
+FUSED_REQUIREMENTS = (
+    "plain torch.optim.SGD (not a subclass) with dampening=0, maximize=False, "
+    "differentiable=False in every group (momentum >= 0 and nesterov are fine)"
+)
+
+
+def unsupported_reason(optimizer: torch.optim.Optimizer) -> str | None:
+    """Why the fused step cannot stand in for ``optimizer.step()`` (None when it can)."""
+    if type(optimizer) is not torch.optim.SGD:
+        return f"the inner optimizer is {type(optimizer).__name__}"
+    for i, g in enumerate(optimizer.param_groups):
+        if g.get("dampening", 0) != 0:
+            return f"param_groups[{i}] has dampening={g['dampening']}"
+        if g.get("maximize", False):
+            return f"param_groups[{i}] has maximize=True"
+        if g.get("differentiable", False):
+            return f"param_groups[{i}] has differentiable=True"
+        if g.get("nesterov", False) and g.get("momentum", 0) == 0:
+            return f"param_groups[{i}] has nesterov=True with momentum 0"
+    return None
+
+
+@dataclass
+class FusedCall:
+    """One fused step for a backend. Lists are aligned; ``bufs[i]`` is None without momentum."""
+
+    params: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    bufs: list[torch.Tensor | None]
+    first: np.ndarray  # uint8: the buffer is new this step (m = g')
+    adapt: np.ndarray  # uint8: the filter's result
+    has_m: np.ndarray  # uint8: the group's momentum != 0
+    wd: np.ndarray  # float64 (0 where not adapted)
+    lr: np.ndarray
+    mu: np.ndarray
+    nesterov: np.ndarray  # uint8
+    hyper: Hyper
+    cache: dict[str, Any]  # the backend's, valid while the structure is unchanged
+    fast: bool  # every tensor contiguous, on the CPU, gradient dtype == parameter dtype
+    w_ptr: np.ndarray | None = None  # int64 parameter pointers, when fast
+    bufs_version: int = 0  # changes whenever a buffer object changes
+
+
+@dataclass
+class _Structure:
+    key: tuple[Any, ...]
+    params: list[torch.Tensor]
+    names: list[str]
+    group_of: np.ndarray
+    adapt: np.ndarray
+    has_m: np.ndarray
+    numel: np.ndarray
+    dtypes: list[torch.dtype]
+    w_ptr: np.ndarray
+    params_ok: bool  # all parameters contiguous CPU tensors of a supported dtype
+    bufs: list[torch.Tensor | None]
+    bufs_version: int = 0
+    bufs_ok: bool | None = None
+    subsets: dict[tuple[int, ...], _Structure] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)
+
+
+class SparseGradientError(ValueError):
+    """A sparse gradient reached the fused step (the inner SGD handles those: use the unfused
+    path)."""
+
+
+def _structure_key(opt: Any, masks: list[list[bool]]) -> tuple[Any, ...]:
+    groups = opt.param_groups
+    return (
+        id(groups),
+        id(opt.state),
+        tuple(
+            (id(g["params"]), len(g["params"]), id(m), g.get("momentum", 0) != 0)
+            for g, m in zip(groups, masks, strict=True)
+        ),
+    )
+
+
+class FusedDriver:
+    """Builds and runs the fused step for one LARS optimizer."""
+
+    def __init__(self) -> None:
+        self._s: _Structure | None = None
+        self._version = 0
+
+    def invalidate(self) -> None:
+        """Forget cached structure (after load_state_dict, an unfused step, new groups...)."""
+        self._s = None
+
+    def _build(self, opt: Any, key: tuple[Any, ...], masks: list[list[bool]]) -> _Structure:
+        params: list[torch.Tensor] = []
+        names: list[str] = []
+        group_of: list[int] = []
+        adapt: list[bool] = []
+        has_m: list[bool] = []
+        for gi, g in enumerate(opt.param_groups):
+            pn = g.get("param_names")
+            mom = g.get("momentum", 0) != 0
+            for j, p in enumerate(g["params"]):
+                params.append(p)
+                names.append(pn[j] if pn else f"param_groups[{gi}][{j}]")
+                group_of.append(gi)
+                adapt.append(bool(masks[gi][j]))
+                has_m.append(mom)
+        state = opt.state
+        bufs = [
+            (state[p].get("momentum_buffer") if p in state else None) if m else None
+            for p, m in zip(params, has_m, strict=True)
+        ]
+        from .functional import SUPPORTED_DTYPES
+
+        dtypes = list(map(_DTYPE, params))
+        params_ok = (
+            all(map(_IS_CPU, params))
+            and all(map(_IS_CONTIGUOUS, params))
+            and all(d in SUPPORTED_DTYPES for d in dtypes)
+        )
+        self._version += 1
+        return _Structure(
+            key=key,
+            params=params,
+            names=names,
+            group_of=np.asarray(group_of, dtype=np.int64),
+            adapt=np.asarray(adapt, dtype=np.uint8),
+            has_m=np.asarray(has_m, dtype=np.uint8),
+            numel=np.fromiter(map(_NUMEL, params), dtype=np.int64, count=len(params)),
+            dtypes=dtypes,
+            w_ptr=np.fromiter(map(_DATA_PTR, params), dtype=np.int64, count=len(params)),
+            params_ok=params_ok,
+            bufs=bufs,
+            bufs_version=self._version,
+        )
+
+    def _subset(self, s: _Structure, idx: tuple[int, ...]) -> _Structure:
+        sub = s.subsets.get(idx)
+        if sub is None:
+            ii = np.asarray(idx, dtype=np.int64)
+            sub = _Structure(
+                key=s.key,
+                params=[s.params[i] for i in idx],
+                names=[s.names[i] for i in idx],
+                group_of=s.group_of[ii],
+                adapt=s.adapt[ii],
+                has_m=s.has_m[ii],
+                numel=s.numel[ii],
+                dtypes=[s.dtypes[i] for i in idx],
+                w_ptr=s.w_ptr[ii],
+                params_ok=s.params_ok,
+                bufs=[s.bufs[i] for i in idx],
+                bufs_version=s.bufs_version,
+            )
+            s.subsets[idx] = sub
+        return sub
+
+    def step(
+        self,
+        opt: Any,
+        backend: Backend,
+        hyper: Hyper,
+        wds: list[float],
+        masks: list[list[bool]],
+    ) -> tuple[MultiResult, list[str], np.ndarray]:
+        """Validate and run one fused step. Writes parameters and momentum buffers (and the
+        optimizer state, for new buffers) only when the backend reports success."""
+        key = _structure_key(opt, masks)
+        s = self._s
+        if s is None or s.key != key:
+            s = self._s = self._build(opt, key, masks)
+        # a parameter whose storage was swapped (p.data = ...) invalidates everything cached
+        w_ptr = np.fromiter(map(_DATA_PTR, s.params), dtype=np.int64, count=len(s.params))
+        if not np.array_equal(w_ptr, s.w_ptr):
+            s = self._s = self._build(opt, key, masks)
+        grads = list(map(_GRAD, s.params))
+        if any(map(operator.is_, grads, repeat(None))):
+            idx = tuple(i for i, g in enumerate(grads) if g is not None)
+            grads = [grads[i] for i in idx]
+            sub = self._subset(s, idx)
+        else:
+            idx = None
+            sub = s
+        n = len(grads)
+
+        groups = opt.param_groups
+        lr_g = np.empty(len(groups))
+        mu_g = np.empty(len(groups))
+        nest_g = np.empty(len(groups), dtype=np.uint8)
+        for gi, g in enumerate(groups):
+            lr_g[gi] = to_float(g["lr"], f"param_groups[{gi}]['lr']", minimum=0.0)
+            mu_g[gi] = to_float(g.get("momentum", 0.0), f"param_groups[{gi}]['momentum']",
+                                minimum=0.0)
+            nest_g[gi] = bool(g.get("nesterov", False))
+        wd_g = np.asarray(wds, dtype=np.float64)
+
+        fast = sub.params_ok and self._grads_fast(grads, sub)
+        if not fast:
+            if any(g.layout != torch.strided for g in grads):
+                raise SparseGradientError("a parameter has a sparse gradient")
+            for i in range(n):  # precise checks: raise with the parameter's name
+                check_pair(sub.params[i], grads[i], f"parameter {sub.names[i]!r}",
+                           f"gradient of parameter {sub.names[i]!r}")
+            if len({p.device for p in sub.params}) > 1:
+                raise ValueError(
+                    "the fused step needs every parameter on one device; "
+                    "use LARS(..., fused=False) for a model split across devices"
+                )
+
+        first = np.zeros(n, dtype=np.uint8)
+        bufs = list(sub.bufs)
+        new_bufs: list[int] = []
+        for i in np.flatnonzero(sub.has_m).tolist() if n else []:
+            if bufs[i] is None:
+                bufs[i] = torch.zeros_like(sub.params[i], memory_format=torch.contiguous_format)
+                first[i] = 1
+                new_bufs.append(i)
+        if new_bufs:
+            self._version += 1
+        if sub.bufs_ok is None or new_bufs:
+            sub.bufs_ok = self._check_bufs(sub.params, bufs, sub.names)
+        gidx = sub.group_of
+        call = FusedCall(
+            params=sub.params,
+            grads=grads,
+            bufs=bufs,
+            first=first,
+            adapt=sub.adapt,
+            has_m=sub.has_m,
+            wd=np.where(sub.adapt != 0, wd_g[gidx], 0.0),
+            lr=lr_g[gidx],
+            mu=mu_g[gidx],
+            nesterov=nest_g[gidx],
+            hyper=hyper,
+            cache=sub.cache,
+            fast=fast and sub.bufs_ok,
+            w_ptr=sub.w_ptr if fast else None,
+            bufs_version=self._version if new_bufs else sub.bufs_version,
+        )
+        result = backend.fused_sgd_(call)
+        if not bool(result.found_inf) and new_bufs:
+            state = opt.state
+            for i in new_bufs:
+                state[sub.params[i]]["momentum_buffer"] = bufs[i]
+            sub.bufs = bufs
+            sub.bufs_version = self._version
+            if sub is not s:  # keep the full structure's buffers in step with the subset's
+                for k, i in enumerate(idx or ()):
+                    s.bufs[i] = bufs[k]
+                s.bufs_version = self._version
+                s.bufs_ok = None
+                s.subsets = {idx: sub} if idx is not None else {}
+            else:
+                s.subsets = {}  # their buffer lists are stale
+        return result, sub.names, sub.adapt
+
+    @staticmethod
+    def _check_bufs(
+        params: list[torch.Tensor], bufs: list[torch.Tensor | None], names: list[str]
+    ) -> bool:
+        """Raise if a momentum buffer cannot belong to its parameter; True when every buffer is
+        a contiguous tensor of the parameter's dtype and device (the fast path's layout)."""
+        ok = True
+        for p, b, name in zip(params, bufs, names, strict=True):
+            if b is None:
+                continue
+            if b.shape != p.shape:
+                raise ValueError(
+                    f"momentum_buffer of parameter {name!r} has shape {tuple(b.shape)}, the "
+                    f"parameter {tuple(p.shape)}"
+                )
+            if b.device != p.device:
+                raise ValueError(f"momentum_buffer of parameter {name!r} is on {b.device}")
+            ok = ok and b.is_contiguous() and b.dtype == p.dtype
+        return ok
+
+    @staticmethod
+    def _grads_fast(grads: list[torch.Tensor], s: _Structure) -> bool:
+        """Bulk checks: same dtype and size as the parameter, on the CPU, dense, contiguous."""
+        try:
+            return (
+                list(map(_DTYPE, grads)) == s.dtypes
+                and np.array_equal(
+                    np.fromiter(map(_NUMEL, grads), dtype=np.int64, count=len(grads)), s.numel
+                )
+                and all(map(_IS_CPU, grads))
+                and all(map(_IS_CONTIGUOUS, grads))  # raises for sparse gradients
+            )
+        except (RuntimeError, NotImplementedError):
+            return False
