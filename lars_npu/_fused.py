@@ -45,8 +45,6 @@ def unsupported_reason(optimizer: torch.optim.Optimizer) -> str | None:
             return f"param_groups[{i}] has maximize=True"
         if g.get("differentiable", False):
             return f"param_groups[{i}] has differentiable=True"
-        if g.get("nesterov", False) and g.get("momentum", 0) == 0:
-            return f"param_groups[{i}] has nesterov=True with momentum 0"
     return None
 
 
@@ -217,8 +215,9 @@ class FusedDriver:
         nest_g = np.empty(len(groups), dtype=np.uint8)
         for gi, g in enumerate(groups):
             lr_g[gi] = to_float(g["lr"], f"param_groups[{gi}]['lr']", minimum=0.0)
-            mu_g[gi] = to_float(g.get("momentum", 0.0), f"param_groups[{gi}]['momentum']",
-                                minimum=0.0)
+            mu_g[gi] = to_float(
+                g.get("momentum", 0.0), f"param_groups[{gi}]['momentum']", minimum=0.0
+            )
             nest_g[gi] = bool(g.get("nesterov", False))
         wd_g = np.asarray(wds, dtype=np.float64)
 
@@ -227,8 +226,12 @@ class FusedDriver:
             if any(g.layout != torch.strided for g in grads):
                 raise SparseGradientError("a parameter has a sparse gradient")
             for i in range(n):  # precise checks: raise with the parameter's name
-                check_pair(sub.params[i], grads[i], f"parameter {sub.names[i]!r}",
-                           f"gradient of parameter {sub.names[i]!r}")
+                check_pair(
+                    sub.params[i],
+                    grads[i],
+                    f"parameter {sub.names[i]!r}",
+                    f"gradient of parameter {sub.names[i]!r}",
+                )
             if len({p.device for p in sub.params}) > 1:
                 raise ValueError(
                     "the fused step needs every parameter on one device; "

@@ -288,8 +288,14 @@ class LARS(Optimizer):
         return self._finish(result, names, [bool(a) for a in adapt], plans, loss, inner=False)
 
     def _finish(
-        self, result: Any, names: list[str], adapt: list[bool], plans: list[Any], loss: Any,
-        *, inner: bool,
+        self,
+        result: Any,
+        names: list[str],
+        adapt: list[bool],
+        plans: list[Any],
+        loss: Any,
+        *,
+        inner: bool,
     ) -> Any:
         found = bool(result.found_inf)
         device = result.found_inf.device

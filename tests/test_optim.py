@@ -207,7 +207,14 @@ def reference_run(steps, use_clip, nesterov=False, seed=0, guard=False, wd=1e-4,
 
 
 def lars_run(
-    steps, use_clip, backend="auto", nesterov=False, seed=0, guard=False, wd=1e-4, mom=0.9,
+    steps,
+    use_clip,
+    backend="auto",
+    nesterov=False,
+    seed=0,
+    guard=False,
+    wd=1e-4,
+    mom=0.9,
     fused=None,
 ):
     model, sgd = make(seed, nesterov=nesterov, weight_decay=wd, momentum=mom)

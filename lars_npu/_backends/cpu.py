@@ -33,8 +33,9 @@ _DATA_PTR = torch.Tensor.data_ptr
 
 
 def _ptrs(ts: list[torch.Tensor | None]) -> np.ndarray:
-    return np.fromiter((0 if t is None else t.data_ptr() for t in ts), dtype=np.int64,
-                       count=len(ts))
+    return np.fromiter(
+        (0 if t is None else t.data_ptr() for t in ts), dtype=np.int64, count=len(ts)
+    )
 
 
 def _contig(t: torch.Tensor) -> torch.Tensor:
@@ -147,8 +148,7 @@ class CpuBackend:
                 call.cache["m_ptr"] = _ptrs(call.bufs)
                 call.cache["m_version"] = call.bufs_version
             w_ptr = call.w_ptr
-            g_ptr = np.fromiter(map(_DATA_PTR, call.grads), dtype=np.int64,
-                                count=len(call.grads))
+            g_ptr = np.fromiter(map(_DATA_PTR, call.grads), dtype=np.int64, count=len(call.grads))
             m_ptr = call.cache["m_ptr"]
             ws, gs, ms = call.params, call.grads, call.bufs
         else:  # non-contiguous tensors: contiguous copies, written back after success
@@ -158,8 +158,19 @@ class CpuBackend:
             plan = self._plan(C, ws, gs, call)
             w_ptr, g_ptr, m_ptr = _ptrs(ws), _ptrs(gs), _ptrs(ms)
         found, lam, _, _ = plan.step(
-            w_ptr, g_ptr, m_ptr, call.first, call.wd, call.lr, call.mu, call.nesterov,
-            h.epsilon, h.coefficient, h.use_clip, h.guard_zero_norm, threads,
+            w_ptr,
+            g_ptr,
+            m_ptr,
+            call.first,
+            call.wd,
+            call.lr,
+            call.mu,
+            call.nesterov,
+            h.epsilon,
+            h.coefficient,
+            h.use_clip,
+            h.guard_zero_norm,
+            threads,
         )
         if not found and not call.fast:
             for p, w in zip(call.params, ws, strict=True):

@@ -28,6 +28,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 def reference_fused_step(call: FusedCall) -> tuple[bool, list[float]]:
     """The reference step per tensor; no writes when a gradient is non-finite."""
+
     def np64(t: torch.Tensor) -> np.ndarray:
         return t.detach().to(device="cpu", dtype=torch.float64).numpy()
 
@@ -41,10 +42,18 @@ def reference_fused_step(call: FusedCall) -> tuple[bool, list[float]]:
         buf = call.bufs[i]
         m = None if (buf is None or call.first[i]) else np64(buf)
         w, m_new, _, lam = reference.lars_momentum_step(
-            np64(p), gs[i], m, lr=float(call.lr[i]), weight_decay=float(call.wd[i]),
+            np64(p),
+            gs[i],
+            m,
+            lr=float(call.lr[i]),
+            weight_decay=float(call.wd[i]),
             momentum=float(call.mu[i]) if call.has_m[i] else 0.0,
-            nesterov=bool(call.nesterov[i]), lars=bool(call.adapt[i]), epsilon=h.epsilon,
-            coefficient=h.coefficient, use_clip=h.use_clip, guard_zero_norm=h.guard_zero_norm,
+            nesterov=bool(call.nesterov[i]),
+            lars=bool(call.adapt[i]),
+            epsilon=h.epsilon,
+            coefficient=h.coefficient,
+            use_clip=h.use_clip,
+            guard_zero_norm=h.guard_zero_norm,
         )
         outs.append((w, m_new))
         lams.append(lam)
