@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cpu/fused.h"
+#include "dlpack_view.h"
 #include "cpu/lars_cpu.h"
 
 namespace py = pybind11;
@@ -134,14 +135,51 @@ std::shared_ptr<lars::FusedPlan> make_plan(const I64& numel, const I64& w_dtype,
   return std::make_shared<lars::FusedPlan>(std::move(specs), cache_budget_bytes);
 }
 
-py::tuple plan_step(lars::FusedPlan& plan, const I64& w_ptr, const I64& g_ptr, const I64& m_ptr,
+// Pointers arrive as Python lists of ints (cheapest to build per step) or int64 arrays.
+std::vector<int64_t> to_ptrs(const py::handle& obj, py::ssize_t n, const char* name) {
+  std::vector<int64_t> out;
+  if (PyList_Check(obj.ptr())) {
+    const py::ssize_t len = PyList_GET_SIZE(obj.ptr());
+    if (len != n) throw std::invalid_argument(std::string(name) + ": wrong length");
+    out.resize(static_cast<size_t>(n));
+    for (py::ssize_t i = 0; i < n; ++i) {
+      out[static_cast<size_t>(i)] = PyLong_AsLongLong(PyList_GET_ITEM(obj.ptr(), i));
+    }
+    if (PyErr_Occurred()) throw py::error_already_set();
+    return out;
+  }
+  const I64 arr = py::cast<I64>(obj);
+  check_len(arr, n, name);
+  out.assign(arr.data(), arr.data() + n);
+  return out;
+}
+
+py::tuple plan_step(lars::FusedPlan& plan, const py::object& w_obj, const py::object& g_obj,
+                    const py::object& m_obj,
                     const U8& first, const F64& wd, const F64& lr, const F64& mu,
                     const U8& nesterov, double epsilon, double coefficient, bool use_clip,
                     bool guard_zero_norm, int num_threads) {
   const py::ssize_t n = static_cast<py::ssize_t>(plan.size());
-  check_len(w_ptr, n, "w_ptr");
-  check_len(g_ptr, n, "g_ptr");
-  check_len(m_ptr, n, "m_ptr");
+  const std::vector<int64_t> w_ptr = to_ptrs(w_obj, n, "w_ptr");
+  std::vector<int64_t> g_ptr;
+  if (PyList_Check(g_obj.ptr()) && n > 0 && PyCapsule_CheckExact(PyList_GET_ITEM(g_obj.ptr(), 0))) {
+    // DLPack capsules of the gradients: check each one's layout against the plan
+    if (PyList_GET_SIZE(g_obj.ptr()) != n) throw std::invalid_argument("g_ptr: wrong length");
+    g_ptr.resize(static_cast<size_t>(n));
+    for (py::ssize_t i = 0; i < n; ++i) {
+      const lars::FusedTensorSpec& s = plan.spec(i);
+      const int64_t p =
+          lars::dl::checked_pointer(PyList_GET_ITEM(g_obj.ptr(), i), s.numel, s.g_dtype);
+      if (p == 0) {
+        throw py::value_error("gradient layout: tensor " + std::to_string(i) +
+                              " is not a contiguous CPU tensor of the planned size and dtype");
+      }
+      g_ptr[static_cast<size_t>(i)] = p;
+    }
+  } else {
+    g_ptr = to_ptrs(g_obj, n, "g_ptr");
+  }
+  const std::vector<int64_t> m_ptr = to_ptrs(m_obj, n, "m_ptr");
   check_len(first, n, "first");
   check_len(wd, n, "wd");
   check_len(lr, n, "lr");
@@ -150,8 +188,8 @@ py::tuple plan_step(lars::FusedPlan& plan, const I64& w_ptr, const I64& g_ptr, c
   static_assert(sizeof(void*) == sizeof(int64_t), "64-bit pointers expected");
   for (py::ssize_t i = 0; i < n; ++i) {
     const lars::FusedTensorSpec& s = plan.spec(i);
-    if (s.numel > 0 && (w_ptr.data()[i] == 0 || g_ptr.data()[i] == 0 ||
-                        (s.momentum && m_ptr.data()[i] == 0))) {
+    const size_t k = static_cast<size_t>(i);
+    if (s.numel > 0 && (w_ptr[k] == 0 || g_ptr[k] == 0 || (s.momentum && m_ptr[k] == 0))) {
       throw std::invalid_argument("null data pointer for tensor " + std::to_string(i));
     }
   }

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._backends.base import Backend, Hyper, MultiResult
+from ._backends.base import Backend, Hyper, LayoutMismatch, MultiResult
 from .functional import check_pair, to_float
 
 _GRAD = operator.attrgetter("grad")
@@ -27,6 +27,8 @@ _IS_CPU = operator.attrgetter("is_cpu")
 _DATA_PTR = torch.Tensor.data_ptr
 _NUMEL = torch.Tensor.numel
 _IS_CONTIGUOUS = torch.Tensor.is_contiguous
+# One call per gradient that exposes pointer, shape, strides, dtype and device together.
+_TO_DLPACK = getattr(torch._C, "_to_dlpack", None)
 
 FUSED_REQUIREMENTS = (
     "plain torch.optim.SGD (not a subclass) with dampening=0, maximize=False, "
@@ -65,8 +67,9 @@ class FusedCall:
     hyper: Hyper
     cache: dict[str, Any]  # the backend's, valid while the structure is unchanged
     fast: bool  # every tensor contiguous, on the CPU, gradient dtype == parameter dtype
-    w_ptr: np.ndarray | None = None  # int64 parameter pointers, when fast
+    w_ptr: list[int] | None = None  # parameter data pointers, when fast
     bufs_version: int = 0  # changes whenever a buffer object changes
+    g_caps: list[Any] | None = None  # DLPack capsules of the gradients (checked natively)
 
 
 @dataclass
@@ -77,13 +80,14 @@ class _Structure:
     group_of: np.ndarray
     adapt: np.ndarray
     has_m: np.ndarray
-    numel: np.ndarray
+    numel: list[int]
     dtypes: list[torch.dtype]
-    w_ptr: np.ndarray
+    w_ptr: list[int]
     params_ok: bool  # all parameters contiguous CPU tensors of a supported dtype
     bufs: list[torch.Tensor | None]
     bufs_version: int = 0
     bufs_ok: bool | None = None
+    bufs_complete: bool = False
     subsets: dict[tuple[int, ...], _Structure] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
 
@@ -152,9 +156,9 @@ class FusedDriver:
             group_of=np.asarray(group_of, dtype=np.int64),
             adapt=np.asarray(adapt, dtype=np.uint8),
             has_m=np.asarray(has_m, dtype=np.uint8),
-            numel=np.fromiter(map(_NUMEL, params), dtype=np.int64, count=len(params)),
+            numel=list(map(_NUMEL, params)),
             dtypes=dtypes,
-            w_ptr=np.fromiter(map(_DATA_PTR, params), dtype=np.int64, count=len(params)),
+            w_ptr=list(map(_DATA_PTR, params)),
             params_ok=params_ok,
             bufs=bufs,
             bufs_version=self._version,
@@ -171,9 +175,9 @@ class FusedDriver:
                 group_of=s.group_of[ii],
                 adapt=s.adapt[ii],
                 has_m=s.has_m[ii],
-                numel=s.numel[ii],
+                numel=[s.numel[i] for i in idx],
                 dtypes=[s.dtypes[i] for i in idx],
-                w_ptr=s.w_ptr[ii],
+                w_ptr=[s.w_ptr[i] for i in idx],
                 params_ok=s.params_ok,
                 bufs=[s.bufs[i] for i in idx],
                 bufs_version=s.bufs_version,
@@ -196,8 +200,7 @@ class FusedDriver:
         if s is None or s.key != key:
             s = self._s = self._build(opt, key, masks)
         # a parameter whose storage was swapped (p.data = ...) invalidates everything cached
-        w_ptr = np.fromiter(map(_DATA_PTR, s.params), dtype=np.int64, count=len(s.params))
-        if not np.array_equal(w_ptr, s.w_ptr):
+        if list(map(_DATA_PTR, s.params)) != s.w_ptr:
             s = self._s = self._build(opt, key, masks)
         grads = list(map(_GRAD, s.params))
         if any(map(operator.is_, grads, repeat(None))):
@@ -221,31 +224,31 @@ class FusedDriver:
             nest_g[gi] = bool(g.get("nesterov", False))
         wd_g = np.asarray(wds, dtype=np.float64)
 
-        fast = sub.params_ok and self._grads_fast(grads, sub)
+        caps = None
+        native_fast = backend.name == "cpu" and sub.params_ok
+        if native_fast and _TO_DLPACK is not None:
+            try:  # the kernel checks every capsule against its plan before writing
+                caps = list(map(_TO_DLPACK, grads))
+            except (RuntimeError, TypeError, ValueError):
+                caps = None
+            fast = caps is not None
+        else:
+            fast = native_fast and self._grads_fast(grads, sub)
         if not fast:
-            if any(g.layout != torch.strided for g in grads):
-                raise SparseGradientError("a parameter has a sparse gradient")
-            for i in range(n):  # precise checks: raise with the parameter's name
-                check_pair(
-                    sub.params[i],
-                    grads[i],
-                    f"parameter {sub.names[i]!r}",
-                    f"gradient of parameter {sub.names[i]!r}",
-                )
-            if len({p.device for p in sub.params}) > 1:
-                raise ValueError(
-                    "the fused step needs every parameter on one device; "
-                    "use LARS(..., fused=False) for a model split across devices"
-                )
+            self._precise_checks(sub, grads)
 
         first = np.zeros(n, dtype=np.uint8)
-        bufs = list(sub.bufs)
+        bufs = sub.bufs
         new_bufs: list[int] = []
-        for i in np.flatnonzero(sub.has_m).tolist() if n else []:
-            if bufs[i] is None:
-                bufs[i] = torch.zeros_like(sub.params[i], memory_format=torch.contiguous_format)
-                first[i] = 1
-                new_bufs.append(i)
+        if not sub.bufs_complete:  # some tensor with momentum has no buffer yet
+            bufs = list(bufs)
+            for i in np.flatnonzero(sub.has_m).tolist():
+                if bufs[i] is None:
+                    bufs[i] = torch.zeros_like(sub.params[i], memory_format=torch.contiguous_format)
+                    first[i] = 1
+                    new_bufs.append(i)
+            if not new_bufs:
+                sub.bufs_complete = True
         if new_bufs:
             self._version += 1
         if sub.bufs_ok is None or new_bufs:
@@ -267,19 +270,27 @@ class FusedDriver:
             fast=fast and sub.bufs_ok,
             w_ptr=sub.w_ptr if fast else None,
             bufs_version=self._version if new_bufs else sub.bufs_version,
+            g_caps=caps,
         )
-        result = backend.fused_sgd_(call)
+        try:
+            result = backend.fused_sgd_(call)
+        except LayoutMismatch:
+            self._precise_checks(sub, grads)  # raises with the parameter's name, or...
+            call.fast, call.g_caps, call.w_ptr = False, None, None  # ...the general path
+            result = backend.fused_sgd_(call)
         if not bool(result.found_inf) and new_bufs:
             state = opt.state
             for i in new_bufs:
                 state[sub.params[i]]["momentum_buffer"] = bufs[i]
             sub.bufs = bufs
             sub.bufs_version = self._version
+            sub.bufs_complete = True
             if sub is not s:  # keep the full structure's buffers in step with the subset's
                 for k, i in enumerate(idx or ()):
                     s.bufs[i] = bufs[k]
                 s.bufs_version = self._version
                 s.bufs_ok = None
+                s.bufs_complete = False
                 s.subsets = {idx: sub} if idx is not None else {}
             else:
                 s.subsets = {}  # their buffer lists are stale
@@ -306,14 +317,24 @@ class FusedDriver:
         return ok
 
     @staticmethod
+    def _precise_checks(sub: _Structure, grads: list[torch.Tensor]) -> None:
+        if any(g.layout != torch.strided for g in grads):
+            raise SparseGradientError("a parameter has a sparse gradient")
+        for p, g, name in zip(sub.params, grads, sub.names, strict=True):
+            check_pair(p, g, f"parameter {name!r}", f"gradient of parameter {name!r}")
+        if len({p.device for p in sub.params}) > 1:
+            raise ValueError(
+                "the fused step needs every parameter on one device; "
+                "use LARS(..., fused=False) for a model split across devices"
+            )
+
+    @staticmethod
     def _grads_fast(grads: list[torch.Tensor], s: _Structure) -> bool:
         """Bulk checks: same dtype and size as the parameter, on the CPU, dense, contiguous."""
         try:
             return (
                 list(map(_DTYPE, grads)) == s.dtypes
-                and np.array_equal(
-                    np.fromiter(map(_NUMEL, grads), dtype=np.int64, count=len(grads)), s.numel
-                )
+                and list(map(_NUMEL, grads)) == s.numel
                 and all(map(_IS_CPU, grads))
                 and all(map(_IS_CONTIGUOUS, grads))  # raises for sparse gradients
             )

@@ -111,6 +111,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    argv = [x for s in (args.set or []) for x in ("--set", s)]
+    argv += ["--repeats", str(args.repeats), "--json", args.json_out]
+    if args.no_numpy:
+        argv.append("--no-numpy")
+    return bench.main(argv)
+
+
 def cmd_default(args: argparse.Namespace) -> int:
     print_info(info_dict())
     print()
@@ -143,6 +153,24 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--json", action="store_true", help="print JSON")
     pc.add_argument("--verbose", "-v", action="store_true", help="print every row")
     pc.set_defaults(func=cmd_check)
+    pb = sub.add_parser(
+        "bench", help="time one LARS + momentum-SGD step against timm, torch _foreach, NumPy"
+    )
+    pb.add_argument(
+        "--set",
+        action="append",
+        choices=["resnet50", "bert-large", "tiny"],
+        help="shape set (repeatable; default: all three)",
+    )
+    pb.add_argument("--repeats", type=int, default=7, help="timed steps per method (median)")
+    pb.add_argument("--no-numpy", action="store_true", help="skip the NumPy reference column")
+    pb.add_argument(
+        "--json",
+        dest="json_out",
+        default="benchmarks/results/bench_step.json",
+        help="where to write the JSON results",
+    )
+    pb.set_defaults(func=cmd_bench)
     return p
 
 

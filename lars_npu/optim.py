@@ -128,7 +128,7 @@ class LARS(Optimizer):
         self.found_inf = torch.tensor(False)
         self._last_lam: torch.Tensor | None = None
         self._last_names: list[str] = []
-        self._last_adapt: list[bool] = []
+        self._last_adapt: Any = []
         plans = [self._plan_group(i, g) for i, g in enumerate(self.param_groups)]
         for group, plan in zip(self.param_groups, plans, strict=True):
             self._commit_group(group, plan)
@@ -285,7 +285,7 @@ class LARS(Optimizer):
         result, names, adapt = self._driver.step(
             self, backend, self._hyper, [wd for wd, _ in plans], [m for _, m in plans]
         )
-        return self._finish(result, names, [bool(a) for a in adapt], plans, loss, inner=False)
+        return self._finish(result, names, adapt, plans, loss, inner=False)
 
     def _finish(
         self,
@@ -369,7 +369,8 @@ class LARS(Optimizer):
         if self._last_lam is None:
             return {}
         lam = self._last_lam.tolist()
-        return {n: lam[i] for i, n in enumerate(self._last_names) if self._last_adapt[i]}
+        adapt = [bool(a) for a in self._last_adapt]
+        return {n: lam[i] for i, n in enumerate(self._last_names) if adapt[i]}
 
     # -- checkpoints --
     def state_dict(self) -> dict[str, Any]:

@@ -38,7 +38,7 @@ def make_call(params, grads, bufs, first, adapt, wd, lr, mu, nesterov, hyper, fa
         hyper=hyper,
         cache={},
         fast=fast,
-        w_ptr=np.array([p.data_ptr() for p in params], dtype=np.int64) if fast else None,
+        w_ptr=[p.data_ptr() for p in params] if fast else None,
         bufs_version=n,
     )
 

@@ -230,17 +230,22 @@ bool FusedPlan::step(const FusedStepArgs& a, const Hyper& h, double* lam, double
     // (implicit barrier: every thread sees found_inf)
     if (!found_inf) {
       for (const Batch& b : batches_) {
+        // A tensor of one chunk is finished in a single visit of the update loop below (sum of
+        // w^2, lambda, update while it sits in L1); the others get their sum(w^2) here.
         if (!b.big) {
 #pragma omp for schedule(static)
           for (int64_t c = b.first_chunk; c < b.end_chunk; ++c) {
             const Chunk& k = chunks[c];
-            part[2 * c] =
-                spec[k.tensor].adapt ? detail::sumsq(w_ref(k.tensor), k.begin, k.end) : 0.0;
+            const bool one_chunk = fc[k.tensor + 1] - fc[k.tensor] == 1;
+            part[2 * c] = (spec[k.tensor].adapt && !one_chunk)
+                              ? detail::sumsq(w_ref(k.tensor), k.begin, k.end)
+                              : 0.0;
           }
         }
 #pragma omp single
         {
           for (int64_t t = b.first_tensor; t < b.end_tensor; ++t) {
+            if (fc[t + 1] - fc[t] == 1 && !b.big) continue;  // done in the update loop
             if (!b.big) {
               double ws = 0.0;
               for (int64_t c = fc[t]; c < fc[t + 1]; ++c) ws += part[2 * c];
@@ -257,6 +262,10 @@ bool FusedPlan::step(const FusedStepArgs& a, const Hyper& h, double* lam, double
           const UpdateFn fn = update_fn(spec[t].w_dtype, spec[t].g_dtype, has_m,
                                         has_m && a.first[t] != 0, a.nesterov[t] != 0);
           const double wd = spec[t].adapt ? a.wd[t] : 0.0;
+          if (fc[t + 1] - fc[t] == 1 && !b.big) {
+            w_s[t] = spec[t].adapt ? detail::sumsq(w_ref(t), k.begin, k.end) : 0.0;
+            lam[t] = spec[t].adapt ? trust_ratio(w_s[t], g_s[t], a.wd[t], a.lr[t], h) : 1.0;
+          }
           fn(a.w[t], a.g[t], has_m ? a.m[t] : nullptr, k.begin, k.end, lam[t], wd, a.lr[t],
              a.mu[t]);
         }

@@ -11,6 +11,11 @@ if TYPE_CHECKING:
 import torch
 
 
+class LayoutMismatch(Exception):
+    """A backend's fast path found a tensor that does not match its cached plan (raised before
+    anything is written); the caller re-validates and retries on the general path."""
+
+
 @dataclass(frozen=True)
 class Hyper:
     """LARS hyper-parameters shared by every tensor of a call (DESIGN.md §1)."""

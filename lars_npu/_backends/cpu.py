@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ._native import native, native_error
-from .base import Hyper, MultiResult
+from .base import Hyper, LayoutMismatch, MultiResult
 
 if TYPE_CHECKING:
     from .._fused import FusedCall
@@ -148,7 +148,7 @@ class CpuBackend:
                 call.cache["m_ptr"] = _ptrs(call.bufs)
                 call.cache["m_version"] = call.bufs_version
             w_ptr = call.w_ptr
-            g_ptr = np.fromiter(map(_DATA_PTR, call.grads), dtype=np.int64, count=len(call.grads))
+            g_ptr = call.g_caps if call.g_caps is not None else list(map(_DATA_PTR, call.grads))
             m_ptr = call.cache["m_ptr"]
             ws, gs, ms = call.params, call.grads, call.bufs
         else:  # non-contiguous tensors: contiguous copies, written back after success
@@ -157,21 +157,15 @@ class CpuBackend:
             ms = [None if b is None else _contig(b) for b in call.bufs]
             plan = self._plan(C, ws, gs, call)
             w_ptr, g_ptr, m_ptr = _ptrs(ws), _ptrs(gs), _ptrs(ms)
-        found, lam, _, _ = plan.step(
-            w_ptr,
-            g_ptr,
-            m_ptr,
-            call.first,
-            call.wd,
-            call.lr,
-            call.mu,
-            call.nesterov,
-            h.epsilon,
-            h.coefficient,
-            h.use_clip,
-            h.guard_zero_norm,
-            threads,
-        )
+        try:
+            found, lam, _, _ = plan.step(
+                w_ptr, g_ptr, m_ptr, call.first, call.wd, call.lr, call.mu, call.nesterov,
+                h.epsilon, h.coefficient, h.use_clip, h.guard_zero_norm, threads,
+            )  # fmt: skip
+        except ValueError as exc:
+            if call.fast and "gradient layout" in str(exc):
+                raise LayoutMismatch(str(exc)) from None
+            raise
         if not found and not call.fast:
             for p, w in zip(call.params, ws, strict=True):
                 if w is not p:
