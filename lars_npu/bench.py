@@ -509,7 +509,8 @@ def format_table(res: Result) -> str:
     lines = [head, cols, "-" * len(cols)]
 
     def f(v: float | None, fmt: str) -> str:
-        return format(v, fmt) if v is not None else "-"
+        width = int(fmt.split(".")[0])
+        return format(v, fmt) if v is not None else "-".rjust(width)
 
     for r in res.rows:
         lines.append(
