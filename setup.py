@@ -30,6 +30,7 @@ class CMakeExtension(Extension):
 class CMakeBuild(build_ext):
     def build_extension(self, ext: Extension) -> None:
         if os.environ.get("LARS_NPU_NO_NATIVE") == "1":
+            self._drop_stale(ext)
             self._warn("LARS_NPU_NO_NATIVE=1: skipping the C++ build")
             return
         try:
@@ -37,10 +38,17 @@ class CMakeBuild(build_ext):
         except Exception as exc:  # any toolchain failure: no compiler, no cmake, a compile error
             if os.environ.get("LARS_NPU_REQUIRE_NATIVE") == "1":
                 raise
+            self._drop_stale(ext)
             self._warn(
                 f"the C++ extension could not be built ({exc}); lars_npu is installed without "
                 "it and runs on the NumPy reference (`lars-npu info` shows this)"
             )
+
+    def _drop_stale(self, ext: Extension) -> None:
+        # a module left in the build tree by an earlier build must not be packaged instead
+        stale = Path(self.get_ext_fullpath(ext.name))
+        if stale.exists():
+            stale.unlink()
 
     def _warn(self, msg: str) -> None:
         print(f"\n*** lars_npu: {msg}\n", file=sys.stderr)

@@ -55,7 +55,10 @@ def test_foreach_peer_matches_lars_reference_math():
         q.grad = p.grad.clone()
     peer = bench.ForeachLars(a, lr=0.1, momentum=0.9, weight_decay=1e-4)
     ours = LARS(
-        torch.optim.SGD(b, lr=0.1, momentum=0.9, weight_decay=1e-4), lars_filter=lambda x: True
+        torch.optim.SGD(
+            list(zip(["w0", "w1"], b, strict=True)), lr=0.1, momentum=0.9, weight_decay=1e-4
+        ),
+        lars_filter=lambda x: True,
     )
     for _ in range(3):
         peer.step()
