@@ -272,6 +272,9 @@ class FusedDriver:
             bufs_version=self._version if new_bufs else sub.bufs_version,
             g_caps=caps,
         )
+        if n == 0:  # no parameter has a gradient: nothing to do, as in torch SGD
+            empty = torch.zeros(0, dtype=torch.float64)
+            return MultiResult(torch.tensor(False), empty), [], sub.adapt
         try:
             result = backend.fused_sgd_(call)
         except LayoutMismatch:

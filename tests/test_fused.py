@@ -430,3 +430,17 @@ def test_fused_step_is_one_native_call(monkeypatch):
     monkeypatch.setattr(cpu.CpuBackend, "fused_sgd_", spy)
     run(None, steps=3)
     assert calls == [6, 6, 6]
+
+
+def test_step_without_any_gradient_is_a_no_op(backend):
+    model = nn.Linear(3, 2)
+    for fused in (True, False):
+        opt = LARS(
+            torch.optim.SGD(model.named_parameters(), lr=0.1, momentum=0.9),
+            backend=backend,
+            fused=fused,
+        )
+        before = [p.detach().clone() for p in model.parameters()]
+        opt.step()
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+        assert not bool(opt.found_inf) and opt.trust_ratios() == {}
