@@ -29,6 +29,7 @@ _NUMEL = torch.Tensor.numel
 _IS_CONTIGUOUS = torch.Tensor.is_contiguous
 # One call per gradient that exposes pointer, shape, strides, dtype and device together.
 _TO_DLPACK = getattr(torch._C, "_to_dlpack", None)
+_GET_BUF = operator.methodcaller("get", "momentum_buffer")
 
 FUSED_REQUIREMENTS = (
     "plain torch.optim.SGD (not a subclass) with dampening=0, maximize=False, "
@@ -85,6 +86,9 @@ class _Structure:
     w_ptr: list[int]
     params_ok: bool  # all parameters contiguous CPU tensors of a supported dtype
     bufs: list[torch.Tensor | None]
+    masks: list[list[bool]] = field(default_factory=list)  # copies, to notice in-place edits
+    state_dicts: list[Any] = field(default_factory=list)  # per-parameter state dicts (momentum)
+    state_values: list[Any] = field(default_factory=list)  # opt.state's values when built
     bufs_version: int = 0
     bufs_ok: bool | None = None
     bufs_complete: bool = False
@@ -98,10 +102,12 @@ class SparseGradientError(ValueError):
 
 
 def _structure_key(opt: Any, masks: list[list[bool]]) -> tuple[Any, ...]:
+    """O(groups) part of the cache key; the O(parameters) checks are in FusedDriver._current."""
     groups = opt.param_groups
     return (
         id(groups),
         id(opt.state),
+        len(opt.state),
         tuple(
             (id(g["params"]), len(g["params"]), id(m), g.get("momentum", 0) != 0)
             for g, m in zip(groups, masks, strict=True)
@@ -140,6 +146,9 @@ class FusedDriver:
             (state[p].get("momentum_buffer") if p in state else None) if m else None
             for p, m in zip(params, has_m, strict=True)
         ]
+        state_dicts = [
+            state[p] if (m and p in state) else None for p, m in zip(params, has_m, strict=True)
+        ]
         from .functional import SUPPORTED_DTYPES
 
         dtypes = list(map(_DTYPE, params))
@@ -161,8 +170,33 @@ class FusedDriver:
             w_ptr=list(map(_DATA_PTR, params)),
             params_ok=params_ok,
             bufs=bufs,
+            masks=[list(m) for m in masks],
+            state_dicts=state_dicts,
+            state_values=list(state.values()),
             bufs_version=self._version,
         )
+
+    def _current(self, opt: Any, s: _Structure, masks: list[list[bool]]) -> bool:
+        """Whether the cached structure still describes the optimizer: the same parameter
+        objects (also after in-place edits of a group's list), filter results, contiguous
+        parameters at the same addresses, and the same momentum buffers in the state."""
+        flat = [p for g in opt.param_groups for p in g["params"]]
+        if len(flat) != len(s.params) or not all(map(operator.is_, flat, s.params)):
+            return False
+        if masks != s.masks:
+            return False
+        # a parameter whose storage was swapped (p.data = ...) or made non-contiguous
+        if list(map(_DATA_PTR, s.params)) != s.w_ptr or not all(map(_IS_CONTIGUOUS, s.params)):
+            return False
+        # momentum buffers replaced, dropped or added by the user: state.clear() or a new
+        # entry changes len(state) (in the key); state[p] = {...} or
+        # state[p]["momentum_buffer"] = t are seen here, without hashing a single tensor
+        vals = list(opt.state.values())
+        if len(vals) != len(s.state_values) or not all(map(operator.is_, vals, s.state_values)):
+            return False
+        present = [d for d in s.state_dicts if d is not None]
+        cached = [b for b, d in zip(s.bufs, s.state_dicts, strict=True) if d is not None]
+        return all(map(operator.is_, map(_GET_BUF, present), cached))
 
     def _subset(self, s: _Structure, idx: tuple[int, ...]) -> _Structure:
         sub = s.subsets.get(idx)
@@ -197,10 +231,7 @@ class FusedDriver:
         optimizer state, for new buffers) only when the backend reports success."""
         key = _structure_key(opt, masks)
         s = self._s
-        if s is None or s.key != key:
-            s = self._s = self._build(opt, key, masks)
-        # a parameter whose storage was swapped (p.data = ...) invalidates everything cached
-        if list(map(_DATA_PTR, s.params)) != s.w_ptr:
+        if s is None or s.key != key or not self._current(opt, s, masks):
             s = self._s = self._build(opt, key, masks)
         grads = list(map(_GRAD, s.params))
         if any(map(operator.is_, grads, repeat(None))):
@@ -224,19 +255,6 @@ class FusedDriver:
             nest_g[gi] = bool(g.get("nesterov", False))
         wd_g = np.asarray(wds, dtype=np.float64)
 
-        caps = None
-        native_fast = backend.name == "cpu" and sub.params_ok
-        if native_fast and _TO_DLPACK is not None:
-            try:  # the kernel checks every capsule against its plan before writing
-                caps = list(map(_TO_DLPACK, grads))
-            except (RuntimeError, TypeError, ValueError):
-                caps = None
-            fast = caps is not None
-        else:
-            fast = native_fast and self._grads_fast(grads, sub)
-        if not fast:
-            self._precise_checks(sub, grads)
-
         first = np.zeros(n, dtype=np.uint8)
         bufs = sub.bufs
         new_bufs: list[int] = []
@@ -253,6 +271,20 @@ class FusedDriver:
             self._version += 1
         if sub.bufs_ok is None or new_bufs:
             sub.bufs_ok = self._check_bufs(sub.params, bufs, sub.names)
+
+        caps = None
+        native_fast = backend.name == "cpu" and sub.params_ok
+        if native_fast and _TO_DLPACK is not None:
+            try:  # the kernel checks every capsule against its plan before writing
+                caps = list(map(_TO_DLPACK, grads))
+            except (RuntimeError, TypeError, ValueError):
+                caps = None
+            fast = caps is not None
+        else:
+            fast = native_fast and self._grads_fast(grads, sub)
+        if not fast:
+            self._precise_checks(sub, grads, bufs)
+
         gidx = sub.group_of
         call = FusedCall(
             params=sub.params,
@@ -278,25 +310,15 @@ class FusedDriver:
         try:
             result = backend.fused_sgd_(call)
         except LayoutMismatch:
-            self._precise_checks(sub, grads)  # raises with the parameter's name, or...
+            self._precise_checks(sub, grads, bufs)  # raises with the parameter's name, or...
             call.fast, call.g_caps, call.w_ptr = False, None, None  # ...the general path
             result = backend.fused_sgd_(call)
+            self._s = None  # sizes or layouts changed under the cache: rebuild next step
         if not bool(result.found_inf) and new_bufs:
             state = opt.state
             for i in new_bufs:
                 state[sub.params[i]]["momentum_buffer"] = bufs[i]
-            sub.bufs = bufs
-            sub.bufs_version = self._version
-            sub.bufs_complete = True
-            if sub is not s:  # keep the full structure's buffers in step with the subset's
-                for k, i in enumerate(idx or ()):
-                    s.bufs[i] = bufs[k]
-                s.bufs_version = self._version
-                s.bufs_ok = None
-                s.bufs_complete = False
-                s.subsets = {idx: sub} if idx is not None else {}
-            else:
-                s.subsets = {}  # their buffer lists are stale
+            self._s = None  # the state gained entries: rebuild from it on the next step
         return result, sub.names, sub.adapt
 
     @staticmethod
@@ -319,12 +341,15 @@ class FusedDriver:
             ok = ok and b.is_contiguous() and b.dtype == p.dtype
         return ok
 
-    @staticmethod
-    def _precise_checks(sub: _Structure, grads: list[torch.Tensor]) -> None:
+    @classmethod
+    def _precise_checks(
+        cls, sub: _Structure, grads: list[torch.Tensor], bufs: list[torch.Tensor | None]
+    ) -> None:
         if any(g.layout != torch.strided for g in grads):
             raise SparseGradientError("a parameter has a sparse gradient")
         for p, g, name in zip(sub.params, grads, sub.names, strict=True):
             check_pair(p, g, f"parameter {name!r}", f"gradient of parameter {name!r}")
+        cls._check_bufs(sub.params, bufs, sub.names)
         if len({p.device for p in sub.params}) > 1:
             raise ValueError(
                 "the fused step needs every parameter on one device; "

@@ -175,10 +175,13 @@ class LARS(Optimizer):
         return self._hyper.guard_zero_norm
 
     def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__
+        state = dict(self.__dict__)
+        state.pop("_driver", None)  # native caches are rebuilt, never pickled
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._driver = FusedDriver()
         self._patch_step_function()
 
     def __repr__(self) -> str:
@@ -193,6 +196,7 @@ class LARS(Optimizer):
     # -- weight-decay take-over and the filter --
     def _plan_group(self, index: int, group: dict[str, Any]) -> tuple[float, list[bool]]:
         """(weight decay LARS applies, filter result per parameter) for a group, read-only."""
+        self._check_saved_group(index, group)
         wd_inner = group.get("weight_decay", 0.0)
         if WD_KEY in group and not wd_inner:
             wd = to_float(group[WD_KEY], f"param_groups[{index}]['{WD_KEY}']", minimum=0.0)
@@ -219,6 +223,30 @@ class LARS(Optimizer):
                 keep = self.lars_filter(ParamInfo(names[j] if names else "", p))
                 mask.append(bool(keep))
         return wd, mask
+
+    @staticmethod
+    def _check_saved_group(index: int, group: dict[str, Any]) -> None:
+        """Checks that need no tensors (shared by steps and load_state_dict)."""
+        if group.get("maximize", False):
+            raise ValueError(
+                f"param_groups[{index}] has maximize=True: LARS folds weight decay into the "
+                "gradient (g' = λ(g + wd·w)), which the inner optimizer's negation would turn "
+                "into weight growth; minimise the negated loss instead"
+            )
+        to_float(
+            group.get("weight_decay", 0.0), f"param_groups[{index}]['weight_decay']", minimum=0.0
+        )
+        if WD_KEY in group:
+            to_float(group[WD_KEY], f"param_groups[{index}]['{WD_KEY}']", minimum=0.0)
+        mask = group.get(MASK_KEY)
+        if mask is not None and (
+            not isinstance(mask, list)
+            or len(mask) != len(group["params"])
+            or not all(isinstance(b, bool) for b in mask)
+        ):
+            raise TypeError(
+                f"param_groups[{index}]['{MASK_KEY}'] must be a list of bools, one per parameter"
+            )
 
     @staticmethod
     def _commit_group(group: dict[str, Any], plan: tuple[float, list[bool]]) -> None:
@@ -413,12 +441,8 @@ class LARS(Optimizer):
                 saved.get("use_clip", hyper.use_clip),
                 saved.get("guard_zero_norm", hyper.guard_zero_norm),
             )
-        for gi, g in enumerate(sd.get("param_groups", [])):
-            mask = g.get(MASK_KEY)
-            if mask is not None and (
-                not isinstance(mask, list) or not all(isinstance(b, bool) for b in mask)
-            ):
-                raise TypeError(f"state_dict['param_groups'][{gi}]['{MASK_KEY}'] must be bools")
+        for gi, g in enumerate(sd.get("param_groups", [])):  # everything checked before loading
+            self._check_saved_group(gi, g)
         self.optimizer.load_state_dict(sd)
         self._driver.invalidate()
         self._hyper = hyper

@@ -57,10 +57,10 @@ def trust_ratio(
         lam = 1.0
     else:
         lam = coefficient * wn / (gn + weight_decay * wn + epsilon)
-    if use_clip:
+    if use_clip and not math.isnan(lam):  # nan (from non-finite inputs) stays nan
         if learning_rate > 0.0:
             lam = max(min(lam / learning_rate, 1.0), 0.0)
-        elif not math.isnan(lam):
+        else:
             lam = 1.0 if lam > 0.0 else 0.0
     return lam
 

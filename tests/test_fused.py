@@ -319,7 +319,6 @@ def test_fused_bitwise_resume():
     ("inner", "why"),
     [
         (lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, dampening=0.1), "dampening"),
-        (lambda ps: torch.optim.SGD(ps, lr=0.1, maximize=True), "maximize"),
         (lambda ps: torch.optim.RMSprop(ps, lr=0.1), "RMSprop"),
         (lambda ps: type("MySGD", (torch.optim.SGD,), {})(ps, lr=0.1), "MySGD"),
     ],
@@ -444,3 +443,135 @@ def test_step_without_any_gradient_is_a_no_op(backend):
         opt.step()
         assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
         assert not bool(opt.found_inf) and opt.trust_ratios() == {}
+
+
+def test_maximize_is_refused_clearly():
+    model = nn.Linear(3, 2)
+    with pytest.raises(ValueError, match="maximize"):
+        LARS(torch.optim.SGD(model.named_parameters(), lr=0.1, maximize=True))
+    opt = LARS(torch.optim.SGD(model.named_parameters(), lr=0.1))
+    opt.param_groups[0]["maximize"] = True
+    model(torch.randn(2, 3)).sum().backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="maximize"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+# -- regressions from review: cache holes, buffer dtypes, pickling ------------------------------
+
+
+def test_buffers_of_another_dtype_after_model_cast():
+    m = nn.Linear(64, 32)
+    opt = LARS(torch.optim.SGD(m.named_parameters(), lr=0.1, momentum=0.9))
+    ref = LARS(torch.optim.SGD(m.named_parameters(), lr=0.1, momentum=0.9), fused=False)
+    del ref
+    m(torch.randn(4, 64)).sum().backward()
+    opt.step()
+    m.double()
+    for _ in range(3):
+        m.zero_grad()
+        m(torch.randn(4, 64, dtype=torch.float64)).sum().backward()
+        opt.step()
+    assert all(torch.isfinite(p).all() for p in m.parameters())
+    assert opt.state[m.weight]["momentum_buffer"].shape == m.weight.shape
+
+
+def test_parameter_swapped_to_a_larger_view_is_handled():
+    base = torch.zeros(10)
+    p = nn.Parameter(base[:5])
+    opt = LARS(torch.optim.SGD([("w", p)], lr=1.0, momentum=0.9), lars_filter=lambda i: False)
+    arena = torch.zeros(10)
+    opt.state[p]["momentum_buffer"] = arena[:5]
+    p.grad = torch.ones(5)
+    opt.step()
+    with torch.no_grad():
+        p.data = base
+    p.grad = torch.ones(10)
+    with pytest.raises(ValueError, match="momentum_buffer"):
+        opt.step()  # as torch SGD: the old buffer does not fit the parameter
+    assert arena[5:].eq(0).all()
+
+
+def test_transposed_parameter_storage_is_noticed():
+    w = torch.arange(6.0).reshape(2, 3)
+    p = nn.Parameter(w.clone())
+    q = nn.Parameter(w.clone())
+    opt_p = LARS(torch.optim.SGD([("w", p)], lr=1.0), lars_filter=lambda i: False)
+    opt_q = LARS(torch.optim.SGD([("w", q)], lr=1.0), lars_filter=lambda i: False, fused=False)
+    for o, t in ((opt_p, p), (opt_q, q)):
+        t.grad = torch.ones_like(t)
+        o.step()
+        with torch.no_grad():
+            t.data = t.data.t()
+        t.grad = torch.arange(6.0).reshape(3, 2)
+        o.step()
+    assert torch.equal(p.detach(), q.detach())
+
+
+@pytest.mark.parametrize("change", ["clear", "replace_buffer", "replace_dict"])
+def test_user_edits_of_state_are_followed(change):
+    def build(fused):
+        torch.manual_seed(0)
+        m = nn.Linear(4, 3)
+        return m, LARS(torch.optim.SGD(m.named_parameters(), lr=0.1, momentum=0.9), fused=fused)
+
+    results = []
+    for fused in (True, False):
+        m, opt = build(fused)
+        for t in range(4):
+            if t == 2:
+                if change == "clear":
+                    opt.state.clear()
+                elif change == "replace_buffer":
+                    for p in m.parameters():
+                        opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
+                else:
+                    for p in m.parameters():
+                        opt.state[p] = {"momentum_buffer": torch.ones_like(p)}
+            m.zero_grad()
+            m(torch.full((2, 4), float(t + 1))).sum().backward()
+            opt.step()
+        results.append([p.detach().clone() for p in m.parameters()])
+        assert len(opt.state) == 2
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_in_place_edits_of_groups_are_followed():
+    def run_one(fused):
+        torch.manual_seed(0)
+        a, b = nn.Parameter(torch.randn(4, 4)), nn.Parameter(torch.randn(4, 4))
+        opt = LARS(torch.optim.SGD([("a", a)], lr=0.1, momentum=0.9), coefficient=1.0, fused=fused)
+        a.grad = torch.ones(4, 4)
+        opt.step()
+        opt.param_groups[0]["params"][0] = b
+        b.grad = torch.ones(4, 4)
+        opt.step()
+        opt.param_groups[0]["lars_mask"][0] = False
+        b.grad = torch.ones(4, 4)  # the unfused path left g' in .grad: give both the raw one
+        opt.step()
+        return a.detach().clone(), b.detach().clone()
+
+    for x, y in zip(run_one(True), run_one(False), strict=True):
+        torch.testing.assert_close(x, y)
+
+
+def test_pickle_and_deepcopy_after_a_fused_step():
+    import pickle
+
+    m = nn.Linear(3, 2)
+    opt = LARS(torch.optim.SGD(m.named_parameters(), lr=0.1, momentum=0.9))
+    m(torch.randn(2, 3)).sum().backward()
+    opt.step()
+    copy.deepcopy(opt)
+    opt2 = pickle.loads(pickle.dumps(opt))
+    assert opt2.coefficient == opt.coefficient
+
+
+def test_nan_trust_ratio_stays_nan_with_clip(backend):
+    p = nn.Parameter(torch.tensor([float("nan"), 1.0]))
+    opt = LARS(torch.optim.SGD([("w", p)], lr=0.1), use_clip=True, backend=backend, fused=False)
+    p.grad = torch.tensor([0.5, 0.5])
+    opt.step()
+    assert np.isnan(opt.trust_ratios()["w"])

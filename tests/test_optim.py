@@ -635,3 +635,18 @@ def test_repr_and_pickle():
     assert "LARS(epsilon=1e-05" in repr(opt) and "SGD" in repr(opt)
     opt2 = copy.deepcopy(opt)
     assert opt2.coefficient == opt.coefficient
+
+
+def test_load_state_dict_validates_before_changing_anything():
+    _, sgd = make()
+    opt = LARS(sgd)
+    extra = nn.Linear(2, 2)
+    opt.add_param_group({"params": list(extra.named_parameters()), "lr": 0.05})
+    bad = copy.deepcopy(opt.state_dict())
+    bad["param_groups"][1]["lars_weight_decay"] = float("nan")
+    bad["param_groups"][0]["lr"] = 123.0
+    bad["lars"]["epsilon"] = 0.5
+    with pytest.raises(ValueError, match="lars_weight_decay"):
+        opt.load_state_dict(bad)
+    assert opt.param_groups[0]["lr"] == 0.1 and opt.epsilon == 1e-5
+    assert opt.param_groups[1]["lars_weight_decay"] == 1e-4

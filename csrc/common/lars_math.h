@@ -29,12 +29,12 @@ inline double trust_ratio(double w_s, double g_s, double weight_decay, double lr
   } else {
     lam = h.coefficient * wn / (gn + weight_decay * wn + h.epsilon);
   }
-  if (h.use_clip) {
+  if (h.use_clip && !std::isnan(lam)) {  // nan stays nan, as max(min(nan, 1), 0) in NumPy
     if (lr > 0.0) {
       lam = lam / lr;
       lam = lam < 1.0 ? lam : 1.0;
       lam = lam > 0.0 ? lam : 0.0;
-    } else if (!std::isnan(lam)) {
+    } else {
       lam = lam > 0.0 ? 1.0 : 0.0;  // the limit of min(lambda / lr, 1) as lr -> 0+
     }
   }

@@ -154,7 +154,12 @@ class CpuBackend:
         else:  # non-contiguous tensors: contiguous copies, written back after success
             ws = [_contig(p.detach()) for p in call.params]
             gs = [_contig(g) for g in call.grads]
-            ms = [None if b is None else _contig(b) for b in call.bufs]
+            # buffers in the parameter's dtype (a model cast after its first step keeps torch
+            # SGD's old-dtype buffers), written back (cast) after the step
+            ms = [
+                None if b is None else _contig(b if b.dtype == w.dtype else b.to(w.dtype))
+                for b, w in zip(call.bufs, ws, strict=True)
+            ]
             plan = self._plan(C, ws, gs, call)
             w_ptr, g_ptr, m_ptr = _ptrs(ws), _ptrs(gs), _ptrs(ms)
         try:
