@@ -29,7 +29,7 @@ _NUMEL = torch.Tensor.numel
 _IS_CONTIGUOUS = torch.Tensor.is_contiguous
 # One call per gradient that exposes pointer, shape, strides, dtype and device together.
 _TO_DLPACK = getattr(torch._C, "_to_dlpack", None)
-_GET_BUF = operator.methodcaller("get", "momentum_buffer")
+_BUF_ITEM = operator.itemgetter("momentum_buffer")
 
 FUSED_REQUIREMENTS = (
     "plain torch.optim.SGD (not a subclass) with dampening=0, maximize=False, "
@@ -89,6 +89,8 @@ class _Structure:
     masks: list[list[bool]] = field(default_factory=list)  # copies, to notice in-place edits
     state_dicts: list[Any] = field(default_factory=list)  # per-parameter state dicts (momentum)
     state_values: list[Any] = field(default_factory=list)  # opt.state's values when built
+    present_dicts: list[Any] = field(default_factory=list)  # state dicts holding a buffer
+    present_bufs: list[Any] = field(default_factory=list)  # ...and those buffers
     bufs_version: int = 0
     bufs_ok: bool | None = None
     bufs_complete: bool = False
@@ -149,6 +151,11 @@ class FusedDriver:
         state_dicts = [
             state[p] if (m and p in state) else None for p, m in zip(params, has_m, strict=True)
         ]
+        present = [
+            (d, d["momentum_buffer"])
+            for d in state_dicts
+            if d is not None and "momentum_buffer" in d
+        ]
         from .functional import SUPPORTED_DTYPES
 
         dtypes = list(map(_DTYPE, params))
@@ -173,6 +180,8 @@ class FusedDriver:
             masks=[list(m) for m in masks],
             state_dicts=state_dicts,
             state_values=list(state.values()),
+            present_dicts=[d for d, _ in present],
+            present_bufs=[b for _, b in present],
             bufs_version=self._version,
         )
 
@@ -194,9 +203,10 @@ class FusedDriver:
         vals = list(opt.state.values())
         if len(vals) != len(s.state_values) or not all(map(operator.is_, vals, s.state_values)):
             return False
-        present = [d for d in s.state_dicts if d is not None]
-        cached = [b for b, d in zip(s.bufs, s.state_dicts, strict=True) if d is not None]
-        return all(map(operator.is_, map(_GET_BUF, present), cached))
+        try:
+            return all(map(operator.is_, map(_BUF_ITEM, s.present_dicts), s.present_bufs))
+        except KeyError:  # a buffer was deleted
+            return False
 
     def _subset(self, s: _Structure, idx: tuple[int, ...]) -> _Structure:
         sub = s.subsets.get(idx)
