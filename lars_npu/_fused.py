@@ -71,6 +71,9 @@ class FusedCall:
     w_ptr: list[int] | None = None  # parameter data pointers, when fast
     bufs_version: int = 0  # changes whenever a buffer object changes
     g_caps: list[Any] | None = None  # DLPack capsules of the gradients (checked natively)
+    # fp16/bf16 gradients of fp32 parameters: the kernel supports them, but the optimizer keeps
+    # torch's rule (gradient dtype == parameter dtype, on both paths); direct callers opt in
+    mixed_grad_dtypes: bool = False
 
 
 @dataclass

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import LARS, exclude_bias_and_norm
+from . import LARS
 from ._backends import Hyper, get_backend
 from ._backends._native import native
 
@@ -112,6 +112,13 @@ SETS: dict[str, Callable[[], list[tuple[str, tuple[int, ...]]]]] = {
 }
 
 LR, MOMENTUM, WD, COEF, EPS = 0.1, 0.9, 5e-5, 1e-3, 1e-5
+
+
+def adapt_all(info: object) -> bool:
+    """The benchmark's filter: adapt every tensor, as timm Lars and the _foreach peer do (so all
+    methods do the same work)."""
+    return True
+
 
 # -- peers -------------------------------------------------------------------------------------
 
@@ -297,10 +304,10 @@ def _methods(
         return torch.optim.SGD(named, lr=LR, momentum=MOMENTUM, weight_decay=WD)
 
     methods: list[tuple[str, Callable[[list[tuple[str, torch.nn.Parameter]]], Any]]] = [
-        ("lars_npu fused", lambda named: LARS(sgd(named), lars_filter=exclude_bias_and_norm)),
+        ("lars_npu fused", lambda named: LARS(sgd(named), lars_filter=adapt_all)),
         (
             "lars_npu unfused",
-            lambda named: LARS(sgd(named), lars_filter=exclude_bias_and_norm, fused=False),
+            lambda named: LARS(sgd(named), lars_filter=adapt_all, fused=False),
         ),
     ]
     if timm_lars is not None:
@@ -324,7 +331,7 @@ def _methods(
         methods.append(
             (
                 "NumPy reference",
-                lambda named: LARS(sgd(named), lars_filter=exclude_bias_and_norm, backend="numpy"),
+                lambda named: LARS(sgd(named), lars_filter=adapt_all, backend="numpy"),
             )
         )
     return methods
@@ -390,7 +397,7 @@ def run_bf16_row(name: str, repeats: int, triad: float) -> Row | None:
     grads = [(torch.randn(s, generator=gen) * 1e-3).bfloat16() for _, s in shapes]
     bufs = [torch.zeros_like(p) for p in params]
     n = len(params)
-    adapt = np.array([p.ndim > 1 for p in params], dtype=np.uint8)
+    adapt = np.ones(len(params), dtype=np.uint8)  # every tensor adapted, as in the other rows
     call = FusedCall(
         params=params,
         grads=grads,
@@ -406,6 +413,7 @@ def run_bf16_row(name: str, repeats: int, triad: float) -> Row | None:
         cache={},
         fast=True,
         w_ptr=[p.data_ptr() for p in params],
+        mixed_grad_dtypes=True,
     )
     backend = get_backend("cpu")
     t = median_time(lambda: backend.fused_sgd_(call), repeats)

@@ -86,6 +86,12 @@ def test_cpu_backend_refuses_other_devices():
         ),
         (lambda w, g: lars_npu.lars_update(w, g, 1.0, 1.0, True, 0.1), TypeError, "weight_decay"),
         (lambda w, g: lars_npu.square_sum_all(w, g, backend="nope"), ValueError, "nope"),
+        (lambda w, g: lars_npu.square_sum_all(w, g.to("meta")), ValueError, "meta"),
+        (
+            lambda w, g: lars_npu.lars_update(w, g.to("meta"), 1.0, 1.0, 0.0, 0.1),
+            ValueError,
+            "device|meta",
+        ),
     ],
 )
 def test_validation_errors_name_the_argument(call, exc, match):

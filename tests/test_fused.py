@@ -40,6 +40,7 @@ def make_call(params, grads, bufs, first, adapt, wd, lr, mu, nesterov, hyper, fa
         fast=fast,
         w_ptr=[p.data_ptr() for p in params] if fast else None,
         bufs_version=n,
+        mixed_grad_dtypes=True,
     )
 
 

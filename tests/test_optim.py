@@ -158,6 +158,7 @@ def test_refuses_lamb_by_name_and_accepts_others():
         (dict(lars_filter=True), TypeError, "lars_filter"),
         (dict(backend="tpu"), ValueError, "tpu"),
         (dict(backend=3), TypeError, "backend"),
+        (dict(fused="yes"), TypeError, "fused"),
     ],
 )
 def test_constructor_validation(kwargs, exc, match):
@@ -650,3 +651,56 @@ def test_load_state_dict_validates_before_changing_anything():
         opt.load_state_dict(bad)
     assert opt.param_groups[0]["lr"] == 0.1 and opt.epsilon == 1e-5
     assert opt.param_groups[1]["lars_weight_decay"] == 1e-4
+
+
+@pytest.mark.parametrize(
+    ("group", "match"),
+    [
+        ({"weight_decay": float("nan")}, "weight_decay"),
+        ({"weight_decay": float("inf")}, "weight_decay"),
+        ({"weight_decay": -1e-4}, "weight_decay"),
+    ],
+)
+def test_bad_group_values_at_construction(group, match):
+    model = Net()
+    sgd = torch.optim.SGD(model.named_parameters(), lr=0.1)
+    sgd.param_groups[0].update(group)
+    with pytest.raises(ValueError, match=match):
+        LARS(sgd)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fused"),
+    [
+        ("momentum", float("nan"), True),  # unfused: momentum is the inner SGD's, as in torch
+        ("lr", float("inf"), True),
+        ("lr", float("inf"), False),
+        ("lr", -0.1, True),
+    ],
+)
+def test_bad_group_values_at_step_write_nothing(key, value, fused):
+    model, sgd = make()
+    opt = LARS(sgd, fused=fused)
+    loss_of(model, 0).backward()
+    opt.step()
+    loss_of(model, 1).backward()
+    opt.param_groups[0][key] = value
+    before = snapshot(model, opt)
+    with pytest.raises(ValueError, match=key):
+        opt.step()
+    assert_same(before, snapshot(model, opt))
+
+
+@pytest.mark.parametrize("bad_dtype", [torch.float64, torch.int32, torch.bfloat16])
+def test_gradient_dtype_mismatch_names_the_parameter(fused, bad_dtype):
+    model, sgd = make()
+    opt = LARS(sgd, fused=fused)
+    loss_of(model, 0).backward()
+    opt.step()
+    loss_of(model, 1).backward()
+    g = model.fc1.weight.grad
+    model.fc1.weight.grad.data = g.to(bad_dtype) if bad_dtype != torch.int32 else g.int()
+    before = snapshot(model, opt)
+    with pytest.raises(TypeError, match=r"fc1\.weight"):
+        opt.step()
+    assert_same(before, snapshot(model, opt))

@@ -142,8 +142,11 @@ class CpuBackend:
         h = call.hyper
         if call.fast:
             plan = call.cache.get("cpu_plan")
-            if plan is None:
-                plan = call.cache["cpu_plan"] = self._plan(C, call.params, call.grads, call)
+            if plan is None:  # the plan expects gradients of the parameters' dtype; the kernel
+                # checks every gradient's capsule against it (else LayoutMismatch, and the
+                # caller's precise checks name the parameter)
+                expect = call.grads if call.mixed_grad_dtypes else call.params
+                plan = call.cache["cpu_plan"] = self._plan(C, call.params, expect, call)
             if call.cache.get("m_version") != call.bufs_version:
                 call.cache["m_ptr"] = _ptrs(call.bufs)
                 call.cache["m_version"] = call.bufs_version
