@@ -11,6 +11,7 @@
 
 #include "cpu/fused.h"
 #include "dlpack_view.h"
+#include "emu/emu_launch.h"
 #include "cpu/lars_cpu.h"
 
 namespace py = pybind11;
@@ -210,6 +211,34 @@ py::tuple plan_step(lars::FusedPlan& plan, const py::object& w_obj, const py::ob
   return py::make_tuple(found_inf, lam, w_s, g_s);
 }
 
+// ---- AscendC kernels on the host emulation -----------------------------------------------------
+py::tuple emu_square_sums(const I64& w_ptr, const I64& g_ptr, const I64& numel, int dtype,
+                          int64_t block_dim, int64_t ub_bytes, uint32_t tile_elems,
+                          int64_t chunk_elems) {
+  const py::ssize_t n = numel.shape(0);
+  check_len(w_ptr, n, "w_ptr");
+  check_len(g_ptr, n, "g_ptr");
+  if (dtype != 0 && dtype != 1) throw std::invalid_argument("dtype: fp32 (0) or fp16 (1)");
+  std::vector<uint64_t> w(static_cast<size_t>(n)), g(static_cast<size_t>(n));
+  std::vector<int64_t> ne(numel.data(), numel.data() + n);
+  for (py::ssize_t i = 0; i < n; ++i) {
+    w[static_cast<size_t>(i)] = static_cast<uint64_t>(w_ptr.data()[i]);
+    g[static_cast<size_t>(i)] = static_cast<uint64_t>(g_ptr.data()[i]);
+    if (ne[static_cast<size_t>(i)] > 0 && g[static_cast<size_t>(i)] == 0) {
+      throw std::invalid_argument("g_ptr: null data pointer");
+    }
+  }
+  lars_emu::SquareSumsResult r;
+  {
+    py::gil_scoped_release release;
+    r = lars_emu::square_sums(w, g, ne, dtype, block_dim, ub_bytes, tile_elems, chunk_elems);
+  }
+  F64 w_s(n), g_s(n);
+  std::copy(r.w_s.begin(), r.w_s.end(), w_s.mutable_data());
+  std::copy(r.g_s.begin(), r.g_s.end(), g_s.mutable_data());
+  return py::make_tuple(w_s, g_s);
+}
+
 py::dict build_info() {
   py::dict d;
   d["openmp"] = lars::has_openmp();
@@ -249,6 +278,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("guard_zero_norm"));
   m.def("build_info", &build_info);
   m.def("last_level_cache_bytes", &lars::last_level_cache_bytes);
+  m.def("emu_square_sums", &emu_square_sums, py::arg("w_ptr"), py::arg("g_ptr"),
+        py::arg("numel"), py::arg("dtype"), py::arg("block_dim"), py::arg("ub_bytes"),
+        py::arg("tile_elems"), py::arg("chunk_elems"),
+        "The AscendC square-sums kernel on lars_npu's host emulation of the AscendC API "
+        "(not CANN's simulator): per-tensor sums of squares from emulated AI cores.");
 
   py::class_<lars::FusedPlan, std::shared_ptr<lars::FusedPlan>>(
       m, "FusedPlan",

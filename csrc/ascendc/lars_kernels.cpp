@@ -1,0 +1,21 @@
+// Kernel entry points of lars_npu's AscendC operators. Built by CANN's ascendc rules (RUN_MODE
+// npu | sim | cpu) against CANN's kernel_operator.h, and by lars_npu's emulation target against
+// csrc/emu/kernel_operator.h: the same file in both builds.
+#include "kernel_operator.h"
+#include "lars_square_sums.h"
+
+extern "C" __global__ __aicore__ void lars_square_sums_fp32(GM_ADDR w_addrs, GM_ADDR g_addrs,
+                                                           GM_ADDR chunks, GM_ADDR partials,
+                                                           GM_ADDR tiling) {
+  lars_ascendc::KernelSquareSums<float> op;
+  op.Init(w_addrs, g_addrs, chunks, partials, tiling);
+  op.Process();
+}
+
+extern "C" __global__ __aicore__ void lars_square_sums_fp16(GM_ADDR w_addrs, GM_ADDR g_addrs,
+                                                           GM_ADDR chunks, GM_ADDR partials,
+                                                           GM_ADDR tiling) {
+  lars_ascendc::KernelSquareSums<half> op;
+  op.Init(w_addrs, g_addrs, chunks, partials, tiling);
+  op.Process();
+}

@@ -1,0 +1,29 @@
+// Tiling data of the LARS AscendC kernels: computed on the host, passed by value to the kernel,
+// shared by host and kernel code (plain structs, no pointers).
+#pragma once
+
+#include <cstdint>
+
+namespace lars_ascendc {
+
+// One piece of the flat work list: `length` elements of tensor `tensor` from element `offset`.
+// Every AI core takes chunks blockIdx, blockIdx + blockNum, ... so cores share work evenly
+// whatever the tensor sizes. offset is a multiple of the chunk size (32-byte aligned in GM).
+struct Chunk {
+  uint64_t tensor;
+  uint64_t offset;
+  uint64_t length;
+};
+
+// Each chunk's result occupies one 32-byte block of the partials workspace:
+// [sum(w^2), sum(g^2), 0, 0, 0, 0, 0, 0] (fp32), so a core writes it with one aligned DataCopy.
+constexpr uint32_t kPartialStride = 8;
+
+struct SquareSumTiling {
+  uint32_t num_tensors;
+  uint32_t num_chunks;
+  uint32_t tile_elems;  // elements per UB tile, a multiple of 16 (32 bytes of fp16)
+  uint32_t dtype;       // 0 fp32, 1 fp16
+};
+
+}  // namespace lars_ascendc
