@@ -239,6 +239,65 @@ py::tuple emu_square_sums(const I64& w_ptr, const I64& g_ptr, const I64& numel, 
   return py::make_tuple(w_s, g_s);
 }
 
+py::tuple emu_lars_step(const I64& w_ptr, const I64& g_ptr, const I64& m_ptr, const I64& numel,
+                        const U8& adapt, const U8& has_m, const U8& first, const U8& nesterov,
+                        const F64& wd, const F64& lr, const F64& mu, double epsilon,
+                        double coefficient, bool use_clip, bool guard_zero_norm, int dtype,
+                        int mode, int64_t block_dim, int64_t ub_bytes, uint32_t tile_sq,
+                        uint32_t tile_up, int64_t chunk_elems) {
+  const py::ssize_t n = numel.shape(0);
+  for (const py::array* arr : {static_cast<const py::array*>(&w_ptr),
+                               static_cast<const py::array*>(&g_ptr),
+                               static_cast<const py::array*>(&m_ptr),
+                               static_cast<const py::array*>(&adapt),
+                               static_cast<const py::array*>(&has_m),
+                               static_cast<const py::array*>(&first),
+                               static_cast<const py::array*>(&nesterov),
+                               static_cast<const py::array*>(&wd),
+                               static_cast<const py::array*>(&lr),
+                               static_cast<const py::array*>(&mu)}) {
+    check_len(*arr, n, "per-tensor arguments");
+  }
+  if (dtype != 0 && dtype != 1) throw std::invalid_argument("dtype: fp32 (0) or fp16 (1)");
+  if (mode != 0 && mode != 1) throw std::invalid_argument("mode: rewrite (0) or fused (1)");
+  lars_emu::StepArgs a;
+  const auto sz = static_cast<size_t>(n);
+  a.w.resize(sz);
+  a.g.resize(sz);
+  a.m.resize(sz);
+  for (size_t i = 0; i < sz; ++i) {
+    a.w[i] = static_cast<uint64_t>(w_ptr.data()[i]);
+    a.g[i] = static_cast<uint64_t>(g_ptr.data()[i]);
+    a.m[i] = static_cast<uint64_t>(m_ptr.data()[i]);
+    const bool empty = numel.data()[i] == 0;
+    if (!empty && (a.w[i] == 0 || a.g[i] == 0 || (mode == 1 && has_m.data()[i] && a.m[i] == 0))) {
+      throw std::invalid_argument("null data pointer for tensor " + std::to_string(i));
+    }
+  }
+  a.numel.assign(numel.data(), numel.data() + n);
+  a.adapt.assign(adapt.data(), adapt.data() + n);
+  a.has_m.assign(has_m.data(), has_m.data() + n);
+  a.first.assign(first.data(), first.data() + n);
+  a.nesterov.assign(nesterov.data(), nesterov.data() + n);
+  a.wd.assign(wd.data(), wd.data() + n);
+  a.lr.assign(lr.data(), lr.data() + n);
+  a.mu.assign(mu.data(), mu.data() + n);
+  a.epsilon = static_cast<float>(epsilon);
+  a.coefficient = static_cast<float>(coefficient);
+  a.use_clip = use_clip;
+  a.guard_zero_norm = guard_zero_norm;
+  a.dtype = dtype;
+  a.mode = mode;
+  lars_emu::StepResult r;
+  {
+    py::gil_scoped_release release;
+    r = lars_emu::step(a, block_dim, ub_bytes, tile_sq, tile_up, chunk_elems);
+  }
+  F64 lam(n);
+  std::copy(r.lam.begin(), r.lam.end(), lam.mutable_data());
+  return py::make_tuple(r.found_inf, lam);
+}
+
 py::dict build_info() {
   py::dict d;
   d["openmp"] = lars::has_openmp();
@@ -283,6 +342,14 @@ PYBIND11_MODULE(_C, m) {
         py::arg("tile_elems"), py::arg("chunk_elems"),
         "The AscendC square-sums kernel on lars_npu's host emulation of the AscendC API "
         "(not CANN's simulator): per-tensor sums of squares from emulated AI cores.");
+  m.def("emu_lars_step", &emu_lars_step, py::arg("w_ptr"), py::arg("g_ptr"), py::arg("m_ptr"),
+        py::arg("numel"), py::arg("adapt"), py::arg("has_m"), py::arg("first"),
+        py::arg("nesterov"), py::arg("wd"), py::arg("lr"), py::arg("mu"), py::arg("epsilon"),
+        py::arg("coefficient"), py::arg("use_clip"), py::arg("guard_zero_norm"), py::arg("dtype"),
+        py::arg("mode"), py::arg("block_dim"), py::arg("ub_bytes"), py::arg("tile_sq"),
+        py::arg("tile_up"), py::arg("chunk_elems"),
+        "Square-sums + update AscendC kernels on the host emulation; mode 0 rewrites g, mode 1 "
+        "is the fused momentum-SGD step. Returns (found_inf, lam).");
 
   py::class_<lars::FusedPlan, std::shared_ptr<lars::FusedPlan>>(
       m, "FusedPlan",

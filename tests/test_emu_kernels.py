@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from lars_npu import reference
 from lars_npu._backends._native import native
 
 pytestmark = pytest.mark.skipif(native() is None, reason="lars_npu._C is not built")
@@ -89,3 +90,185 @@ def test_emulation_refuses_unified_buffer_overflow():
     x = [torch.ones(100)]
     with pytest.raises(RuntimeError, match="Unified Buffer overflow"):
         run(x, x, 0, ub=16 * 1024, tile=4096)
+
+
+# -- the update kernel: LARSUpdate rewrite (mode 0) and the fused momentum-SGD step (mode 1)
+
+
+def step(
+    ws,
+    gs,
+    ms,
+    *,
+    adapt,
+    first,
+    nesterov,
+    wd,
+    lr,
+    mu,
+    mode,
+    dtype_code,
+    block_dim=8,
+    use_clip=False,
+    guard=False,
+    tile=2048,
+):
+    C = native()
+    n = len(gs)
+
+    def ptrs(ts):
+        return np.array([0 if t is None else t.data_ptr() for t in ts], dtype=np.int64)
+
+    return C.emu_lars_step(
+        ptrs(ws),
+        ptrs(gs),
+        ptrs(ms),
+        np.array([g.numel() for g in gs], dtype=np.int64),
+        np.array(adapt, dtype=np.uint8),
+        np.array([m is not None for m in ms], dtype=np.uint8),
+        np.array(first, dtype=np.uint8),
+        np.array([nesterov] * n, dtype=np.uint8),
+        np.array(wd, dtype=np.float64),
+        np.array(lr, dtype=np.float64),
+        np.array(mu, dtype=np.float64),
+        1e-5,
+        1e-3,
+        use_clip,
+        guard,
+        dtype_code,
+        mode,
+        block_dim,
+        UB_910B,
+        4096,
+        tile,
+        CHUNK,
+    )
+
+
+def np64(t):
+    return t.double().numpy()
+
+
+RTOL = {torch.float32: 2e-5, torch.float16: 2e-3}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("block_dim", [1, 3, 40])
+@pytest.mark.parametrize("use_clip", [False, True])
+def test_update_kernel_rewrite_matches_reference(dtype, block_dim, use_clip):
+    gen = torch.Generator().manual_seed(7)
+    ws = [torch.randn(n, generator=gen).to(dtype) for n in SIZES]
+    gs = [(torch.randn(n, generator=gen) * 0.01).to(dtype) for n in SIZES]
+    adapt = [i % 4 != 3 for i in range(len(SIZES))]
+    wd = [1e-3] * len(SIZES)
+    lr = [0.1] * len(SIZES)
+    refs = []
+    for w, g, a in zip(ws, gs, adapt, strict=True):
+        wn, gn = np64(w), np64(g)
+        if a:
+            ref = reference.lars_update(
+                wn, gn, (wn * wn).sum(), (gn * gn).sum(), 1e-3, 0.1, use_clip=use_clip
+            )
+        else:
+            ref = gn
+        refs.append(np.asarray(ref))
+    g_out = [g.clone() for g in gs]
+    found, _ = step(
+        ws,
+        g_out,
+        [None] * len(SIZES),
+        adapt=adapt,
+        first=[False] * len(SIZES),
+        nesterov=False,
+        wd=wd,
+        lr=lr,
+        mu=[0.0] * len(SIZES),
+        mode=0,
+        dtype_code=0 if dtype == torch.float32 else 1,
+        block_dim=block_dim,
+        use_clip=use_clip,
+    )
+    assert not found
+    for g, ref, w, g0 in zip(g_out, refs, ws, gs, strict=True):
+        scale = np.abs(np64(g0)) * 0.2 + 1e-3 * np.abs(np64(w)) * 0.2 + np.abs(ref)
+        assert np.all(np.abs(np64(g) - ref) <= RTOL[dtype] * scale + 1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("block_dim", [1, 8])
+def test_update_kernel_fused_step_matches_reference(dtype, nesterov, block_dim):
+    gen = torch.Generator().manual_seed(11)
+    k = len(SIZES)
+    ws = [torch.randn(n, generator=gen).to(dtype) for n in SIZES]
+    gs = [(torch.randn(n, generator=gen) * 0.01).to(dtype) for n in SIZES]
+    ms = [
+        (torch.randn(n, generator=gen) * 0.01).to(dtype) if i % 3 else None
+        for i, n in enumerate(SIZES)
+    ]
+    first = [i % 2 == 0 for i in range(k)]
+    adapt = [i % 4 != 3 for i in range(k)]
+    lr = [0.05 * (i + 1) for i in range(k)]
+    mu = [0.9 if m is not None else 0.0 for m in ms]
+    refs = [
+        reference.lars_momentum_step(
+            np64(ws[i]),
+            np64(gs[i]),
+            None if (ms[i] is None or first[i]) else np64(ms[i]),
+            lr=lr[i],
+            weight_decay=1e-3,
+            momentum=mu[i],
+            nesterov=nesterov,
+            lars=adapt[i],
+        )
+        for i in range(k)
+    ]
+    w_old = [np64(w) for w in ws]
+    found, lam = step(
+        ws,
+        gs,
+        ms,
+        adapt=adapt,
+        first=first,
+        nesterov=nesterov,
+        wd=[1e-3] * k,
+        lr=lr,
+        mu=mu,
+        mode=1,
+        dtype_code=0 if dtype == torch.float32 else 1,
+        block_dim=block_dim,
+    )
+    assert not found
+    for i in range(k):
+        w_ref, m_ref, _, lam_ref = refs[i]
+        if adapt[i]:
+            assert lam[i] == pytest.approx(lam_ref, rel=1e-5)
+        m_mag = np.abs(m_ref) if m_ref is not None else 0.0
+        scale = np.abs(w_old[i]) + lr[i] * 2 * (m_mag + np.abs(np64(gs[i])) + 1e-3)
+        assert np.all(np.abs(np64(ws[i]) - w_ref) <= RTOL[dtype] * scale), i
+        if ms[i] is not None:
+            np.testing.assert_allclose(np64(ms[i]), m_ref, rtol=RTOL[dtype], atol=1e-6)
+
+
+def test_update_kernel_writes_nothing_on_non_finite_gradient():
+    ws = [torch.randn(5000), torch.randn(300)]
+    gs = [torch.randn(5000), torch.randn(300)]
+    ms = [torch.randn(5000), None]
+    gs[1][7] = float("nan")
+    before = [t.clone() for t in ws + gs + ms[:1]]
+    found, lam = step(
+        ws,
+        gs,
+        ms,
+        adapt=[True, True],
+        first=[False, False],
+        nesterov=False,
+        wd=[0.0, 0.0],
+        lr=[0.1, 0.1],
+        mu=[0.9, 0.0],
+        mode=1,
+        dtype_code=0,
+    )
+    assert found and np.isnan(lam).all()
+    for a, b in zip(before, ws + gs + ms[:1], strict=True):
+        assert torch.equal(a, b) or torch.allclose(a, b, equal_nan=True)

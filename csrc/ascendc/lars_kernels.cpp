@@ -3,6 +3,7 @@
 // csrc/emu/kernel_operator.h: the same file in both builds.
 #include "kernel_operator.h"
 #include "lars_square_sums.h"
+#include "lars_update.h"
 
 extern "C" __global__ __aicore__ void lars_square_sums_fp32(GM_ADDR w_addrs, GM_ADDR g_addrs,
                                                            GM_ADDR chunks, GM_ADDR partials,
@@ -17,5 +18,25 @@ extern "C" __global__ __aicore__ void lars_square_sums_fp16(GM_ADDR w_addrs, GM_
                                                            GM_ADDR tiling) {
   lars_ascendc::KernelSquareSums<half> op;
   op.Init(w_addrs, g_addrs, chunks, partials, tiling);
+  op.Process();
+}
+
+extern "C" __global__ __aicore__ void lars_update_fp32(GM_ADDR w_addrs, GM_ADDR g_addrs,
+                                                      GM_ADDR m_addrs, GM_ADDR chunks,
+                                                      GM_ADDR tensor_chunks, GM_ADDR partials,
+                                                      GM_ADDR params, GM_ADDR hyper,
+                                                      GM_ADDR tiling) {
+  lars_ascendc::KernelUpdate<float> op;
+  op.Init(w_addrs, g_addrs, m_addrs, chunks, tensor_chunks, partials, params, hyper, tiling);
+  op.Process();
+}
+
+extern "C" __global__ __aicore__ void lars_update_fp16(GM_ADDR w_addrs, GM_ADDR g_addrs,
+                                                      GM_ADDR m_addrs, GM_ADDR chunks,
+                                                      GM_ADDR tensor_chunks, GM_ADDR partials,
+                                                      GM_ADDR params, GM_ADDR hyper,
+                                                      GM_ADDR tiling) {
+  lars_ascendc::KernelUpdate<half> op;
+  op.Init(w_addrs, g_addrs, m_addrs, chunks, tensor_chunks, partials, params, hyper, tiling);
   op.Process();
 }

@@ -19,8 +19,6 @@
 
 namespace lars_ascendc {
 
-constexpr int32_t BUFFER_NUM = 2;
-
 template <typename T>
 class KernelSquareSums {
  public:

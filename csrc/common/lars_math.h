@@ -11,6 +11,8 @@
 
 #include <cmath>
 
+#include "lars_trust.h"
+
 namespace lars {
 
 struct Hyper {
@@ -21,24 +23,8 @@ struct Hyper {
 };
 
 inline double trust_ratio(double w_s, double g_s, double weight_decay, double lr, const Hyper& h) {
-  const double wn = std::sqrt(w_s);
-  const double gn = std::sqrt(g_s);
-  double lam;
-  if (h.guard_zero_norm && (wn == 0.0 || gn == 0.0)) {
-    lam = 1.0;
-  } else {
-    lam = h.coefficient * wn / (gn + weight_decay * wn + h.epsilon);
-  }
-  if (h.use_clip && !std::isnan(lam)) {  // nan stays nan, as max(min(nan, 1), 0) in NumPy
-    if (lr > 0.0) {
-      lam = lam / lr;
-      lam = lam < 1.0 ? lam : 1.0;
-      lam = lam > 0.0 ? lam : 0.0;
-    } else {
-      lam = lam > 0.0 ? 1.0 : 0.0;  // the limit of min(lambda / lr, 1) as lr -> 0+
-    }
-  }
-  return lam;
+  return trust_ratio_from_norms<double>(std::sqrt(w_s), std::sqrt(g_s), weight_decay, lr,
+                                        h.epsilon, h.coefficient, h.use_clip, h.guard_zero_norm);
 }
 
 }  // namespace lars

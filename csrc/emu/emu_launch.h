@@ -18,4 +18,24 @@ SquareSumsResult square_sums(const std::vector<uint64_t>& w_addr,
                              const std::vector<int64_t>& numel, int dtype, int64_t block_dim,
                              int64_t ub_bytes, uint32_t tile_elems, int64_t chunk_elems);
 
+struct StepArgs {
+  std::vector<uint64_t> w, g, m;  // data addresses (m: 0 without momentum)
+  std::vector<int64_t> numel;
+  std::vector<uint8_t> adapt, has_m, first, nesterov;
+  std::vector<float> wd, lr, mu;
+  float epsilon = 1e-5f, coefficient = 1e-3f;
+  bool use_clip = false, guard_zero_norm = false;
+  int dtype = 0;  // 0 fp32, 1 fp16
+  int mode = 0;   // 0 LARSUpdate rewrite of g, 1 fused momentum-SGD step
+};
+
+struct StepResult {
+  bool found_inf = false;
+  std::vector<double> lam;  // λ per tensor, as the kernels computed it (1 where not adapted)
+};
+
+// Square sums kernel, then update kernel, on `block_dim` emulated AI cores: the NPU step.
+StepResult step(const StepArgs& a, int64_t block_dim, int64_t ub_bytes, uint32_t tile_sq,
+                uint32_t tile_up, int64_t chunk_elems);
+
 }  // namespace lars_emu

@@ -330,6 +330,13 @@ void Muls(const LocalTensor<T>& dst, const LocalTensor<T>& src, T scalar, uint32
 }
 
 template <typename T>
+void Sqrt(const LocalTensor<T>& dst, const LocalTensor<T>& src, uint32_t count) {
+  dst.check_count(count, "Sqrt");
+  src.check_count(count, "Sqrt");
+  for (uint32_t i = 0; i < count; ++i) dst.ptr()[i] = std::sqrt(src.ptr()[i]);
+}
+
+template <typename T>
 void Duplicate(const LocalTensor<T>& dst, T scalar, uint32_t count) {
   dst.check_count(count, "Duplicate");
   for (uint32_t i = 0; i < count; ++i) dst.ptr()[i] = scalar;

@@ -1,0 +1,245 @@
+// AscendC kernel: the LARS update (pass 2), the NPU twin of the CPU rewrite / fused step.
+// Same source for CANN and for lars_npu's host emulation (csrc/emu/).
+//
+// Reads the per-chunk partials written by KernelSquareSums. Every core first scans all Σg²
+// partials: if one is inf/nan, the core returns without writing (the step is skipped with no
+// host synchronisation; the host reads the same flag from the partials afterwards). Then, for
+// its chunks (blockIdx, blockIdx + blockNum, ...), it sums the chunk's tensor's partials in chunk
+// order (so every core gets the same λ), takes the norms with the vector Sqrt, computes λ with
+// lars::trust_ratio_from_norms (csrc/common/lars_trust.h, the one C++ transcription of the
+// reference) and streams the chunk through UB:
+//   mode 0 (LARSUpdate):  g  <- λ(g + wd·w)
+//   mode 1 (fused step):  g' = λ(g + wd·w) (g' = g where not adapted); m <- g' (first step) or
+//                         μ·m + g'; d = g' + μ·m (nesterov) or m (μ = 0: no buffer, d = g');
+//                         w <- w - lr·d
+// UB budget per core, tile_elems = 2048 fp32: 3 input queues x 2 x 8 KiB + 2 output queues x 8 KiB
+// + 3 fp32 work tiles x 8 KiB + 64 B ≈ 88 KiB (192 KiB on 910B, 256 KiB on 910A).
+#pragma once
+
+#define LARS_DEVICE __aicore__
+#include "../common/lars_trust.h"
+#include "lars_tiling.h"
+
+namespace lars_ascendc {
+
+template <typename T>
+class KernelUpdate {
+ public:
+  __aicore__ inline KernelUpdate() {}
+
+  __aicore__ inline void Init(GM_ADDR w_addrs, GM_ADDR g_addrs, GM_ADDR m_addrs, GM_ADDR chunks,
+                              GM_ADDR tensor_chunks, GM_ADDR partials, GM_ADDR params,
+                              GM_ADDR hyper, GM_ADDR tiling_gm) {
+    AscendC::GlobalTensor<uint32_t> t;
+    t.SetGlobalBuffer(reinterpret_cast<__gm__ uint32_t*>(tiling_gm), 4);
+    tiling_ = UpdateTiling{t.GetValue(0), t.GetValue(1), t.GetValue(2), t.GetValue(3)};
+    const uint64_t n = tiling_.num_tensors;
+    wAddr_.SetGlobalBuffer(reinterpret_cast<__gm__ uint64_t*>(w_addrs), n);
+    gAddr_.SetGlobalBuffer(reinterpret_cast<__gm__ uint64_t*>(g_addrs), n);
+    mAddr_.SetGlobalBuffer(reinterpret_cast<__gm__ uint64_t*>(m_addrs), n);
+    chunks_.SetGlobalBuffer(reinterpret_cast<__gm__ uint64_t*>(chunks),
+                            uint64_t{tiling_.num_chunks} * 3);
+    tensorChunks_.SetGlobalBuffer(reinterpret_cast<__gm__ uint64_t*>(tensor_chunks), n + 1);
+    partials_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(partials),
+                              uint64_t{tiling_.num_chunks} * kPartialStride);
+    params_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(params), n * kTensorParams);
+    hyper_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(hyper), 4);
+    const uint32_t tile = tiling_.tile_elems;
+    pipe_.InitBuffer(inW_, BUFFER_NUM, tile * sizeof(T));
+    pipe_.InitBuffer(inG_, BUFFER_NUM, tile * sizeof(T));
+    pipe_.InitBuffer(inM_, BUFFER_NUM, tile * sizeof(T));
+    pipe_.InitBuffer(outA_, 1, tile * sizeof(T));
+    pipe_.InitBuffer(outB_, 1, tile * sizeof(T));
+    pipe_.InitBuffer(bufW_, tile * sizeof(float));
+    pipe_.InitBuffer(bufG_, tile * sizeof(float));
+    pipe_.InitBuffer(bufM_, tile * sizeof(float));
+    pipe_.InitBuffer(bufNorm_, 8 * sizeof(float));
+  }
+
+  __aicore__ inline void Process() {
+    for (uint32_t c = 0; c < tiling_.num_chunks; ++c) {  // every core decides the same way
+      const float gs = partials_.GetValue(uint64_t{c} * kPartialStride + 1);
+      if (gs - gs != 0.0f) return;  // inf or nan: write nothing
+    }
+    const int64_t step = AscendC::GetBlockNum();
+    for (int64_t c = AscendC::GetBlockIdx(); c < static_cast<int64_t>(tiling_.num_chunks);
+         c += step) {
+      const uint64_t tensor = chunks_.GetValue(3 * c);
+      const uint64_t offset = chunks_.GetValue(3 * c + 1);
+      const uint64_t length = chunks_.GetValue(3 * c + 2);
+      UpdateChunk(tensor, offset, length);
+    }
+  }
+
+ private:
+  __aicore__ inline float Lambda(uint64_t tensor, float wd, float lr, bool adapt) {
+    if (!adapt) return 1.0f;
+    float ws = 0.0f, gs = 0.0f;  // chunk order: the same λ on every core
+    for (uint64_t c = tensorChunks_.GetValue(tensor); c < tensorChunks_.GetValue(tensor + 1);
+         ++c) {
+      ws += partials_.GetValue(c * kPartialStride);
+      gs += partials_.GetValue(c * kPartialStride + 1);
+    }
+    AscendC::LocalTensor<float> nrm = bufNorm_.Get<float>();
+    AscendC::Duplicate(nrm, 0.0f, 8);
+    nrm.SetValue(0, ws);
+    nrm.SetValue(1, gs);
+    AscendC::Sqrt(nrm, nrm, 8);
+    return lars::trust_ratio_from_norms<float>(nrm.GetValue(0), nrm.GetValue(1), wd, lr,
+                                               hyper_.GetValue(0), hyper_.GetValue(1),
+                                               hyper_.GetValue(2) != 0.0f,
+                                               hyper_.GetValue(3) != 0.0f);
+  }
+
+  __aicore__ inline void UpdateChunk(uint64_t tensor, uint64_t offset, uint64_t length) {
+    const uint64_t p = tensor * kTensorParams;
+    const float wd = params_.GetValue(p), lr = params_.GetValue(p + 1), mu = params_.GetValue(p + 2);
+    const uint32_t flags = static_cast<uint32_t>(params_.GetValue(p + 3));
+    const bool adapt = flags & 1u, has_m = flags & 2u, first = flags & 4u, nesterov = flags & 8u;
+    const float lam = Lambda(tensor, wd, lr, adapt);
+    const float wde = adapt ? wd : 0.0f;
+    AscendC::GlobalTensor<T> w, g, m;
+    w.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(wAddr_.GetValue(tensor)) + offset, length);
+    g.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(gAddr_.GetValue(tensor)) + offset, length);
+    const bool fused = tiling_.mode == 1;
+    const bool use_m = fused && has_m;
+    if (use_m) {
+      m.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(mAddr_.GetValue(tensor)) + offset, length);
+    }
+    constexpr uint32_t kPerBlock = 32 / sizeof(T);
+    const uint64_t body = length / kPerBlock * kPerBlock;
+    for (uint64_t done = 0; done < body; done += tiling_.tile_elems) {
+      const uint32_t n = static_cast<uint32_t>(
+          body - done < tiling_.tile_elems ? body - done : tiling_.tile_elems);
+      CopyIn(w, g, m, done, n, use_m && !first);
+      Compute(n, lam, wde, lr, mu, fused, use_m, first, nesterov);
+      CopyOut(w, g, m, done, n, fused, use_m);
+    }
+    for (uint64_t i = body; i < length; ++i) {  // the tail: fewer elements than one block
+      const float wi = ToFloat(w.GetValue(i));
+      const float gp = lam * (ToFloat(g.GetValue(i)) + wde * wi);
+      if (!fused) {
+        g.SetValue(i, FromFloat<T>(gp));
+        continue;
+      }
+      float d = gp;
+      if (use_m) {
+        const T mi = FromFloat<T>(first ? gp : mu * ToFloat(m.GetValue(i)) + gp);
+        m.SetValue(i, mi);
+        d = nesterov ? gp + mu * ToFloat(mi) : ToFloat(mi);
+      }
+      w.SetValue(i, FromFloat<T>(wi - lr * d));
+    }
+  }
+
+  __aicore__ inline void CopyIn(const AscendC::GlobalTensor<T>& w,
+                                const AscendC::GlobalTensor<T>& g,
+                                const AscendC::GlobalTensor<T>& m, uint64_t start, uint32_t n,
+                                bool read_m) {
+    AscendC::LocalTensor<T> lw = inW_.template AllocTensor<T>();
+    AscendC::LocalTensor<T> lg = inG_.template AllocTensor<T>();
+    AscendC::DataCopy(lw, w[start], n);
+    AscendC::DataCopy(lg, g[start], n);
+    inW_.EnQue(lw);
+    inG_.EnQue(lg);
+    if (read_m) {
+      AscendC::LocalTensor<T> lm = inM_.template AllocTensor<T>();
+      AscendC::DataCopy(lm, m[start], n);
+      inM_.EnQue(lm);
+    }
+  }
+
+  __aicore__ inline void Compute(uint32_t n, float lam, float wd, float lr, float mu, bool fused,
+                                 bool use_m, bool first, bool nesterov) {
+    AscendC::LocalTensor<T> lw = inW_.template DeQue<T>();
+    AscendC::LocalTensor<T> lg = inG_.template DeQue<T>();
+    AscendC::LocalTensor<float> fw = bufW_.Get<float>();
+    AscendC::LocalTensor<float> fg = bufG_.Get<float>();
+    AscendC::LocalTensor<float> fm = bufM_.Get<float>();
+    Widen(fw, lw, n);
+    Widen(fg, lg, n);
+    inW_.FreeTensor(lw);
+    inG_.FreeTensor(lg);
+    AscendC::Muls(fm, fw, wd, n);    // wd·w
+    AscendC::Add(fg, fg, fm, n);     // g + wd·w
+    AscendC::Muls(fg, fg, lam, n);   // g' = λ(g + wd·w)
+    AscendC::LocalTensor<T> outA = outA_.template AllocTensor<T>();
+    if (!fused) {
+      Narrow(outA, fg, n);
+      outA_.EnQue(outA);
+      return;
+    }
+    AscendC::LocalTensor<T> outB = outB_.template AllocTensor<T>();
+    if (use_m) {
+      if (first) {
+        Narrow(outB, fg, n);                 // m = g'
+      } else {
+        AscendC::LocalTensor<T> lm = inM_.template DeQue<T>();
+        Widen(fm, lm, n);
+        inM_.FreeTensor(lm);
+        AscendC::Muls(fm, fm, mu, n);        // μ·m
+        AscendC::Add(fm, fm, fg, n);         // μ·m + g'
+        Narrow(outB, fm, n);
+      }
+      Widen(fm, outB, n);                    // the stored (rounded) buffer, as torch reads it
+      if (nesterov) {
+        AscendC::Muls(fm, fm, mu, n);
+        AscendC::Add(fg, fg, fm, n);         // d = g' + μ·m
+      } else {
+        AscendC::Muls(fg, fm, 1.0f, n);      // d = m
+      }
+    }
+    AscendC::Muls(fg, fg, -lr, n);           // -lr·d
+    AscendC::Add(fw, fw, fg, n);             // w - lr·d
+    Narrow(outA, fw, n);
+    outA_.EnQue(outA);
+    outB_.EnQue(outB);
+  }
+
+  __aicore__ inline void CopyOut(const AscendC::GlobalTensor<T>& w,
+                                 const AscendC::GlobalTensor<T>& g,
+                                 const AscendC::GlobalTensor<T>& m, uint64_t start, uint32_t n,
+                                 bool fused, bool use_m) {
+    AscendC::LocalTensor<T> outA = outA_.template DeQue<T>();
+    AscendC::DataCopy(fused ? w[start] : g[start], outA, n);
+    outA_.FreeTensor(outA);
+    if (fused) {
+      AscendC::LocalTensor<T> outB = outB_.template DeQue<T>();
+      if (use_m) AscendC::DataCopy(m[start], outB, n);
+      outB_.FreeTensor(outB);
+    }
+  }
+
+  __aicore__ inline void Widen(const AscendC::LocalTensor<float>& dst,
+                               const AscendC::LocalTensor<float>& src, uint32_t n) {
+    AscendC::Muls(dst, src, 1.0f, n);
+  }
+  __aicore__ inline void Widen(const AscendC::LocalTensor<float>& dst,
+                               const AscendC::LocalTensor<half>& src, uint32_t n) {
+    AscendC::Cast(dst, src, AscendC::RoundMode::CAST_NONE, n);
+  }
+  __aicore__ inline void Narrow(const AscendC::LocalTensor<float>& dst,
+                                const AscendC::LocalTensor<float>& src, uint32_t n) {
+    AscendC::Muls(dst, src, 1.0f, n);
+  }
+  __aicore__ inline void Narrow(const AscendC::LocalTensor<half>& dst,
+                                const AscendC::LocalTensor<float>& src, uint32_t n) {
+    AscendC::Cast(dst, src, AscendC::RoundMode::CAST_RINT, n);
+  }
+  __aicore__ inline static float ToFloat(float v) { return v; }
+  __aicore__ inline static float ToFloat(half v) { return static_cast<float>(v); }
+  template <typename U>
+  __aicore__ inline static U FromFloat(float v) {
+    return static_cast<U>(v);
+  }
+
+  UpdateTiling tiling_{};
+  AscendC::TPipe pipe_;
+  AscendC::TQue<AscendC::TPosition::VECIN, BUFFER_NUM> inW_, inG_, inM_;
+  AscendC::TQue<AscendC::TPosition::VECOUT, 1> outA_, outB_;
+  AscendC::TBuf<AscendC::TPosition::VECCALC> bufW_, bufG_, bufM_, bufNorm_;
+  AscendC::GlobalTensor<uint64_t> wAddr_, gAddr_, mAddr_, chunks_, tensorChunks_;
+  AscendC::GlobalTensor<float> partials_, params_, hyper_;
+};
+
+}  // namespace lars_ascendc
