@@ -244,7 +244,8 @@ py::tuple emu_lars_step(const I64& w_ptr, const I64& g_ptr, const I64& m_ptr, co
                         const F64& wd, const F64& lr, const F64& mu, double epsilon,
                         double coefficient, bool use_clip, bool guard_zero_norm, int dtype,
                         int mode, int64_t block_dim, int64_t ub_bytes, uint32_t tile_sq,
-                        uint32_t tile_up, int64_t chunk_elems) {
+                        uint32_t tile_up, int64_t chunk_elems, const F64& given_ws,
+                        const F64& given_gs) {
   const py::ssize_t n = numel.shape(0);
   for (const py::array* arr : {static_cast<const py::array*>(&w_ptr),
                                static_cast<const py::array*>(&g_ptr),
@@ -288,6 +289,12 @@ py::tuple emu_lars_step(const I64& w_ptr, const I64& g_ptr, const I64& m_ptr, co
   a.guard_zero_norm = guard_zero_norm;
   a.dtype = dtype;
   a.mode = mode;
+  if (given_ws.shape(0) > 0) {
+    check_len(given_ws, n, "given_ws");
+    check_len(given_gs, n, "given_gs");
+    a.given_ws.assign(given_ws.data(), given_ws.data() + n);
+    a.given_gs.assign(given_gs.data(), given_gs.data() + n);
+  }
   lars_emu::StepResult r;
   {
     py::gil_scoped_release release;
@@ -347,7 +354,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("nesterov"), py::arg("wd"), py::arg("lr"), py::arg("mu"), py::arg("epsilon"),
         py::arg("coefficient"), py::arg("use_clip"), py::arg("guard_zero_norm"), py::arg("dtype"),
         py::arg("mode"), py::arg("block_dim"), py::arg("ub_bytes"), py::arg("tile_sq"),
-        py::arg("tile_up"), py::arg("chunk_elems"),
+        py::arg("tile_up"), py::arg("chunk_elems"), py::arg("given_ws") = F64(0),
+        py::arg("given_gs") = F64(0),
         "Square-sums + update AscendC kernels on the host emulation; mode 0 rewrites g, mode 1 "
         "is the fused momentum-SGD step. Returns (found_inf, lam).");
 

@@ -101,9 +101,20 @@ StepResult step(const StepArgs& a, int64_t block_dim, int64_t ub_bytes, uint32_t
   for (auto* v : {&chunks, &w_sq, &g, &w, &m}) v->push_back(0);  // never empty
   auto* sq = a.dtype == 0 ? &lars_square_sums_fp32 : &lars_square_sums_fp16;
   auto* up = a.dtype == 0 ? &lars_update_fp32 : &lars_update_fp16;
-  AscendC::emu::Launch(block_dim, static_cast<size_t>(ub_bytes), [&] {
-    sq(gm(w_sq), gm(g), gm(chunks), gm(partials), reinterpret_cast<GM_ADDR>(sq_tiling));
-  });
+  if (a.given_ws.empty()) {
+    AscendC::emu::Launch(block_dim, static_cast<size_t>(ub_bytes), [&] {
+      sq(gm(w_sq), gm(g), gm(chunks), gm(partials), reinterpret_cast<GM_ADDR>(sq_tiling));
+    });
+  } else {
+    if (a.given_ws.size() != n || a.given_gs.size() != n) {
+      throw std::invalid_argument("given sums: one per tensor");
+    }
+    for (size_t t = 0; t < n; ++t) {
+      if (tensor_chunks[t] == tensor_chunks[t + 1]) continue;  // empty tensor: no chunk
+      partials[tensor_chunks[t] * lars_ascendc::kPartialStride] = a.given_ws[t];
+      partials[tensor_chunks[t] * lars_ascendc::kPartialStride + 1] = a.given_gs[t];
+    }
+  }
   // (on the NPU: the second launch on the same stream; no host synchronisation in between)
   AscendC::emu::Launch(block_dim, static_cast<size_t>(ub_bytes), [&] {
     up(gm(w), gm(g), gm(m), gm(chunks), gm(tensor_chunks), gm(partials), gm(params), gm(hyper),

@@ -27,6 +27,9 @@ struct StepArgs {
   bool use_clip = false, guard_zero_norm = false;
   int dtype = 0;  // 0 fp32, 1 fp16
   int mode = 0;   // 0 LARSUpdate rewrite of g, 1 fused momentum-SGD step
+  // MindSpore LARSUpdate takes the sums of squares as inputs: when given (one per tensor), they
+  // are written to the partials workspace instead of running the square-sums kernel.
+  std::vector<float> given_ws, given_gs;
 };
 
 struct StepResult {

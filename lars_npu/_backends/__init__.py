@@ -3,7 +3,8 @@
 Choice, per call (DESIGN.md §1): an explicit ``backend=`` name wins; with ``"auto"`` the
 environment variable ``LARS_NPU_BACKEND`` (read at call time) decides when set; otherwise the
 tensors' device does: ``cpu`` → the C++ kernels (NumPy reference when ``_C`` is absent), any other
-device → plain torch ops. Asking for an unavailable backend is an error, never a silent fallback.
+device → plain torch ops. `emu` (the AscendC kernels on our host emulation) is never chosen
+by default. Asking for an unavailable backend is an error, never a silent fallback.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from .base import Backend, Hyper, MultiResult
 from .cpu import CpuBackend
+from .emu import EmuBackend
 from .numpy_ import NumpyBackend
 from .torch_ import TorchBackend
 
@@ -35,7 +37,9 @@ class BackendUnavailableError(RuntimeError):
     """A backend was asked for by name but cannot run here (or not on these tensors)."""
 
 
-_REGISTRY: dict[str, Backend] = {b.name: b for b in (NumpyBackend(), TorchBackend(), CpuBackend())}
+_REGISTRY: dict[str, Backend] = {
+    b.name: b for b in (NumpyBackend(), TorchBackend(), CpuBackend(), EmuBackend())
+}
 
 
 def all_backends() -> dict[str, Backend]:
