@@ -349,6 +349,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("tile_elems"), py::arg("chunk_elems"),
         "The AscendC square-sums kernel on lars_npu's host emulation of the AscendC API "
         "(not CANN's simulator): per-tensor sums of squares from emulated AI cores.");
+  m.def("emu_selftest", &lars_emu::selftest, py::arg("case"),
+        "Run a deliberately broken mini-kernel on the AscendC emulation (raises RuntimeError).");
   m.def("emu_lars_step", &emu_lars_step, py::arg("w_ptr"), py::arg("g_ptr"), py::arg("m_ptr"),
         py::arg("numel"), py::arg("adapt"), py::arg("has_m"), py::arg("first"),
         py::arg("nesterov"), py::arg("wd"), py::arg("lr"), py::arg("mu"), py::arg("epsilon"),

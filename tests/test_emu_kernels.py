@@ -86,6 +86,22 @@ def test_emulation_refuses_misaligned_datacopy():
         run(x, x, 0, tile=12, chunk=96)
 
 
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("empty_deque", "DeQue of an empty queue"),
+        ("use_after_free", "after FreeTensor"),
+        ("alloc_exhausted", "every buffer of the queue is in use"),
+        ("misaligned_ub", "not 32-byte aligned"),
+        ("gm_overrun", "beyond the GlobalTensor"),
+    ],
+)
+def test_emulation_refuses_queue_and_buffer_misuse(case, message):
+    native().emu_selftest("ok")  # the same mini-kernel, used correctly, passes
+    with pytest.raises(RuntimeError, match=message):
+        native().emu_selftest(case)
+
+
 def test_emulation_refuses_unified_buffer_overflow():
     x = [torch.ones(100)]
     with pytest.raises(RuntimeError, match="Unified Buffer overflow"):

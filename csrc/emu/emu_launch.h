@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace lars_emu {
@@ -40,5 +41,8 @@ struct StepResult {
 // Square sums kernel, then update kernel, on `block_dim` emulated AI cores: the NPU step.
 StepResult step(const StepArgs& a, int64_t block_dim, int64_t ub_bytes, uint32_t tile_sq,
                 uint32_t tile_up, int64_t chunk_elems);
+
+// Runs a deliberately broken mini-kernel (or "ok") on the emulation; see emu_selftest.cpp.
+void selftest(const std::string& which);
 
 }  // namespace lars_emu
