@@ -354,8 +354,7 @@ def run_set(
         progress(f"  {name}: {method} ...")
         named = make_params(shapes)
         opt = build(named)
-        reps = repeats
-        t = median_time(opt.step, reps)
+        t = median_time(opt.step, repeats)
         mem = peak_extra_mb(opt.step)
         ms = t * 1e3
         if method == "lars_npu fused":

@@ -116,3 +116,26 @@ def test_non_finite_gradient_skips_the_step_on_emu(fused):
         opt.step()
     assert bool(opt.found_inf)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_buffers_of_another_dtype_are_staged_in_the_parameter_dtype():
+    """After model.half(), torch SGD's fp32 momentum buffers meet fp16 parameters: the kernel
+    must see them in fp16 (a raw fp32 buffer read as fp16 would be garbage), and the result
+    must match the CPU path."""
+    results = []
+    for backend in ("emu", "numpy"):
+        torch.manual_seed(0)
+        m = nn.Linear(16, 8)
+        opt = LARS(
+            torch.optim.SGD(m.named_parameters(), lr=0.1, momentum=0.9), backend=backend, fused=True
+        )
+        m(torch.randn(4, 16)).sum().backward()
+        opt.step()
+        m.half()
+        m.zero_grad()
+        m(torch.randn(4, 16).half()).float().sum().backward()
+        opt.step()
+        assert opt.state[m.weight]["momentum_buffer"].dtype == torch.float32
+        results.append([p.detach().float().clone() for p in m.parameters()])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=4e-3, atol=1e-3)

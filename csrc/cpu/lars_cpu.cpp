@@ -60,8 +60,10 @@ void rewrite(const TensorRef& w, const TensorRef& g, const TensorRef& out, int64
   });
 }
 
+}  // namespace
+
 // Pass 1 over the work list of g; w[i] joins where present.
-void square_sums_impl(const TensorRef* w, const TensorRef* g, int64_t n, double* w_s, double* g_s,
+void square_sums(const TensorRef* w, const TensorRef* g, int64_t n, double* w_s, double* g_s,
                       int num_threads) {
   int64_t total = 0;
   const std::vector<Chunk> chunks = make_chunks(g, n, nullptr, &total);
@@ -83,8 +85,6 @@ void square_sums_impl(const TensorRef* w, const TensorRef* g, int64_t n, double*
   }
 }
 
-}  // namespace
-
 int default_threads() {
 #ifdef _OPENMP
   return omp_get_max_threads();
@@ -99,11 +99,6 @@ bool has_openmp() {
 #else
   return false;
 #endif
-}
-
-void square_sums(const TensorRef* w, const TensorRef* g, int64_t n, double* w_s, double* g_s,
-                 int num_threads) {
-  square_sums_impl(w, g, n, w_s, g_s, num_threads);
 }
 
 void lars_rewrite(const TensorRef* w, const TensorRef* g, const TensorRef* out, const double* lam,
@@ -130,7 +125,7 @@ bool multi_lars(const TensorRef* w, const TensorRef* g, const uint8_t* adapt, co
     if (!adapt[i]) wp[i].data = nullptr;
     skip[static_cast<size_t>(i)] = adapt[i] ? 0 : 1;
   }
-  square_sums_impl(wp.data(), g, n, w_s, g_s, num_threads);
+  square_sums(wp.data(), g, n, w_s, g_s, num_threads);
   bool found_inf = false;
   for (int64_t i = 0; i < n; ++i) found_inf = found_inf || !std::isfinite(g_s[i]);
   if (found_inf) {

@@ -13,6 +13,9 @@ import numpy as np
 import torch
 
 from ._native import native, native_error
+from ._staging import contig as _contig
+from ._staging import ptrs as _ptrs
+from ._staging import stage_step, unstage_grads, unstage_step
 from .base import Hyper, LayoutMismatch, MultiResult
 
 if TYPE_CHECKING:
@@ -30,16 +33,6 @@ DTYPE_CODES: dict[torch.dtype, int] = {
 
 
 _DATA_PTR = torch.Tensor.data_ptr
-
-
-def _ptrs(ts: list[torch.Tensor | None]) -> np.ndarray:
-    return np.fromiter(
-        (0 if t is None else t.data_ptr() for t in ts), dtype=np.int64, count=len(ts)
-    )
-
-
-def _contig(t: torch.Tensor) -> torch.Tensor:
-    return t if t.is_contiguous() else t.contiguous()
 
 
 def _arrays(
@@ -131,9 +124,7 @@ class CpuBackend:
             torch.get_num_threads(),
         )
         if not found_inf:
-            for g, c in zip(grads, gs, strict=True):
-                if c is not g:  # a non-contiguous gradient: write the result back into the view
-                    g.copy_(c)
+            unstage_grads(grads, gs)
         return MultiResult(torch.tensor(bool(found_inf)), torch.from_numpy(lam))
 
     def fused_sgd_(self, call: FusedCall) -> MultiResult:
@@ -154,15 +145,8 @@ class CpuBackend:
             g_ptr = call.g_caps if call.g_caps is not None else list(map(_DATA_PTR, call.grads))
             m_ptr = call.cache["m_ptr"]
             ws, gs, ms = call.params, call.grads, call.bufs
-        else:  # non-contiguous tensors: contiguous copies, written back after success
-            ws = [_contig(p.detach()) for p in call.params]
-            gs = [_contig(g) for g in call.grads]
-            # buffers in the parameter's dtype (a model cast after its first step keeps torch
-            # SGD's old-dtype buffers), written back (cast) after the step
-            ms = [
-                None if b is None else _contig(b if b.dtype == w.dtype else b.to(w.dtype))
-                for b, w in zip(call.bufs, ws, strict=True)
-            ]
+        else:  # views, or buffers of another dtype: staged copies, written back after success
+            ws, gs, ms = stage_step(call)
             plan = self._plan(C, ws, gs, call)
             w_ptr, g_ptr, m_ptr = _ptrs(ws), _ptrs(gs), _ptrs(ms)
         try:
@@ -175,12 +159,7 @@ class CpuBackend:
                 raise LayoutMismatch(str(exc)) from None
             raise
         if not found and not call.fast:
-            for p, w in zip(call.params, ws, strict=True):
-                if w is not p:
-                    p.detach().copy_(w)
-            for b, m in zip(call.bufs, ms, strict=True):
-                if b is not None and m is not b:
-                    b.copy_(m)
+            unstage_step(call, ws, ms)
         return MultiResult(torch.tensor(bool(found)), torch.from_numpy(lam))
 
     @staticmethod

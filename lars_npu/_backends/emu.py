@@ -15,6 +15,9 @@ import numpy as np
 import torch
 
 from ._native import native, native_error
+from ._staging import contig as _contig
+from ._staging import ptrs as _ptrs
+from ._staging import stage_step, unstage_grads, unstage_step
 from .base import Hyper, MultiResult
 
 if TYPE_CHECKING:
@@ -44,14 +47,6 @@ def _one_dtype(ts: list[torch.Tensor]) -> int:
     if len(codes) > 1:
         raise TypeError("the emu backend runs one dtype per call (float32 or float16)")
     return codes.pop() if codes else 0
-
-
-def _contig(t: torch.Tensor) -> torch.Tensor:
-    return t if t.is_contiguous() else t.contiguous()
-
-
-def _ptrs(ts: list[torch.Tensor | None]) -> np.ndarray:
-    return np.array([0 if t is None else t.data_ptr() for t in ts], dtype=np.int64)
 
 
 class EmuBackend:
@@ -177,18 +172,11 @@ class EmuBackend:
             mode=0,
         )
         if not found:
-            for g, c in zip(grads, gs, strict=True):
-                if c is not g:
-                    g.copy_(c)
+            unstage_grads(grads, gs)
         return MultiResult(torch.tensor(bool(found)), torch.from_numpy(np.asarray(lam)))
 
     def fused_sgd_(self, call: FusedCall) -> MultiResult:
-        ws = [_contig(p.detach()) for p in call.params]
-        gs = [_contig(g) for g in call.grads]
-        ms = [
-            None if (b is None or not h) else _contig(b)
-            for b, h in zip(call.bufs, call.has_m, strict=True)
-        ]
+        ws, gs, ms = stage_step(call)  # buffers in the parameter's dtype, like the CPU path
         found, lam = self._run(
             ws,
             gs,
@@ -203,10 +191,5 @@ class EmuBackend:
             mode=1,
         )
         if not found:
-            for p, w in zip(call.params, ws, strict=True):
-                if w is not p:
-                    p.detach().copy_(w)
-            for b, m in zip(call.bufs, ms, strict=True):
-                if b is not None and m is not None and m is not b:
-                    b.copy_(m)
+            unstage_step(call, ws, ms)
         return MultiResult(torch.tensor(bool(found)), torch.from_numpy(np.asarray(lam)))

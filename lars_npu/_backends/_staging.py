@@ -1,0 +1,56 @@
+"""Staging shared by the backends whose kernels take raw pointers of contiguous tensors (`cpu`,
+`emu`): contiguous copies of views, momentum buffers in their parameter's dtype, and the write
+back of those copies once a kernel has succeeded."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from .._fused import FusedCall
+
+
+def contig(t: torch.Tensor) -> torch.Tensor:
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def ptrs(ts: list[torch.Tensor | None]) -> np.ndarray:
+    """int64 data pointers (0 for None)."""
+    return np.fromiter(
+        (0 if t is None else t.data_ptr() for t in ts), dtype=np.int64, count=len(ts)
+    )
+
+
+def stage_step(
+    call: FusedCall,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor | None]]:
+    """Contiguous parameters, gradients and momentum buffers for a fused step. A buffer is staged
+    in its parameter's dtype (a model cast after its first step keeps torch SGD's old-dtype
+    buffers); buffers of tensors without momentum are left out."""
+    ws = [contig(p.detach()) for p in call.params]
+    gs = [contig(g) for g in call.grads]
+    ms = [
+        None if (b is None or not h) else contig(b if b.dtype == w.dtype else b.to(w.dtype))
+        for b, w, h in zip(call.bufs, ws, call.has_m, strict=True)
+    ]
+    return ws, gs, ms
+
+
+def unstage_step(call: FusedCall, ws: list[torch.Tensor], ms: list[torch.Tensor | None]) -> None:
+    """Copy staged parameters and buffers back where they were copies (casting buffers back)."""
+    for p, w in zip(call.params, ws, strict=True):
+        if w is not p:
+            p.detach().copy_(w)
+    for b, m in zip(call.bufs, ms, strict=True):
+        if b is not None and m is not None and m is not b:
+            b.copy_(m)
+
+
+def unstage_grads(grads: list[torch.Tensor], staged: list[torch.Tensor]) -> None:
+    """Write rewritten gradients back into the views they were copied from."""
+    for g, c in zip(grads, staged, strict=True):
+        if c is not g:
+            g.copy_(c)
