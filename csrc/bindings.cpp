@@ -12,6 +12,9 @@
 #include "cpu/fused.h"
 #include "dlpack_view.h"
 #include "emu/emu_launch.h"
+#if defined(LARS_NPU_NPU_LAUNCHER) || defined(LARS_NPU_CANN_HOST_RUNNER)
+#include "npu/lars_npu_launch.h"
+#endif
 #include "cpu/lars_cpu.h"
 
 namespace py = pybind11;
@@ -211,22 +214,162 @@ py::tuple plan_step(lars::FusedPlan& plan, const py::object& w_obj, const py::ob
   return py::make_tuple(found_inf, lam, w_s, g_s);
 }
 
-// ---- AscendC kernels on the host emulation -----------------------------------------------------
+// ---- AscendC kernels: host tiling, and the launchers (emulation; NPU and CANN when built) ----
+namespace host = lars_ascendc::host;
+
+host::StepArgs step_args(const I64& w_ptr, const I64& g_ptr, const I64& m_ptr, const I64& numel,
+                         const U8& adapt, const U8& has_m, const U8& first, const U8& nesterov,
+                         const F64& wd, const F64& lr, const F64& mu, double epsilon,
+                         double coefficient, bool use_clip, bool guard_zero_norm, int dtype,
+                         int mode, uint32_t tile_sq, uint32_t tile_up, int64_t chunk_elems,
+                         const F64& given_ws, const F64& given_gs) {
+  const py::ssize_t n = numel.shape(0);
+  for (const py::array* arr : {static_cast<const py::array*>(&w_ptr),
+                               static_cast<const py::array*>(&g_ptr),
+                               static_cast<const py::array*>(&m_ptr),
+                               static_cast<const py::array*>(&adapt),
+                               static_cast<const py::array*>(&has_m),
+                               static_cast<const py::array*>(&first),
+                               static_cast<const py::array*>(&nesterov),
+                               static_cast<const py::array*>(&wd),
+                               static_cast<const py::array*>(&lr),
+                               static_cast<const py::array*>(&mu)}) {
+    check_len(*arr, n, "per-tensor arguments");
+  }
+  host::StepArgs a;
+  auto u64 = [n](const I64& p) {
+    std::vector<uint64_t> v(static_cast<size_t>(n));
+    for (py::ssize_t i = 0; i < n; ++i) v[static_cast<size_t>(i)] = uint64_t(p.data()[i]);
+    return v;
+  };
+  auto f32 = [n](const F64& x) { return std::vector<float>(x.data(), x.data() + n); };
+  a.w = u64(w_ptr);
+  a.g = u64(g_ptr);
+  a.m = u64(m_ptr);
+  a.numel.assign(numel.data(), numel.data() + n);
+  a.adapt.assign(adapt.data(), adapt.data() + n);
+  a.has_m.assign(has_m.data(), has_m.data() + n);
+  a.first.assign(first.data(), first.data() + n);
+  a.nesterov.assign(nesterov.data(), nesterov.data() + n);
+  a.wd = f32(wd);
+  a.lr = f32(lr);
+  a.mu = f32(mu);
+  a.epsilon = static_cast<float>(epsilon);
+  a.coefficient = static_cast<float>(coefficient);
+  a.use_clip = use_clip;
+  a.guard_zero_norm = guard_zero_norm;
+  a.dtype = dtype;
+  a.mode = mode;
+  a.tile_sq = tile_sq;
+  a.tile_up = tile_up;
+  a.chunk_elems = chunk_elems;
+  if (given_ws.shape(0) > 0) {
+    check_len(given_ws, n, "given_ws");
+    check_len(given_gs, n, "given_gs");
+    a.given_ws = f32(given_ws);
+    a.given_gs = f32(given_gs);
+  }
+  host::validate(a);
+  return a;
+}
+
+py::tuple outcome(const host::Outcome& r) {
+  const auto n = static_cast<py::ssize_t>(r.lam.size());
+  F64 lam(n), w_s(n), g_s(n);
+  std::copy(r.lam.begin(), r.lam.end(), lam.mutable_data());
+  std::copy(r.w_s.begin(), r.w_s.end(), w_s.mutable_data());
+  std::copy(r.g_s.begin(), r.g_s.end(), g_s.mutable_data());
+  return py::make_tuple(r.found_inf, lam, w_s, g_s);
+}
+
+py::dict layout_dict(const host::Layout& L) {
+  py::dict d;
+  d["n"] = L.n;
+  d["num_chunks"] = L.num_chunks;
+  d["partials"] = L.partials;
+  d["bytes"] = L.bytes;
+  return d;
+}
+
+// The workspace of one kernel step as a byte array (see csrc/ascendc/lars_host_plan.h), and its
+// layout. The addresses in it are those the kernels will dereference.
+py::tuple ascend_plan(const I64& w_ptr, const I64& g_ptr, const I64& m_ptr, const I64& numel,
+                      const U8& adapt, const U8& has_m, const U8& first, const U8& nesterov,
+                      const F64& wd, const F64& lr, const F64& mu, double epsilon,
+                      double coefficient, bool use_clip, bool guard_zero_norm, int dtype, int mode,
+                      uint32_t tile_sq, uint32_t tile_up, int64_t chunk_elems,
+                      const F64& given_ws, const F64& given_gs) {
+  const host::StepArgs a =
+      step_args(w_ptr, g_ptr, m_ptr, numel, adapt, has_m, first, nesterov, wd, lr, mu, epsilon,
+                coefficient, use_clip, guard_zero_norm, dtype, mode, tile_sq, tile_up,
+                chunk_elems, given_ws, given_gs);
+  const host::Layout L = host::plan(a);
+  py::array_t<uint8_t> blob(static_cast<py::ssize_t>(L.bytes));
+  host::fill(blob.mutable_data(), L, a);
+  return py::make_tuple(blob, layout_dict(L));
+}
+
+py::dict ascend_layout(uint64_t n, uint64_t nc) { return layout_dict(host::make_layout(n, nc)); }
+
+using Blob = py::array_t<uint8_t, py::array::c_style>;
+
+host::Layout blob_layout(const Blob& blob, uint64_t n, uint64_t nc) {
+  const host::Layout L = host::make_layout(n, nc);
+  if (blob.ndim() != 1 || static_cast<uint64_t>(blob.shape(0)) != L.bytes) {
+    throw std::invalid_argument("workspace: expected " + std::to_string(L.bytes) + " bytes");
+  }
+  return L;
+}
+
+py::tuple ascend_read_back(const Blob& blob, uint64_t n, uint64_t nc) {
+  return outcome(host::read_back(blob.data(), blob_layout(blob, n, nc)));
+}
+
+void emu_launch(Blob& blob, uint64_t n, uint64_t nc, int dtype, bool run_sq, bool run_update,
+                int64_t block_dim, int64_t ub_bytes, bool staged) {
+  const host::Layout L = blob_layout(blob, n, nc);
+  uint8_t* ws = blob.mutable_data();
+  py::gil_scoped_release release;
+  if (staged) {
+    lars_emu::launch_staged(ws, L, dtype, run_sq, run_update, block_dim, ub_bytes);
+  } else {
+    lars_emu::launch(ws, L, dtype, run_sq, run_update, block_dim, ub_bytes);
+  }
+}
+
+#ifdef LARS_NPU_NPU_LAUNCHER
+// The NPU launch: both kernels on `stream` (torch_npu's current stream), workspace already in
+// device memory at `ws_addr`. Asynchronous, like any launch on a stream.
+void npu_launch(uint64_t stream, uint64_t ws_addr, uint64_t n, uint64_t nc, int dtype,
+                bool run_sq, bool run_update, uint32_t block_dim) {
+  const host::Layout L = host::make_layout(n, nc);
+  py::gil_scoped_release release;
+  lars_npu_host::launch_on_stream(stream, ws_addr, L, dtype, run_sq, run_update, block_dim);
+}
+#endif
+
+#ifdef LARS_NPU_CANN_HOST_RUNNER
+// CANN's RUN_MODE=cpu (tikicpulib) or sim (simulator through ACL): host tensors, staged.
+void cann_host_launch(Blob& blob, uint64_t n, uint64_t nc, int dtype, bool run_sq,
+                      bool run_update, uint32_t block_dim) {
+  const host::Layout L = blob_layout(blob, n, nc);
+  uint8_t* ws = blob.mutable_data();
+  py::gil_scoped_release release;
+  lars_npu_host::cann_host_launch(ws, L, dtype, run_sq, run_update, block_dim);
+}
+#endif
+
 py::tuple emu_square_sums(const I64& w_ptr, const I64& g_ptr, const I64& numel, int dtype,
                           int64_t block_dim, int64_t ub_bytes, uint32_t tile_elems,
                           int64_t chunk_elems) {
   const py::ssize_t n = numel.shape(0);
   check_len(w_ptr, n, "w_ptr");
   check_len(g_ptr, n, "g_ptr");
-  if (dtype != 0 && dtype != 1) throw std::invalid_argument("dtype: fp32 (0) or fp16 (1)");
   std::vector<uint64_t> w(static_cast<size_t>(n)), g(static_cast<size_t>(n));
   std::vector<int64_t> ne(numel.data(), numel.data() + n);
   for (py::ssize_t i = 0; i < n; ++i) {
     w[static_cast<size_t>(i)] = static_cast<uint64_t>(w_ptr.data()[i]);
     g[static_cast<size_t>(i)] = static_cast<uint64_t>(g_ptr.data()[i]);
-    if (ne[static_cast<size_t>(i)] > 0 && g[static_cast<size_t>(i)] == 0) {
-      throw std::invalid_argument("g_ptr: null data pointer");
-    }
   }
   lars_emu::SquareSumsResult r;
   {
@@ -246,63 +389,34 @@ py::tuple emu_lars_step(const I64& w_ptr, const I64& g_ptr, const I64& m_ptr, co
                         int mode, int64_t block_dim, int64_t ub_bytes, uint32_t tile_sq,
                         uint32_t tile_up, int64_t chunk_elems, const F64& given_ws,
                         const F64& given_gs) {
-  const py::ssize_t n = numel.shape(0);
-  for (const py::array* arr : {static_cast<const py::array*>(&w_ptr),
-                               static_cast<const py::array*>(&g_ptr),
-                               static_cast<const py::array*>(&m_ptr),
-                               static_cast<const py::array*>(&adapt),
-                               static_cast<const py::array*>(&has_m),
-                               static_cast<const py::array*>(&first),
-                               static_cast<const py::array*>(&nesterov),
-                               static_cast<const py::array*>(&wd),
-                               static_cast<const py::array*>(&lr),
-                               static_cast<const py::array*>(&mu)}) {
-    check_len(*arr, n, "per-tensor arguments");
-  }
-  if (dtype != 0 && dtype != 1) throw std::invalid_argument("dtype: fp32 (0) or fp16 (1)");
-  if (mode != 0 && mode != 1) throw std::invalid_argument("mode: rewrite (0) or fused (1)");
-  lars_emu::StepArgs a;
-  const auto sz = static_cast<size_t>(n);
-  a.w.resize(sz);
-  a.g.resize(sz);
-  a.m.resize(sz);
-  for (size_t i = 0; i < sz; ++i) {
-    a.w[i] = static_cast<uint64_t>(w_ptr.data()[i]);
-    a.g[i] = static_cast<uint64_t>(g_ptr.data()[i]);
-    a.m[i] = static_cast<uint64_t>(m_ptr.data()[i]);
-    const bool empty = numel.data()[i] == 0;
-    if (!empty && (a.w[i] == 0 || a.g[i] == 0 || (mode == 1 && has_m.data()[i] && a.m[i] == 0))) {
-      throw std::invalid_argument("null data pointer for tensor " + std::to_string(i));
-    }
-  }
-  a.numel.assign(numel.data(), numel.data() + n);
-  a.adapt.assign(adapt.data(), adapt.data() + n);
-  a.has_m.assign(has_m.data(), has_m.data() + n);
-  a.first.assign(first.data(), first.data() + n);
-  a.nesterov.assign(nesterov.data(), nesterov.data() + n);
-  a.wd.assign(wd.data(), wd.data() + n);
-  a.lr.assign(lr.data(), lr.data() + n);
-  a.mu.assign(mu.data(), mu.data() + n);
-  a.epsilon = static_cast<float>(epsilon);
-  a.coefficient = static_cast<float>(coefficient);
-  a.use_clip = use_clip;
-  a.guard_zero_norm = guard_zero_norm;
-  a.dtype = dtype;
-  a.mode = mode;
-  if (given_ws.shape(0) > 0) {
-    check_len(given_ws, n, "given_ws");
-    check_len(given_gs, n, "given_gs");
-    a.given_ws.assign(given_ws.data(), given_ws.data() + n);
-    a.given_gs.assign(given_gs.data(), given_gs.data() + n);
-  }
-  lars_emu::StepResult r;
+  const host::StepArgs a =
+      step_args(w_ptr, g_ptr, m_ptr, numel, adapt, has_m, first, nesterov, wd, lr, mu, epsilon,
+                coefficient, use_clip, guard_zero_norm, dtype, mode, tile_sq, tile_up,
+                chunk_elems, given_ws, given_gs);
+  host::Outcome r;
   {
     py::gil_scoped_release release;
-    r = lars_emu::step(a, block_dim, ub_bytes, tile_sq, tile_up, chunk_elems);
+    r = lars_emu::step(a, block_dim, ub_bytes);
   }
-  F64 lam(n);
+  F64 lam(numel.shape(0));
   std::copy(r.lam.begin(), r.lam.end(), lam.mutable_data());
   return py::make_tuple(r.found_inf, lam);
+}
+
+constexpr bool npu_launcher_built() {
+#ifdef LARS_NPU_NPU_LAUNCHER
+  return true;
+#else
+  return false;
+#endif
+}
+
+constexpr bool cann_host_runner_built() {
+#ifdef LARS_NPU_CANN_HOST_RUNNER
+  return true;
+#else
+  return false;
+#endif
 }
 
 py::dict build_info() {
@@ -320,7 +434,16 @@ py::dict build_info() {
 #ifdef LARS_NPU_BUILD_TYPE
   d["build_type"] = std::string(LARS_NPU_BUILD_TYPE);
 #endif
+#ifdef LARS_NPU_CANN_VERSION
+  d["cann"] = std::string(LARS_NPU_CANN_VERSION);
+  d["soc_version"] = std::string(LARS_NPU_SOC_VERSION);
+  d["run_mode"] = std::string(LARS_NPU_RUN_MODE);
+#else
   d["cann"] = false;
+#endif
+  d["npu_launcher"] = npu_launcher_built();
+  d["cann_host_runner"] = cann_host_runner_built();
+  d["ascendc_emulation"] = true;
   return d;
 }
 
@@ -344,6 +467,40 @@ PYBIND11_MODULE(_C, m) {
         py::arg("guard_zero_norm"));
   m.def("build_info", &build_info);
   m.def("last_level_cache_bytes", &lars::last_level_cache_bytes);
+  m.def("ascend_plan", &ascend_plan, py::arg("w_ptr"), py::arg("g_ptr"), py::arg("m_ptr"),
+        py::arg("numel"), py::arg("adapt"), py::arg("has_m"), py::arg("first"),
+        py::arg("nesterov"), py::arg("wd"), py::arg("lr"), py::arg("mu"), py::arg("epsilon"),
+        py::arg("coefficient"), py::arg("use_clip"), py::arg("guard_zero_norm"), py::arg("dtype"),
+        py::arg("mode"), py::arg("tile_sq"), py::arg("tile_up"), py::arg("chunk_elems"),
+        py::arg("given_ws") = F64(0), py::arg("given_gs") = F64(0),
+        "Host tiling of one AscendC kernel step: (workspace bytes, layout dict). The addresses "
+        "are those the kernels will read (device addresses on an NPU).");
+  m.def("ascend_layout", &ascend_layout, py::arg("n"), py::arg("num_chunks"),
+        "Layout of the workspace for n tensors and num_chunks chunks: {n, num_chunks, "
+        "partials, bytes} (byte offsets).");
+  m.def("ascend_read_back", &ascend_read_back, py::arg("workspace"), py::arg("n"),
+        py::arg("num_chunks"),
+        "(found_inf, lam, w_s, g_s) from a workspace after the kernels ran (host copy).");
+  m.def("emu_launch", &emu_launch, py::arg("workspace"), py::arg("n"), py::arg("num_chunks"),
+        py::arg("dtype"), py::arg("run_square_sums"), py::arg("run_update"),
+        py::arg("block_dim"), py::arg("ub_bytes"), py::arg("staged") = false,
+        "Run the AscendC kernels on lars_npu's host emulation (not CANN's simulator), in place "
+        "on a host workspace; staged=True goes through the staging runner CANN's cpu/sim "
+        "builds use.");
+#ifdef LARS_NPU_NPU_LAUNCHER
+  m.def("npu_launch", &npu_launch, py::arg("stream"), py::arg("workspace_addr"), py::arg("n"),
+        py::arg("num_chunks"), py::arg("dtype"), py::arg("run_square_sums"),
+        py::arg("run_update"), py::arg("block_dim") = 0,
+        "Launch the AscendC kernels on an ACL stream (torch_npu's current stream) with the "
+        "workspace in device memory; asynchronous. block_dim 0: every vector core.");
+#endif
+#ifdef LARS_NPU_CANN_HOST_RUNNER
+  m.def("cann_host_launch", &cann_host_launch, py::arg("workspace"), py::arg("n"),
+        py::arg("num_chunks"), py::arg("dtype"), py::arg("run_square_sums"),
+        py::arg("run_update"), py::arg("block_dim"),
+        "Run the kernels as built by CANN with RUN_MODE=" LARS_NPU_RUN_MODE
+        " on host tensors (staged), in place on a host workspace.");
+#endif
   m.def("emu_square_sums", &emu_square_sums, py::arg("w_ptr"), py::arg("g_ptr"),
         py::arg("numel"), py::arg("dtype"), py::arg("block_dim"), py::arg("ub_bytes"),
         py::arg("tile_elems"), py::arg("chunk_elems"),

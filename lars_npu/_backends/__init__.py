@@ -2,9 +2,10 @@
 
 Choice, per call (DESIGN.md §1): an explicit ``backend=`` name wins; with ``"auto"`` the
 environment variable ``LARS_NPU_BACKEND`` (read at call time) decides when set; otherwise the
-tensors' device does: ``cpu`` → the C++ kernels (NumPy reference when ``_C`` is absent), any other
-device → plain torch ops. `emu` (the AscendC kernels on our host emulation) is never chosen
-by default. Asking for an unavailable backend is an error, never a silent fallback.
+tensors' device does: ``cpu`` → the C++ kernels (NumPy reference when ``_C`` is absent), ``npu`` →
+the AscendC kernels when ``_C`` was built with CANN and torch_npu imports, any other device (or an
+npu without them) → plain torch ops. `emu` (the AscendC kernels on our host emulation) is never
+chosen by default. Asking for an unavailable backend is an error, never a silent fallback.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from .base import Backend, Hyper, MultiResult
 from .cpu import CpuBackend
 from .emu import EmuBackend
+from .npu import NpuBackend
 from .numpy_ import NumpyBackend
 from .torch_ import TorchBackend
 
@@ -38,7 +40,8 @@ class BackendUnavailableError(RuntimeError):
 
 
 _REGISTRY: dict[str, Backend] = {
-    b.name: b for b in (NumpyBackend(), TorchBackend(), CpuBackend(), EmuBackend())
+    b.name: b
+    for b in (NumpyBackend(), TorchBackend(), CpuBackend(), NpuBackend(), EmuBackend())
 }
 
 

@@ -1,0 +1,142 @@
+# CANN discovery and the AscendC build of lars_npu's kernels (csrc/ascendc/lars_kernels.cpp).
+#
+# Options and cache variables (all documented in README "Building"):
+#   LARS_NPU_CANN             AUTO (default) | ON | OFF. AUTO builds the CANN targets when a CANN
+#                             toolkit is found, ON makes a missing CANN an error, OFF never looks.
+#   ASCEND_CANN_PACKAGE_PATH  CANN toolkit root (…/ascend-toolkit/latest). Default: the environment
+#                             variable of the same name, else ASCEND_HOME_PATH, else
+#                             ASCEND_TOOLKIT_HOME, else /usr/local/Ascend/ascend-toolkit/latest.
+#   SOC_VERSION               the SoC to compile for, as CANN names it (e.g. Ascend910B1,
+#                             Ascend910A, Ascend310P3); required with CANN (`npu-smi info`).
+#   RUN_MODE                  npu (default): the NPU build, kernels launched on torch_npu's stream;
+#                             sim: CANN's simulator; cpu: CANN's CPU debug library (tikicpulib).
+#
+# Without CANN this file only reports that, and lars_npu builds its host targets (CPU kernels and
+# the emulation of csrc/emu/): the configure step never fails for lack of CANN unless asked to.
+#
+# Results for the caller: LARS_NPU_HAVE_CANN (bool) and, when true, the target lars_ascendc
+# (the kernels as CANN built them), the sources LARS_NPU_CANN_SOURCES and the definitions
+# LARS_NPU_CANN_DEFINITIONS to add to the Python module.
+
+set(LARS_NPU_CANN "AUTO" CACHE STRING "Build the AscendC kernels with CANN: AUTO, ON or OFF")
+set_property(CACHE LARS_NPU_CANN PROPERTY STRINGS AUTO ON OFF)
+set(RUN_MODE "npu" CACHE STRING "CANN run mode of the AscendC build: npu, sim or cpu")
+set_property(CACHE RUN_MODE PROPERTY STRINGS npu sim cpu)
+set(SOC_VERSION "" CACHE STRING "Ascend SoC to build the kernels for, e.g. Ascend910B1")
+
+set(LARS_NPU_HAVE_CANN OFF)
+set(LARS_NPU_CANN_SOURCES "")
+set(LARS_NPU_CANN_DEFINITIONS "")
+
+function(_lars_cann_root out)
+  set(candidates "${ASCEND_CANN_PACKAGE_PATH}" "$ENV{ASCEND_CANN_PACKAGE_PATH}"
+                 "$ENV{ASCEND_HOME_PATH}" "$ENV{ASCEND_TOOLKIT_HOME}"
+                 "/usr/local/Ascend/ascend-toolkit/latest")
+  foreach(dir IN LISTS candidates)
+    if(dir AND (EXISTS "${dir}/compiler/tikcpp/ascendc_kernel_cmake/ascendc.cmake" OR
+                EXISTS "${dir}/tools/tikcpp/ascendc_kernel_cmake/ascendc.cmake"))
+      set(${out} "${dir}" PARENT_SCOPE)
+      return()
+    endif()
+  endforeach()
+  set(${out} "" PARENT_SCOPE)
+endfunction()
+
+# CANN's version, from the toolkit's install info ("version=8.0.RC2") or version.cfg.
+function(_lars_cann_version root out)
+  set(version "unknown")
+  file(GLOB infos "${root}/*/ascend_toolkit_install.info" "${root}/ascend_toolkit_install.info")
+  foreach(info IN LISTS infos)
+    file(STRINGS "${info}" lines REGEX "^version=")
+    if(lines)
+      list(GET lines 0 line)
+      string(REGEX REPLACE "^version=" "" version "${line}")
+      break()
+    endif()
+  endforeach()
+  if(version STREQUAL "unknown" AND EXISTS "${root}/version.cfg")
+    file(STRINGS "${root}/version.cfg" lines REGEX "\\[.*\\]")
+    if(lines)
+      list(GET lines 0 line)
+      string(REGEX REPLACE ".*\\[([^]:]*).*" "\\1" version "${line}")
+    endif()
+  endif()
+  set(${out} "${version}" PARENT_SCOPE)
+endfunction()
+
+if(NOT LARS_NPU_CANN STREQUAL "OFF")
+  _lars_cann_root(_cann_root)
+  if(NOT _cann_root)
+    if(LARS_NPU_CANN STREQUAL "ON")
+      message(FATAL_ERROR "lars_npu: LARS_NPU_CANN=ON but no CANN toolkit was found; set "
+                          "ASCEND_CANN_PACKAGE_PATH (or source CANN's set_env.sh)")
+    endif()
+    message(STATUS "lars_npu: no CANN toolkit found; building the host targets only "
+                   "(CPU kernels, AscendC emulation)")
+  else()
+    if(NOT RUN_MODE MATCHES "^(npu|sim|cpu)$")
+      message(FATAL_ERROR "lars_npu: RUN_MODE must be npu, sim or cpu (got '${RUN_MODE}')")
+    endif()
+    if(NOT SOC_VERSION)
+      message(FATAL_ERROR "lars_npu: CANN found at ${_cann_root}: set SOC_VERSION to the SoC "
+                          "to build for (e.g. -DSOC_VERSION=Ascend910B1; `npu-smi info` tells)")
+    endif()
+    set(ASCEND_CANN_PACKAGE_PATH "${_cann_root}" CACHE PATH "CANN toolkit root" FORCE)
+    _lars_cann_version("${_cann_root}" _cann_version)
+    message(STATUS "lars_npu: CANN ${_cann_version} at ${_cann_root}, SOC_VERSION=${SOC_VERSION}, "
+                   "RUN_MODE=${RUN_MODE}")
+    set(_kernels ${CMAKE_CURRENT_SOURCE_DIR}/csrc/ascendc/lars_kernels.cpp)
+
+    if(RUN_MODE STREQUAL "cpu")
+      # CANN's CPU debug library runs the kernels as host code.
+      if(NOT DEFINED ENV{CMAKE_PREFIX_PATH})
+        list(APPEND CMAKE_PREFIX_PATH "${_cann_root}/tools/tikicpulib/lib/cmake")
+      endif()
+      find_package(tikicpulib REQUIRED)
+      add_library(lars_ascendc SHARED ${_kernels})
+      target_link_libraries(lars_ascendc PUBLIC tikicpulib::${SOC_VERSION})
+      target_compile_options(lars_ascendc PRIVATE -g -O0)
+      set(LARS_NPU_CANN_SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/csrc/npu/lars_cann_cpu_runner.cpp)
+      set(LARS_NPU_CANN_DEFINITIONS LARS_NPU_CANN_HOST_RUNNER LARS_NPU_RUN_MODE_CPU)
+    else()
+      # npu and sim: CANN's AscendC rules compile the kernels for the AI cores and generate
+      # aclrtlaunch_<kernel>.h launch functions for the host.
+      if(EXISTS "${_cann_root}/compiler/tikcpp/ascendc_kernel_cmake/ascendc.cmake")
+        set(_ascendc_cmake_dir "${_cann_root}/compiler/tikcpp/ascendc_kernel_cmake")
+      else()
+        set(_ascendc_cmake_dir "${_cann_root}/tools/tikcpp/ascendc_kernel_cmake")
+      endif()
+      include(${_ascendc_cmake_dir}/ascendc.cmake)
+      ascendc_library(lars_ascendc STATIC ${_kernels})
+      set(LARS_NPU_CANN_SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/csrc/npu/lars_npu_launch.cpp)
+      set(LARS_NPU_CANN_DEFINITIONS LARS_NPU_NPU_LAUNCHER LARS_NPU_CANN_HOST_RUNNER)
+    endif()
+    list(APPEND LARS_NPU_CANN_DEFINITIONS
+         LARS_NPU_CANN_VERSION="${_cann_version}" LARS_NPU_SOC_VERSION="${SOC_VERSION}"
+         LARS_NPU_RUN_MODE="${RUN_MODE}")
+    set(LARS_NPU_HAVE_CANN ON)
+  endif()
+endif()
+
+# Links the Python module against the CANN build of the kernels and the ACL runtime.
+function(lars_link_cann target)
+  if(NOT LARS_NPU_HAVE_CANN)
+    return()
+  endif()
+  target_sources(${target} PRIVATE ${LARS_NPU_CANN_SOURCES})
+  target_compile_definitions(${target} PRIVATE ${LARS_NPU_CANN_DEFINITIONS})
+  target_include_directories(${target} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/csrc/npu
+                                               ${ASCEND_CANN_PACKAGE_PATH}/include
+                                               ${ASCEND_CANN_PACKAGE_PATH}/runtime/include)
+  target_link_directories(${target} PRIVATE ${ASCEND_CANN_PACKAGE_PATH}/lib64
+                                            ${ASCEND_CANN_PACKAGE_PATH}/runtime/lib64)
+  if(RUN_MODE STREQUAL "cpu")
+    target_link_libraries(${target} PRIVATE lars_ascendc tikicpulib::${SOC_VERSION} ascendcl
+                                            c_sec)
+  else()
+    if(TARGET host_intf_pub)
+      target_link_libraries(${target} PRIVATE host_intf_pub)
+    endif()
+    target_link_libraries(${target} PRIVATE lars_ascendc ascendcl)
+  endif()
+endfunction()

@@ -1,0 +1,245 @@
+// Host side of the LARS AscendC kernels, shared by every launcher: the NPU launcher on torch_npu's
+// stream (csrc/npu/), the staged runners (CANN's RUN_MODE cpu / sim, csrc/npu/) and lars_npu's
+// host emulation (csrc/emu/). Plain C++17, no AscendC or ACL headers.
+//
+// One step of the kernels reads everything from ONE workspace buffer in global memory, so the host
+// builds it as one byte blob and moves it with one copy:
+//
+//   w_addrs[n] wsq_addrs[n] g_addrs[n] m_addrs[n]   uint64 device addresses (0 = absent)
+//   chunks[nc]                                      Chunk {tensor, offset, length}: the flat work list
+//   tensor_chunks[n + 1]                            uint64: chunks of tensor t are [tc[t], tc[t+1])
+//   params[n * kTensorParams]                       fp32 {wd, lr, mu, flags} per tensor
+//   hyper[8]                                        fp32 {epsilon, coefficient, use_clip, guard}
+//   sq_tiling[8], up_tiling[8]                      uint32: SquareSumTiling, UpdateTiling
+//   partials[nc * kPartialStride]                   fp32, written by the square-sums kernel
+//
+// Every region starts on a 32-byte boundary. The layout is a pure function of (n, nc), so a
+// launcher needs only the buffer's address, n and nc.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "../common/lars_trust.h"
+#include "lars_tiling.h"
+
+namespace lars_ascendc {
+namespace host {
+
+struct Layout {
+  uint64_t n = 0, num_chunks = 0;
+  uint64_t w_addrs = 0, wsq_addrs = 0, g_addrs = 0, m_addrs = 0;
+  uint64_t chunks = 0, tensor_chunks = 0, params = 0, hyper = 0;
+  uint64_t sq_tiling = 0, up_tiling = 0, partials = 0;
+  uint64_t bytes = 0;  // total size of the workspace
+};
+
+inline uint64_t align32(uint64_t x) { return (x + 31) / 32 * 32; }
+
+inline Layout make_layout(uint64_t n, uint64_t nc) {
+  Layout L;
+  L.n = n;
+  L.num_chunks = nc;
+  uint64_t at = 0;
+  auto take = [&at](uint64_t bytes) {
+    const uint64_t here = at;
+    at = align32(at + bytes);
+    return here;
+  };
+  L.w_addrs = take(8 * n);
+  L.wsq_addrs = take(8 * n);
+  L.g_addrs = take(8 * n);
+  L.m_addrs = take(8 * n);
+  L.chunks = take(sizeof(Chunk) * nc);
+  L.tensor_chunks = take(8 * (n + 1));
+  L.params = take(sizeof(float) * kTensorParams * n);
+  L.hyper = take(sizeof(float) * 8);
+  L.sq_tiling = take(sizeof(uint32_t) * 8);
+  L.up_tiling = take(sizeof(uint32_t) * 8);
+  L.partials = take(sizeof(float) * kPartialStride * nc);
+  L.bytes = at;
+  return L;
+}
+
+// Everything one kernel step needs, on the host. Addresses are of the memory the kernels will
+// read: device addresses on an NPU, host addresses on the emulation.
+struct StepArgs {
+  std::vector<uint64_t> w, g, m;  // data addresses (m: 0 without momentum)
+  std::vector<int64_t> numel;
+  std::vector<uint8_t> adapt, has_m, first, nesterov;
+  std::vector<float> wd, lr, mu;
+  float epsilon = 1e-5f, coefficient = 1e-3f;
+  bool use_clip = false, guard_zero_norm = false;
+  int dtype = 0;  // 0 fp32, 1 fp16
+  int mode = 0;   // 0 LARSUpdate rewrite of g, 1 fused momentum-SGD step
+  uint32_t tile_sq = 4096, tile_up = 2048;
+  int64_t chunk_elems = 16384;
+  // MindSpore LARSUpdate takes the sums of squares as inputs: when given (one per tensor), they
+  // are written to the partials instead of running the square-sums kernel.
+  std::vector<float> given_ws, given_gs;
+};
+
+inline size_t dtype_bytes(int dtype) { return dtype == 0 ? 4 : 2; }
+
+// Refuses what the kernels cannot take, with the reason; call before anything runs.
+inline void validate(const StepArgs& a) {
+  const size_t n = a.numel.size();
+  for (size_t len : {a.w.size(), a.g.size(), a.m.size(), a.adapt.size(), a.has_m.size(),
+                     a.first.size(), a.nesterov.size(), a.wd.size(), a.lr.size(), a.mu.size()}) {
+    if (len != n) throw std::invalid_argument("per-tensor arguments: lengths differ");
+  }
+  if (a.dtype != 0 && a.dtype != 1) throw std::invalid_argument("dtype: fp32 (0) or fp16 (1)");
+  if (a.mode != 0 && a.mode != 1) throw std::invalid_argument("mode: rewrite (0) or fused (1)");
+  if (a.chunk_elems <= 0 || a.chunk_elems % 16 != 0) {
+    throw std::invalid_argument("chunk_elems must be a positive multiple of 16");
+  }
+  // (tile sizes are the kernels' business: a tile that is not whole 32-byte blocks is refused by
+  // DataCopy, on the hardware and on the emulation)
+  if (a.tile_sq == 0 || a.tile_up == 0) throw std::invalid_argument("tile sizes must be positive");
+  if (!a.given_ws.empty() && (a.given_ws.size() != n || a.given_gs.size() != n)) {
+    throw std::invalid_argument("given sums: one per tensor");
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (a.numel[i] < 0) throw std::invalid_argument("numel: negative element count");
+    if (a.numel[i] == 0) continue;
+    if (a.w[i] == 0 || a.g[i] == 0 || (a.mode == 1 && a.has_m[i] && a.m[i] == 0)) {
+      throw std::invalid_argument("null data pointer for tensor " + std::to_string(i));
+    }
+  }
+}
+
+inline uint64_t count_chunks(const StepArgs& a) {
+  uint64_t nc = 0;
+  for (int64_t ne : a.numel) nc += static_cast<uint64_t>((ne + a.chunk_elems - 1) / a.chunk_elems);
+  if (nc > UINT32_MAX) throw std::invalid_argument("too many chunks for one launch");
+  return nc;
+}
+
+inline Layout plan(const StepArgs& a) { return make_layout(a.numel.size(), count_chunks(a)); }
+
+template <typename T>
+T* at(uint8_t* ws, uint64_t offset) {
+  return reinterpret_cast<T*>(ws + offset);
+}
+template <typename T>
+const T* at(const uint8_t* ws, uint64_t offset) {
+  return reinterpret_cast<const T*>(ws + offset);
+}
+
+// Writes the workspace for `a` into `ws` (L.bytes bytes, host memory): the tables, zeroed
+// partials, and the given sums where MindSpore's LARSUpdate supplies them.
+inline void fill(uint8_t* ws, const Layout& L, const StepArgs& a) {
+  const size_t n = a.numel.size();
+  std::memset(ws, 0, L.bytes);
+  uint64_t* w = at<uint64_t>(ws, L.w_addrs);
+  uint64_t* wsq = at<uint64_t>(ws, L.wsq_addrs);
+  uint64_t* g = at<uint64_t>(ws, L.g_addrs);
+  uint64_t* m = at<uint64_t>(ws, L.m_addrs);
+  uint64_t* chunks = at<uint64_t>(ws, L.chunks);
+  uint64_t* tc = at<uint64_t>(ws, L.tensor_chunks);
+  float* params = at<float>(ws, L.params);
+  uint64_t c = 0;
+  for (size_t t = 0; t < n; ++t) {
+    w[t] = a.w[t];
+    wsq[t] = a.adapt[t] ? a.w[t] : 0;  // Σw² only where LARS adapts
+    g[t] = a.g[t];
+    m[t] = a.m[t];
+    tc[t] = c;
+    for (int64_t b = 0; b < a.numel[t]; b += a.chunk_elems, ++c) {
+      const int64_t len = b + a.chunk_elems < a.numel[t] ? a.chunk_elems : a.numel[t] - b;
+      chunks[3 * c] = t;
+      chunks[3 * c + 1] = static_cast<uint64_t>(b);
+      chunks[3 * c + 2] = static_cast<uint64_t>(len);
+    }
+    float* p = params + t * kTensorParams;
+    p[0] = a.wd[t];
+    p[1] = a.lr[t];
+    p[2] = a.mu[t];
+    p[3] = static_cast<float>((a.adapt[t] ? 1 : 0) | (a.has_m[t] ? 2 : 0) |
+                              (a.first[t] ? 4 : 0) | (a.nesterov[t] ? 8 : 0));
+  }
+  tc[n] = c;
+  if (c != L.num_chunks) throw std::logic_error("workspace layout does not match the arguments");
+  float* hyper = at<float>(ws, L.hyper);
+  hyper[0] = a.epsilon;
+  hyper[1] = a.coefficient;
+  hyper[2] = a.use_clip ? 1.0f : 0.0f;
+  hyper[3] = a.guard_zero_norm ? 1.0f : 0.0f;
+  uint32_t* sq = at<uint32_t>(ws, L.sq_tiling);
+  sq[0] = static_cast<uint32_t>(n);
+  sq[1] = static_cast<uint32_t>(L.num_chunks);
+  sq[2] = a.tile_sq;
+  sq[3] = static_cast<uint32_t>(a.dtype);
+  uint32_t* up = at<uint32_t>(ws, L.up_tiling);
+  up[0] = static_cast<uint32_t>(n);
+  up[1] = static_cast<uint32_t>(L.num_chunks);
+  up[2] = a.tile_up;
+  up[3] = static_cast<uint32_t>(a.mode);
+  if (!a.given_ws.empty()) {  // a tensor's sums go to its first chunk; an empty one has none
+    float* part = at<float>(ws, L.partials);
+    for (size_t t = 0; t < n; ++t) {
+      if (tc[t] == tc[t + 1]) continue;
+      part[tc[t] * kPartialStride] = a.given_ws[t];
+      part[tc[t] * kPartialStride + 1] = a.given_gs[t];
+    }
+  }
+}
+
+struct Outcome {
+  bool found_inf = false;
+  std::vector<double> lam;       // λ per tensor as the update kernel computed it (1: not adapted)
+  std::vector<double> w_s, g_s;  // per-tensor sums of the chunk partials, in chunk order
+};
+
+// What the kernels decided, from the workspace after the launch (host copy): found_inf by the
+// same scan and λ by the same formula, inputs and order as KernelUpdate::Lambda.
+inline Outcome read_back(const uint8_t* ws, const Layout& L) {
+  const uint64_t n = L.n, nc = L.num_chunks;
+  const float* part = at<float>(ws, L.partials);
+  const uint64_t* tc = at<uint64_t>(ws, L.tensor_chunks);
+  const float* params = at<float>(ws, L.params);
+  const float* hyper = at<float>(ws, L.hyper);
+  Outcome r;
+  r.lam.assign(n, 1.0);
+  r.w_s.assign(n, 0.0);
+  r.g_s.assign(n, 0.0);
+  for (uint64_t c = 0; c < nc; ++c) {
+    const float gs = part[c * kPartialStride + 1];
+    if (gs - gs != 0.0f) r.found_inf = true;
+  }
+  for (uint64_t t = 0; t < n; ++t) {
+    float ws_f = 0.0f, gs_f = 0.0f;
+    for (uint64_t c = tc[t]; c < tc[t + 1]; ++c) {
+      ws_f += part[c * kPartialStride];
+      gs_f += part[c * kPartialStride + 1];
+      r.w_s[t] += part[c * kPartialStride];
+      r.g_s[t] += part[c * kPartialStride + 1];
+    }
+    const float* p = params + t * kTensorParams;
+    const bool adapt = static_cast<uint32_t>(p[3]) & 1u;
+    if (r.found_inf) {
+      r.lam[t] = std::nan("");
+    } else if (adapt) {
+      r.lam[t] = lars::trust_ratio_from_norms<float>(std::sqrt(ws_f), std::sqrt(gs_f), p[0], p[1],
+                                                     hyper[0], hyper[1], hyper[2] != 0.0f,
+                                                     hyper[3] != 0.0f);
+    }
+  }
+  return r;
+}
+
+// Element count of tensor t, from the work list (the staged runners need sizes, not StepArgs).
+inline uint64_t tensor_numel(const uint8_t* ws, const Layout& L, uint64_t t) {
+  const uint64_t* tc = at<uint64_t>(ws, L.tensor_chunks);
+  const uint64_t* chunks = at<uint64_t>(ws, L.chunks);
+  uint64_t ne = 0;
+  for (uint64_t c = tc[t]; c < tc[t + 1]; ++c) ne += chunks[3 * c + 2];
+  return ne;
+}
+
+}  // namespace host
+}  // namespace lars_ascendc

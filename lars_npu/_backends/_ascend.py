@@ -1,0 +1,220 @@
+"""What the two backends of the AscendC kernels share: ``npu`` (the kernels on an Ascend NPU, on
+torch_npu's current stream) and ``emu`` (the same kernels on lars_npu's host emulation).
+
+One step, whatever runs the kernels:
+
+1. ``_C.ascend_plan`` builds the whole workspace on the host as one byte array (address tables of
+   the tensors, the flat work list, per-tensor parameters, tiling structs, room for the partials;
+   csrc/ascendc/lars_host_plan.h), with the addresses the kernels will read;
+2. ``_launch`` (the only part that differs) runs the square-sums and update kernels on it and
+   leaves the partials in the host array: the emulation works on the array in place, the NPU
+   backend copies it to the device, launches on the stream and copies the partials back;
+3. ``_C.ascend_read_back`` reads what the kernels decided: found_inf (the update kernel already
+   skipped every write on the device) and λ per tensor, by the kernel's formula and order.
+
+So the ``npu`` backend's Python code is the ``emu`` backend's, tested in every CI run, plus the
+device copies and the launch on the stream.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ._native import native
+from ._staging import contig as _contig
+from ._staging import ptrs as _ptrs
+from ._staging import stage_step, unstage_grads, unstage_step
+from .base import Hyper, MultiResult
+
+if TYPE_CHECKING:
+    from .._fused import FusedCall
+
+# Host tiling: elements per UB tile of each kernel and per chunk of the flat work list. UB use per
+# core: ≈ 64 KiB (square sums, 4096) and ≈ 88 KiB (update, 2048) of the 192 KiB of Atlas A2
+# (910B); see the kernel headers in csrc/ascendc/.
+TILE_SQUARE_SUMS = 4096
+TILE_UPDATE = 2048
+CHUNK = 16384
+
+CODES = {torch.float32: 0, torch.float16: 1}
+
+
+def dtype_code(ts: list[torch.Tensor], backend: str) -> int:
+    """0 (fp32) or 1 (fp16) for a list of tensors of one of those dtypes; TypeError otherwise."""
+    codes = set()
+    for t in ts:
+        code = CODES.get(t.dtype)
+        if code is None:
+            raise TypeError(
+                f"the {backend} backend (AscendC kernels) takes float32 and float16 tensors, "
+                f"got {t.dtype}"
+            )
+        codes.add(code)
+    if len(codes) > 1:
+        raise TypeError(f"the {backend} backend runs one dtype per call (float32 or float16)")
+    return codes.pop() if codes else 0
+
+
+def kernel_dtypes_ok(ts: list[torch.Tensor]) -> bool:
+    """Whether one kernel launch can take these tensors (all fp32 or all fp16)."""
+    return len({t.dtype for t in ts}) <= 1 and all(t.dtype in CODES for t in ts)
+
+
+class AscendKernelBackend:
+    """The four backend operations on the AscendC kernels; subclasses provide ``_launch``."""
+
+    name = "ascend"
+    dtypes = (torch.float32, torch.float16)  # what the AscendC kernels take
+
+    def _launch(
+        self,
+        blob: np.ndarray,
+        layout: dict[str, int],
+        code: int,
+        *,
+        run_square_sums: bool,
+        run_update: bool,
+        device: torch.device,
+    ) -> None:
+        """Run the kernels on the workspace ``blob``; on return its partials are filled in."""
+        raise NotImplementedError
+
+    def _plan(
+        self, ws, gs, ms, *, adapt, first, nesterov, wd, lr, mu, hyper: Hyper, mode, code, given
+    ) -> tuple[np.ndarray, dict[str, int]]:
+        empty = np.zeros(0)
+        return native().ascend_plan(
+            _ptrs(ws),
+            _ptrs(gs),
+            _ptrs(ms),
+            np.fromiter((g.numel() for g in gs), dtype=np.int64, count=len(gs)),
+            np.asarray(adapt, dtype=np.uint8),
+            np.fromiter((m is not None for m in ms), dtype=np.uint8, count=len(ms)),
+            np.asarray(first, dtype=np.uint8),
+            np.asarray(nesterov, dtype=np.uint8),
+            np.asarray(wd, dtype=np.float64),
+            np.asarray(lr, dtype=np.float64),
+            np.asarray(mu, dtype=np.float64),
+            hyper.epsilon,
+            hyper.coefficient,
+            hyper.use_clip,
+            hyper.guard_zero_norm,
+            code,
+            mode,
+            TILE_SQUARE_SUMS,
+            TILE_UPDATE,
+            CHUNK,
+            empty if given is None else given[0],
+            empty if given is None else given[1],
+        )
+
+    def _run(
+        self,
+        ws: list[torch.Tensor],
+        gs: list[torch.Tensor],
+        ms: list[torch.Tensor | None],
+        *,
+        adapt: Any,
+        first: Any,
+        nesterov: Any,
+        wd: Any,
+        lr: Any,
+        mu: Any,
+        hyper: Hyper,
+        mode: int,
+        given: tuple[np.ndarray, np.ndarray] | None = None,
+        run_update: bool = True,
+    ) -> tuple[bool, np.ndarray, np.ndarray, np.ndarray]:
+        """One launch pair over contiguous tensors of one dtype: (found_inf, λ, Σw², Σg²)."""
+        n = len(gs)
+        if n == 0:
+            z = np.zeros(0)
+            return False, z, z, z
+        code = dtype_code(list(gs), self.name)
+        blob, layout = self._plan(
+            ws, gs, ms, adapt=adapt, first=first, nesterov=nesterov, wd=wd, lr=lr, mu=mu,
+            hyper=hyper, mode=mode, code=code, given=given,
+        )  # fmt: skip
+        self._launch(
+            blob,
+            layout,
+            code,
+            run_square_sums=given is None,
+            run_update=run_update,
+            device=gs[0].device,
+        )
+        return native().ascend_read_back(blob, layout["n"], layout["num_chunks"])
+
+    # -- the backend protocol (base.Backend) --
+    def square_sum_all(
+        self, weight: torch.Tensor, gradient: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        w, g = _contig(weight), _contig(gradient)
+        _, _, w_s, g_s = self._run(
+            [w], [g], [None], adapt=[True], first=[False], nesterov=[False], wd=[0.0], lr=[0.0],
+            mu=[0.0], hyper=Hyper(), mode=0, run_update=False,
+        )  # fmt: skip
+        dev = weight.device
+        return (
+            torch.tensor(float(w_s[0]), dtype=torch.float32, device=dev),
+            torch.tensor(float(g_s[0]), dtype=torch.float32, device=dev),
+        )
+
+    def lars_update(
+        self,
+        weight: torch.Tensor,
+        gradient: torch.Tensor,
+        w_s: float,
+        g_s: float,
+        weight_decay: float,
+        lr: float,
+        hyper: Hyper,
+    ) -> torch.Tensor:
+        w = _contig(weight)
+        out = gradient.clone(memory_format=torch.contiguous_format)
+        self._run(
+            [w], [out], [None], adapt=[True], first=[False], nesterov=[False],
+            wd=[weight_decay], lr=[lr], mu=[0.0], hyper=hyper, mode=0,
+            given=(np.array([w_s]), np.array([g_s])),
+        )  # fmt: skip
+        return out
+
+    def multi_lars_(
+        self,
+        weights: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        adapt: list[bool],
+        weight_decays: list[float],
+        lrs: list[float],
+        hyper: Hyper,
+    ) -> MultiResult:
+        n = len(grads)
+        ws = [_contig(w) for w in weights]
+        gs = [_contig(g) for g in grads]
+        found, lam, _, _ = self._run(
+            ws, gs, [None] * n, adapt=adapt, first=[False] * n, nesterov=[False] * n,
+            wd=weight_decays, lr=lrs, mu=[0.0] * n, hyper=hyper, mode=0,
+        )  # fmt: skip
+        if not found:
+            unstage_grads(grads, gs)
+        return self._result(found, lam, grads)
+
+    def fused_sgd_(self, call: FusedCall) -> MultiResult:
+        ws, gs, ms = stage_step(call)  # buffers in the parameter's dtype, like the CPU path
+        found, lam, _, _ = self._run(
+            ws, gs, ms, adapt=call.adapt, first=call.first, nesterov=call.nesterov, wd=call.wd,
+            lr=call.lr, mu=call.mu, hyper=call.hyper, mode=1,
+        )  # fmt: skip
+        if not found:
+            unstage_step(call, ws, ms)
+        return self._result(found, lam, call.grads)
+
+    @staticmethod
+    def _result(found: bool, lam: np.ndarray, grads: list[torch.Tensor]) -> MultiResult:
+        device = grads[0].device if grads else torch.device("cpu")
+        return MultiResult(
+            torch.tensor(bool(found), device=device), torch.from_numpy(np.asarray(lam))
+        )

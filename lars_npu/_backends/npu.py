@@ -1,0 +1,136 @@
+"""``npu`` backend: the AscendC kernels on an Ascend NPU, launched by ``lars_npu._C`` (built with
+CANN, RUN_MODE=npu) on torch_npu's current stream, with the tensors' device pointers.
+
+Per step: the host builds the kernels' workspace (``_ascend.py``), one host-to-device copy moves
+it, the square-sums and update kernels run back to back on the current stream (the update kernel
+finds a non-finite Σg² on the device and then writes nothing), and one device-to-host copy of the
+partials (a few bytes per 16384 elements) returns found_inf and λ for the optimizer.
+
+Tensors the kernels do not take (bfloat16, float64, or fp32 and fp16 mixed in one call) run on
+the ``torch`` backend's ops on the same device instead: correct everywhere, not fused.
+
+Written for CANN and torch_npu, and tested on lars_npu's CI only through the shared code path on
+the emulation (the ``emu`` backend) and with a stand-in launcher: no Ascend hardware or CANN is on
+those machines. ``lars-npu check --backend npu`` is the test to run on an NPU.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ._ascend import AscendKernelBackend, kernel_dtypes_ok
+from ._native import native, native_error, torch_npu, torch_npu_error
+from .base import Hyper, MultiResult
+from .torch_ import TorchBackend
+
+if TYPE_CHECKING:
+    from .._fused import FusedCall
+
+BLOCK_DIM_ENV = "LARS_NPU_BLOCK_DIM"  # AI cores per launch; default 0: every vector core
+
+
+def block_dim() -> int:
+    raw = os.environ.get(BLOCK_DIM_ENV, "").strip()
+    if not raw:
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{BLOCK_DIM_ENV}={raw!r}: expected a non-negative integer") from None
+    if value < 0:
+        raise ValueError(f"{BLOCK_DIM_ENV}={raw!r}: expected a non-negative integer")
+    return value
+
+
+class NpuBackend(AscendKernelBackend):
+    name = "npu"
+
+    def __init__(self) -> None:
+        self._torch = TorchBackend()
+
+    def available(self) -> tuple[bool, str]:
+        C = native()
+        if C is None:
+            return False, native_error()
+        if not hasattr(C, "npu_launch"):
+            return False, (
+                "lars_npu._C was built without CANN (set ASCEND_CANN_PACKAGE_PATH and "
+                "SOC_VERSION and reinstall; see README 'Ascend NPU')"
+            )
+        if torch_npu() is None:
+            return False, torch_npu_error()
+        return True, ""
+
+    def supports(self, device: torch.device) -> bool:
+        return device.type == "npu"
+
+    def _launch(
+        self,
+        blob: np.ndarray,
+        layout: dict[str, int],
+        code: int,
+        *,
+        run_square_sums: bool,
+        run_update: bool,
+        device: torch.device,
+    ) -> None:
+        npu = torch_npu()
+        ws = torch.from_numpy(blob).to(device)  # one host-to-device copy of the workspace
+        stream = npu.npu.current_stream(device).npu_stream
+        native().npu_launch(
+            int(stream),
+            ws.data_ptr(),
+            layout["n"],
+            layout["num_chunks"],
+            code,
+            run_square_sums,
+            run_update,
+            block_dim(),
+        )
+        # stream-ordered after the kernels; returns when they are done (and keeps `ws` alive)
+        p = layout["partials"]
+        blob[p:] = ws[p:].cpu().numpy()
+
+    # Tensors the kernels do not take go to torch ops on the same device.
+    def square_sum_all(
+        self, weight: torch.Tensor, gradient: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not kernel_dtypes_ok([weight, gradient]):
+            return self._torch.square_sum_all(weight, gradient)
+        return super().square_sum_all(weight, gradient)
+
+    def lars_update(
+        self,
+        weight: torch.Tensor,
+        gradient: torch.Tensor,
+        w_s: float,
+        g_s: float,
+        weight_decay: float,
+        lr: float,
+        hyper: Hyper,
+    ) -> torch.Tensor:
+        if not kernel_dtypes_ok([weight, gradient]):
+            return self._torch.lars_update(weight, gradient, w_s, g_s, weight_decay, lr, hyper)
+        return super().lars_update(weight, gradient, w_s, g_s, weight_decay, lr, hyper)
+
+    def multi_lars_(
+        self,
+        weights: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        adapt: list[bool],
+        weight_decays: list[float],
+        lrs: list[float],
+        hyper: Hyper,
+    ) -> MultiResult:
+        if not kernel_dtypes_ok([*weights, *grads]):
+            return self._torch.multi_lars_(weights, grads, adapt, weight_decays, lrs, hyper)
+        return super().multi_lars_(weights, grads, adapt, weight_decays, lrs, hyper)
+
+    def fused_sgd_(self, call: FusedCall) -> MultiResult:
+        if not kernel_dtypes_ok([*call.params, *call.grads]):
+            return self._torch.fused_sgd_(call)
+        return super().fused_sgd_(call)

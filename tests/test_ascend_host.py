@@ -1,0 +1,238 @@
+"""The host side of the AscendC kernels, shared by the `npu` and `emu` backends: the workspace
+built by csrc/ascendc/lars_host_plan.h, the staging runner of CANN's cpu / sim builds (run here on
+our emulation), and the `npu` backend's Python path with a stand-in for the NPU launch.
+
+No CANN and no NPU here: the stand-in runs the kernels on lars_npu's host emulation at the
+address the backend hands to ``npu_launch``. It checks what the Python side does (workspace,
+launch arguments, stream, read-back, fallbacks), not that the kernels run on Ascend."""
+
+from __future__ import annotations
+
+import ctypes
+import types
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import lars_npu
+from lars_npu import LARS
+from lars_npu._backends import _ascend, all_backends
+from lars_npu._backends import npu as npu_mod
+from lars_npu._backends._native import native
+from lars_npu._backends.base import Hyper
+
+from .conftest import ALL_BACKENDS
+
+pytestmark = pytest.mark.skipif("emu" not in ALL_BACKENDS, reason="no AscendC emulation built")
+
+
+def plan(sizes, *, given=None, mode=1, adapt=None, dtype=torch.float32):
+    ws = [torch.randn(n).to(dtype) for n in sizes]
+    gs = [torch.randn(n).to(dtype) for n in sizes]
+    ms = [torch.zeros(n, dtype=dtype) for n in sizes]
+    n = len(sizes)
+    adapt = [True] * n if adapt is None else adapt
+    blob, layout = _ascend.AscendKernelBackend()._plan(
+        ws, gs, ms, adapt=adapt, first=[False] * n, nesterov=[False] * n, wd=[1e-4] * n,
+        lr=[0.1] * n, mu=[0.9] * n, hyper=Hyper(), mode=mode,
+        code=_ascend.CODES[dtype], given=given,
+    )  # fmt: skip
+    return blob, layout, (ws, gs, ms)
+
+
+def test_workspace_layout_is_aligned_and_sized():
+    sizes = [1, 7, 16384, 16385, 0, 40000]
+    blob, layout, _ = plan(sizes)
+    chunks = sum(-(-n // _ascend.CHUNK) for n in sizes)
+    assert layout["n"] == len(sizes) and layout["num_chunks"] == chunks
+    assert blob.dtype == np.uint8 and blob.shape == (layout["bytes"],)
+    assert layout["partials"] % 32 == 0 and layout["bytes"] % 32 == 0
+    assert layout["bytes"] - layout["partials"] == 32 * chunks  # one 32-byte block per chunk
+    assert not blob[layout["partials"] :].any()  # partials start at zero
+
+
+def test_given_sums_land_in_each_tensors_first_chunk():
+    sizes = [5, 40000, 0, 3]
+    given = (np.array([1.0, 2.0, 3.0, 4.0]), np.array([5.0, 6.0, 7.0, 8.0]))
+    blob, layout, _ = plan(sizes, given=given)
+    part = blob[layout["partials"] :].view(np.float32).reshape(-1, 8)
+    # chunks: tensor 0 -> 0; tensor 1 -> 1, 2, 3; tensor 2 (empty) -> none; tensor 3 -> 4
+    np.testing.assert_array_equal(part[:, 0], [1, 2, 0, 0, 4])
+    np.testing.assert_array_equal(part[:, 1], [5, 6, 0, 0, 8])
+
+
+def test_read_back_is_lambda_of_the_partials():
+    """λ read back from a workspace whose partials we wrote ourselves: the reference formula."""
+    blob, layout, _ = plan([100], given=(np.array([4.0]), np.array([9.0])), mode=0)
+    found, lam, w_s, g_s = native().ascend_read_back(blob, layout["n"], layout["num_chunks"])
+    assert not found and w_s[0] == 4.0 and g_s[0] == 9.0
+    ref = lars_npu.reference.trust_ratio(4.0, 9.0, 1e-4, 0.1)
+    np.testing.assert_allclose(lam[0], ref, rtol=1e-6)
+    part = blob[layout["partials"] :].view(np.float32)
+    part[1] = np.inf
+    found, lam, _, _ = native().ascend_read_back(blob, layout["n"], layout["num_chunks"])
+    assert found and np.isnan(lam).all()
+
+
+def test_read_back_refuses_a_workspace_of_the_wrong_size():
+    blob, layout, _ = plan([10])
+    with pytest.raises(ValueError, match="workspace: expected"):
+        native().ascend_read_back(blob[:-32], layout["n"], layout["num_chunks"])
+
+
+def _train(backend: str, steps: int = 3, dtype=torch.float32, fused=True) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 33), nn.Tanh(), nn.Linear(33, 3)).to(dtype)
+    opt = LARS(
+        torch.optim.SGD(model.named_parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4),
+        backend=backend,
+        fused=fused,
+    )
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.randn(8, 6).to(dtype)).float().square().mean().backward()
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_staged_runner_gives_the_same_bits(monkeypatch, fused, dtype):
+    """The staging runner (every tensor copied to a separate buffer, address tables rewritten,
+    results copied back: what CANN's cpu / sim builds do) changes nothing."""
+    direct = _train("emu", dtype=dtype, fused=fused)
+    monkeypatch.setenv("LARS_NPU_EMU_RUNNER", "staged")
+    staged = _train("emu", dtype=dtype, fused=fused)
+    for a, b in zip(direct, staged, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_staged_runner_handles_an_aliased_tensor(monkeypatch):
+    monkeypatch.setenv("LARS_NPU_EMU_RUNNER", "staged")
+    w = torch.randn(1000)
+    w_s, g_s = lars_npu.square_sum_all(w, w, backend="emu")
+    ref = float((w.double() ** 2).sum())
+    np.testing.assert_allclose([float(w_s), float(g_s)], [ref, ref], rtol=2e-6)
+
+
+def test_unknown_or_unbuilt_runner_is_a_clear_error(monkeypatch):
+    w = torch.randn(10)
+    monkeypatch.setenv("LARS_NPU_EMU_RUNNER", "bogus")
+    with pytest.raises(ValueError, match="LARS_NPU_EMU_RUNNER='bogus'"):
+        lars_npu.square_sum_all(w, w, backend="emu")
+    if not hasattr(native(), "cann_host_launch"):
+        monkeypatch.setenv("LARS_NPU_EMU_RUNNER", "cann")
+        with pytest.raises(RuntimeError, match="built without CANN"):
+            lars_npu.square_sum_all(w, w, backend="emu")
+
+
+# ---- the npu backend's Python path, with a stand-in for torch_npu and the NPU launch ----------
+
+
+class StandInNative:
+    """_C as built with CANN, but ``npu_launch`` runs the kernels on the emulation at the
+    workspace address it is given (host memory here), recording every call."""
+
+    def __init__(self) -> None:
+        self._C = native()
+        self.calls: list[tuple] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self._C, name)
+
+    def npu_launch(self, stream, ws_addr, n, nc, dtype, run_sq, run_update, block_dim):
+        self.calls.append((stream, n, nc, dtype, run_sq, run_update, block_dim))
+        nbytes = self._C.ascend_layout(n, nc)["bytes"]
+        ws = np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(ws_addr))
+        self._C.emu_launch(ws, n, nc, dtype, run_sq, run_update, block_dim or 8, 192 * 1024)
+
+
+@pytest.fixture
+def stand_in_npu(monkeypatch):
+    C = StandInNative()
+
+    class Stream:
+        npu_stream = 0x5EED
+
+    fake_torch_npu = types.SimpleNamespace(
+        npu=types.SimpleNamespace(current_stream=lambda device=None: Stream())
+    )
+    monkeypatch.setattr(npu_mod, "native", lambda: C)
+    monkeypatch.setattr(_ascend, "native", lambda: C)
+    monkeypatch.setattr(npu_mod, "torch_npu", lambda: fake_torch_npu)
+    backend = npu_mod.NpuBackend()
+    assert backend.available() == (True, "")
+    return backend, C
+
+
+def test_npu_backend_is_unavailable_without_a_cann_build():
+    ok, why = all_backends()["npu"].available()
+    if not hasattr(native(), "npu_launch"):
+        assert not ok and "built without CANN" in why
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_npu_backend_step_matches_emu(stand_in_npu, monkeypatch, dtype, fused):
+    """The optimizer step through the npu backend's path (workspace copied "to the device",
+    launch on the current stream, partials copied back) gives the emu backend's bits."""
+    backend, C = stand_in_npu
+    monkeypatch.setenv("LARS_NPU_BLOCK_DIM", "5")
+    results = []
+    for via_npu in (True, False):
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Linear(4, 20000), nn.Linear(20000, 2)).to(dtype)
+        opt = LARS(
+            torch.optim.SGD(model.named_parameters(), lr=0.1, momentum=0.9),
+            backend="emu",
+            fused=fused,
+        )
+        model(torch.randn(3, 4).to(dtype)).float().sum().backward()
+        with monkeypatch.context() as m:
+            if via_npu:  # resolve() would refuse CPU tensors for "npu": hand the backend over
+                m.setattr(lars_npu.optim, "resolve", lambda device, requested: backend)
+                m.setattr(lars_npu.functional, "resolve", lambda device, requested: backend)
+            opt.step()
+        results.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+    # one call per step, both kernels on the current stream, block count from the environment
+    assert len(C.calls) == 1
+    stream, n, nc, code, run_sq, run_update, block_dim = C.calls[0]
+    assert (stream, n, code, run_sq, run_update, block_dim) == (
+        0x5EED, 4, _ascend.CODES[dtype], True, True, 5,
+    )  # fmt: skip
+    assert nc == sum(-(-p.numel() // _ascend.CHUNK) for p in model.parameters())
+
+
+def test_npu_backend_given_sums_skip_the_square_sums_kernel(stand_in_npu):
+    backend, C = stand_in_npu
+    w, g = torch.randn(100), torch.randn(100)
+    out = backend.lars_update(w, g, 4.0, 9.0, 1e-3, 0.1, Hyper())
+    lam = lars_npu.reference.trust_ratio(4.0, 9.0, 1e-3, 0.1)
+    ref = lam * (g.double() + 1e-3 * w.double())
+    np.testing.assert_allclose(out.double().numpy(), ref.numpy(), rtol=1e-5, atol=1e-9)
+    assert C.calls[-1][4:6] == (False, True)  # no square-sums launch, one update launch
+
+
+def test_npu_backend_sends_other_dtypes_to_torch_ops(stand_in_npu):
+    backend, C = stand_in_npu
+    w = torch.randn(50, dtype=torch.bfloat16)
+    g = torch.randn(50, dtype=torch.bfloat16)
+    w_s, g_s = backend.square_sum_all(w, g)
+    assert not C.calls  # no kernel launch for bf16
+    np.testing.assert_allclose(float(w_s), float((w.double() ** 2).sum()), rtol=1e-5)
+    np.testing.assert_allclose(float(g_s), float((g.double() ** 2).sum()), rtol=1e-5)
+    res = backend.multi_lars_([w, w.float()], [g, g.float()], [True, True], [0.0, 0.0],
+                              [0.1, 0.1], Hyper())  # fmt: skip
+    assert not C.calls and not bool(res.found_inf)
+
+
+def test_npu_block_dim_env_is_checked(monkeypatch):
+    monkeypatch.setenv("LARS_NPU_BLOCK_DIM", "-1")
+    with pytest.raises(ValueError, match="LARS_NPU_BLOCK_DIM"):
+        npu_mod.block_dim()
+    monkeypatch.setenv("LARS_NPU_BLOCK_DIM", "")
+    assert npu_mod.block_dim() == 0
