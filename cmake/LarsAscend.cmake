@@ -6,8 +6,10 @@
 #   ASCEND_CANN_PACKAGE_PATH  CANN toolkit root (…/ascend-toolkit/latest). Default: the environment
 #                             variable of the same name, else ASCEND_HOME_PATH, else
 #                             ASCEND_TOOLKIT_HOME, else /usr/local/Ascend/ascend-toolkit/latest.
-#   SOC_VERSION               the SoC to compile for, as CANN names it (e.g. Ascend910B1,
-#                             Ascend910A, Ascend310P3); required with CANN (`npu-smi info`).
+#   SOC_VERSION               the SoC to compile for, as CANN names it; required with CANN
+#                             (`npu-smi info`). Atlas A2 / A3 only (Ascend910B1..B4,
+#                             Ascend910_93xx): the kernels use DataCopyPad and
+#                             DataCacheCleanAndInvalid, which 910A and 310P lack.
 #   RUN_MODE                  npu (default): the NPU build, kernels launched on torch_npu's stream;
 #                             sim: CANN's simulator; cpu: CANN's CPU debug library (tikicpulib).
 #
@@ -81,6 +83,11 @@ if(NOT LARS_NPU_CANN STREQUAL "OFF")
       message(FATAL_ERROR "lars_npu: CANN found at ${_cann_root}: set SOC_VERSION to the SoC "
                           "to build for (e.g. -DSOC_VERSION=Ascend910B1; `npu-smi info` tells)")
     endif()
+    if(NOT SOC_VERSION MATCHES "^[Aa]scend910[Bb]|^[Aa]scend910_93")
+      message(FATAL_ERROR "lars_npu: SOC_VERSION=${SOC_VERSION} is not supported: the kernels "
+                          "need Atlas A2 / A3 (Ascend910B*, Ascend910_93*), whose DataCopyPad "
+                          "and DataCacheCleanAndInvalid they use")
+    endif()
     set(ASCEND_CANN_PACKAGE_PATH "${_cann_root}" CACHE PATH "CANN toolkit root" FORCE)
     _lars_cann_version("${_cann_root}" _cann_version)
     message(STATUS "lars_npu: CANN ${_cann_version} at ${_cann_root}, SOC_VERSION=${SOC_VERSION}, "
@@ -133,10 +140,20 @@ function(lars_link_cann target)
   if(RUN_MODE STREQUAL "cpu")
     target_link_libraries(${target} PRIVATE lars_ascendc tikicpulib::${SOC_VERSION} ascendcl
                                             c_sec)
+    # tikicpulib compiles its users with the old libstdc++ ABI: every static library linked into
+    # the module must agree, or std::string symbols differ between its parts.
+    foreach(lib lars_cpu lars_emu)
+      target_compile_definitions(${lib} PUBLIC _GLIBCXX_USE_CXX11_ABI=0)
+    endforeach()
+    # the kernels' shared library lies next to the module (setup.py's output directory)
+    set_target_properties(${target} PROPERTIES BUILD_RPATH "$ORIGIN" INSTALL_RPATH "$ORIGIN")
+    install(TARGETS lars_ascendc LIBRARY DESTINATION lars_npu)
   else()
-    if(TARGET host_intf_pub)
-      target_link_libraries(${target} PRIVATE host_intf_pub)
-    endif()
+    # ascendc_library() carries the launch headers, the CANN include directories and the ACL
+    # runtime libraries (runtime for npu, runtime_camodel for sim). CANN's host_intf_pub is not
+    # linked: it would impose the old libstdc++ ABI and -std=c++11 on this module alone.
+    # CANN's host_config.cmake sets CMAKE_SKIP_RPATH: the libraries are found through the
+    # LD_LIBRARY_PATH of CANN's set_env.sh.
     target_link_libraries(${target} PRIVATE lars_ascendc ascendcl)
   endif()
 endfunction()

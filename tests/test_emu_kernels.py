@@ -79,10 +79,10 @@ def test_absent_weights_and_empty_tensors():
     assert list(g_s) == [10.0, 0.0, 132.0]
 
 
-def test_emulation_refuses_misaligned_datacopy():
+def test_tiles_that_are_not_whole_blocks_are_refused_on_the_host():
     x = [torch.ones(100)]
-    # a 12-element fp32 tile is 48 bytes: not a whole number of 32-byte blocks
-    with pytest.raises(RuntimeError, match="32-byte blocks"):
+    # a 12-element fp32 tile is 48 bytes: DataCopy on hardware would silently move 32
+    with pytest.raises(ValueError, match="multiples of 16"):
         run(x, x, 0, tile=12, chunk=96)
 
 
@@ -94,6 +94,11 @@ def test_emulation_refuses_misaligned_datacopy():
         ("alloc_exhausted", "every buffer of the queue is in use"),
         ("misaligned_ub", "not 32-byte aligned"),
         ("gm_overrun", "beyond the GlobalTensor"),
+        ("partial_block", "not a whole number of 32-byte blocks"),
+        ("scalar_after_vector", "S \\(scalar\\) pipe uses a UB buffer that the V \\(vector\\)"),
+        ("scalar_write_copied_out", "MTE3 \\(UB->GM\\) pipe uses a UB buffer that the S"),
+        ("vector_reads_dma_without_queue", "V \\(vector\\) pipe uses a UB buffer that the MTE2"),
+        ("wait_without_set", "WaitFlag of an event that was not set"),
     ],
 )
 def test_emulation_refuses_queue_and_buffer_misuse(case, message):
@@ -288,3 +293,31 @@ def test_update_kernel_writes_nothing_on_non_finite_gradient():
     assert found and np.isnan(lam).all()
     for a, b in zip(before, ws + gs + ms[:1], strict=True):
         assert torch.equal(a, b) or torch.allclose(a, b, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("n", [1, 13, 16, 4099])
+def test_ragged_tails_write_exactly_their_elements(dtype, n):
+    """Tensors that are views into one buffer, with sentinels right after each: the ragged tail
+    goes through DataCopyPad and must not write a single element past the tensor."""
+    code = 0 if dtype == torch.float32 else 1
+    buf_w = torch.full((n + 64,), 7.0, dtype=dtype)
+    buf_g = torch.full((n + 64,), 7.0, dtype=dtype)
+    buf_m = torch.full((n + 64,), 7.0, dtype=dtype)
+    w, g, m = buf_w[:n], buf_g[:n], buf_m[:n]
+    gen = torch.Generator().manual_seed(n)
+    w.copy_(torch.randn(n, generator=gen).to(dtype))
+    g.copy_(torch.randn(n, generator=gen).to(dtype))
+    m.copy_(torch.randn(n, generator=gen).to(dtype))
+    w0, g0, m0 = w.clone(), g.clone(), m.clone()
+    found, _ = step(
+        [w], [g], [m], adapt=[True], first=[False], nesterov=False, wd=[1e-4], lr=[0.1],
+        mu=[0.9], mode=1, dtype_code=code,
+    )  # fmt: skip
+    assert not found
+    for buf in (buf_w, buf_g, buf_m):
+        assert torch.equal(buf[n:], torch.full((64,), 7.0, dtype=dtype))
+    # the step ran (m <- 0.9 m + g' moves every element; w may move less than an fp16 ulp)
+    assert (m != m0).all() and torch.equal(g, g0)
+    if dtype == torch.float32:
+        assert (w != w0).all()

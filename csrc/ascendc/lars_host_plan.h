@@ -11,7 +11,8 @@
 //   params[n * kTensorParams]                       fp32 {wd, lr, mu, flags} per tensor
 //   hyper[8]                                        fp32 {epsilon, coefficient, use_clip, guard}
 //   sq_tiling[8], up_tiling[8]                      uint32: SquareSumTiling, UpdateTiling
-//   partials[nc * kPartialStride]                   fp32, written by the square-sums kernel
+//   partials[nc * kPartialStride]                   fp32 {Σw², 0 x7, Σg², 0 x7} per chunk, written
+//                                                   by the square-sums kernel
 //
 // Every region starts on a 32-byte boundary. The layout is a pure function of (n, nc), so a
 // launcher needs only the buffer's address, n and nc.
@@ -97,9 +98,11 @@ inline void validate(const StepArgs& a) {
   if (a.chunk_elems <= 0 || a.chunk_elems % 16 != 0) {
     throw std::invalid_argument("chunk_elems must be a positive multiple of 16");
   }
-  // (tile sizes are the kernels' business: a tile that is not whole 32-byte blocks is refused by
-  // DataCopy, on the hardware and on the emulation)
-  if (a.tile_sq == 0 || a.tile_up == 0) throw std::invalid_argument("tile sizes must be positive");
+  // Tiles are whole 32-byte blocks of fp16 (and fp32): DataCopy on hardware silently rounds a
+  // length down to whole blocks.
+  if (a.tile_sq == 0 || a.tile_up == 0 || a.tile_sq % 16 != 0 || a.tile_up % 16 != 0) {
+    throw std::invalid_argument("tile sizes must be positive multiples of 16 elements");
+  }
   if (!a.given_ws.empty() && (a.given_ws.size() != n || a.given_gs.size() != n)) {
     throw std::invalid_argument("given sums: one per tensor");
   }
@@ -184,7 +187,7 @@ inline void fill(uint8_t* ws, const Layout& L, const StepArgs& a) {
     for (size_t t = 0; t < n; ++t) {
       if (tc[t] == tc[t + 1]) continue;
       part[tc[t] * kPartialStride] = a.given_ws[t];
-      part[tc[t] * kPartialStride + 1] = a.given_gs[t];
+      part[tc[t] * kPartialStride + kPartialG] = a.given_gs[t];
     }
   }
 }
@@ -208,16 +211,16 @@ inline Outcome read_back(const uint8_t* ws, const Layout& L) {
   r.w_s.assign(n, 0.0);
   r.g_s.assign(n, 0.0);
   for (uint64_t c = 0; c < nc; ++c) {
-    const float gs = part[c * kPartialStride + 1];
+    const float gs = part[c * kPartialStride + kPartialG];
     if (gs - gs != 0.0f) r.found_inf = true;
   }
   for (uint64_t t = 0; t < n; ++t) {
     float ws_f = 0.0f, gs_f = 0.0f;
     for (uint64_t c = tc[t]; c < tc[t + 1]; ++c) {
       ws_f += part[c * kPartialStride];
-      gs_f += part[c * kPartialStride + 1];
+      gs_f += part[c * kPartialStride + kPartialG];
       r.w_s[t] += part[c * kPartialStride];
-      r.g_s[t] += part[c * kPartialStride + 1];
+      r.g_s[t] += part[c * kPartialStride + kPartialG];
     }
     const float* p = params + t * kTensorParams;
     const bool adapt = static_cast<uint32_t>(p[3]) & 1u;

@@ -1,6 +1,7 @@
 // Kernel entry points of lars_npu's AscendC operators. Built by CANN's ascendc rules (RUN_MODE
 // npu | sim | cpu) against CANN's kernel_operator.h, and by lars_npu's emulation target against
-// csrc/emu/kernel_operator.h: the same file in both builds.
+// csrc/emu/kernel_operator.h: the same file in both builds. Vector-only kernels (AIV on Atlas
+// A2 / A3): blockDim counts vector cores, and GetBlockNum() is that blockDim.
 #include "kernel_operator.h"
 #include "lars_square_sums.h"
 #include "lars_update.h"
@@ -8,6 +9,7 @@
 extern "C" __global__ __aicore__ void lars_square_sums_fp32(GM_ADDR w_addrs, GM_ADDR g_addrs,
                                                            GM_ADDR chunks, GM_ADDR partials,
                                                            GM_ADDR tiling) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
   lars_ascendc::KernelSquareSums<float> op;
   op.Init(w_addrs, g_addrs, chunks, partials, tiling);
   op.Process();
@@ -16,6 +18,7 @@ extern "C" __global__ __aicore__ void lars_square_sums_fp32(GM_ADDR w_addrs, GM_
 extern "C" __global__ __aicore__ void lars_square_sums_fp16(GM_ADDR w_addrs, GM_ADDR g_addrs,
                                                            GM_ADDR chunks, GM_ADDR partials,
                                                            GM_ADDR tiling) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
   lars_ascendc::KernelSquareSums<half> op;
   op.Init(w_addrs, g_addrs, chunks, partials, tiling);
   op.Process();
@@ -26,6 +29,7 @@ extern "C" __global__ __aicore__ void lars_update_fp32(GM_ADDR w_addrs, GM_ADDR 
                                                       GM_ADDR tensor_chunks, GM_ADDR partials,
                                                       GM_ADDR params, GM_ADDR hyper,
                                                       GM_ADDR tiling) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
   lars_ascendc::KernelUpdate<float> op;
   op.Init(w_addrs, g_addrs, m_addrs, chunks, tensor_chunks, partials, params, hyper, tiling);
   op.Process();
@@ -36,6 +40,7 @@ extern "C" __global__ __aicore__ void lars_update_fp16(GM_ADDR w_addrs, GM_ADDR 
                                                       GM_ADDR tensor_chunks, GM_ADDR partials,
                                                       GM_ADDR params, GM_ADDR hyper,
                                                       GM_ADDR tiling) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
   lars_ascendc::KernelUpdate<half> op;
   op.Init(w_addrs, g_addrs, m_addrs, chunks, tensor_chunks, partials, params, hyper, tiling);
   op.Process();

@@ -1,18 +1,21 @@
 // AscendC kernel: multi-tensor square sums, the NPU twin of the CPU pre-sweep (pass 1).
 // The same source compiles with CANN's kernel_operator.h and with lars_npu's host emulation
-// (csrc/emu/kernel_operator.h); no #ifdef forks of the math.
+// (csrc/emu/kernel_operator.h); no #ifdef forks of the math. Needs DataCopyPad: Atlas A2 / A3.
 //
 // Work: a flat list of chunks over all tensors (lars_tiling.h). Every AI core takes the chunks
 // blockIdx, blockIdx + blockNum, ...; per chunk it streams w and g through UB in tiles
-// (CopyIn → Compute → CopyOut stages joined by TQues, BUFFER_NUM = 2 for double buffering),
-// accumulates x*x in fp32 lanes, reduces them, and writes one 32-byte block of partials
-// [sum(w^2), sum(g^2), 0...] to the workspace. The host (or the update kernel) adds a tensor's
-// chunk partials in chunk order, so the result does not depend on the block count.
+// (CopyIn → Compute stages joined by a TQue, BUFFER_NUM = 2 for double buffering), accumulates
+// x*x in fp32 lanes and reduces them with ReduceSum straight into a 64-byte partials block
+// [sum(w^2), 0 x7 | sum(g^2), 0 x7], which one DataCopy writes to the workspace. No scalar touches
+// UB, so the only cross-pipe hand-offs are the queues'. A tensor's last tile may be ragged: it is
+// moved with DataCopyPad and computed on exactly its elements (the pad lanes are never read). The
+// host (or the update kernel) adds a tensor's chunk partials in chunk order, so the result does
+// not depend on the block count.
 //
 // UB budget per core with tile_elems = 4096 (fp32): input queue 2 x 16 KiB + fp32 work tile
-// 16 KiB + accumulator 16 KiB + reduce scratch 256 B + out block 32 B ≈ 64.3 KiB, within the
-// 192 KiB of Atlas A2 (910B) and the 256 KiB of 910A / 310P; tile_elems = 8192 doubles it
-// (≈ 128.3 KiB), still inside 192 KiB.
+// 16 KiB + accumulator 16 KiB + reduce scratch 288 B + out block 64 B ≈ 64.4 KiB, within the
+// 192 KiB of Atlas A2 (910B); 910A / 310P have 256 KiB, but no DataCopyPad (the ragged tail would
+// need another path there). tile_elems = 8192 doubles it (≈ 128.4 KiB), still inside 192 KiB.
 #pragma once
 
 #include "lars_tiling.h"
@@ -42,7 +45,9 @@ class KernelSquareSums {
     pipe_.InitBuffer(outQueue_, 1, kPartialStride * sizeof(float));
     pipe_.InitBuffer(workBuf_, tile * sizeof(float));
     pipe_.InitBuffer(accBuf_, tile * sizeof(float));
-    pipe_.InitBuffer(reduceBuf_, ((tile + 63) / 64) * sizeof(float) + 32);
+    // ReduceSum's work tensor: at least RoundUp(max(ceil(tile / 64), 1), 8) fp32
+    const uint32_t repeats = (tile + 63) / 64;
+    pipe_.InitBuffer(reduceBuf_, ((repeats > 0 ? repeats : 1) + 7) / 8 * 8 * sizeof(float));
   }
 
   __aicore__ inline void Process() {
@@ -52,48 +57,49 @@ class KernelSquareSums {
       const uint64_t tensor = chunks_.GetValue(3 * c);
       const uint64_t offset = chunks_.GetValue(3 * c + 1);
       const uint64_t length = chunks_.GetValue(3 * c + 2);
-      const float ws = SumSquares(wAddr_.GetValue(tensor), offset, length);
-      const float gs = SumSquares(gAddr_.GetValue(tensor), offset, length);
-      CopyOut(c, ws, gs);
+      AscendC::LocalTensor<float> out = outQueue_.template AllocTensor<float>();
+      AscendC::Duplicate(out, 0.0f, kPartialStride);
+      SumSquares(wAddr_.GetValue(tensor), offset, length, out);
+      SumSquares(gAddr_.GetValue(tensor), offset, length, out[kPartialG]);
+      outQueue_.EnQue(out);
+      CopyOut(c);
     }
   }
 
  private:
-  // sum(x^2) over x[offset, offset + length) of the tensor at GM address `addr` (0: absent).
-  __aicore__ inline float SumSquares(uint64_t addr, uint64_t offset, uint64_t length) {
-    if (addr == 0 || length == 0) return 0.0f;
+  // dst[0] = sum(x^2) over x[offset, offset + length) of the tensor at GM address `addr`
+  // (0: absent, dst stays 0).
+  __aicore__ inline void SumSquares(uint64_t addr, uint64_t offset, uint64_t length,
+                                    const AscendC::LocalTensor<float>& dst) {
+    if (addr == 0 || length == 0) return;
     AscendC::GlobalTensor<T> x;
     x.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(addr) + offset, length);
     AscendC::LocalTensor<float> acc = accBuf_.Get<float>();
     AscendC::Duplicate(acc, 0.0f, tiling_.tile_elems);
-    // DataCopy moves whole 32-byte blocks: the aligned body goes through the tiles, the tail
-    // (fewer than one block) is read element by element below.
-    constexpr uint32_t kPerBlock = 32 / sizeof(T);
-    const uint64_t body = length / kPerBlock * kPerBlock;
-    for (uint64_t done = 0; done < body; done += tiling_.tile_elems) {
+    for (uint64_t done = 0; done < length; done += tiling_.tile_elems) {
       const uint32_t n = static_cast<uint32_t>(
-          body - done < tiling_.tile_elems ? body - done : tiling_.tile_elems);
+          length - done < tiling_.tile_elems ? length - done : tiling_.tile_elems);
       CopyIn(x, done, n);
       Compute(acc, n);
     }
-    AscendC::LocalTensor<float> work = workBuf_.Get<float>();
     AscendC::LocalTensor<float> red = reduceBuf_.Get<float>();
-    AscendC::ReduceSum(work, acc, red, tiling_.tile_elems);
-    float total = work.GetValue(0);
-    for (uint64_t i = body; i < length; ++i) {
-      const float v = ToFloat(x.GetValue(i));
-      total += v * v;
-    }
-    return total;
+    AscendC::ReduceSum(dst, acc, red, tiling_.tile_elems);
   }
 
+  // n elements from x[start]: whole 32-byte blocks with DataCopy, a ragged tail with DataCopyPad.
   __aicore__ inline void CopyIn(const AscendC::GlobalTensor<T>& x, uint64_t start, uint32_t n) {
     AscendC::LocalTensor<T> in = inQueue_.template AllocTensor<T>();
-    AscendC::DataCopy(in, x[start], n);
+    if ((n * sizeof(T)) % 32 == 0) {
+      AscendC::DataCopy(in, x[start], n);
+    } else {
+      AscendC::DataCopyExtParams copy{1, static_cast<uint32_t>(n * sizeof(T)), 0, 0, 0};
+      AscendC::DataCopyPadExtParams<T> pad{};  // no padding: the pad lanes are never read
+      AscendC::DataCopyPad(in, x[start], copy, pad);
+    }
     inQueue_.EnQue(in);
   }
 
-  // acc[0:n] += x*x, in fp32 whatever the storage type.
+  // acc[0:n] += x*x, in fp32 whatever the storage type (lanes n.. of the tile are not touched).
   __aicore__ inline void Compute(const AscendC::LocalTensor<float>& acc, uint32_t n) {
     AscendC::LocalTensor<T> in = inQueue_.template DeQue<T>();
     AscendC::LocalTensor<float> work = workBuf_.Get<float>();
@@ -103,13 +109,8 @@ class KernelSquareSums {
     inQueue_.FreeTensor(in);
   }
 
-  __aicore__ inline void CopyOut(int64_t chunk, float ws, float gs) {
-    AscendC::LocalTensor<float> out = outQueue_.template AllocTensor<float>();
-    AscendC::Duplicate(out, 0.0f, kPartialStride);
-    out.SetValue(0, ws);
-    out.SetValue(1, gs);
-    outQueue_.EnQue(out);
-    out = outQueue_.template DeQue<float>();
+  __aicore__ inline void CopyOut(int64_t chunk) {
+    AscendC::LocalTensor<float> out = outQueue_.template DeQue<float>();
     AscendC::DataCopy(partials_[uint64_t(chunk) * kPartialStride], out, kPartialStride);
     outQueue_.FreeTensor(out);
   }
@@ -122,8 +123,6 @@ class KernelSquareSums {
                                const AscendC::LocalTensor<half>& src, uint32_t n) {
     AscendC::Cast(dst, src, AscendC::RoundMode::CAST_NONE, n);
   }
-  __aicore__ inline static float ToFloat(float v) { return v; }
-  __aicore__ inline static float ToFloat(half v) { return static_cast<float>(v); }
 
   SquareSumTiling tiling_{};
   AscendC::TPipe pipe_;
@@ -131,7 +130,7 @@ class KernelSquareSums {
   AscendC::TQue<AscendC::TPosition::VECOUT, 1> outQueue_;
   AscendC::TBuf<AscendC::TPosition::VECCALC> workBuf_;
   AscendC::TBuf<AscendC::TPosition::VECCALC> accBuf_;
-  AscendC::TBuf<AscendC::TPosition::VECCALC> reduceBuf_;
+  AscendC::TBuf<AscendC::TPosition::VECCALC> reduceBuf_;  // ReduceSum's work tensor
   AscendC::GlobalTensor<uint64_t> wAddr_;
   AscendC::GlobalTensor<uint64_t> gAddr_;
   AscendC::GlobalTensor<uint64_t> chunks_;

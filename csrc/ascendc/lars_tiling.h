@@ -18,9 +18,11 @@ struct Chunk {
   uint64_t length;
 };
 
-// Each chunk's result occupies one 32-byte block of the partials workspace:
-// [sum(w^2), sum(g^2), 0, 0, 0, 0, 0, 0] (fp32), so a core writes it with one aligned DataCopy.
-constexpr uint32_t kPartialStride = 8;
+// Each chunk's result occupies two 32-byte blocks of the partials workspace (fp32):
+// [sum(w^2), 0 x7 | sum(g^2), 0 x7]. ReduceSum writes each sum to the start of its own
+// 32-byte-aligned block in UB, and one DataCopy moves both to GM.
+constexpr uint32_t kPartialStride = 16;
+constexpr uint32_t kPartialG = 8;  // offset of sum(g^2) in a chunk's partials
 
 struct SquareSumTiling {
   uint32_t num_tensors;

@@ -1,19 +1,25 @@
 // AscendC kernel: the LARS update (pass 2), the NPU twin of the CPU rewrite / fused step.
-// Same source for CANN and for lars_npu's host emulation (csrc/emu/).
+// Same source for CANN and for lars_npu's host emulation (csrc/emu/). Needs DataCopyPad and
+// DataCacheCleanAndInvalid: Atlas A2 / A3.
 //
-// Reads the per-chunk partials written by KernelSquareSums. Every core first scans all Σg²
+// Reads the per-chunk partials written by KernelSquareSums (an earlier launch, other cores: the
+// data cache is invalidated first, so scalar reads see them). Every core first scans all Σg²
 // partials: if one is inf/nan, the core returns without writing (the step is skipped with no
 // host synchronisation; the host reads the same flag from the partials afterwards). Then, for
-// its chunks (blockIdx, blockIdx + blockNum, ...), it sums the chunk's tensor's partials in chunk
-// order (so every core gets the same λ), takes the norms with the vector Sqrt, computes λ with
-// lars::trust_ratio_from_norms (csrc/common/lars_trust.h, the one C++ transcription of the
-// reference) and streams the chunk through UB:
+// its chunks (blockIdx, blockIdx + blockNum, ...), it takes λ of the chunk's tensor — the sum of
+// the tensor's partials in chunk order (so every core gets the same λ), the norms by the vector
+// Sqrt, lars::trust_ratio_from_norms (csrc/common/lars_trust.h, the one C++ transcription of the
+// reference); computed once per tensor per core — and streams the chunk through UB:
 //   mode 0 (LARSUpdate):  g  <- λ(g + wd·w)
 //   mode 1 (fused step):  g' = λ(g + wd·w) (g' = g where not adapted); m <- g' (first step) or
 //                         μ·m + g'; d = g' + μ·m (nesterov) or m (μ = 0: no buffer, d = g');
 //                         w <- w - lr·d
+// A tensor's last tile may be ragged: DataCopyPad moves exactly its elements in and out and the
+// vector instructions run on exactly those (no scalar access to tensor data, whose cache lines
+// could be shared with data DMA writes).
 // UB budget per core, tile_elems = 2048 fp32: 3 input queues x 2 x 8 KiB + 2 output queues x 8 KiB
-// + 3 fp32 work tiles x 8 KiB + 64 B ≈ 88 KiB (192 KiB on 910B, 256 KiB on 910A).
+// + 3 fp32 work tiles x 8 KiB + 32 B ≈ 88 KiB (192 KiB on 910B; 256 KiB on 910A, which has no
+// DataCopyPad).
 #pragma once
 
 #define LARS_DEVICE __aicore__
@@ -57,8 +63,11 @@ class KernelUpdate {
   }
 
   __aicore__ inline void Process() {
+    // the partials come from the square-sums launch (other cores, DMA): drop stale cache lines
+    AscendC::DataCacheCleanAndInvalid<float, AscendC::CacheLine::ENTIRE_DATA_CACHE,
+                                      AscendC::DcciDst::CACHELINE_OUT>(partials_);
     for (uint32_t c = 0; c < tiling_.num_chunks; ++c) {  // every core decides the same way
-      const float gs = partials_.GetValue(uint64_t{c} * kPartialStride + 1);
+      const float gs = partials_.GetValue(uint64_t{c} * kPartialStride + kPartialG);
       if (gs - gs != 0.0f) return;  // inf or nan: write nothing
     }
     const int64_t step = AscendC::GetBlockNum();
@@ -72,23 +81,37 @@ class KernelUpdate {
   }
 
  private:
+  // Orders everything pipe X issued so far before what pipe Y issues next.
+  template <AscendC::HardEvent event>
+  __aicore__ inline void Sync() {
+    const auto id = static_cast<event_t>(pipe_.FetchEventID(event));
+    AscendC::SetFlag<event>(id);
+    AscendC::WaitFlag<event>(id);
+  }
+
   __aicore__ inline float Lambda(uint64_t tensor, float wd, float lr, bool adapt) {
     if (!adapt) return 1.0f;
+    if (tensor == lamTensor_) return lam_;  // a core meets a tensor's chunks one after another
     float ws = 0.0f, gs = 0.0f;  // chunk order: the same λ on every core
     for (uint64_t c = tensorChunks_.GetValue(tensor); c < tensorChunks_.GetValue(tensor + 1);
          ++c) {
       ws += partials_.GetValue(c * kPartialStride);
-      gs += partials_.GetValue(c * kPartialStride + 1);
+      gs += partials_.GetValue(c * kPartialStride + kPartialG);
     }
     AscendC::LocalTensor<float> nrm = bufNorm_.Get<float>();
     AscendC::Duplicate(nrm, 0.0f, 8);
+    Sync<AscendC::HardEvent::V_S>();
     nrm.SetValue(0, ws);
     nrm.SetValue(1, gs);
+    Sync<AscendC::HardEvent::S_V>();
     AscendC::Sqrt(nrm, nrm, 8);
-    return lars::trust_ratio_from_norms<float>(nrm.GetValue(0), nrm.GetValue(1), wd, lr,
+    Sync<AscendC::HardEvent::V_S>();
+    lamTensor_ = tensor;
+    lam_ = lars::trust_ratio_from_norms<float>(nrm.GetValue(0), nrm.GetValue(1), wd, lr,
                                                hyper_.GetValue(0), hyper_.GetValue(1),
                                                hyper_.GetValue(2) != 0.0f,
                                                hyper_.GetValue(3) != 0.0f);
+    return lam_;
   }
 
   __aicore__ inline void UpdateChunk(uint64_t tensor, uint64_t offset, uint64_t length) {
@@ -106,29 +129,35 @@ class KernelUpdate {
     if (use_m) {
       m.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(mAddr_.GetValue(tensor)) + offset, length);
     }
-    constexpr uint32_t kPerBlock = 32 / sizeof(T);
-    const uint64_t body = length / kPerBlock * kPerBlock;
-    for (uint64_t done = 0; done < body; done += tiling_.tile_elems) {
+    for (uint64_t done = 0; done < length; done += tiling_.tile_elems) {
       const uint32_t n = static_cast<uint32_t>(
-          body - done < tiling_.tile_elems ? body - done : tiling_.tile_elems);
+          length - done < tiling_.tile_elems ? length - done : tiling_.tile_elems);
       CopyIn(w, g, m, done, n, use_m && !first);
       Compute(n, lam, wde, lr, mu, fused, use_m, first, nesterov);
       CopyOut(w, g, m, done, n, fused, use_m);
     }
-    for (uint64_t i = body; i < length; ++i) {  // the tail: fewer elements than one block
-      const float wi = ToFloat(w.GetValue(i));
-      const float gp = lam * (ToFloat(g.GetValue(i)) + wde * wi);
-      if (!fused) {
-        g.SetValue(i, FromFloat<T>(gp));
-        continue;
-      }
-      float d = gp;
-      if (use_m) {
-        const T mi = FromFloat<T>(first ? gp : mu * ToFloat(m.GetValue(i)) + gp);
-        m.SetValue(i, mi);
-        d = nesterov ? gp + mu * ToFloat(mi) : ToFloat(mi);
-      }
-      w.SetValue(i, FromFloat<T>(wi - lr * d));
+  }
+
+  // GM -> UB of n elements: DataCopy for whole 32-byte blocks, DataCopyPad for a ragged tail.
+  __aicore__ inline static void Load(const AscendC::LocalTensor<T>& dst,
+                                     const AscendC::GlobalTensor<T>& src, uint32_t n) {
+    if ((n * sizeof(T)) % 32 == 0) {
+      AscendC::DataCopy(dst, src, n);
+    } else {
+      AscendC::DataCopyExtParams copy{1, static_cast<uint32_t>(n * sizeof(T)), 0, 0, 0};
+      AscendC::DataCopyPadExtParams<T> pad{};  // no padding: the pad lanes are never read
+      AscendC::DataCopyPad(dst, src, copy, pad);
+    }
+  }
+
+  // UB -> GM of exactly n elements.
+  __aicore__ inline static void Store(const AscendC::GlobalTensor<T>& dst,
+                                      const AscendC::LocalTensor<T>& src, uint32_t n) {
+    if ((n * sizeof(T)) % 32 == 0) {
+      AscendC::DataCopy(dst, src, n);
+    } else {
+      AscendC::DataCopyExtParams copy{1, static_cast<uint32_t>(n * sizeof(T)), 0, 0, 0};
+      AscendC::DataCopyPad(dst, src, copy);
     }
   }
 
@@ -138,13 +167,13 @@ class KernelUpdate {
                                 bool read_m) {
     AscendC::LocalTensor<T> lw = inW_.template AllocTensor<T>();
     AscendC::LocalTensor<T> lg = inG_.template AllocTensor<T>();
-    AscendC::DataCopy(lw, w[start], n);
-    AscendC::DataCopy(lg, g[start], n);
+    Load(lw, w[start], n);
+    Load(lg, g[start], n);
     inW_.EnQue(lw);
     inG_.EnQue(lg);
     if (read_m) {
       AscendC::LocalTensor<T> lm = inM_.template AllocTensor<T>();
-      AscendC::DataCopy(lm, m[start], n);
+      Load(lm, m[start], n);
       inM_.EnQue(lm);
     }
   }
@@ -201,11 +230,11 @@ class KernelUpdate {
                                  const AscendC::GlobalTensor<T>& m, uint64_t start, uint32_t n,
                                  bool fused, bool use_m) {
     AscendC::LocalTensor<T> outA = outA_.template DeQue<T>();
-    AscendC::DataCopy(fused ? w[start] : g[start], outA, n);
+    Store(fused ? w[start] : g[start], outA, n);
     outA_.FreeTensor(outA);
     if (fused) {
       AscendC::LocalTensor<T> outB = outB_.template DeQue<T>();
-      if (use_m) AscendC::DataCopy(m[start], outB, n);
+      if (use_m) Store(m[start], outB, n);
       outB_.FreeTensor(outB);
     }
   }
@@ -226,12 +255,6 @@ class KernelUpdate {
                                 const AscendC::LocalTensor<float>& src, uint32_t n) {
     AscendC::Cast(dst, src, AscendC::RoundMode::CAST_RINT, n);
   }
-  __aicore__ inline static float ToFloat(float v) { return v; }
-  __aicore__ inline static float ToFloat(half v) { return static_cast<float>(v); }
-  template <typename U>
-  __aicore__ inline static U FromFloat(float v) {
-    return static_cast<U>(v);
-  }
 
   UpdateTiling tiling_{};
   AscendC::TPipe pipe_;
@@ -240,6 +263,8 @@ class KernelUpdate {
   AscendC::TBuf<AscendC::TPosition::VECCALC> bufW_, bufG_, bufM_, bufNorm_;
   AscendC::GlobalTensor<uint64_t> wAddr_, gAddr_, mAddr_, chunks_, tensorChunks_;
   AscendC::GlobalTensor<float> partials_, params_, hyper_;
+  uint64_t lamTensor_ = ~uint64_t{0};  // the tensor whose λ is in lam_
+  float lam_ = 1.0f;
 };
 
 }  // namespace lars_ascendc

@@ -31,12 +31,51 @@ void selftest(const std::string& which) {
     } else if (which == "gm_overrun") {
       AscendC::LocalTensor<float> t = que.AllocTensor<float>();
       AscendC::DataCopy(t, gm[40], 32);  // 32 elements from element 40 of 64
+    } else if (which == "partial_block") {
+      AscendC::LocalTensor<float> t = que.AllocTensor<float>();
+      AscendC::DataCopy(t, gm, 12);  // 48 bytes: hardware would silently copy 32
+    } else if (which == "scalar_after_vector") {
+      AscendC::LocalTensor<float> t = que.AllocTensor<float>();
+      AscendC::Duplicate(t, 1.0f, 8);
+      (void)t.GetValue(0);  // no V -> S wait: may read before the vector unit wrote
+    } else if (which == "scalar_write_copied_out") {
+      AscendC::TQue<AscendC::TPosition::VECOUT, 1> out;
+      pipe.InitBuffer(out, 1, 32);
+      AscendC::LocalTensor<float> t = out.AllocTensor<float>();
+      t.SetValue(0, 1.0f);
+      out.EnQue(t);  // the queue orders V -> MTE3, not S -> MTE3
+      t = out.DeQue<float>();
+      AscendC::DataCopy(gm, t, 8);
+    } else if (which == "vector_reads_dma_without_queue") {
+      AscendC::TBuf<AscendC::TPosition::VECCALC> buf;
+      pipe.InitBuffer(buf, 32 * sizeof(float));
+      AscendC::LocalTensor<float> t = buf.Get<float>();
+      AscendC::DataCopy(t, gm, 32);
+      AscendC::Muls(t, t, 2.0f, 32);  // no MTE2 -> V wait and no queue in between
+    } else if (which == "wait_without_set") {
+      AscendC::WaitFlag<AscendC::HardEvent::V_S>(0);
     } else if (which == "ok") {
+      // the same moves, each ordered as the hardware needs
       AscendC::LocalTensor<float> t = que.AllocTensor<float>();
       AscendC::DataCopy(t, gm, 32);
       que.EnQue(t);
-      t = que.DeQue<float>();
+      t = que.DeQue<float>();  // MTE2 -> V by the queue
+      AscendC::Duplicate(t, 1.0f, 8);
+      auto id = static_cast<event_t>(pipe.FetchEventID(AscendC::HardEvent::V_S));
+      AscendC::SetFlag<AscendC::HardEvent::V_S>(id);
+      AscendC::WaitFlag<AscendC::HardEvent::V_S>(id);
+      t.SetValue(1, t.GetValue(0) + 1.0f);
+      id = static_cast<event_t>(pipe.FetchEventID(AscendC::HardEvent::S_MTE3));
+      AscendC::SetFlag<AscendC::HardEvent::S_MTE3>(id);
+      AscendC::WaitFlag<AscendC::HardEvent::S_MTE3>(id);
+      AscendC::DataCopy(gm, t, 8);
+      AscendC::DataCopyExtParams copy{1, 5 * sizeof(float), 0, 0, 0};
+      AscendC::DataCopyPad(gm[8], t, copy);  // exactly 5 elements out
       que.FreeTensor(t);
+      if (gm_data[0] != 1.0f || gm_data[1] != 2.0f || gm_data[12] != 1.0f ||
+          gm_data[13] != 0.0f) {
+        throw std::logic_error("selftest ok: wrong data");
+      }
     } else {
       throw std::invalid_argument("unknown selftest case " + which);
     }

@@ -7,7 +7,18 @@
 //   - UB use beyond the emulated SoC's size (TPipe::InitBuffer);
 //   - DeQue of an empty queue, AllocTensor with every buffer of a queue in use, EnQue of more
 //     tensors than the queue's depth;
-//   - use of a LocalTensor after FreeTensor, or access outside its length.
+//   - use of a LocalTensor after FreeTensor, or access outside its length;
+//   - a read or write of a UB buffer by one pipe (S scalar, V vector, MTE2 GM->UB, MTE3 UB->GM)
+//     after another pipe wrote it, with nothing in between that orders the two: a
+//     SetFlag/WaitFlag<HardEvent::X_Y> pair, or the EnQue/DeQue hand-off of a VECIN (MTE2->V) or
+//     VECOUT (V->MTE3) queue. Hardware runs the pipes concurrently; this catches the races the
+//     in-order emulation would otherwise hide (e.g. a scalar SetValue copied out to GM without
+//     an S->MTE3 wait);
+//   - WaitFlag of an event that was not set.
+// DataCopy on hardware silently rounds a length down to whole 32-byte blocks; the emulation
+// refuses it instead (use DataCopyPad for a ragged tail). DataCopyPad GM->UB fills the rest of
+// the last 32-byte block with NaN bytes unless padding is asked for, so a kernel that reads
+// those lanes shows it.
 // AI cores run one after another over the block index (emu::Launch), each with its own UB, so
 // per-core partials handed over through global memory are real.
 #pragma once
@@ -26,6 +37,8 @@
 #define __aicore__
 #define __global__
 #define __gm__
+// The kernel type (vector-only kernels on Atlas A2/A3); nothing to do on the emulation.
+#define KERNEL_TASK_TYPE_DEFAULT(type)
 
 using GM_ADDR = uint8_t*;
 
@@ -38,13 +51,53 @@ struct half {
   explicit operator float() const { return lars::half_to_float(bits); }
 };
 
+// Event ids handed out by TPipe::FetchEventID (a global enum in AscendC).
+enum event_t : int8_t { EVENT_ID0 = 0, EVENT_ID1, EVENT_ID2, EVENT_ID3, EVENT_ID4, EVENT_ID5,
+                        EVENT_ID6, EVENT_ID7 };
+
 namespace AscendC {
 
 enum class TPosition { GM, VECIN, VECOUT, VECCALC };
 using QuePosition = TPosition;
 constexpr int32_t ONE_BLK_SIZE = 32;
+using TEventID = int8_t;
+
+// Synchronisation between the pipes of an AI core: X_Y orders pipe Y after pipe X.
+enum class HardEvent { MTE2_V, V_MTE2, MTE2_S, S_MTE2, V_MTE3, MTE3_V, V_S, S_V, S_MTE3, MTE3_S,
+                       MTE2_MTE3, MTE3_MTE2 };
+
+enum class CacheLine { SINGLE_CACHE_LINE, ENTIRE_DATA_CACHE };
+enum class DcciDst { CACHELINE_ALL, CACHELINE_UB, CACHELINE_OUT, CACHELINE_ATOMIC };
 
 namespace emu {
+
+enum Pipe : int { NONE = 0, S, V, MTE2, MTE3, NUM_PIPES };
+
+inline const char* pipe_name(int p) {
+  static const char* names[] = {"none", "S (scalar)", "V (vector)", "MTE2 (GM->UB)",
+                                "MTE3 (UB->GM)"};
+  return names[p];
+}
+
+constexpr int event_from(HardEvent e) {
+  switch (e) {
+    case HardEvent::MTE2_V: case HardEvent::MTE2_S: case HardEvent::MTE2_MTE3: return MTE2;
+    case HardEvent::V_MTE2: case HardEvent::V_MTE3: case HardEvent::V_S: return V;
+    case HardEvent::S_MTE2: case HardEvent::S_V: case HardEvent::S_MTE3: return S;
+    case HardEvent::MTE3_V: case HardEvent::MTE3_S: case HardEvent::MTE3_MTE2: return MTE3;
+  }
+  return NONE;
+}
+
+constexpr int event_to(HardEvent e) {
+  switch (e) {
+    case HardEvent::V_MTE2: case HardEvent::S_MTE2: case HardEvent::MTE3_MTE2: return MTE2;
+    case HardEvent::MTE2_V: case HardEvent::S_V: case HardEvent::MTE3_V: return V;
+    case HardEvent::MTE2_S: case HardEvent::V_S: case HardEvent::MTE3_S: return S;
+    case HardEvent::V_MTE3: case HardEvent::S_MTE3: case HardEvent::MTE2_MTE3: return MTE3;
+  }
+  return NONE;
+}
 
 class Violation : public std::runtime_error {
  public:
@@ -57,6 +110,13 @@ struct Core {
   int64_t block_num = 1;
   std::vector<uint8_t> ub;  // UB bytes of the SoC (e.g. 192 KiB on Atlas A2 / 910B)
   size_t ub_used = 0;
+  uint64_t seq = 0;                          // count of UB writes, for the pipe-order checks
+  uint64_t waited[NUM_PIPES][NUM_PIPES] = {};  // seq at the last WaitFlag<from_to>
+  struct Flag {
+    int event, id;
+    uint64_t seq;  // UB writes issued before the SetFlag
+  };
+  std::vector<Flag> flags_set;  // set and not yet waited for
 };
 
 inline Core*& current() {
@@ -96,7 +156,28 @@ struct Slot {
   uint32_t ub_offset = 0;
   bool allocated = false;  // between AllocTensor and FreeTensor
   uint64_t generation = 0;
+  int writer = NONE;        // the pipe that wrote the buffer last
+  uint64_t write_seq = 0;
+  int handed_to = NONE;     // a queue hand-off ordered that write before this pipe
 };
+
+// Pipe `p` reads (or writes) the buffer of `slot`: refused when another pipe wrote it last and
+// nothing orders that write before `p`.
+inline void access(Slot& slot, int p, bool write, const char* op) {
+  Core& c = core();
+  if (slot.writer != NONE && slot.writer != p && slot.handed_to != p &&
+      c.waited[slot.writer][p] <= slot.write_seq) {
+    throw Violation(std::string(op) + ": the " + pipe_name(p) +
+                    " pipe uses a UB buffer that the " + pipe_name(slot.writer) +
+                    " pipe wrote, with nothing ordering the two (SetFlag/WaitFlag, or a queue "
+                    "hand-off)");
+  }
+  if (write) {
+    slot.writer = p;
+    slot.write_seq = ++c.seq;
+    slot.handed_to = NONE;
+  }
+}
 
 }  // namespace emu
 
@@ -148,10 +229,12 @@ class LocalTensor {
   }
   T GetValue(uint32_t i) const {
     check(i, 1);
+    emu::access(*slot_, emu::S, false, "LocalTensor::GetValue");
     return ptr()[i];
   }
   void SetValue(uint32_t i, T v) const {
     check(i, 1);
+    emu::access(*slot_, emu::S, true, "LocalTensor::SetValue");
     ptr()[i] = v;
   }
   uint32_t GetSize() const { return len_; }
@@ -170,6 +253,7 @@ class LocalTensor {
     }
   }
   const std::shared_ptr<emu::Slot>& slot() const { return slot_; }
+  void use(int pipe, bool write, const char* op) const { emu::access(*slot_, pipe, write, op); }
 
  private:
   void alive() const {
@@ -216,6 +300,10 @@ class TQue {
     if (queued_.empty()) throw emu::Violation("DeQue of an empty queue");
     auto s = queued_.front();
     queued_.erase(queued_.begin());
+    // The queue's own flag orders its producer before its consumer: MTE2 -> V for VECIN,
+    // V -> MTE3 for VECOUT. Nothing else (a scalar write is not covered).
+    if (pos == TPosition::VECIN && s->writer == emu::MTE2) s->handed_to = emu::V;
+    if (pos == TPosition::VECOUT && s->writer == emu::V) s->handed_to = emu::MTE3;
     return LocalTensor<T>(s, 0, s->bytes / sizeof(T), s->generation);
   }
   template <typename T>
@@ -247,6 +335,7 @@ class TBuf {
 
 class TPipe {
  public:
+  TEventID FetchEventID(HardEvent) { return next_event_++ % 8; }
   template <TPosition pos, int32_t depth>
   void InitBuffer(TQue<pos, depth>& que, int32_t num, uint32_t bytes) {
     if (num <= 0 || num > depth + 1) throw emu::Violation("InitBuffer: bad buffer count");
@@ -273,7 +362,35 @@ class TPipe {
     c.ub_used += aligned;
     return s;
   }
+  TEventID next_event_ = 0;
 };
+
+template <HardEvent event>
+void SetFlag(TEventID id) {
+  emu::Core& c = emu::core();
+  c.flags_set.push_back({static_cast<int>(event), static_cast<int>(id), c.seq});
+}
+
+// Everything the `from` pipe issued before the matching SetFlag is done before the `to` pipe
+// goes on.
+template <HardEvent event>
+void WaitFlag(TEventID id) {
+  emu::Core& c = emu::core();
+  for (auto it = c.flags_set.begin(); it != c.flags_set.end(); ++it) {
+    if (it->event == static_cast<int>(event) && it->id == static_cast<int>(id)) {
+      uint64_t& w = c.waited[emu::event_from(event)][emu::event_to(event)];
+      if (it->seq + 1 > w) w = it->seq + 1;
+      c.flags_set.erase(it);
+      return;
+    }
+  }
+  throw emu::Violation("WaitFlag of an event that was not set (SetFlag first)");
+}
+
+// Data-cache maintenance for scalar access to global memory written by DMA or by other cores:
+// the emulation has no data cache, so there is nothing to do.
+template <typename T, CacheLine line, DcciDst dst>
+void DataCacheCleanAndInvalid(const GlobalTensor<T>&) {}
 
 // ---- data movement --------------------------------------------------------------------------
 namespace emu {
@@ -294,22 +411,97 @@ void check_copy(const LocalTensor<T>& local, uint64_t gm_size, uint32_t count, c
 template <typename T>
 void DataCopy(const LocalTensor<T>& dst, const GlobalTensor<T>& src, uint32_t count) {
   emu::check_copy(dst, src.size(), count, "DataCopy GM->UB");
+  dst.use(emu::MTE2, true, "DataCopy GM->UB");
   std::memcpy(dst.ptr(), src.address(), count * sizeof(T));
 }
 
 template <typename T>
 void DataCopy(const GlobalTensor<T>& dst, const LocalTensor<T>& src, uint32_t count) {
   emu::check_copy(src, dst.size(), count, "DataCopy UB->GM");
+  src.use(emu::MTE3, false, "DataCopy UB->GM");
   std::memcpy(dst.address(), src.ptr(), count * sizeof(T));
 }
 
+// DataCopyPad: GM <-> UB moves of any whole number of elements (Atlas A2/A3). One block only
+// (blockCount 1, no strides) is emulated: what the kernels use for a tensor's ragged tail.
+struct DataCopyExtParams {
+  uint16_t blockCount = 1;
+  uint32_t blockLen = 0;  // bytes
+  uint32_t srcStride = 0;
+  uint32_t dstStride = 0;
+  uint32_t rsv = 0;
+};
+
+template <typename T>
+struct DataCopyPadExtParams {
+  bool isPad = false;
+  uint8_t leftPadding = 0;
+  uint8_t rightPadding = 0;
+  T paddingValue{};
+};
+
+namespace emu {
+template <typename T>
+uint32_t check_pad_copy(const LocalTensor<T>& local, uint64_t gm_size,
+                        const DataCopyExtParams& p, const char* op) {
+  if (p.blockCount != 1 || p.srcStride != 0 || p.dstStride != 0) {
+    throw Violation(std::string(op) + ": only one block without strides is emulated");
+  }
+  if (p.blockLen == 0 || p.blockLen % sizeof(T) != 0) {
+    throw Violation(std::string(op) + ": blockLen must be a positive number of whole elements");
+  }
+  const uint32_t count = p.blockLen / sizeof(T);
+  const uint32_t padded = (p.blockLen + ONE_BLK_SIZE - 1) / ONE_BLK_SIZE * ONE_BLK_SIZE;
+  local.check_count(padded / sizeof(T), op);
+  if (local.ub_address() % ONE_BLK_SIZE != 0) {
+    throw Violation(std::string(op) + ": Unified Buffer address not 32-byte aligned");
+  }
+  if (count > gm_size) throw Violation(std::string(op) + ": beyond the GlobalTensor's buffer");
+  return count;
+}
+}  // namespace emu
+
+template <typename T>
+void DataCopyPad(const LocalTensor<T>& dst, const GlobalTensor<T>& src,
+                 const DataCopyExtParams& params, const DataCopyPadExtParams<T>& pad) {
+  const uint32_t count = emu::check_pad_copy(dst, src.size(), params, "DataCopyPad GM->UB");
+  dst.use(emu::MTE2, true, "DataCopyPad GM->UB");
+  const uint32_t padded = (params.blockLen + ONE_BLK_SIZE - 1) / ONE_BLK_SIZE * ONE_BLK_SIZE;
+  std::memset(reinterpret_cast<uint8_t*>(dst.ptr()) + params.blockLen, 0xFF,
+              padded - params.blockLen);  // unspecified on hardware: NaN here
+  std::memcpy(dst.ptr(), src.address(), params.blockLen);
+  if (pad.isPad) {
+    for (uint32_t i = 0; i < pad.rightPadding && count + i < padded / sizeof(T); ++i) {
+      dst.ptr()[count + i] = pad.paddingValue;
+    }
+  }
+}
+
+template <typename T>
+void DataCopyPad(const GlobalTensor<T>& dst, const LocalTensor<T>& src,
+                 const DataCopyExtParams& params) {
+  emu::check_pad_copy(src, dst.size(), params, "DataCopyPad UB->GM");
+  src.use(emu::MTE3, false, "DataCopyPad UB->GM");
+  std::memcpy(dst.address(), src.ptr(), params.blockLen);  // exactly blockLen bytes
+}
+
 // ---- vector computation (elementwise over `count` elements) --------------------------------------
+namespace emu {
+// A vector instruction: reads its sources, then writes its destination, on the V pipe.
+template <typename D, typename... Srcs>
+void vector_op(const char* op, const LocalTensor<D>& dst, const Srcs&... srcs) {
+  (srcs.use(V, false, op), ...);
+  dst.use(V, true, op);
+}
+}  // namespace emu
+
 template <typename T>
 void Mul(const LocalTensor<T>& dst, const LocalTensor<T>& a, const LocalTensor<T>& b,
          uint32_t count) {
   dst.check_count(count, "Mul");
   a.check_count(count, "Mul");
   b.check_count(count, "Mul");
+  emu::vector_op("Mul", dst, a, b);
   for (uint32_t i = 0; i < count; ++i) dst.ptr()[i] = a.ptr()[i] * b.ptr()[i];
 }
 
@@ -319,6 +511,7 @@ void Add(const LocalTensor<T>& dst, const LocalTensor<T>& a, const LocalTensor<T
   dst.check_count(count, "Add");
   a.check_count(count, "Add");
   b.check_count(count, "Add");
+  emu::vector_op("Add", dst, a, b);
   for (uint32_t i = 0; i < count; ++i) dst.ptr()[i] = a.ptr()[i] + b.ptr()[i];
 }
 
@@ -326,6 +519,7 @@ template <typename T>
 void Muls(const LocalTensor<T>& dst, const LocalTensor<T>& src, T scalar, uint32_t count) {
   dst.check_count(count, "Muls");
   src.check_count(count, "Muls");
+  emu::vector_op("Muls", dst, src);
   for (uint32_t i = 0; i < count; ++i) dst.ptr()[i] = src.ptr()[i] * scalar;
 }
 
@@ -333,12 +527,14 @@ template <typename T>
 void Sqrt(const LocalTensor<T>& dst, const LocalTensor<T>& src, uint32_t count) {
   dst.check_count(count, "Sqrt");
   src.check_count(count, "Sqrt");
+  emu::vector_op("Sqrt", dst, src);
   for (uint32_t i = 0; i < count; ++i) dst.ptr()[i] = std::sqrt(src.ptr()[i]);
 }
 
 template <typename T>
 void Duplicate(const LocalTensor<T>& dst, T scalar, uint32_t count) {
   dst.check_count(count, "Duplicate");
+  emu::vector_op("Duplicate", dst);
   for (uint32_t i = 0; i < count; ++i) dst.ptr()[i] = scalar;
 }
 
@@ -348,7 +544,11 @@ inline void ReduceSum(const LocalTensor<float>& dst, const LocalTensor<float>& s
                       const LocalTensor<float>& work, uint32_t count) {
   dst.check_count(1, "ReduceSum");
   src.check_count(count, "ReduceSum");
-  work.check_count((count + 63) / 64, "ReduceSum work");
+  // the documented minimum of the work tensor: RoundUp(max(ceil(count / 64), 1), 8) fp32
+  const uint32_t repeats = (count + 63) / 64;
+  work.check_count(((repeats > 1 ? repeats : 1) + 7) / 8 * 8, "ReduceSum work");
+  emu::vector_op("ReduceSum", work, src);
+  emu::vector_op("ReduceSum", dst);
   float total = 0.0f;
   for (uint32_t r = 0; r < count; r += 64) {
     float part = 0.0f;
@@ -365,6 +565,7 @@ inline void Cast(const LocalTensor<float>& dst, const LocalTensor<half>& src, Ro
                  uint32_t count) {
   dst.check_count(count, "Cast");
   src.check_count(count, "Cast");
+  emu::vector_op("Cast", dst, src);
   for (uint32_t i = 0; i < count; ++i) dst.ptr()[i] = static_cast<float>(src.ptr()[i]);
 }
 
@@ -372,6 +573,7 @@ inline void Cast(const LocalTensor<half>& dst, const LocalTensor<float>& src, Ro
                  uint32_t count) {
   dst.check_count(count, "Cast");
   src.check_count(count, "Cast");
+  emu::vector_op("Cast", dst, src);
   for (uint32_t i = 0; i < count; ++i) dst.ptr()[i] = half(src.ptr()[i]);
 }
 

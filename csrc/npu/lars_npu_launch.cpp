@@ -28,18 +28,16 @@ void check(aclError rc, const char* what) {
 }
 
 // Vector cores of the current device: the blockDim that fills the chip with a vector-only
-// kernel (Atlas A2: two AIV per AI core).
+// kernel. The supported SoCs (Atlas A2 / A3, cmake/LarsAscend.cmake) have two vector cores (AIV)
+// per AI core; aclGetDeviceCapability is in every CANN 8.x (aclrtGetDeviceInfo only in newer).
 uint32_t vector_cores() {
   int32_t device = 0;
   check(aclrtGetDevice(&device), "aclrtGetDevice");
-  int64_t cores = 0;
-  if (aclrtGetDeviceInfo(static_cast<uint32_t>(device), ACL_DEV_ATTR_VECTOR_CORE_NUM, &cores) !=
-          ACL_SUCCESS ||
-      cores <= 0) {
-    check(aclrtGetDeviceInfo(static_cast<uint32_t>(device), ACL_DEV_ATTR_AICORE_CORE_NUM, &cores),
-          "aclrtGetDeviceInfo");
-  }
-  return cores > 0 ? static_cast<uint32_t>(cores) : 8u;
+  int64_t ai_cores = 0;
+  check(aclGetDeviceCapability(static_cast<uint32_t>(device), ACL_DEVICE_INFO_AI_CORE_NUM,
+                               &ai_cores),
+        "aclGetDeviceCapability");
+  return ai_cores > 0 ? static_cast<uint32_t>(2 * ai_cores) : 8u;
 }
 
 void* at(uint64_t base, uint64_t offset) { return reinterpret_cast<void*>(base + offset); }
