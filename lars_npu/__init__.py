@@ -4,8 +4,13 @@
     opt = lars_npu.LARS(inner, epsilon=1e-5, coefficient=0.001, use_clip=False)
 
 Backends: fused C++ kernels on CPU (``lars_npu._C``), plain torch ops on other devices, and the
-NumPy reference (:mod:`lars_npu.reference`, the spec in code) everywhere.
+NumPy reference (:mod:`lars_npu.reference`, the spec in code) everywhere. For sharded
+parameters across processes (ZeRO-style flat shards, DTensor, FSDP2), see
+:mod:`lars_npu.distributed` (``lars_npu.ShardedLARS``, loaded on first use).
 """
+
+import importlib
+from typing import Any
 
 from . import reference
 from ._backends import BackendUnavailableError, available_backends
@@ -18,6 +23,7 @@ __all__ = [
     "LARS",
     "BackendUnavailableError",
     "ParamInfo",
+    "ShardedLARS",
     "__version__",
     "available_backends",
     "default_lars_filter",
@@ -26,3 +32,11 @@ __all__ = [
     "reference",
     "square_sum_all",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # lars_npu.distributed is imported on first use, so `import lars_npu` stays light.
+    if name in ("ShardedLARS", "distributed"):
+        distributed = importlib.import_module(f"{__name__}.distributed")
+        return distributed if name == "distributed" else distributed.ShardedLARS
+    raise AttributeError(f"module 'lars_npu' has no attribute {name!r}")

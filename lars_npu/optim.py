@@ -220,9 +220,14 @@ class LARS(Optimizer):
                 )
             mask = []
             for j, p in enumerate(params):
-                keep = self.lars_filter(ParamInfo(names[j] if names else "", p))
+                keep = self.lars_filter(self._param_info(names[j] if names else "", p))
                 mask.append(bool(keep))
         return wd, mask
+
+    def _param_info(self, name: str, param: torch.Tensor) -> ParamInfo:
+        """What ``lars_filter`` sees of a parameter (a hook: :mod:`lars_npu.distributed` shows
+        the global shape of a flat shard)."""
+        return ParamInfo(name, param)
 
     @staticmethod
     def _check_saved_group(index: int, group: dict[str, Any]) -> None:

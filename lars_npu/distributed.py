@@ -1,0 +1,614 @@
+"""LARS across processes (DESIGN.md §5): data parallel as is; sharded parameters, one all-reduce.
+
+Data parallel (``DistributedDataParallel``): use :class:`lars_npu.LARS` unchanged. DDP averages the
+gradients before ``step``, so every rank holds the full gradient and computes the same λ.
+
+Sharded parameters (ZeRO-style flat shards, DTensor, FSDP2 ``fully_shard``): each rank holds a
+piece of every parameter, so a rank alone cannot compute the per-layer norms. :class:`ShardedLARS`
+computes the local Σw² and Σg² of every parameter in one native call, packs them into ONE flat fp32
+tensor of 2·N values (N parameters), sums it over the process group with ONE ``all_reduce``, and
+then applies LARS to the local shards with the global sums: the same λ as single-process LARS on
+the full tensors, the same ``g' = λ·(g + wd·w)`` and the same inner-optimizer step.
+
+A plain tensor must say which part of which parameter it is: make flat shards with
+:func:`flat_shard`, or record the global shape of shards made elsewhere with
+:func:`mark_flat_shard`. DTensor parameters (what ``fully_shard`` creates) describe themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.optim import Optimizer
+
+from . import reference
+from ._backends import MultiResult, resolve
+from ._backends._native import native
+from ._backends._staging import contig, ptrs, unstage_grads
+from ._backends.cpu import DTYPE_CODES
+from .filters import ParamInfo, default_lars_filter
+from .functional import SUPPORTED_DTYPES, check_pair, to_float
+from .optim import LARS
+
+__all__ = ["ShardInfo", "ShardedLARS", "flat_shard", "global_shape", "mark_flat_shard"]
+
+LarsFilter = Callable[[ParamInfo], bool]
+
+# Attribute that records the global (unsharded) shape on a flat shard.
+GLOBAL_SHAPE_ATTR = "_lars_global_shape"
+
+_FLAT = "flat"
+_DTENSOR = "dtensor"
+
+
+# -- flat shards -------------------------------------------------------------------------------
+
+
+def _rank_world(process_group: Any, what: str) -> tuple[int, int]:
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(
+            f"{what} needs torch.distributed initialised: call "
+            "torch.distributed.init_process_group(...) first (or launch with torchrun)"
+        )
+    if process_group is not None and not isinstance(process_group, dist.ProcessGroup):
+        raise TypeError(
+            "process_group must be None or a torch.distributed.ProcessGroup, got "
+            f"{type(process_group).__name__}"
+        )
+    rank = dist.get_rank(process_group)
+    if rank < 0:
+        raise ValueError("process_group: this process is not a member of the group")
+    return rank, dist.get_world_size(process_group)
+
+
+def _as_shape(shape: object, name: str) -> torch.Size:
+    if isinstance(shape, torch.Size):
+        return shape
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
+        raise TypeError(f"{name} must be a sequence of ints, got {type(shape).__name__}")
+    out = []
+    for d in shape:
+        if isinstance(d, bool) or not isinstance(d, int):
+            raise TypeError(f"{name} must be a sequence of ints, got an element {d!r}")
+        if d < 0:
+            raise ValueError(f"{name} must not have negative sizes, got {tuple(shape)}")
+        out.append(d)
+    return torch.Size(out)
+
+
+def mark_flat_shard(tensor: torch.Tensor, global_shape: Sequence[int]) -> torch.Tensor:
+    """Record that ``tensor`` (this rank's piece of a parameter) is a shard of a parameter of
+    shape ``global_shape``, and return it.
+
+    The ranks' pieces must partition the parameter: their element counts sum to the global
+    element count (any contiguous split of the flattened tensor, the order is irrelevant for the
+    norms). A tensor whose element count equals the global one on EVERY rank is a full replica;
+    its sums are taken from one rank. Mark the ``nn.Parameter`` the optimizer holds.
+    """
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
+    if _is_dtensor(tensor):
+        raise TypeError("tensor is a DTensor, which knows its global shape: do not mark it")
+    setattr(tensor, GLOBAL_SHAPE_ATTR, _as_shape(global_shape, "global_shape"))
+    return tensor
+
+
+def flat_shard(tensor: torch.Tensor, process_group: Any = None) -> torch.Tensor:
+    """This rank's contiguous piece of ``tensor.flatten()``, a new tensor marked with the global
+    shape (:func:`mark_flat_shard`).
+
+    The split is ``torch.tensor_split(flat, world_size)[rank]``: the first ``numel % world_size``
+    ranks get one element more; a rank may get an empty piece. An ``nn.Parameter`` gives an
+    ``nn.Parameter`` (same ``requires_grad``); any other tensor (e.g. a full gradient) gives a
+    plain tensor, so ``p.grad = flat_shard(full_grad)`` shards a gradient the same way.
+    """
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
+    if _is_dtensor(tensor):
+        raise TypeError("tensor is a DTensor; flat_shard takes a full (plain) tensor")
+    rank, world = _rank_world(process_group, "flat_shard")
+    piece = torch.tensor_split(tensor.detach().reshape(-1), world)[rank].clone()
+    if isinstance(tensor, torch.nn.Parameter):
+        piece = torch.nn.Parameter(piece, requires_grad=tensor.requires_grad)
+    return mark_flat_shard(piece, tensor.shape)
+
+
+def _dtensor_type() -> type | None:
+    # Never import DTensor (0.7 s) just to ask: no tensor can be one until its module is loaded.
+    mod = sys.modules.get("torch.distributed.tensor")
+    return getattr(mod, "DTensor", None) if mod is not None else None
+
+
+def _is_dtensor(t: object) -> bool:
+    cls = _dtensor_type()
+    return cls is not None and isinstance(t, cls)
+
+
+def global_shape(tensor: torch.Tensor) -> torch.Size | None:
+    """The shape of the whole parameter a shard belongs to: a DTensor's shape, the shape recorded
+    by :func:`mark_flat_shard` / :func:`flat_shard`, else None."""
+    if _is_dtensor(tensor):
+        return tensor.shape
+    return getattr(tensor, GLOBAL_SHAPE_ATTR, None)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The tensor holding this rank's elements (shares storage: in-place writes reach ``t``)."""
+    return t.to_local() if _is_dtensor(t) else t.detach()
+
+
+@dataclass(frozen=True)
+class ShardInfo(ParamInfo):
+    """What ``lars_filter`` sees of a flat shard: ``shape`` and ``ndim`` are the parameter's global
+    ones (so :func:`lars_npu.exclude_bias_and_norm` works); ``tensor`` is the local shard."""
+
+    global_shape: torch.Size
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.global_shape
+
+    @property
+    def ndim(self) -> int:
+        return len(self.global_shape)
+
+
+# -- the layout every rank must agree on ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Desc:
+    """One parameter as one rank sees it (small and picklable, for all_gather_object)."""
+
+    group: int
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    dtype: str
+    numel: int  # local
+    adapt: bool
+    placements: str
+
+
+_COMPARED = (
+    ("group", "param group"),
+    ("kind", "kind"),
+    ("shape", "global shape"),
+    ("dtype", "dtype"),
+    ("adapt", "lars_filter result"),
+    ("placements", "DTensor placements"),
+)
+
+
+def _placement_problem(p: torch.Tensor, group_ranks: list[int]) -> str | None:
+    from torch.distributed.tensor import Replicate, Shard
+
+    mesh = p.device_mesh
+    if mesh.ndim != 1:
+        return (
+            f"is a DTensor on a {mesh.ndim}-D device mesh; ShardedLARS supports 1-D meshes "
+            "(FSDP2 / one shard dimension) only"
+        )
+    mesh_ranks = dist.get_process_group_ranks(mesh.get_group())
+    if sorted(mesh_ranks) != sorted(group_ranks):
+        return (
+            f"is a DTensor on a device mesh of ranks {mesh_ranks}, but ShardedLARS reduces over "
+            f"ranks {group_ranks}; pass the mesh's group as process_group"
+        )
+    pl = p.placements[0]
+    if not isinstance(pl, (Shard, Replicate)):
+        return f"has DTensor placement {pl}; only Shard and Replicate are supported"
+    return None
+
+
+class ShardedLARS(LARS):
+    """:class:`lars_npu.LARS` for parameters sharded across the ranks of a process group.
+
+    Each parameter is this rank's piece of a larger tensor: a flat shard made by
+    :func:`flat_shard` (or marked with :func:`mark_flat_shard`), or a DTensor on a 1-D device
+    mesh over the group (``Shard`` or ``Replicate`` placement; FSDP2 ``fully_shard`` creates
+    these). Per step: local Σw², Σg² of every parameter natively, ONE ``all_reduce`` (SUM) of a
+    flat fp32 buffer of 2·N values over ``process_group``, then λ per parameter from the global
+    sums (as :func:`lars_npu.reference.trust_ratio`), the in-place rewrite of the local gradient
+    ``g' = λ·(g + wd·w)``, and the inner optimizer's step on the local shards. The result equals
+    single-process LARS on the full tensors (to fp32 rounding of the sums).
+
+    Everything else is :class:`lars_npu.LARS`: the constructor (less ``fused``: the update always
+    runs as rewrite + ``optimizer.step()``), the weight-decay take-over, the filter (it sees the
+    global shape), param groups, LR schedulers, ``found_inf`` and ``state_dict`` (per rank: it
+    holds this rank's momentum shards).
+
+    Collective contract (SPMD): every rank constructs, steps, calls ``add_param_group`` and
+    ``load_state_dict`` together. Construction, ``add_param_group``, ``load_state_dict`` and
+    :meth:`verify_layout` check with one ``all_gather_object`` that all ranks have the same
+    parameters (names, groups, global shapes, dtypes, filter results) and that their shard sizes
+    add up, and raise the same ``ValueError`` on every rank when not. A step uses exactly one
+    collective. When a gradient on any rank holds inf/nan, every rank sees a non-finite global
+    sum and skips the step (nothing written, ``found_inf`` set). A step that fails its local
+    checks on one rank still joins the all-reduce with NaN sums, so the other ranks skip that
+    step instead of hanging, and then raises.
+
+    Note: the sums travel in fp32, so a square sum beyond the fp32 range (‖g‖ ≳ 1.8e19) counts as
+    non-finite and skips the step.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        epsilon: float = 1e-5,
+        coefficient: float = 0.001,
+        use_clip: bool = False,
+        lars_filter: LarsFilter = default_lars_filter,
+        *,
+        guard_zero_norm: bool = False,
+        backend: str = "auto",
+        process_group: Any = None,
+    ) -> None:
+        rank, world = _rank_world(process_group, "ShardedLARS")
+        saved = None
+        if isinstance(optimizer, Optimizer) and not isinstance(optimizer, LARS):
+            saved = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        super().__init__(
+            optimizer,
+            epsilon,
+            coefficient,
+            use_clip,
+            lars_filter,
+            guard_zero_norm=guard_zero_norm,
+            backend=backend,
+            fused=False,
+        )
+        self.process_group = process_group
+        self.rank = rank
+        self.world_size = world
+        self._group_ranks = dist.get_process_group_ranks(
+            process_group if process_group is not None else dist.group.WORLD
+        )
+        self._n = 0
+        self._contrib = np.zeros(0)
+        self._layout_key: tuple[Any, ...] | None = None
+        try:
+            self.verify_layout()
+        except ValueError:  # leave the inner optimizer as it was given
+            assert saved is not None
+            for group, before in zip(optimizer.param_groups, saved, strict=True):
+                for k in list(group):
+                    if k != "params" and k not in before:
+                        del group[k]
+                group.update(before)
+            raise
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError(
+            "ShardedLARS holds a process group and cannot be pickled or deep-copied; "
+            "checkpoint it with state_dict()"
+        )
+
+    def __repr__(self) -> str:
+        return f"Sharded{super().__repr__()}\nover {self.world_size} ranks (this is {self.rank})"
+
+    def _param_info(self, name: str, param: torch.Tensor) -> ParamInfo:
+        shape = getattr(param, GLOBAL_SHAPE_ATTR, None)
+        if shape is not None and not _is_dtensor(param):
+            return ShardInfo(name, param, shape)
+        return ParamInfo(name, param)
+
+    # -- layout --
+    def _structure(self) -> tuple[list[_Desc], list[str], tuple[Any, ...]]:
+        """This rank's parameter descriptors, problems found locally, and the structure key a
+        step compares against. Never raises for a layout problem: every rank must reach the
+        all_gather first, so that all of them raise together."""
+        descs: list[_Desc] = []
+        problems: list[str] = []
+        key: list[Any] = []
+        devices = set()
+        for gi, group in enumerate(self.param_groups):
+            _, mask = self._plan_group(gi, group)
+            names = group.get("param_names")
+            key.append((len(group["params"]), tuple(mask)))
+            for j, p in enumerate(group["params"]):
+                name = names[j] if names else f"param_groups[{gi}][{j}]"
+                placements = ""
+                if _is_dtensor(p):
+                    kind, shape = _DTENSOR, tuple(p.shape)
+                    placements = str(tuple(p.placements))
+                    why = _placement_problem(p, self._group_ranks)
+                    if why is not None:
+                        problems.append(f"parameter {name!r} {why}")
+                else:
+                    kind = _FLAT
+                    marked = getattr(p, GLOBAL_SHAPE_ATTR, None)
+                    shape = tuple(marked) if marked is not None else ()
+                    if marked is None:
+                        problems.append(
+                            f"parameter {name!r} is a plain tensor with no recorded global shape; "
+                            "make it with lars_npu.distributed.flat_shard, mark it with "
+                            "mark_flat_shard(param, global_shape), or use DTensor parameters"
+                        )
+                local = _local(p)
+                if p.dtype not in SUPPORTED_DTYPES:
+                    problems.append(f"parameter {name!r} has unsupported dtype {p.dtype}")
+                devices.add(local.device)
+                key.append((id(p), local.numel(), shape))
+                descs.append(
+                    _Desc(gi, name, kind, shape, str(p.dtype), local.numel(), mask[j], placements)
+                )
+        if len(devices) > 1:
+            problems.append(
+                f"parameters are on several devices ({sorted(map(str, devices))}); "
+                "ShardedLARS needs every local shard on one device"
+            )
+        return descs, problems, tuple(key)
+
+    def verify_layout(self) -> None:
+        """Check, with one ``all_gather_object`` (call it on every rank), that all ranks hold the
+        same parameters and that their shards fit together; raise the same ``ValueError`` on every
+        rank otherwise. Run by the constructor, ``add_param_group`` and ``load_state_dict``; call
+        it yourself after changing the parameters in another way (on every rank)."""
+        descs, problems, key = self._structure()
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, (descs, problems), group=self.process_group)
+        contrib = self._check_gathered(gathered)
+        self._n = len(descs)
+        self._contrib = contrib
+        self._layout_key = key
+
+    def _check_gathered(self, gathered: list[Any]) -> np.ndarray:
+        """Compare every rank's descriptors (identical input on every rank, so an identical
+        verdict); return per parameter 1.0 where this rank's sums count, else 0.0."""
+        for r, (_, problems) in enumerate(gathered):
+            if problems:
+                raise ValueError(f"ShardedLARS: rank {r}: {problems[0]}")
+        all_descs = [d for d, _ in gathered]
+        ref = all_descs[0]
+
+        def counts(ds: list[_Desc]) -> str:
+            groups = max(d.group for d in ds) + 1 if ds else 0
+            per = [sum(1 for d in ds if d.group == gi) for gi in range(groups)]
+            return f"{len(ds)} parameters (per group: {per})"
+
+        for r, ds in enumerate(all_descs):
+            if len(ds) != len(ref):
+                raise ValueError(
+                    f"ShardedLARS: shard layouts differ across ranks: rank 0 has {counts(ref)}, "
+                    f"rank {r} has {counts(ds)}"
+                )
+            for a, b in zip(ref, ds, strict=True):
+                if a.name != b.name:
+                    raise ValueError(
+                        f"ShardedLARS: shard layouts differ across ranks: parameter {a.name!r} "
+                        f"on rank 0 is {b.name!r} on rank {r} (same position)"
+                    )
+                for field, label in _COMPARED:
+                    va, vb = getattr(a, field), getattr(b, field)
+                    if va != vb:
+                        raise ValueError(
+                            f"ShardedLARS: shard layouts differ across ranks: parameter "
+                            f"{a.name!r} has {label} {va} on rank 0 but {vb} on rank {r}"
+                        )
+        contrib = np.ones(len(ref))
+        for i, d in enumerate(ref):
+            if d.kind == _DTENSOR:
+                if "Replicate" in d.placements and self.rank != 0:
+                    contrib[i] = 0.0
+                continue
+            total = math.prod(d.shape)
+            sizes = [ds[i].numel for ds in all_descs]
+            if sum(sizes) == total:
+                continue
+            if all(s == total for s in sizes):  # a full replica on every rank: count it once
+                contrib[i] = 1.0 if self.rank == 0 else 0.0
+                continue
+            raise ValueError(
+                f"ShardedLARS: parameter {d.name!r} has global shape {d.shape} ({total} "
+                f"elements), but the ranks' shards hold {sizes} elements (sum {sum(sizes)}): "
+                "they neither partition it nor replicate it"
+            )
+        return contrib
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """LARS's ``add_param_group``, then :meth:`verify_layout` (call it on every rank)."""
+        super().add_param_group(param_group)
+        try:
+            self.verify_layout()
+        except ValueError:
+            self.param_groups.pop()
+            self._driver.invalidate()
+            raise
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """LARS's ``load_state_dict`` (this rank's checkpoint), then :meth:`verify_layout`."""
+        super().load_state_dict(state_dict)
+        self.verify_layout()
+
+    # -- the step --
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """One sharded LARS step (one all-reduce); skipped on every rank when a gradient on any
+        rank holds inf/nan."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        return self._sharded_step(loss)
+
+    def _sharded_step(self, loss: Any) -> Any:
+        try:
+            prep = self._prepare()
+        except Exception:
+            # Join the step's one collective with NaN sums, so the other ranks skip this step
+            # instead of waiting for us; then report (the original error, not a later one).
+            device = _local(self.param_groups[0]["params"][0]).device
+            poison = torch.full((2 * self._n,), math.nan, dtype=torch.float32, device=device)
+            with contextlib.suppress(Exception):
+                dist.all_reduce(poison, group=self.process_group)
+            raise
+        buf, plans, slots, ws, gs, adapt, wds, lrs, names, backend, device = prep
+        dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=self.process_group)
+        total = buf.to(device="cpu", dtype=torch.float64).numpy()
+        n = self._n
+        w_tot, g_tot = total[:n], total[n:]
+        found = not bool(np.isfinite(g_tot).all())
+        k = len(gs)
+        if found:
+            nan = torch.full((k,), math.nan, dtype=torch.float64)
+            result = MultiResult(torch.tensor(True, device=device), nan)
+            return self._finish(result, names, adapt, plans, loss, inner=True)
+        h = self._hyper
+        lam = np.ones(k)
+        for i in range(k):
+            if adapt[i]:
+                s = slots[i]
+                lam[i] = reference.trust_ratio(
+                    w_tot[s],
+                    g_tot[s],
+                    wds[i],
+                    lrs[i],
+                    epsilon=h.epsilon,
+                    coefficient=h.coefficient,
+                    use_clip=h.use_clip,
+                    guard_zero_norm=h.guard_zero_norm,
+                )
+        todo = [i for i in range(k) if adapt[i] and gs[i].numel() > 0]
+        if todo and backend.name == "cpu":
+            C = native()
+            wc = [contig(ws[i]) for i in todo]
+            gc = [contig(gs[i]) for i in todo]
+            g_ptr = ptrs(gc)
+            C.lars_rewrite(
+                ptrs(wc),
+                g_ptr,
+                g_ptr,  # in place, as the single-process kernel does
+                np.fromiter((g.numel() for g in gc), dtype=np.int64, count=len(gc)),
+                np.fromiter((DTYPE_CODES[g.dtype] for g in gc), dtype=np.int64, count=len(gc)),
+                lam[todo],
+                np.asarray([wds[i] for i in todo], dtype=np.float64),
+                torch.get_num_threads(),
+            )
+            unstage_grads([gs[i] for i in todo], gc)
+        else:
+            for i in todo:
+                s = slots[i]
+                out = backend.lars_update(ws[i], gs[i], w_tot[s], g_tot[s], wds[i], lrs[i], h)
+                gs[i].copy_(out)
+        result = MultiResult(torch.tensor(False, device=device), torch.from_numpy(lam))
+        return self._finish(result, names, adapt, plans, loss, inner=True)
+
+    def _prepare(self) -> tuple[Any, ...]:
+        """Validate, and compute the local sums into the buffer to all-reduce. Writes nothing."""
+        plans = []
+        slots: list[int] = []
+        ws: list[torch.Tensor] = []
+        gs: list[torch.Tensor] = []
+        adapt: list[bool] = []
+        wds: list[float] = []
+        lrs: list[float] = []
+        names: list[str] = []
+        key: list[Any] = []
+        slot = 0
+        for gi, group in enumerate(self.param_groups):
+            wd, mask = self._plan_group(gi, group)
+            plans.append((wd, mask))
+            lr = to_float(group["lr"], f"param_groups[{gi}]['lr']", minimum=0.0)
+            pnames = group.get("param_names")
+            key.append((len(group["params"]), tuple(mask)))
+            for j, p in enumerate(group["params"]):
+                name = pnames[j] if pnames else f"param_groups[{gi}][{j}]"
+                w = _local(p)
+                key.append((id(p), w.numel(), tuple(global_shape(p) or ())))
+                g = p.grad
+                here, slot = slot, slot + 1
+                if g is None:
+                    continue
+                if g.is_sparse or g.layout != torch.strided:
+                    if mask[j]:
+                        raise ValueError(
+                            f"parameter {name!r} has a sparse gradient; LARS cannot adapt it "
+                            "(exclude it with lars_filter to let the inner optimizer handle it)"
+                        )
+                    continue
+                if _is_dtensor(p) != _is_dtensor(g):
+                    raise TypeError(
+                        f"parameter {name!r}: a DTensor parameter needs a DTensor gradient and a "
+                        "plain one a plain gradient"
+                    )
+                if _is_dtensor(g) and tuple(g.placements) != tuple(p.placements):
+                    raise ValueError(
+                        f"gradient of parameter {name!r} has placements {tuple(g.placements)}, "
+                        f"the parameter {tuple(p.placements)}; redistribute it first"
+                    )
+                gl = _local(g)
+                check_pair(w, gl, f"parameter {name!r}", f"gradient of parameter {name!r}")
+                slots.append(here)
+                ws.append(w)
+                gs.append(gl)
+                adapt.append(mask[j])
+                wds.append(wd)
+                lrs.append(lr)
+                names.append(name)
+        if tuple(key) != self._layout_key:
+            raise ValueError(
+                "ShardedLARS: the parameters changed since their layout was verified (another "
+                "parameter, a new shape or filter result); call opt.verify_layout() on every "
+                "rank after changing them"
+            )
+        device = _local(self.param_groups[0]["params"][0]).device  # one device: verified
+        backend = resolve(device, self.backend)
+        return (self._local_sums(backend, device, slots, ws, gs, adapt), plans, slots, ws, gs,
+                adapt, wds, lrs, names, backend, device)  # fmt: skip
+
+    def _local_sums(
+        self,
+        backend: Any,
+        device: torch.device,
+        slots: list[int],
+        ws: list[torch.Tensor],
+        gs: list[torch.Tensor],
+        adapt: list[bool],
+    ) -> torch.Tensor:
+        """The buffer to all-reduce: fp32 ``[Σw² of every parameter | Σg² of every parameter]``
+        over this rank's elements, on ``device``; 0 where this rank has no gradient or (Σw²) the
+        filter excludes the parameter. A rank whose copy does not count (replicas) adds 0·x: 0
+        when x is finite, nan when not, so a non-finite gradient anywhere reaches every rank."""
+        n = self._n
+        if not gs:
+            return torch.zeros(2 * n, dtype=torch.float32, device=device)
+        idx = np.asarray(slots, dtype=np.int64)
+        c = self._contrib[idx]
+        if backend.name == "cpu":  # one native call for every tensor (fp64 accumulation)
+            wc = [contig(w) if a else None for w, a in zip(ws, adapt, strict=True)]
+            gc = [contig(g) for g in gs]
+            w_s, g_s = native().square_sums(
+                ptrs(wc),
+                ptrs(gc),
+                np.fromiter((g.numel() for g in gc), dtype=np.int64, count=len(gc)),
+                np.fromiter((DTYPE_CODES[g.dtype] for g in gc), dtype=np.int64, count=len(gc)),
+                torch.get_num_threads(),
+            )
+            vals = np.zeros(2 * n)
+            vals[idx] = w_s * c
+            vals[n + idx] = g_s * c
+            with np.errstate(over="ignore"):  # beyond the fp32 range: inf, the step is skipped
+                buf = torch.from_numpy(vals.astype(np.float32))
+            return buf if device.type == "cpu" else buf.to(device)
+        # Other backends (torch ops on an accelerator, the NumPy reference): their own
+        # SquareSumAll per tensor, the buffer assembled where the tensors are.
+        pairs = [backend.square_sum_all(w, g) for w, g in zip(ws, gs, strict=True)]
+        keep = torch.tensor([float(a) for a in adapt], dtype=torch.float32)
+        ct = torch.from_numpy(c.astype(np.float32))
+        w_s = torch.stack([x.float().to(device) for x, _ in pairs])
+        g_s = torch.stack([y.float().to(device) for _, y in pairs])
+        w_s = torch.where(keep.to(device) > 0, w_s, torch.zeros_like(w_s))
+        buf = torch.zeros(2 * n, dtype=torch.float32, device=device)
+        it = torch.from_numpy(idx).to(device)
+        buf[it] = w_s * ct.to(device)
+        buf[it + n] = g_s * ct.to(device)
+        return buf

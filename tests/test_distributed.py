@@ -1,0 +1,848 @@
+"""LARS across processes (DESIGN.md §5), with real gloo process groups on this machine.
+
+One spawn per world size (2 and 4) runs every multi-process check in the same process group (spawn
+costs seconds); the tests below then judge each check's results against a single-process run of
+``lars_npu.LARS`` on the full tensors, computed here in the parent:
+
+- DDP + LARS on per-rank batches == LARS on the concatenated batch;
+- ShardedLARS on flat (ZeRO-style) shards, on DTensors and on FSDP2 ``fully_shard`` == LARS on the
+  full tensors (parameters and momentum, two configurations, param groups, an LR scheduler, a
+  state_dict round trip mid-run);
+- exactly one collective per step (Python-level calls and the process group's sequence number);
+- inf/nan on one rank skips the step on every rank; mismatched layouts raise on every rank.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import socket
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from lars_npu import LARS, exclude_bias_and_norm
+from lars_npu.distributed import (
+    ShardedLARS,
+    ShardInfo,
+    flat_shard,
+    global_shape,
+    mark_flat_shard,
+)
+
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"
+)
+
+RTOL, ATOL = 1e-5, 1e-6  # fp32 rounding: the sums travel in fp32, the reference keeps fp64
+SPAWN_TIMEOUT = 240.0  # whole suite of one world size (a hang fails instead of blocking CI)
+COLLECTIVE_TIMEOUT = timedelta(seconds=60)  # init waits for every rank to import torch
+
+# -- the problem both sides build: parameters, gradients, optimizer ------------------------------
+
+SHAPES = {
+    "fc1.weight": (8, 5),
+    "fc1.bias": (8,),
+    "LayerNorm.weight": (8,),
+    "fc2.weight": (3, 8),
+    "fc2.bias": (3,),  # 3 < 4 ranks: some hold an empty shard
+    "zero.weight": (4, 2),  # zero-initialised: λ = 0, or 1 with guard_zero_norm
+    "tiny": (1, 1),  # one element: a single rank holds it
+}
+GROUP0 = ["fc1.weight", "fc2.weight", "zero.weight", "tiny"]
+GROUP1 = ["fc1.bias", "LayerNorm.weight", "fc2.bias"]
+CONFIGS: dict[str, dict[str, Any]] = {
+    # exclude_bias_and_norm needs the GLOBAL ndim: on 1-D flat shards it would exclude everything
+    "a": dict(coefficient=0.01, lars_filter=exclude_bias_and_norm),
+    "b": dict(coefficient=0.02, use_clip=True, guard_zero_norm=True),  # default filter, by name
+}
+STEPS = 5
+
+
+def init_value(name: str) -> torch.Tensor:
+    i = list(SHAPES).index(name)
+    if name == "LayerNorm.weight":
+        return torch.ones(SHAPES[name])
+    if name == "zero.weight":
+        return torch.zeros(SHAPES[name])
+    return torch.randn(SHAPES[name], generator=torch.Generator().manual_seed(100 + i))
+
+
+def grad_value(step: int, name: str) -> torch.Tensor | None:
+    if step == 2 and name == "fc2.bias":
+        return None  # a parameter without a gradient this step
+    i = list(SHAPES).index(name)
+    gen = torch.Generator().manual_seed(1000 * step + i)
+    return torch.randn(SHAPES[name], generator=gen) * (1.0 + i)
+
+
+def make_inner(params: dict[str, torch.Tensor]) -> torch.optim.SGD:
+    """Two groups; parameters not in SHAPES join the first."""
+    group0 = GROUP0 + [n for n in params if n not in SHAPES]
+    return torch.optim.SGD(
+        [
+            {
+                "params": [(n, params[n]) for n in group0],
+                "lr": 0.1,
+                "momentum": 0.9,
+                "weight_decay": 1e-4,
+                "nesterov": True,
+            },
+            {
+                "params": [(n, params[n]) for n in GROUP1],
+                "lr": 0.05,
+                "momentum": 0.5,
+                "weight_decay": 1e-3,
+            },
+        ]
+    )
+
+
+def momentum_of(opt: torch.optim.Optimizer, p: torch.Tensor) -> torch.Tensor | None:
+    return opt.state.get(p, {}).get("momentum_buffer")
+
+
+def reference_run(
+    cfg: str, steps: int = STEPS, *, skip: tuple[int, ...] = (), sched: bool = True
+) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """Single-process LARS on the full tensors: (parameter, momentum buffer) by name."""
+    params = {n: nn.Parameter(init_value(n)) for n in SHAPES}
+    opt = LARS(make_inner(params), **CONFIGS[cfg])
+    sch = torch.optim.lr_scheduler.StepLR(opt, 2, 0.5) if sched else None
+    for step in range(steps):
+        if step in skip:
+            continue
+        for n, p in params.items():
+            p.grad = grad_value(step, n)
+        opt.step()
+        if sch is not None:
+            sch.step()
+    out = {}
+    for n, p in params.items():
+        m = momentum_of(opt, p)
+        out[n] = (p.detach().numpy().copy(), None if m is None else m.numpy().copy())
+    return out
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 16)
+        self.LayerNorm = nn.LayerNorm(16)
+        self.fc2 = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.tanh(self.LayerNorm(self.fc1(x))))
+
+
+def make_net() -> Net:
+    torch.manual_seed(0)
+    return Net()
+
+
+def batch(step: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows [rank·16/world, (rank+1)·16/world) of step's 16-row batch."""
+    gen = torch.Generator().manual_seed(step)
+    x, y = torch.randn(16, 6, generator=gen), torch.randint(0, 3, (16,), generator=gen)
+    lo, hi = rank * 16 // world, (rank + 1) * 16 // world
+    return x[lo:hi], y[lo:hi]
+
+
+def train_net(
+    make_opt: Callable[[nn.Module], Any],
+    model: nn.Module,
+    rank: int,
+    world: int,
+    groups: tuple[Any, ...] = (),
+) -> list[dict[str, Any]]:
+    """Four steps on this rank's rows of each batch; the collectives of each opt.step()."""
+    opt = make_opt(model)
+    counts = []
+    for step in range(4):
+        x, y = batch(step, rank, world)
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        with CollectiveCounter(groups) as cc:
+            opt.step()
+        counts.append(cc.summary())
+    return counts
+
+
+def reference_net(filt: Callable[..., bool] | None = None) -> dict[str, np.ndarray]:
+    model = make_net()
+    kw = {} if filt is None else {"lars_filter": filt}
+    inner = torch.optim.SGD(model.named_parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    opt = LARS(inner, coefficient=0.01, **kw)
+    for step in range(4):
+        x, y = batch(step)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
+
+
+# -- counting collectives inside a worker --------------------------------------------------------
+
+_COLLECTIVES = (
+    "all_reduce",
+    "all_reduce_coalesced",
+    "all_gather",
+    "all_gather_into_tensor",
+    "all_gather_object",
+    "all_gather_coalesced",
+    "all_to_all",
+    "all_to_all_single",
+    "barrier",
+    "monitored_barrier",
+    "broadcast",
+    "broadcast_object_list",
+    "gather",
+    "gather_object",
+    "reduce",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "scatter",
+    "scatter_object_list",
+    "send",
+    "recv",
+    "isend",
+    "irecv",
+    "batch_isend_irecv",
+)
+
+
+class CollectiveCounter:
+    """Counts collectives two ways while active: every torch.distributed collective function is
+    wrapped (outermost calls recorded, with the all-reduced tensor's size and dtype), and the
+    process groups' own sequence numbers are read before and after (that also sees collectives
+    that bypass the Python API, e.g. DTensor's functional collectives)."""
+
+    def __init__(self, extra_groups: tuple[Any, ...] = ()) -> None:
+        groups = [dist.distributed_c10d._get_default_group(), *extra_groups]
+        self.groups = list({id(g): g for g in groups}.values())
+        self.calls: list[tuple[str, int, str]] = []
+        self._depth = 0
+
+    def _wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            if self._depth == 0:
+                t = args[0] if args and isinstance(args[0], torch.Tensor) else None
+                if t is None:
+                    self.calls.append((name, -1, ""))
+                else:
+                    self.calls.append((name, t.numel(), str(t.dtype)))
+            self._depth += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._depth -= 1
+
+        return counted
+
+    def __enter__(self) -> CollectiveCounter:
+        self._saved = []
+        for mod in (dist, dist.distributed_c10d):
+            for name in _COLLECTIVES:
+                fn = getattr(mod, name, None)
+                if fn is not None:
+                    self._saved.append((mod, name, fn))
+                    setattr(mod, name, self._wrap(name, fn))
+        self._seq = [g._get_sequence_number_for_group() for g in self.groups]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for mod, name, fn in self._saved:
+            setattr(mod, name, fn)
+        self.seq = [
+            g._get_sequence_number_for_group() - s
+            for g, s in zip(self.groups, self._seq, strict=True)
+        ]
+
+    def summary(self) -> dict[str, Any]:
+        return {"calls": list(self.calls), "seq": sum(self.seq)}
+
+
+# -- the checks each rank runs --------------------------------------------------------------------
+
+
+def _shards_and_momentum(opt: Any, params: dict[str, torch.Tensor]) -> dict[str, Any]:
+    out: dict[str, Any] = {"params": {}, "momentum": {}}
+    for n, p in params.items():
+        m = momentum_of(opt, p)
+        out["params"][n] = p.detach().numpy().copy()
+        out["momentum"][n] = None if m is None else m.numpy().copy()
+    return out
+
+
+def check_flat(
+    rank: int, world: int, cfg: str, *, restart_after: int | None = None, poison: int | None = None
+) -> dict[str, Any]:
+    """ShardedLARS on flat shards for STEPS steps. ``poison``: at that step the LAST rank puts
+    inf into one of its gradients (no scheduler then; the reference skips that step)."""
+    params = {n: flat_shard(nn.Parameter(init_value(n))) for n in SHAPES}
+    opt = ShardedLARS(make_inner(params), **CONFIGS[cfg])
+    sch = torch.optim.lr_scheduler.StepLR(opt, 2, 0.5) if poison is None else None
+    res: dict[str, Any] = {"counts": [], "found_inf": [], "warnings": [], "untouched": None}
+    res["masks"] = [list(g["lars_mask"]) for g in opt.param_groups]
+    for step in range(STEPS):
+        for n, p in params.items():
+            g = grad_value(step, n)
+            p.grad = None if g is None else flat_shard(g)
+        snapshot = None
+        if step == poison:
+            if rank == world - 1:
+                params["fc1.weight"].grad[-1] = math.inf
+            snapshot = [
+                t.clone()
+                for p in params.values()
+                for t in (p.detach(), p.grad, momentum_of(opt, p))
+                if t is not None
+            ]
+        with CollectiveCounter() as cc, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            opt.step()
+        res["counts"].append(cc.summary())
+        res["found_inf"].append(bool(opt.found_inf))
+        res["warnings"].append([str(w.message) for w in caught])
+        if snapshot is not None:
+            now = [
+                t
+                for p in params.values()
+                for t in (p.detach(), p.grad, momentum_of(opt, p))
+                if t is not None
+            ]
+            res["untouched"] = len(now) == len(snapshot) and all(
+                torch.equal(a, b) for a, b in zip(now, snapshot, strict=True)
+            )
+        if sch is not None:
+            sch.step()
+        if step == restart_after:  # checkpoint, rebuild both objects, load, continue
+            sd, ssd = opt.state_dict(), sch.state_dict()
+            opt = ShardedLARS(make_inner(params), **CONFIGS[cfg])
+            opt.load_state_dict(sd)
+            sch = torch.optim.lr_scheduler.StepLR(opt, 2, 0.5)
+            sch.load_state_dict(ssd)
+    return res | _shards_and_momentum(opt, params)
+
+
+def check_ddp(rank: int, world: int) -> dict[str, Any]:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    model = make_net()
+    ddp = DDP(model)
+
+    def make_opt(m: nn.Module) -> LARS:
+        inner = torch.optim.SGD(m.named_parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+        return LARS(inner, coefficient=0.01)
+
+    counts = train_net(make_opt, ddp, rank, world)
+    params = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
+    return {"params": params, "counts": counts}
+
+
+def check_fsdp2(rank: int, world: int) -> dict[str, Any]:
+    from torch.distributed.fsdp import fully_shard
+
+    model = make_net()
+    fully_shard(model.fc1)
+    fully_shard(model.fc2)
+    fully_shard(model)
+    holder: dict[str, Any] = {}
+
+    def make_opt(m: nn.Module) -> ShardedLARS:
+        inner = torch.optim.SGD(m.named_parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+        holder["opt"] = ShardedLARS(inner, coefficient=0.01, lars_filter=exclude_bias_and_norm)
+        return holder["opt"]
+
+    counts = train_net(make_opt, model, rank, world, (model.fc1.weight.device_mesh.get_group(),))
+    full = {n: p.full_tensor().detach().numpy().copy() for n, p in model.named_parameters()}
+    types = sorted({type(p).__name__ for p in model.parameters()})
+    return {"params": full, "counts": counts, "types": types}
+
+
+def check_dtensor(rank: int, world: int) -> dict[str, Any]:
+    """Plain DTensors: Shard(0), Shard(1) and Replicate placements; at step 1 the last rank puts
+    inf into its copy of a REPLICATED gradient (whose sums other ranks do not count)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    place = {n: [Shard(0)] for n in SHAPES} | {
+        "fc2.weight": [Shard(1)],
+        "fc1.bias": [Replicate()],
+        "fc2.bias": [Replicate()],
+    }
+
+    def dt(t: torch.Tensor, n: str) -> torch.Tensor:
+        return distribute_tensor(t, mesh, place[n], src_data_rank=None)  # no communication
+
+    params = {n: nn.Parameter(dt(init_value(n), n)) for n in SHAPES}
+    opt = ShardedLARS(make_inner(params), **CONFIGS["a"])
+    counts, found = [], []
+    for step in range(3):
+        for n, p in params.items():
+            g = grad_value(step, n)
+            p.grad = None if g is None else dt(g, n)
+        if step == 1 and rank == world - 1:
+            params["fc1.bias"].grad.to_local()[0] = math.inf
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with CollectiveCounter((mesh.get_group(),)) as cc:
+                opt.step()
+        counts.append(cc.summary())
+        found.append(bool(opt.found_inf))
+    full = {n: p.full_tensor().detach().numpy().copy() for n, p in params.items()}
+    return {"params": full, "counts": counts, "found_inf": found}
+
+
+def _outcome(fn: Callable[[], Any]) -> dict[str, Any]:
+    try:
+        fn()
+    except Exception as exc:
+        return {"raised": type(exc).__name__, "message": str(exc)}
+    return {"raised": None, "message": ""}
+
+
+def check_layouts(rank: int, world: int) -> dict[str, Any]:
+    """Each case builds shards that disagree on one rank; every rank must raise the same
+    ValueError and leave the inner optimizer as it was."""
+    last = world - 1
+    out: dict[str, Any] = {}
+
+    def build(edit: Callable[[dict[str, torch.Tensor]], None]) -> dict[str, Any]:
+        params = {n: flat_shard(nn.Parameter(init_value(n))) for n in SHAPES}
+        edit(params)
+        inner = make_inner(params)
+        res = _outcome(lambda: ShardedLARS(inner, **CONFIGS["a"]))
+        res["restored"] = [
+            (g["weight_decay"], "lars_mask" in g, "lars_weight_decay" in g)
+            for g in inner.param_groups
+        ]
+        return res
+
+    def extra(params: dict[str, torch.Tensor]) -> None:
+        if rank == last:
+            params["extra.weight"] = flat_shard(nn.Parameter(torch.ones(2, 2)))
+
+    out["count"] = build(extra)
+
+    def reshape(params: dict[str, torch.Tensor]) -> None:
+        if rank == last:
+            mark_flat_shard(params["fc1.weight"], (5, 8))
+
+    out["shape"] = build(reshape)
+
+    def resize(params: dict[str, torch.Tensor]) -> None:
+        if rank == last:
+            p = params["fc1.weight"]
+            params["fc1.weight"] = mark_flat_shard(
+                nn.Parameter(torch.cat([p.detach(), torch.ones(1)])), (8, 5)
+            )
+
+    out["sizes"] = build(resize)
+
+    def unmarked(params: dict[str, torch.Tensor]) -> None:
+        if rank == 0:
+            params["fc1.weight"] = nn.Parameter(params["fc1.weight"].detach().clone())
+
+    out["unmarked"] = build(unmarked)
+
+    # A step that fails its checks on one rank: that rank raises, the others skip the step (the
+    # failing rank joined the all-reduce with NaN sums) instead of hanging; the next step is fine.
+    params = {n: flat_shard(nn.Parameter(init_value(n))) for n in SHAPES}
+    opt = ShardedLARS(make_inner(params), **CONFIGS["a"])
+    for n, p in params.items():
+        g = grad_value(0, n)
+        p.grad = None if g is None else flat_shard(g)
+    if rank == last:  # LARS refuses a sparse gradient on a parameter it adapts
+        params["fc1.weight"].grad = params["fc1.weight"].grad.to_sparse()
+    before = {n: p.detach().clone() for n, p in params.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out["local_error"] = _outcome(opt.step)
+    out["local_error"]["found_inf"] = bool(opt.found_inf)
+    out["local_error"]["untouched"] = all(torch.equal(before[n], p) for n, p in params.items())
+    params["fc1.weight"].grad = params["fc1.weight"].grad.to_dense()
+    with CollectiveCounter() as cc:
+        opt.step()
+    out["local_error"]["next"] = (bool(opt.found_inf), cc.summary())
+
+    # A parameter swapped behind the optimizer's back (on every rank; "tiny" becomes a 3x3
+    # shard): the step refuses, on every rank, until verify_layout() has checked the new layout.
+    new = flat_shard(nn.Parameter(torch.full((3, 3), 0.5)))
+    new.grad = flat_shard(torch.full((3, 3), 0.25))
+    opt.param_groups[0]["params"][GROUP0.index("tiny")] = new
+    out["changed"] = _outcome(opt.step)
+    opt.verify_layout()
+    before = new.detach().clone()
+    with CollectiveCounter() as cc:
+        opt.step()
+    moved = new.numel() == 0 or not torch.equal(before, new.detach())
+    out["changed"]["after_verify"] = (bool(opt.found_inf), cc.summary(), moved)
+    return out
+
+
+def _suite(rank: int, world: int) -> dict[str, Any]:
+    checks: dict[str, Callable[[], dict[str, Any]]] = {
+        "ddp": lambda: check_ddp(rank, world),
+        "flat_a": lambda: check_flat(rank, world, "a", restart_after=2),
+        "flat_b": lambda: check_flat(rank, world, "b"),
+        "nonfinite": lambda: check_flat(rank, world, "a", poison=1),
+        "layouts": lambda: check_layouts(rank, world),
+        "dtensor": lambda: check_dtensor(rank, world),
+        "fsdp2": lambda: check_fsdp2(rank, world),
+    }
+    out: dict[str, Any] = {}
+    for name, fn in checks.items():
+        t0 = time.perf_counter()
+        try:
+            out[name] = {"ok": True, **fn()}
+        except Exception:
+            out[name] = {"ok": False, "error": traceback.format_exc()}
+        out[name]["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _worker(rank: int, world: int, port: int, results: Any) -> None:
+    torch.set_num_threads(1)
+    try:
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=world,
+            timeout=COLLECTIVE_TIMEOUT,
+        )
+        payload: Any = _suite(rank, world)
+    except Exception:
+        payload = {"__error__": traceback.format_exc()}
+    results.put((rank, payload))
+    if dist.is_initialized():
+        try:
+            dist.barrier()  # nobody tears the group down while a peer still uses it
+        finally:
+            dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(world: int) -> list[dict[str, Any]]:
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = _free_port()
+    env = {"OMP_NUM_THREADS": "1", "LARS_NPU_BACKEND": None}
+    saved = {k: os.environ.get(k) for k in env}
+    procs = []
+    try:
+        for k, v in env.items():  # inherited by the children at start
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        for rank in range(world):
+            p = ctx.Process(target=_worker, args=(rank, world, port, results), daemon=True)
+            p.start()
+            procs.append(p)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    got: dict[int, Any] = {}
+    deadline = time.monotonic() + SPAWN_TIMEOUT
+    try:
+        while len(got) < world and time.monotonic() < deadline:
+            try:
+                rank, payload = results.get(timeout=1.0)
+                got[rank] = payload
+            except queue.Empty:
+                dead = [i for i, p in enumerate(procs) if p.exitcode is not None and i not in got]
+                if dead:
+                    time.sleep(1.0)  # its last put may still be in flight
+                    while not results.empty():
+                        rank, payload = results.get()
+                        got[rank] = payload
+                    if any(i not in got for i in dead):
+                        break
+    finally:
+        for p in procs:
+            p.join(timeout=max(1.0, min(20.0, deadline - time.monotonic())))
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+    missing = [r for r in range(world) if r not in got]
+    if missing:
+        codes = [p.exitcode for p in procs]
+        pytest.fail(f"ranks {missing} of {world} reported nothing (exit codes {codes})")
+    for r in range(world):
+        if "__error__" in got[r]:
+            pytest.fail(f"rank {r} failed to set up:\n{got[r]['__error__']}")
+    return [got[r] for r in range(world)]
+
+
+@pytest.fixture(scope="module", params=[2, 4], ids=["world2", "world4"])
+def ranks(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
+    return _spawn(request.param)
+
+
+def results_of(ranks: list[dict[str, Any]], check: str) -> list[dict[str, Any]]:
+    out = []
+    for r, res in enumerate(ranks):
+        c = res[check]
+        assert c["ok"], f"rank {r}, check {check!r} failed:\n{c['error']}"
+        out.append(c)
+    return out
+
+
+def unshard(per_rank: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    return np.concatenate([np.asarray(x).reshape(-1) for x in per_rank]).reshape(shape)
+
+
+def assert_close(got: np.ndarray, want: np.ndarray, what: str) -> None:
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=what)
+
+
+def assert_one_collective(counts: list[dict[str, Any]], n: int | None, what: str) -> None:
+    for step, c in enumerate(counts):
+        assert len(c["calls"]) == 1, f"{what}, step {step}: collectives {c['calls']}"
+        name, numel, dtype = c["calls"][0]
+        assert name == "all_reduce" and dtype == "torch.float32", f"{what}: {c['calls']}"
+        if n is not None:
+            assert numel == 2 * n, f"{what}: all-reduced {numel} values, expected 2·{n}"
+        assert c["seq"] == 1, f"{what}, step {step}: the process group ran {c['seq']} collectives"
+
+
+# -- the tests ------------------------------------------------------------------------------------
+
+
+def test_ddp_with_lars_equals_single_process_on_the_concatenated_batch(ranks):
+    want = reference_net()
+    for r, res in enumerate(results_of(ranks, "ddp")):
+        # DDP reduced the gradients in backward; LARS's step adds no collective
+        assert all(c == {"calls": [], "seq": 0} for c in res["counts"]), res["counts"]
+        for n, w in want.items():
+            assert_close(res["params"][n], w, f"rank {r}, {n}")
+
+
+@pytest.mark.parametrize("cfg", ["flat_a", "flat_b"])
+def test_flat_shards_equal_the_unsharded_run(ranks, cfg):
+    """Parameters and momentum buffers: the ranks' shards put together == single-process LARS
+    (config a also saves and reloads the optimizer mid-run)."""
+    res = results_of(ranks, cfg)
+    want = reference_run(cfg[-1])
+    moved = 0
+    for n, (w, m) in want.items():
+        assert_close(unshard([x["params"][n] for x in res], w.shape), w, f"{cfg}: {n}")
+        assert_close(unshard([x["momentum"][n] for x in res], w.shape), m, f"{cfg}: momentum {n}")
+        moved += not np.array_equal(w, init_value(n).numpy())
+    assert moved >= 5  # the comparison is not vacuous
+    # the filter saw the global shapes: exclude_bias_and_norm adapts the 2-D weights (on 1-D
+    # local shards it would adapt nothing)
+    assert res[0]["masks"] == [[True] * 4, [False] * 3]
+
+
+@pytest.mark.parametrize("cfg", ["flat_a", "flat_b", "nonfinite"])
+def test_exactly_one_collective_per_step(ranks, cfg):
+    for r, res in enumerate(results_of(ranks, cfg)):
+        assert len(res["counts"]) == STEPS
+        assert_one_collective(res["counts"], len(SHAPES), f"rank {r}, {cfg}")
+
+
+def test_non_finite_gradient_on_one_rank_skips_the_step_on_every_rank(ranks):
+    res = results_of(ranks, "nonfinite")
+    for r, x in enumerate(res):
+        assert x["found_inf"] == [False, True, False, False, False], f"rank {r}"
+        assert x["untouched"], f"rank {r}: the skipped step wrote something"
+        assert [len(w) for w in x["warnings"]] == [0, 1, 0, 0, 0], f"rank {r}"
+        assert "inf/nan" in x["warnings"][1][0]
+    want = reference_run("a", skip=(1,), sched=False)
+    for n, (w, m) in want.items():
+        assert_close(unshard([x["params"][n] for x in res], w.shape), w, n)
+        assert_close(unshard([x["momentum"][n] for x in res], w.shape), m, f"momentum {n}")
+
+
+@pytest.mark.parametrize(
+    ("case", "needles"),
+    [
+        ("count", ["differ across ranks", "rank 0 has 7 parameters", "has 8 parameters"]),
+        ("shape", ["'fc1.weight'", "global shape (8, 5) on rank 0 but (5, 8) on rank"]),
+        ("sizes", ["'fc1.weight'", "(sum 41)", "neither partition it nor replicate it"]),
+        ("unmarked", ["rank 0", "'fc1.weight'", "no recorded global shape", "flat_shard"]),
+    ],
+)
+def test_mismatched_layout_is_the_same_error_on_every_rank(ranks, case, needles):
+    res = [x[case] for x in results_of(ranks, "layouts")]
+    for r, x in enumerate(res):
+        assert x["raised"] == "ValueError", f"rank {r}: {x}"
+        assert x["message"] == res[0]["message"], f"rank {r} said something else"
+        for needle in needles:
+            assert needle in x["message"], x["message"]
+        # the inner optimizer is left as given: weight decay not taken over, no LARS keys
+        assert x["restored"] == [(1e-4, False, False), (1e-3, False, False)]
+
+
+def test_local_error_on_one_rank_skips_the_others_and_does_not_hang(ranks):
+    res = [x["local_error"] for x in results_of(ranks, "layouts")]
+    last = len(res) - 1
+    for r, x in enumerate(res):
+        if r == last:
+            assert x["raised"] == "ValueError" and "sparse" in x["message"], x
+        else:
+            assert x["raised"] is None and x["found_inf"], f"rank {r}: {x}"
+        assert x["untouched"], f"rank {r}"
+        found, counts = x["next"]
+        assert not found
+        assert_one_collective([counts], len(SHAPES), f"rank {r}, next step")
+
+
+def test_changed_parameters_are_refused_until_verified(ranks):
+    for r, res in enumerate(results_of(ranks, "layouts")):
+        x = res["changed"]
+        assert x["raised"] == "ValueError" and "verify_layout" in x["message"], f"rank {r}: {x}"
+        found, counts, moved = x["after_verify"]
+        assert not found and moved
+        assert_one_collective([counts], len(SHAPES), f"rank {r}, after verify_layout")
+
+
+def test_dtensor_parameters_equal_the_unsharded_run(ranks):
+    res = results_of(ranks, "dtensor")
+    want = reference_run("a", steps=3, skip=(1,), sched=False)
+    for r, x in enumerate(res):
+        assert x["found_inf"] == [False, True, False], f"rank {r}: inf in a replica not seen"
+        assert_one_collective(x["counts"], len(SHAPES), f"rank {r}, dtensor")
+        for n, (w, _) in want.items():
+            assert_close(x["params"][n], w, f"rank {r}, {n}")
+
+
+def test_fsdp2_fully_shard_equals_single_process(ranks):
+    want = reference_net(exclude_bias_and_norm)
+    for r, x in enumerate(results_of(ranks, "fsdp2")):
+        assert x["types"] == ["DTensor"]
+        assert_one_collective(x["counts"], len(want), f"rank {r}, fsdp2")
+        for n, w in want.items():
+            assert_close(x["params"][n], w, f"rank {r}, {n}")
+
+
+# -- in this process: argument checks, and a one-rank group for the non-native paths -------------
+
+
+def test_sharded_lars_needs_an_initialised_process_group():
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    p = mark_flat_shard(nn.Parameter(torch.ones(4)), (2, 2))
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        ShardedLARS(torch.optim.SGD([p], lr=0.1))
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        flat_shard(torch.ones(4))
+
+
+def test_mark_flat_shard_checks_its_arguments():
+    t = torch.ones(3)
+    assert global_shape(t) is None
+    assert mark_flat_shard(t, [2, 3]) is t and global_shape(t) == torch.Size([2, 3])
+    with pytest.raises(TypeError, match="tensor"):
+        mark_flat_shard([1.0], (1,))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="global_shape"):
+        mark_flat_shard(t, "23")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="global_shape"):
+        mark_flat_shard(t, (2.0, 3))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="global_shape"):
+        mark_flat_shard(t, (-1, 3))
+    info = ShardInfo("layer.weight", torch.ones(3), torch.Size([2, 3]))
+    assert info.shape == (2, 3) and info.ndim == 2 and exclude_bias_and_norm(info)
+
+
+@pytest.fixture
+def one_rank():
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("backend", ["auto", "numpy", "torch"])
+def test_one_rank_equals_lars_on_every_backend(one_rank, backend):
+    """World size 1: the flat shard is the whole tensor, so ShardedLARS must follow LARS; the
+    numpy/torch backends take the non-native paths (per-tensor SquareSumAll, lars_update), and a
+    non-contiguous gradient is staged and written back."""
+    for cfg in CONFIGS:
+        params = {n: flat_shard(nn.Parameter(init_value(n))) for n in SHAPES}
+        opt = ShardedLARS(make_inner(params), backend=backend, **CONFIGS[cfg])
+        sch = torch.optim.lr_scheduler.StepLR(opt, 2, 0.5)
+        for step in range(STEPS):
+            for n, p in params.items():
+                g = grad_value(step, n)
+                if g is None:
+                    p.grad = None
+                    continue
+                spread = torch.zeros(2 * g.numel())
+                spread[::2] = g.reshape(-1)
+                p.grad = spread[::2]  # non-contiguous
+            opt.step()
+            sch.step()
+        for n, (w, m) in reference_run(cfg).items():
+            assert_close(params[n].detach().numpy().reshape(w.shape), w, f"{backend} {cfg} {n}")
+            got_m = momentum_of(opt, params[n]).numpy().reshape(w.shape)
+            assert_close(got_m, m, f"{backend} {cfg} momentum {n}")
+
+
+def test_one_rank_argument_and_step_checks(one_rank):
+    params = {n: flat_shard(nn.Parameter(init_value(n))) for n in SHAPES}
+    with pytest.raises(TypeError, match="process_group"):
+        ShardedLARS(make_inner(params), process_group="world")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="lars_filter"):
+        ShardedLARS(make_inner(params), lars_filter=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="fused"):
+        ShardedLARS(make_inner(params), fused=True)  # type: ignore[call-arg]
+    opt = ShardedLARS(make_inner(params))
+    assert "ShardedLARS" in repr(opt) and "over 1 ranks" in repr(opt)
+    with pytest.raises(TypeError, match="pickled"):
+        import copy
+
+        copy.deepcopy(opt)
+    # a sparse gradient on an adapted parameter: refused before anything is written
+    for p in params.values():
+        p.grad = torch.ones_like(p)
+    params["fc1.weight"].grad = torch.ones_like(params["fc1.weight"]).to_sparse()
+    before = {n: p.detach().clone() for n, p in params.items()}
+    with pytest.raises(ValueError, match="sparse"):
+        opt.step()
+    assert all(torch.equal(before[n], p) for n, p in params.items())
+    assert opt.param_groups[0]["lr"] == 0.1
+    # add_param_group is verified too
+    extra = flat_shard(nn.Parameter(torch.ones(2, 3)))
+    opt.add_param_group({"params": [("extra.weight", extra)], "lr": 0.1})
+    assert opt._n == len(SHAPES) + 1
+    with pytest.raises(ValueError, match="no recorded global shape"):
+        opt.add_param_group({"params": [("x", nn.Parameter(torch.ones(2)))]})
+    assert len(opt.param_groups) == 3 and opt._n == len(SHAPES) + 1
+
+
+def test_lars_npu_exports_sharded_lars_lazily():
+    import lars_npu
+
+    assert lars_npu.ShardedLARS is ShardedLARS
+    assert lars_npu.distributed.flat_shard is flat_shard
+    with pytest.raises(AttributeError):
+        lars_npu.no_such_name  # noqa: B018
