@@ -445,6 +445,40 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+class Progress:
+    """The benchmark's progress on stderr: a tqdm bar on a terminal (each message starts the
+    next of ``total`` units), plain lines otherwise (logs, pipes, tests)."""
+
+    def __init__(self, total: int, show: bool | None = None) -> None:
+        from tqdm.auto import tqdm
+
+        disable = None if show is None else not show
+        self.bar = tqdm(total=total, unit="row", file=sys.stderr, disable=disable, leave=False)
+        self.started = False
+
+    def __call__(self, message: str) -> None:
+        if self.bar.disable:
+            print(message, file=sys.stderr, flush=True)
+            return
+        if self.started:
+            self.bar.update(1)
+        self.started = True
+        self.bar.set_description(message.strip().rstrip(" ."))
+
+    def close(self) -> None:
+        if self.started and not self.bar.disable:
+            self.bar.update(1)
+        self.bar.close()
+
+
+def count_steps(sets: list[str], numpy_reference: bool) -> int:
+    """How many progress messages :func:`run` sends: the triad, then every row it measures."""
+    timm = load_timm_lars()[0] is not None
+    per_set = 3 + timm + numpy_reference  # fused, unfused, _foreach (+ timm, NumPy)
+    bf16 = native() is not None
+    return 1 + sum(per_set + (bf16 and name != "tiny") for name in sets)
+
+
 def run(
     sets: list[str],
     repeats: int = 7,
@@ -458,7 +492,8 @@ def run(
     res = Result(machine_info(), triad)
     for name in sets:
         res.rows += run_set(name, repeats, triad, timm_lars, timm_note, numpy_reference, progress)
-        if name != "tiny":
+        if name != "tiny" and native() is not None:
+            progress(f"  {name}: lars_npu fused, bf16 grad / fp32 param ...")
             row = run_bf16_row(name, repeats, triad)
             if row is not None:
                 res.rows.append(row)
@@ -488,7 +523,8 @@ def run_isolated(
             "--repeats",
             str(repeats),
         ] + (["--no-numpy"] if not numpy_reference else [])
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        # the child's stderr is ours: its progress bar (on a terminal) or lines show as it runs
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
         d = json.loads(out)
         rows = [Row(**r) for r in d["rows"]]
         for r in rows:
@@ -547,8 +583,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-numpy", action="store_true", help="skip the NumPy reference column")
     ap.add_argument(
         "--json",
+        metavar="PATH",
+        nargs="?",
+        const="-",
         default="benchmarks/results/bench_step.json",
-        help="where to write the JSON results",
+        help="where to write the JSON results ('-' or no PATH: print the JSON instead of the "
+        "table; default: %(default)s)",
     )
     ap.add_argument(
         "--same-process",
@@ -557,13 +597,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    sets = args.set or ["resnet50", "bert-large", "tiny"]
-    progress = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    if args.child:
-        print(json.dumps(to_json(run(sets, args.repeats, not args.no_numpy, progress))))
+    sets = list(dict.fromkeys(args.set or ["resnet50", "bert-large", "tiny"]))
+    numpy_reference = not args.no_numpy
+    if args.child or args.same_process or len(sets) == 1:
+        bar = Progress(count_steps(sets, numpy_reference))
+        try:
+            res = run(sets, args.repeats, numpy_reference, progress=bar)
+        finally:
+            bar.close()
+        if args.child:
+            print(json.dumps(to_json(res)))
+            return 0
+    else:  # one process per set, each with its own bar; here, one line per set
+        lines = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+        res = run_isolated(sets, args.repeats, numpy_reference, progress=lines)
+    if args.json == "-":
+        print(json.dumps(to_json(res), indent=2))
         return 0
-    runner = run if args.same_process or len(sets) == 1 else run_isolated
-    res = runner(sets, args.repeats, not args.no_numpy, progress=progress)
     print(format_table(res))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,20 @@
-"""`python -m lars_npu` / `lars-npu`: info and check, in-process."""
+"""`python -m lars_npu` / `lars-npu`: info, check and bench, in-process (the demo has its own file,
+test_demo.py)."""
 
 from __future__ import annotations
 
 import json
+import runpy
+import subprocess
+import sys
+import textwrap
 
 import pytest
+import torch
 
-from lars_npu import cli
-from lars_npu._backends import numpy_
+from lars_npu import bench, cli
+from lars_npu._backends import _REGISTRY, numpy_
+from lars_npu.check import cases
 
 from .conftest import ALL_BACKENDS
 
@@ -15,8 +22,32 @@ from .conftest import ALL_BACKENDS
 def test_info_json(capsys):
     assert cli.main(["info", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d["torch"] and set(d["backends"]) >= {"numpy", "torch"}
+    assert d["torch"] == torch.__version__ and set(d["backends"]) >= {"numpy", "torch"}
     assert d["torch_npu"] is None and d["torch_npu_reason"]
+    assert d["torch_threads"] == torch.get_num_threads() >= 1
+    assert "cann" in d and d["cann_source"]  # a version, or why there is none
+    for b in d["backends"].values():
+        assert b["available"] or b["reason"]  # a missing backend always says why
+
+
+def test_info_text_names_versions_threads_and_build(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"torch {torch.__version__}" in out
+    assert "CANN toolkit:" in out and "threads (torch.get_num_threads): " in out
+    assert "native module lars_npu._C:" in out
+    for name in ALL_BACKENDS:
+        assert f"  {name:<6} available" in out
+
+
+def test_info_reads_the_cann_version(tmp_path, monkeypatch, capsys):
+    info = tmp_path / "x86_64-linux" / "ascend_toolkit_install.info"
+    info.parent.mkdir()
+    info.write_text("package_name=Ascend-cann-toolkit\nversion=8.0.RC3\ninnerversion=V100R001\n")
+    monkeypatch.setenv("ASCEND_TOOLKIT_HOME", str(tmp_path))
+    assert cli.cann_version() == ("8.0.RC3", str(info))
+    assert cli.main(["info"]) == 0
+    assert "CANN toolkit: 8.0.RC3" in capsys.readouterr().out
 
 
 def test_default_command_prints_backends_and_passes(capsys):
@@ -31,9 +62,34 @@ def test_default_command_prints_backends_and_passes(capsys):
 def test_check_json_holds_real_numbers(capsys):
     assert cli.main(["check", "--quick", "--dtype", "float32", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d["failed"] == 0 and len(d["rows"]) > 50
+    assert d["failed"] == 0 and d["passed"] == len(d["rows"]) > 50
     assert {r["backend"] for r in d["rows"]} == set(ALL_BACKENDS)
+    ops = {r["op"] for r in d["rows"]}
+    assert ops == {"square_sum_all", "lars_update", "lars_ (multi)", "fused step"}
     assert any(r["max_abs"] > 0 for r in d["rows"])
+    # every row is judged at its tolerance: max_rel is what rtol bounds
+    assert all(r["max_rel"] <= r["rtol"] for r in d["rows"])
+    # zero-norm edge cases, with and without guard_zero_norm, and the clip / lr 0 / wd 0 rows
+    labels = [r["case"] for r in d["rows"] if r["op"] == "fused step"]
+    for needle in ("zero_weight", "zero_grad", "guard", "clip", "wd=0 ", "lr=0 "):
+        assert any(needle in c for c in labels), needle
+    summary = {(g["backend"], g["op"]) for g in d["summary"]}
+    assert ("cpu" if "cpu" in ALL_BACKENDS else "numpy", "fused step") in summary
+
+
+def test_check_table_shows_errors_and_tolerance(capsys):
+    assert cli.main(["check", "--quick", "--backend", "numpy", "--dtype", "float16"]) == 0
+    out = capsys.readouterr().out
+    assert "max abs err" in out and "rtol" in out
+    row = next(line for line in out.splitlines() if line.startswith("numpy   fused step"))
+    fields = row.split()
+    assert fields[3] == "float16" and int(fields[4]) == sum(1 for _ in cases(True, [torch.float16]))
+    assert float(fields[7]) == 2e-3 and fields[8] == "pass"
+
+
+def test_check_covers_zero_norm_edge_cases():
+    edges = {(c.edge, c.guard_zero_norm) for c in cases(quick=True)}
+    assert {("zero_weight", False), ("zero_weight", True), ("zero_grad", False)} <= edges
 
 
 def test_check_fails_when_a_backend_is_wrong(monkeypatch, capsys):
@@ -48,11 +104,121 @@ def test_check_fails_when_a_backend_is_wrong(monkeypatch, capsys):
     assert "FAIL" in out and "lars_update" in out
 
 
+def test_check_fails_when_the_fused_step_is_wrong(monkeypatch, capsys):
+    orig = numpy_.NumpyBackend.fused_sgd_
+
+    def faulty(self, call):
+        res = orig(self, call)
+        for p in call.params:
+            p.mul_(1.0001)  # the weight update 0.01% off
+        return res
+
+    monkeypatch.setattr(numpy_.NumpyBackend, "fused_sgd_", faulty)
+    rc = cli.main(["check", "--quick", "--backend", "numpy", "--dtype", "float64", "--json"])
+    assert rc == 1
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    bad = {r["op"] for r in rows if not r["ok"]}
+    assert bad == {"fused step"}  # the other three ops never call the fused step
+
+
+class FaultyBackend(numpy_.NumpyBackend):
+    """A backend that gets Σg² wrong for tensors of more than one element."""
+
+    name = "faulty"
+
+    def square_sum_all(self, weight, gradient):
+        ws, gs = super().square_sum_all(weight, gradient)
+        return ws, gs * (1.5 if gradient.numel() > 1 else 1.0)
+
+
+def test_check_fails_for_an_injected_faulty_backend(monkeypatch, capsys):
+    monkeypatch.setitem(_REGISTRY, "faulty", FaultyBackend())
+    rc = cli.main(["check", "--quick", "--backend", "faulty", "--dtype", "float32"])
+    assert rc == 1
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("faulty  square_sum_all  float32"))
+    assert "FAIL" in line
+    summary = out.split("summary vs the NumPy reference:")[1]
+    assert "faulty" in summary and " 0 failed" not in summary
+
+
+class UnavailableBackend(numpy_.NumpyBackend):
+    name = "ghost"
+
+    def available(self):
+        return False, "needs hardware this machine does not have"
+
+
 def test_check_unknown_backend_exit_2(capsys):
+    assert cli.main(["check", "--backend", "nonesuch"]) == 2
+    assert "unknown backend" in capsys.readouterr().err
+
+
+def test_check_unavailable_backend_exit_2_says_why(monkeypatch, capsys):
+    monkeypatch.setitem(_REGISTRY, "ghost", UnavailableBackend())
+    assert cli.main(["check", "--backend", "ghost"]) == 2
+    err = capsys.readouterr().err
+    assert "'ghost' is not available here: needs hardware" in err
+
+
+def test_check_npu_backend_exit_2_when_not_available(capsys):
+    if "npu" in ALL_BACKENDS:
+        pytest.skip("an NPU is available here")
     assert cli.main(["check", "--backend", "npu"]) == 2
+    assert "npu" in capsys.readouterr().err
+
+
+def test_bench_through_the_cli_prints_json(monkeypatch, capsys):
+    monkeypatch.setitem(bench.SETS, "mini", lambda: [("a.weight", (32, 16)), ("a.bias", (32,))])
+    triad = bench.triad_gbs
+    monkeypatch.setattr(bench, "triad_gbs", lambda repeats: triad(repeats, elements=1 << 16))
+    rc = cli.main(["bench", "--set", "mini", "--repeats", "1", "--no-numpy", "--json"])
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    rows = {r["method"]: r for r in d["rows"]}
+    assert rows["lars_npu fused"]["ms"] > 0 and rows["lars_npu fused"]["params"] == 32 * 17
+    assert "NumPy reference" not in rows
+
+
+def test_python_dash_m_runs_the_cli(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["lars_npu", "--version"])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_module("lars_npu", run_name="__main__")
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.startswith("lars_npu ")
 
 
 def test_help_reads(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
-    assert "check" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    for command in ("info", "check", "bench", "demo"):
+        assert f"    {command} " in out
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    out = capsys.readouterr().out
+    assert "--epochs" in out and "--batch-size" in out and "--out" in out
+
+
+def test_info_and_check_work_without_the_demo_extra(tmp_path):
+    """`import lars_npu`, info and check must not need scikit-learn or matplotlib; the demo then
+    fails with exit status 2 and says how to install them."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        for m in ("sklearn", "sklearn.datasets", "matplotlib", "matplotlib.pyplot"):
+            sys.modules[m] = None  # any import of them raises ImportError
+        from lars_npu import cli
+        assert cli.main(["info"]) == 0
+        assert cli.main(["check", "--quick", "--backend", "numpy", "--dtype", "float32"]) == 0
+        rc = cli.main(["demo", "--epochs", "1", "--out", {str(tmp_path / "d")!r}])
+        print("demo rc", rc)
+        """
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert p.returncode == 0, p.stderr
+    assert "demo rc 2" in p.stdout
+    assert 'pip install "lars-npu[demo]"' in p.stderr
+    assert not (tmp_path / "d").exists()
