@@ -83,7 +83,9 @@ if(NOT LARS_NPU_CANN STREQUAL "OFF")
       message(FATAL_ERROR "lars_npu: CANN found at ${_cann_root}: set SOC_VERSION to the SoC "
                           "to build for (e.g. -DSOC_VERSION=Ascend910B1; `npu-smi info` tells)")
     endif()
-    if(NOT SOC_VERSION MATCHES "^[Aa]scend910[Bb]|^[Aa]scend910_93")
+    # CANN builds plain "Ascend910B" as the old 910 (no DataCopyPad): only B1..B4 and 910_93xx
+    string(TOLOWER "${SOC_VERSION}" _soc)
+    if(NOT _soc MATCHES "^ascend910b[1-4]" AND NOT _soc MATCHES "^ascend910_93[0-9][0-9]$")
       message(FATAL_ERROR "lars_npu: SOC_VERSION=${SOC_VERSION} is not supported: the kernels "
                           "need Atlas A2 / A3 (Ascend910B*, Ascend910_93*), whose DataCopyPad "
                           "and DataCacheCleanAndInvalid they use")
@@ -96,10 +98,7 @@ if(NOT LARS_NPU_CANN STREQUAL "OFF")
 
     if(RUN_MODE STREQUAL "cpu")
       # CANN's CPU debug library runs the kernels as host code.
-      if(NOT DEFINED ENV{CMAKE_PREFIX_PATH})
-        list(APPEND CMAKE_PREFIX_PATH "${_cann_root}/tools/tikicpulib/lib/cmake")
-      endif()
-      find_package(tikicpulib REQUIRED)
+      find_package(tikicpulib REQUIRED HINTS "${_cann_root}/tools/tikicpulib/lib/cmake")
       add_library(lars_ascendc SHARED ${_kernels})
       target_link_libraries(lars_ascendc PUBLIC tikicpulib::${SOC_VERSION})
       target_compile_options(lars_ascendc PRIVATE -g -O0)
@@ -151,7 +150,9 @@ function(lars_link_cann target)
   else()
     # ascendc_library() carries the launch headers, the CANN include directories and the ACL
     # runtime libraries (runtime for npu, runtime_camodel for sim). CANN's host_intf_pub is not
-    # linked: it would impose the old libstdc++ ABI and -std=c++11 on this module alone.
+    # linked directly: its compile options would impose the old libstdc++ ABI and -std=c++11 on
+    # this module alone. (Its link options, e.g. -s in Release, still arrive through
+    # ascendc_library's LINK_ONLY dependency.)
     # CANN's host_config.cmake sets CMAKE_SKIP_RPATH: the libraries are found through the
     # LD_LIBRARY_PATH of CANN's set_env.sh.
     target_link_libraries(${target} PRIVATE lars_ascendc ascendcl)

@@ -30,7 +30,8 @@ if [[ -z "${ASCEND_CANN_PACKAGE_PATH:-}${ASCEND_HOME_PATH:-}${ASCEND_TOOLKIT_HOM
 fi
 if [[ "$RUN_MODE" == "sim" ]]; then
   # CANN's simulator libraries for the SoC (camodel) instead of the driver's runtime
-  export LD_LIBRARY_PATH="${ASCEND_HOME_PATH:-${ASCEND_TOOLKIT_HOME:-}}/tools/simulator/${SOC_VERSION}/lib:${LD_LIBRARY_PATH:-}"
+  cann_root="${ASCEND_CANN_PACKAGE_PATH:-${ASCEND_HOME_PATH:-${ASCEND_TOOLKIT_HOME:-}}}"
+  export LD_LIBRARY_PATH="${cann_root}/tools/simulator/${SOC_VERSION}/lib:${LD_LIBRARY_PATH:-}"
 fi
 
 rm -rf .venv-cann

@@ -99,6 +99,12 @@ def test_tiles_that_are_not_whole_blocks_are_refused_on_the_host():
         ("scalar_write_copied_out", "MTE3 \\(UB->GM\\) pipe uses a UB buffer that the S"),
         ("vector_reads_dma_without_queue", "V \\(vector\\) pipe uses a UB buffer that the MTE2"),
         ("wait_without_set", "WaitFlag of an event that was not set"),
+        ("set_twice", "already set and not waited for"),
+        ("set_never_waited", "SetFlag was never waited for"),
+        ("vector_overwrites_copy_source", "V \\(vector\\) pipe uses a UB buffer that the MTE3"),
+        ("write_after_enque", "V \\(vector\\) pipe uses a UB buffer that the MTE2"),
+        ("pad_copy_veccalc", "only VECIN / VECOUT"),
+        ("sqrt_of_zero", "Sqrt of a non-positive value"),
     ],
 )
 def test_emulation_refuses_queue_and_buffer_misuse(case, message):

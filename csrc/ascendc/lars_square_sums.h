@@ -13,7 +13,7 @@
 // not depend on the block count.
 //
 // UB budget per core with tile_elems = 4096 (fp32): input queue 2 x 16 KiB + fp32 work tile
-// 16 KiB + accumulator 16 KiB + reduce scratch 288 B + out block 64 B ≈ 64.4 KiB, within the
+// 16 KiB + accumulator 16 KiB + reduce scratch 256 B + out block 64 B ≈ 64.3 KiB, within the
 // 192 KiB of Atlas A2 (910B); 910A / 310P have 256 KiB, but no DataCopyPad (the ragged tail would
 // need another path there). tile_elems = 8192 doubles it (≈ 128.4 KiB), still inside 192 KiB.
 #pragma once
@@ -29,9 +29,12 @@ class KernelSquareSums {
 
   __aicore__ inline void Init(GM_ADDR w_addrs, GM_ADDR g_addrs, GM_ADDR chunks,
                               GM_ADDR partials, GM_ADDR tiling_gm) {
-    // the tiling struct is 4 uint32 in global memory, written by the host
+    // the tiling struct is 4 uint32 in global memory, written by the host; the host's tables are
+    // read by scalar loads through the data cache: drop stale lines first
     AscendC::GlobalTensor<uint32_t> t;
     t.SetGlobalBuffer(reinterpret_cast<__gm__ uint32_t*>(tiling_gm), 4);
+    AscendC::DataCacheCleanAndInvalid<uint32_t, AscendC::CacheLine::ENTIRE_DATA_CACHE,
+                                      AscendC::DcciDst::CACHELINE_OUT>(t);
     SquareSumTiling tiling{t.GetValue(0), t.GetValue(1), t.GetValue(2), t.GetValue(3)};
     tiling_ = tiling;
     wAddr_.SetGlobalBuffer(reinterpret_cast<__gm__ uint64_t*>(w_addrs), tiling.num_tensors);

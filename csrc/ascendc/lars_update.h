@@ -3,7 +3,7 @@
 // DataCacheCleanAndInvalid: Atlas A2 / A3.
 //
 // Reads the per-chunk partials written by KernelSquareSums (an earlier launch, other cores: the
-// data cache is invalidated first, so scalar reads see them). Every core first scans all Σg²
+// data cache is invalidated first, so scalar reads see them, as they see the host's tables). Every core first scans all Σg²
 // partials: if one is inf/nan, the core returns without writing (the step is skipped with no
 // host synchronisation; the host reads the same flag from the partials afterwards). Then, for
 // its chunks (blockIdx, blockIdx + blockNum, ...), it takes λ of the chunk's tensor — the sum of
@@ -38,6 +38,10 @@ class KernelUpdate {
                               GM_ADDR hyper, GM_ADDR tiling_gm) {
     AscendC::GlobalTensor<uint32_t> t;
     t.SetGlobalBuffer(reinterpret_cast<__gm__ uint32_t*>(tiling_gm), 4);
+    // Everything below is read by scalar loads through the data cache: the host's tables and the
+    // square-sums launch's partials (other cores, DMA). Drop stale lines first.
+    AscendC::DataCacheCleanAndInvalid<uint32_t, AscendC::CacheLine::ENTIRE_DATA_CACHE,
+                                      AscendC::DcciDst::CACHELINE_OUT>(t);
     tiling_ = UpdateTiling{t.GetValue(0), t.GetValue(1), t.GetValue(2), t.GetValue(3)};
     const uint64_t n = tiling_.num_tensors;
     wAddr_.SetGlobalBuffer(reinterpret_cast<__gm__ uint64_t*>(w_addrs), n);
@@ -63,9 +67,6 @@ class KernelUpdate {
   }
 
   __aicore__ inline void Process() {
-    // the partials come from the square-sums launch (other cores, DMA): drop stale cache lines
-    AscendC::DataCacheCleanAndInvalid<float, AscendC::CacheLine::ENTIRE_DATA_CACHE,
-                                      AscendC::DcciDst::CACHELINE_OUT>(partials_);
     for (uint32_t c = 0; c < tiling_.num_chunks; ++c) {  // every core decides the same way
       const float gs = partials_.GetValue(uint64_t{c} * kPartialStride + kPartialG);
       if (gs - gs != 0.0f) return;  // inf or nan: write nothing
@@ -98,18 +99,22 @@ class KernelUpdate {
       ws += partials_.GetValue(c * kPartialStride);
       gs += partials_.GetValue(c * kPartialStride + kPartialG);
     }
+    // The norms by the vector Sqrt, whose result for a non-positive input is undefined: a zero
+    // sum (zero weights, an unused parameter) never reaches it, its norm is 0 exactly.
     AscendC::LocalTensor<float> nrm = bufNorm_.Get<float>();
-    AscendC::Duplicate(nrm, 0.0f, 8);
+    Sync<AscendC::HardEvent::S_V>();  // the previous tensor's scalar reads of nrm come first
+    AscendC::Duplicate(nrm, 1.0f, 8);
     Sync<AscendC::HardEvent::V_S>();
-    nrm.SetValue(0, ws);
-    nrm.SetValue(1, gs);
+    nrm.SetValue(0, ws == 0.0f ? 1.0f : ws);
+    nrm.SetValue(1, gs == 0.0f ? 1.0f : gs);
     Sync<AscendC::HardEvent::S_V>();
     AscendC::Sqrt(nrm, nrm, 8);
     Sync<AscendC::HardEvent::V_S>();
+    const float wn = ws == 0.0f ? 0.0f : nrm.GetValue(0);
+    const float gn = gs == 0.0f ? 0.0f : nrm.GetValue(1);
     lamTensor_ = tensor;
-    lam_ = lars::trust_ratio_from_norms<float>(nrm.GetValue(0), nrm.GetValue(1), wd, lr,
-                                               hyper_.GetValue(0), hyper_.GetValue(1),
-                                               hyper_.GetValue(2) != 0.0f,
+    lam_ = lars::trust_ratio_from_norms<float>(wn, gn, wd, lr, hyper_.GetValue(0),
+                                               hyper_.GetValue(1), hyper_.GetValue(2) != 0.0f,
                                                hyper_.GetValue(3) != 0.0f);
     return lam_;
   }

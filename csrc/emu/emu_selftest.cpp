@@ -54,6 +54,38 @@ void selftest(const std::string& which) {
       AscendC::Muls(t, t, 2.0f, 32);  // no MTE2 -> V wait and no queue in between
     } else if (which == "wait_without_set") {
       AscendC::WaitFlag<AscendC::HardEvent::V_S>(0);
+    } else if (which == "set_twice") {
+      AscendC::SetFlag<AscendC::HardEvent::V_S>(0);
+      AscendC::SetFlag<AscendC::HardEvent::V_S>(0);
+    } else if (which == "set_never_waited") {
+      AscendC::SetFlag<AscendC::HardEvent::V_S>(0);
+    } else if (which == "vector_overwrites_copy_source") {
+      AscendC::TQue<AscendC::TPosition::VECOUT, 1> out;
+      pipe.InitBuffer(out, 1, 32);
+      AscendC::LocalTensor<float> t = out.AllocTensor<float>();
+      AscendC::Duplicate(t, 1.0f, 8);
+      out.EnQue(t);
+      t = out.DeQue<float>();
+      AscendC::DataCopy(gm, t, 8);     // MTE3 reads the buffer...
+      AscendC::Duplicate(t, 2.0f, 8);  // ...while V overwrites it: no MTE3 -> V, no FreeTensor
+    } else if (which == "write_after_enque") {
+      AscendC::LocalTensor<float> t = que.AllocTensor<float>();
+      que.EnQue(t);
+      AscendC::DataCopy(t, gm, 32);  // the queue's flag covers only what came before EnQue
+      t = que.DeQue<float>();
+      AscendC::Muls(t, t, 2.0f, 32);
+    } else if (which == "pad_copy_veccalc") {
+      AscendC::TBuf<AscendC::TPosition::VECCALC> buf;
+      pipe.InitBuffer(buf, 32 * sizeof(float));
+      AscendC::DataCopyExtParams copy{1, 3 * sizeof(float), 0, 0, 0};
+      AscendC::DataCopyPadExtParams<float> pad{};
+      AscendC::DataCopyPad(buf.Get<float>(), gm, copy, pad);
+    } else if (which == "sqrt_of_zero") {
+      AscendC::TBuf<AscendC::TPosition::VECCALC> buf;
+      pipe.InitBuffer(buf, 32 * sizeof(float));
+      AscendC::LocalTensor<float> t = buf.Get<float>();
+      AscendC::Duplicate(t, 0.0f, 8);
+      AscendC::Sqrt(t, t, 8);
     } else if (which == "ok") {
       // the same moves, each ordered as the hardware needs
       AscendC::LocalTensor<float> t = que.AllocTensor<float>();
@@ -75,6 +107,41 @@ void selftest(const std::string& which) {
       if (gm_data[0] != 1.0f || gm_data[1] != 2.0f || gm_data[12] != 1.0f ||
           gm_data[13] != 0.0f) {
         throw std::logic_error("selftest ok: wrong data");
+      }
+      // FreeTensor -> AllocTensor orders the vector unit before the next load into the buffer
+      AscendC::TQue<AscendC::TPosition::VECIN, 1> in;
+      pipe.InitBuffer(in, 1, 32 * sizeof(float));
+      for (int round = 0; round < 2; ++round) {
+        AscendC::LocalTensor<float> x = in.AllocTensor<float>();
+        AscendC::DataCopy(x, gm, 32);
+        in.EnQue(x);
+        x = in.DeQue<float>();
+        AscendC::Muls(x, x, 1.0f, 32);  // the vector unit reads and writes it in place
+        in.FreeTensor(x);
+      }
+      // VECOUT: copy out, FreeTensor, AllocTensor, and the vector unit may write again
+      AscendC::TQue<AscendC::TPosition::VECOUT, 1> out;
+      pipe.InitBuffer(out, 1, 32);
+      for (int round = 0; round < 2; ++round) {
+        AscendC::LocalTensor<float> o = out.AllocTensor<float>();
+        AscendC::Duplicate(o, 3.0f, 8);
+        out.EnQue(o);
+        o = out.DeQue<float>();
+        AscendC::DataCopy(gm[16], o, 8);
+        out.FreeTensor(o);
+      }
+      // a chain of waits orders transitively: V -> S, then S -> MTE3 orders V before MTE3
+      AscendC::TBuf<AscendC::TPosition::VECCALC> buf;
+      pipe.InitBuffer(buf, 32);
+      AscendC::LocalTensor<float> b = buf.Get<float>();
+      AscendC::Duplicate(b, 4.0f, 8);
+      AscendC::SetFlag<AscendC::HardEvent::V_S>(0);
+      AscendC::WaitFlag<AscendC::HardEvent::V_S>(0);
+      AscendC::SetFlag<AscendC::HardEvent::S_MTE3>(0);
+      AscendC::WaitFlag<AscendC::HardEvent::S_MTE3>(0);
+      AscendC::DataCopy(gm[24], b, 8);
+      if (gm_data[16] != 3.0f || gm_data[24] != 4.0f) {
+        throw std::logic_error("selftest ok: wrong data (second part)");
       }
     } else {
       throw std::invalid_argument("unknown selftest case " + which);

@@ -8,13 +8,18 @@
 //   - DeQue of an empty queue, AllocTensor with every buffer of a queue in use, EnQue of more
 //     tensors than the queue's depth;
 //   - use of a LocalTensor after FreeTensor, or access outside its length;
-//   - a read or write of a UB buffer by one pipe (S scalar, V vector, MTE2 GM->UB, MTE3 UB->GM)
-//     after another pipe wrote it, with nothing in between that orders the two: a
-//     SetFlag/WaitFlag<HardEvent::X_Y> pair, or the EnQue/DeQue hand-off of a VECIN (MTE2->V) or
-//     VECOUT (V->MTE3) queue. Hardware runs the pipes concurrently; this catches the races the
-//     in-order emulation would otherwise hide (e.g. a scalar SetValue copied out to GM without
-//     an S->MTE3 wait);
-//   - WaitFlag of an event that was not set.
+//   - a use of a UB buffer by one pipe (S scalar, V vector, MTE2 GM->UB, MTE3 UB->GM) after
+//     another pipe wrote it, or a write after another pipe read it, with nothing in between
+//     that orders the two: a SetFlag/WaitFlag<HardEvent::X_Y> pair (transitively: V->S then
+//     S->MTE3 orders V before MTE3), the EnQue/DeQue hand-off of a VECIN (MTE2->V) or VECOUT
+//     (V->MTE3) queue for what was issued before the EnQue, or FreeTensor -> AllocTensor
+//     (V->MTE2 for VECIN, MTE3->V for VECOUT). Hardware runs the pipes concurrently; this
+//     catches the races the in-order emulation would otherwise hide (e.g. a scalar SetValue
+//     copied out to GM without an S->MTE3 wait). Global memory is not tracked;
+//   - WaitFlag of an event that was not set, SetFlag of one already set, a SetFlag never
+//     waited for by the end of the kernel;
+//   - DataCopyPad to or from a buffer that is not VECIN / VECOUT (Atlas A2/A3);
+//   - Sqrt of a non-positive value (undefined on hardware).
 // DataCopy on hardware silently rounds a length down to whole 32-byte blocks; the emulation
 // refuses it instead (use DataCopyPad for a ragged tail). DataCopyPad GM->UB fills the rest of
 // the last 32-byte block with NaN bytes unless padding is asked for, so a kernel that reads
@@ -110,11 +115,13 @@ struct Core {
   int64_t block_num = 1;
   std::vector<uint8_t> ub;  // UB bytes of the SoC (e.g. 192 KiB on Atlas A2 / 910B)
   size_t ub_used = 0;
-  uint64_t seq = 0;                          // count of UB writes, for the pipe-order checks
-  uint64_t waited[NUM_PIPES][NUM_PIPES] = {};  // seq at the last WaitFlag<from_to>
+  uint64_t seq = 0;  // count of UB accesses, for the pipe-order checks
+  // waited[x][y] = k: every use of UB by pipe x numbered below k is done before pipe y goes on
+  uint64_t waited[NUM_PIPES][NUM_PIPES] = {};
   struct Flag {
     int event, id;
-    uint64_t seq;  // UB writes issued before the SetFlag
+    uint64_t seq;                 // UB accesses issued before the SetFlag
+    uint64_t before[NUM_PIPES];   // waited[x][from] at the SetFlag: what `from` had waited for
   };
   std::vector<Flag> flags_set;  // set and not yet waited for
 };
@@ -141,6 +148,9 @@ inline void Launch(int64_t block_dim, size_t ub_bytes, const std::function<void(
     current() = &c;
     try {
       kernel();
+      if (!c.flags_set.empty()) {
+        throw Violation("a SetFlag was never waited for (SetFlag and WaitFlag come in pairs)");
+      }
     } catch (...) {
       current() = nullptr;
       throw;
@@ -149,33 +159,58 @@ inline void Launch(int64_t block_dim, size_t ub_bytes, const std::function<void(
   }
 }
 
-// Liveness of one queue/buffer slot, shared by the LocalTensors handed out for it.
+// Liveness of one queue/buffer slot, shared by the LocalTensors handed out for it, and what the
+// pipe-order checks need: the last write, the reads since, and the queue edges.
 struct Slot {
   uint8_t* data = nullptr;
   uint32_t bytes = 0;
   uint32_t ub_offset = 0;
-  bool allocated = false;  // between AllocTensor and FreeTensor
+  int pos = 0;              // TPosition of the queue or buffer
+  bool allocated = false;   // between AllocTensor and FreeTensor
   uint64_t generation = 0;
   int writer = NONE;        // the pipe that wrote the buffer last
   uint64_t write_seq = 0;
-  int handed_to = NONE;     // a queue hand-off ordered that write before this pipe
+  uint64_t read_seq[NUM_PIPES] = {};  // last read by each pipe since that write (0: none)
+  uint64_t enq_seq = 0;     // EnQue: the queue's flag covers accesses up to here
+  int handed_from = NONE, handed_to = NONE;  // DeQue: the queue ordered from -> to
+  uint64_t handed_seq = 0;
+  int freed_from = NONE, freed_to = NONE;    // FreeTensor -> AllocTensor ordered from -> to
+  uint64_t freed_seq = 0;
 };
 
-// Pipe `p` reads (or writes) the buffer of `slot`: refused when another pipe wrote it last and
-// nothing orders that write before `p`.
+// Whether pipe a's use of `slot` numbered `seq` is ordered before pipe b's next use.
+inline bool ordered(const Slot& slot, int a, int b, uint64_t seq) {
+  const Core& c = core();
+  if (a == b || c.waited[a][b] > seq) return true;
+  if (slot.handed_from == a && slot.handed_to == b && seq <= slot.handed_seq) return true;
+  return slot.freed_from == a && slot.freed_to == b && seq <= slot.freed_seq;
+}
+
+// Pipe `p` reads (or writes) the buffer of `slot`. Refused when another pipe wrote it last (or,
+// for a write, read it since) and nothing orders that use before `p`: hardware runs the pipes
+// concurrently.
 inline void access(Slot& slot, int p, bool write, const char* op) {
   Core& c = core();
-  if (slot.writer != NONE && slot.writer != p && slot.handed_to != p &&
-      c.waited[slot.writer][p] <= slot.write_seq) {
-    throw Violation(std::string(op) + ": the " + pipe_name(p) +
-                    " pipe uses a UB buffer that the " + pipe_name(slot.writer) +
-                    " pipe wrote, with nothing ordering the two (SetFlag/WaitFlag, or a queue "
-                    "hand-off)");
+  auto refuse = [&](int other, const char* what) {
+    throw Violation(std::string(op) + ": the " + pipe_name(p) + " pipe uses a UB buffer that the " +
+                    pipe_name(other) + " pipe " + what +
+                    ", with nothing ordering the two (SetFlag/WaitFlag, or a queue hand-off)");
+  };
+  if (slot.writer != NONE && !ordered(slot, slot.writer, p, slot.write_seq)) {
+    refuse(slot.writer, "wrote");
   }
+  const uint64_t seq = ++c.seq;
   if (write) {
+    for (int q = S; q < NUM_PIPES; ++q) {
+      if (slot.read_seq[q] != 0 && !ordered(slot, q, p, slot.read_seq[q])) {
+        refuse(q, "still reads");
+      }
+    }
     slot.writer = p;
-    slot.write_seq = ++c.seq;
-    slot.handed_to = NONE;
+    slot.write_seq = seq;
+    for (uint64_t& r : slot.read_seq) r = 0;
+  } else {
+    slot.read_seq[p] = seq;
   }
 }
 
@@ -293,6 +328,7 @@ class TQue {
     if (static_cast<int32_t>(queued_.size()) >= depth) {
       throw emu::Violation("EnQue: queue depth exceeded");
     }
+    t.slot()->enq_seq = emu::core().seq;
     queued_.push_back(t.slot());
   }
   template <typename T>
@@ -300,17 +336,24 @@ class TQue {
     if (queued_.empty()) throw emu::Violation("DeQue of an empty queue");
     auto s = queued_.front();
     queued_.erase(queued_.begin());
-    // The queue's own flag orders its producer before its consumer: MTE2 -> V for VECIN,
-    // V -> MTE3 for VECOUT. Nothing else (a scalar write is not covered).
-    if (pos == TPosition::VECIN && s->writer == emu::MTE2) s->handed_to = emu::V;
-    if (pos == TPosition::VECOUT && s->writer == emu::V) s->handed_to = emu::MTE3;
+    // The queue's own flag orders its producer before its consumer, for what was issued before
+    // the EnQue: MTE2 -> V for VECIN, V -> MTE3 for VECOUT. Nothing else (not a scalar write).
+    s->handed_from = pos == TPosition::VECIN ? emu::MTE2 : emu::V;
+    s->handed_to = pos == TPosition::VECIN ? emu::V : emu::MTE3;
+    s->handed_seq = s->enq_seq;
     return LocalTensor<T>(s, 0, s->bytes / sizeof(T), s->generation);
   }
   template <typename T>
   void FreeTensor(const LocalTensor<T>& t) {
     t.check_count(0, "FreeTensor");
-    t.slot()->allocated = false;
-    ++t.slot()->generation;
+    emu::Slot& s = *t.slot();
+    s.allocated = false;
+    ++s.generation;
+    // FreeTensor -> AllocTensor orders the consumer before the next producer: V -> MTE2 for
+    // VECIN, MTE3 -> V for VECOUT.
+    s.freed_from = pos == TPosition::VECIN ? emu::V : emu::MTE3;
+    s.freed_to = pos == TPosition::VECIN ? emu::MTE2 : emu::V;
+    s.freed_seq = emu::core().seq;
   }
 
  private:
@@ -335,20 +378,21 @@ class TBuf {
 
 class TPipe {
  public:
-  TEventID FetchEventID(HardEvent) { return next_event_++ % 8; }
+  // One id per event type: an id set twice before it is waited for is refused (SetFlag).
+  TEventID FetchEventID(HardEvent) { return 0; }
   template <TPosition pos, int32_t depth>
   void InitBuffer(TQue<pos, depth>& que, int32_t num, uint32_t bytes) {
     if (num <= 0 || num > depth + 1) throw emu::Violation("InitBuffer: bad buffer count");
-    for (int32_t i = 0; i < num; ++i) que.slots_.push_back(take(bytes));
+    for (int32_t i = 0; i < num; ++i) que.slots_.push_back(take(bytes, pos));
   }
   template <TPosition pos>
   void InitBuffer(TBuf<pos>& buf, uint32_t bytes) {
-    buf.slot_ = take(bytes);
+    buf.slot_ = take(bytes, pos);
     buf.slot_->allocated = true;  // a TBuf is usable as soon as it exists
   }
 
  private:
-  std::shared_ptr<emu::Slot> take(uint32_t bytes) {
+  std::shared_ptr<emu::Slot> take(uint32_t bytes, TPosition pos) {
     emu::Core& c = emu::core();
     const uint32_t aligned = (bytes + ONE_BLK_SIZE - 1) / ONE_BLK_SIZE * ONE_BLK_SIZE;
     if (c.ub_used + aligned > c.ub.size()) {
@@ -359,16 +403,23 @@ class TPipe {
     s->data = c.ub.data() + c.ub_used;
     s->bytes = bytes;
     s->ub_offset = static_cast<uint32_t>(c.ub_used);
+    s->pos = static_cast<int>(pos);
     c.ub_used += aligned;
     return s;
   }
-  TEventID next_event_ = 0;
 };
 
 template <HardEvent event>
 void SetFlag(TEventID id) {
   emu::Core& c = emu::core();
-  c.flags_set.push_back({static_cast<int>(event), static_cast<int>(id), c.seq});
+  for (const auto& f : c.flags_set) {
+    if (f.event == static_cast<int>(event) && f.id == static_cast<int>(id)) {
+      throw emu::Violation("SetFlag of an event id that is already set and not waited for");
+    }
+  }
+  emu::Core::Flag f{static_cast<int>(event), static_cast<int>(id), c.seq, {}};
+  for (int x = 0; x < emu::NUM_PIPES; ++x) f.before[x] = c.waited[x][emu::event_from(event)];
+  c.flags_set.push_back(f);
 }
 
 // Everything the `from` pipe issued before the matching SetFlag is done before the `to` pipe
@@ -378,8 +429,12 @@ void WaitFlag(TEventID id) {
   emu::Core& c = emu::core();
   for (auto it = c.flags_set.begin(); it != c.flags_set.end(); ++it) {
     if (it->event == static_cast<int>(event) && it->id == static_cast<int>(id)) {
-      uint64_t& w = c.waited[emu::event_from(event)][emu::event_to(event)];
+      const int from = emu::event_from(event), to = emu::event_to(event);
+      uint64_t& w = c.waited[from][to];
       if (it->seq + 1 > w) w = it->seq + 1;
+      for (int x = 0; x < emu::NUM_PIPES; ++x) {  // and what `from` had waited for: transitive
+        if (it->before[x] > c.waited[x][to]) c.waited[x][to] = it->before[x];
+      }
       c.flags_set.erase(it);
       return;
     }
@@ -459,16 +514,27 @@ uint32_t check_pad_copy(const LocalTensor<T>& local, uint64_t gm_size,
   if (count > gm_size) throw Violation(std::string(op) + ": beyond the GlobalTensor's buffer");
   return count;
 }
+
+// On Atlas A2/A3, DataCopyPad moves between GM and VECIN / VECOUT buffers only.
+template <typename T>
+void check_pad_position(const LocalTensor<T>& local, const char* op) {
+  const int pos = local.slot()->pos;
+  if (pos != static_cast<int>(TPosition::VECIN) && pos != static_cast<int>(TPosition::VECOUT)) {
+    throw Violation(std::string(op) + ": only VECIN / VECOUT buffers on Atlas A2/A3");
+  }
+}
 }  // namespace emu
 
 template <typename T>
 void DataCopyPad(const LocalTensor<T>& dst, const GlobalTensor<T>& src,
                  const DataCopyExtParams& params, const DataCopyPadExtParams<T>& pad) {
   const uint32_t count = emu::check_pad_copy(dst, src.size(), params, "DataCopyPad GM->UB");
+  emu::check_pad_position(dst, "DataCopyPad GM->UB");
   dst.use(emu::MTE2, true, "DataCopyPad GM->UB");
   const uint32_t padded = (params.blockLen + ONE_BLK_SIZE - 1) / ONE_BLK_SIZE * ONE_BLK_SIZE;
   std::memset(reinterpret_cast<uint8_t*>(dst.ptr()) + params.blockLen, 0xFF,
-              padded - params.blockLen);  // unspecified on hardware: NaN here
+              padded - params.blockLen);  // hardware: the block's first element; NaN here,
+                                          // so a kernel that reads pad lanes shows it
   std::memcpy(dst.ptr(), src.address(), params.blockLen);
   if (pad.isPad) {
     for (uint32_t i = 0; i < pad.rightPadding && count + i < padded / sizeof(T); ++i) {
@@ -481,6 +547,7 @@ template <typename T>
 void DataCopyPad(const GlobalTensor<T>& dst, const LocalTensor<T>& src,
                  const DataCopyExtParams& params) {
   emu::check_pad_copy(src, dst.size(), params, "DataCopyPad UB->GM");
+  emu::check_pad_position(src, "DataCopyPad UB->GM");
   src.use(emu::MTE3, false, "DataCopyPad UB->GM");
   std::memcpy(dst.address(), src.ptr(), params.blockLen);  // exactly blockLen bytes
 }
@@ -528,6 +595,11 @@ void Sqrt(const LocalTensor<T>& dst, const LocalTensor<T>& src, uint32_t count) 
   dst.check_count(count, "Sqrt");
   src.check_count(count, "Sqrt");
   emu::vector_op("Sqrt", dst, src);
+  for (uint32_t i = 0; i < count; ++i) {  // documented: undefined for a non-positive input
+    if (static_cast<float>(src.ptr()[i]) <= 0.0f) {
+      throw emu::Violation("Sqrt of a non-positive value (undefined on hardware)");
+    }
+  }
   for (uint32_t i = 0; i < count; ++i) dst.ptr()[i] = std::sqrt(src.ptr()[i]);
 }
 
@@ -539,7 +611,8 @@ void Duplicate(const LocalTensor<T>& dst, T scalar, uint32_t count) {
 }
 
 // dst[0] = sum(src[0:count]); `work` is the scratch the real instruction needs (checked for size).
-// Summation order: pairwise over 64-element repeats, fixed, so results are reproducible.
+// Summation order here: sequential within and across 64-element repeats, fixed, so results are
+// reproducible (hardware adds within a repeat as a binary tree: last bits may differ).
 inline void ReduceSum(const LocalTensor<float>& dst, const LocalTensor<float>& src,
                       const LocalTensor<float>& work, uint32_t count) {
   dst.check_count(1, "ReduceSum");

@@ -27,17 +27,28 @@ void check(aclError rc, const char* what) {
   }
 }
 
-// Vector cores of the current device: the blockDim that fills the chip with a vector-only
-// kernel. The supported SoCs (Atlas A2 / A3, cmake/LarsAscend.cmake) have two vector cores (AIV)
-// per AI core; aclGetDeviceCapability is in every CANN 8.x (aclrtGetDeviceInfo only in newer).
+// Vector cores (AIV) of the current device: the blockDim that fills the chip with a vector-only
+// kernel; asked once per device. ACL_DEVICE_INFO_VECTOR_CORE_NUM where the runtime reports it,
+// else two per AI core (Atlas A2 / A3, the SoCs cmake/LarsAscend.cmake accepts). A wrong count
+// costs speed, never correctness: the kernels loop over GetBlockNum().
 uint32_t vector_cores() {
   int32_t device = 0;
   check(aclrtGetDevice(&device), "aclrtGetDevice");
-  int64_t ai_cores = 0;
-  check(aclGetDeviceCapability(static_cast<uint32_t>(device), ACL_DEVICE_INFO_AI_CORE_NUM,
-                               &ai_cores),
-        "aclGetDeviceCapability");
-  return ai_cores > 0 ? static_cast<uint32_t>(2 * ai_cores) : 8u;
+  thread_local int32_t cached_device = -1;
+  thread_local uint32_t cached = 0;
+  if (device == cached_device) return cached;
+  const auto dev = static_cast<uint32_t>(device);
+  int64_t cores = 0;
+  if (aclGetDeviceCapability(dev, ACL_DEVICE_INFO_VECTOR_CORE_NUM, &cores) != ACL_SUCCESS ||
+      cores <= 0) {
+    int64_t ai_cores = 0;
+    check(aclGetDeviceCapability(dev, ACL_DEVICE_INFO_AI_CORE_NUM, &ai_cores),
+          "aclGetDeviceCapability");
+    cores = 2 * ai_cores;
+  }
+  cached_device = device;
+  cached = cores > 0 ? static_cast<uint32_t>(cores) : 8u;
+  return cached;
 }
 
 void* at(uint64_t base, uint64_t offset) { return reinterpret_cast<void*>(base + offset); }
