@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -276,9 +277,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.threads < 1:
         print("error: --epochs, --batch-size and --threads must be at least 1", file=sys.stderr)
         return 2
+    for flag, value, minimum in (
+        ("--base-lr", cfg.base_lr, None),
+        ("--coefficient", cfg.coefficient, None),
+        ("--warmup-epochs", cfg.warmup_epochs, 0),
+    ):
+        ok = math.isfinite(value) and (value > 0 if minimum is None else value >= minimum)
+        if not ok:
+            bound = "> 0" if minimum is None else f">= {minimum}"
+            print(f"error: {flag} must be finite and {bound}, got {value}", file=sys.stderr)
+            return 2
     try:  # a backend or device that cannot run here: say so before training
+        torch.zeros(1, device=cfg.device)
         resolve(torch.device(cfg.device), cfg.backend)
-    except (BackendUnavailableError, ValueError, RuntimeError) as exc:
+    except (BackendUnavailableError, ValueError, RuntimeError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print

@@ -282,16 +282,19 @@ def train(
 
 
 @contextmanager
-def seeded_runtime(threads: int) -> Iterator[None]:
-    """A fixed thread count and deterministic algorithms for the demo, restored afterwards."""
+def seeded_runtime(threads: int, device: str = "cpu") -> Iterator[None]:
+    """A fixed thread count and deterministic algorithms for the demo, restored afterwards. Off
+    the CPU, an op without a deterministic kernel warns instead of raising (e.g. cuBLAS without
+    CUBLAS_WORKSPACE_CONFIG): the demo's reproducibility promise is for the CPU."""
     old_threads = torch.get_num_threads()
     old_det = torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(True, warn_only=torch.device(device).type != "cpu")
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(old_det)
+        torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
         torch.set_num_threads(old_threads)
 
 
@@ -362,7 +365,7 @@ def run(
         f"{', use_clip' if cfg.use_clip else ''}"
     )
     histories: list[History] = []
-    with seeded_runtime(cfg.threads):
+    with seeded_runtime(cfg.threads, cfg.device):
         for r in cfg.runs:
             batch, lr = cfg.batch_and_lr(r)
             with tqdm(

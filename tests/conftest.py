@@ -8,16 +8,19 @@ import torch
 from hypothesis import settings
 
 import lars_npu
+from lars_npu._backends import all_backends
 from lars_npu.check import atol, compare, np64, rtol
 
 settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True)
 settings.register_profile("dev", max_examples=30, deadline=None)
 settings.load_profile("ci")
 
-# Backends that take every dtype; `emu` (the AscendC kernels on our emulation, fp32/fp16 only)
-# has its own tests (test_emu_kernels.py, test_emu_backend.py).
+# Backends that take every dtype on CPU tensors; `emu` (the AscendC kernels on our emulation,
+# fp32/fp16 only) has its own tests (test_emu_kernels.py, test_emu_backend.py).
 ALL_BACKENDS = lars_npu.available_backends()
-BACKENDS = [b for b in ALL_BACKENDS if b != "emu"]
+# the backends that take CPU tensors: on an Ascend host `npu` is available but runs NPU tensors
+_CPU = torch.device("cpu")
+BACKENDS = [b for b in ALL_BACKENDS if b != "emu" and all_backends()[b].supports(_CPU)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 

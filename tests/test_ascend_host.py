@@ -8,6 +8,7 @@ launch arguments, stream, read-back, fallbacks), not that the kernels run on Asc
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import types
 
@@ -156,14 +157,24 @@ def stand_in_npu(monkeypatch):
     class Stream:
         npu_stream = 0x5EED
 
+    devices_entered = []
+
+    @contextlib.contextmanager
+    def device(d):
+        devices_entered.append(d)
+        yield
+
     fake_torch_npu = types.SimpleNamespace(
-        npu=types.SimpleNamespace(current_stream=lambda device=None: Stream())
+        npu=types.SimpleNamespace(
+            current_stream=lambda device=None: Stream(), device=device, device_count=lambda: 1
+        )
     )
     monkeypatch.setattr(npu_mod, "native", lambda: C)
     monkeypatch.setattr(_ascend, "native", lambda: C)
     monkeypatch.setattr(npu_mod, "torch_npu", lambda: fake_torch_npu)
     backend = npu_mod.NpuBackend()
     assert backend.available() == (True, "")
+    C.devices_entered = devices_entered
     return backend, C
 
 
@@ -205,6 +216,35 @@ def test_npu_backend_step_matches_emu(stand_in_npu, monkeypatch, dtype, fused):
         0x5EED, 4, _ascend.CODES[dtype], True, True, 5,
     )  # fmt: skip
     assert nc == sum(-(-p.numel() // _ascend.CHUNK) for p in model.parameters())
+    assert C.devices_entered == [torch.device("cpu")]  # launched under the tensors' device
+
+
+def test_npu_backend_needs_a_visible_device(stand_in_npu, monkeypatch):
+    fake = types.SimpleNamespace(npu=types.SimpleNamespace(device_count=lambda: 0))
+    monkeypatch.setattr(npu_mod, "torch_npu", lambda: fake)
+    ok, why = npu_mod.NpuBackend().available()
+    assert not ok and "no NPU device" in why
+
+
+def test_kernel_inputs_beyond_fp32_are_refused_before_anything_runs(stand_in_npu):
+    backend, C = stand_in_npu
+    w, g = torch.ones(8), torch.full((8,), 2.0)
+    for kwargs, name in (((1.0, 1e39), "norm_gradient"), ((1e39, 1.0), "norm_weight")):
+        with pytest.raises(ValueError, match=name):
+            backend.lars_update(w, g, *kwargs, 0.0, 1.0, Hyper())
+    with pytest.raises(ValueError, match="epsilon"):
+        backend.lars_update(w, g, 1.0, 1.0, 0.0, 1.0, Hyper(epsilon=1e-50))
+    assert not C.calls
+    with pytest.raises(ValueError, match="norm_gradient"):  # the emu backend too
+        lars_npu.lars_update(w, g, 1.0, 1e39, 0.0, 1.0, backend="emu")
+
+
+def test_one_dtype_for_weights_gradients_and_buffers():
+    """The kernels read w, g and m with one element width: a mixed call is refused."""
+    w = torch.full((64,), 2.0)
+    g = torch.full((64,), 1.0, dtype=torch.float16)
+    with pytest.raises(TypeError, match="one dtype per call"):
+        all_backends()["emu"].square_sum_all(w, g)
 
 
 def test_npu_backend_given_sums_skip_the_square_sums_kernel(stand_in_npu):

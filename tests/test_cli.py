@@ -23,7 +23,9 @@ def test_info_json(capsys):
     assert cli.main(["info", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["torch"] == torch.__version__ and set(d["backends"]) >= {"numpy", "torch"}
-    assert d["torch_npu"] is None and d["torch_npu_reason"]
+    # torch_npu is reported with a reason exactly when it is missing
+    assert (d["torch_npu"] is None) == bool(d["torch_npu_reason"])
+    assert d["backends"]["npu"]["available"] == ("npu" in ALL_BACKENDS)
     assert d["torch_threads"] == torch.get_num_threads() >= 1
     assert "cann" in d and d["cann_source"]  # a version, or why there is none
     for b in d["backends"].values():
@@ -222,3 +224,13 @@ def test_info_and_check_work_without_the_demo_extra(tmp_path):
     assert "demo rc 2" in p.stdout
     assert 'pip install "lars-npu[demo]"' in p.stderr
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--coefficient", "0"), ("--base-lr", "-1"), ("--warmup-epochs", "-1"), ("--base-lr", "nan")],
+)
+def test_demo_refuses_bad_hyper_parameters_before_training(capsys, tmp_path, flag, value):
+    assert cli.main(["demo", "--epochs", "1", "--out", str(tmp_path), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert flag in err and not any(tmp_path.iterdir())  # nothing trained, nothing written

@@ -40,8 +40,7 @@ class BackendUnavailableError(RuntimeError):
 
 
 _REGISTRY: dict[str, Backend] = {
-    b.name: b
-    for b in (NumpyBackend(), TorchBackend(), CpuBackend(), NpuBackend(), EmuBackend())
+    b.name: b for b in (NumpyBackend(), TorchBackend(), CpuBackend(), NpuBackend(), EmuBackend())
 }
 
 

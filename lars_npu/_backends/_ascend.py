@@ -58,6 +58,20 @@ def dtype_code(ts: list[torch.Tensor], backend: str) -> int:
     return codes.pop() if codes else 0
 
 
+FP32_MAX = float(np.finfo(np.float32).max)
+FP32_TINY = float(np.finfo(np.float32).tiny)
+
+
+def fp32_inputs(**values: float) -> None:
+    """ValueError naming the first value that fp32 cannot carry: beyond its range, or a
+    positive value that would flush to zero."""
+    for name, v in values.items():
+        if abs(v) > FP32_MAX or (v != 0 and abs(v) < FP32_TINY):
+            raise ValueError(
+                f"{name}={v!r} is outside float32's range, in which the AscendC kernels take it"
+            )
+
+
 def kernel_dtypes_ok(ts: list[torch.Tensor]) -> bool:
     """Whether one kernel launch can take these tensors (all fp32 or all fp16)."""
     return len({t.dtype for t in ts}) <= 1 and all(t.dtype in CODES for t in ts)
@@ -133,7 +147,7 @@ class AscendKernelBackend:
         if n == 0:
             z = np.zeros(0)
             return False, z, z, z
-        code = dtype_code(list(gs), self.name)
+        code = dtype_code([*ws, *gs, *(m for m in ms if m is not None)], self.name)
         blob, layout = self._plan(
             ws, gs, ms, adapt=adapt, first=first, nesterov=nesterov, wd=wd, lr=lr, mu=mu,
             hyper=hyper, mode=mode, code=code, given=given,
@@ -173,6 +187,12 @@ class AscendKernelBackend:
         lr: float,
         hyper: Hyper,
     ) -> torch.Tensor:
+        # The kernels take the given sums and hyper-parameters in fp32: refuse what fp32 cannot
+        # hold (an overflow would read as a non-finite gradient and skip the rewrite).
+        fp32_inputs(
+            norm_weight=w_s, norm_gradient=g_s, weight_decay=weight_decay, learning_rate=lr,
+            epsilon=hyper.epsilon, coefficient=hyper.coefficient,
+        )  # fmt: skip
         w = _contig(weight)
         out = gradient.clone(memory_format=torch.contiguous_format)
         self._run(

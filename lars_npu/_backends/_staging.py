@@ -42,7 +42,7 @@ def stage_step(
 def unstage_step(call: FusedCall, ws: list[torch.Tensor], ms: list[torch.Tensor | None]) -> None:
     """Copy staged parameters and buffers back where they were copies (casting buffers back)."""
     for p, w in zip(call.params, ws, strict=True):
-        if w is not p:
+        if w.data_ptr() != p.data_ptr() or w.stride() != p.stride():  # a staged copy
             p.detach().copy_(w)
     for b, m in zip(call.bufs, ms, strict=True):
         if b is not None and m is not None and m is not b:

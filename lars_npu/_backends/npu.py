@@ -4,7 +4,9 @@ CANN, RUN_MODE=npu) on torch_npu's current stream, with the tensors' device poin
 Per step: the host builds the kernels' workspace (``_ascend.py``), one host-to-device copy moves
 it, the square-sums and update kernels run back to back on the current stream (the update kernel
 finds a non-finite Σg² on the device and then writes nothing), and one device-to-host copy of the
-partials (a few bytes per 16384 elements) returns found_inf and λ for the optimizer.
+partials (64 bytes per 16384 elements) returns found_inf and λ for the optimizer. That copy waits
+for the kernels: one host synchronisation per step (the optimizer decides on the host whether the
+inner optimizer steps, so it would wait for found_inf anyway).
 
 Tensors the kernels do not take (bfloat16, float64, or fp32 and fp16 mixed in one call) run on
 the ``torch`` backend's ops on the same device instead: correct everywhere, not fused.
@@ -48,6 +50,7 @@ def block_dim() -> int:
 
 class NpuBackend(AscendKernelBackend):
     name = "npu"
+    dtypes = None  # every dtype: fp32/fp16 on the kernels, the rest on torch ops (all checked)
 
     def __init__(self) -> None:
         self._torch = TorchBackend()
@@ -61,8 +64,15 @@ class NpuBackend(AscendKernelBackend):
                 "lars_npu._C was built without CANN (set ASCEND_CANN_PACKAGE_PATH and "
                 "SOC_VERSION and reinstall; see README 'Ascend NPU')"
             )
-        if torch_npu() is None:
+        npu = torch_npu()
+        if npu is None:
             return False, torch_npu_error()
+        try:
+            count = npu.npu.device_count()
+        except (RuntimeError, AttributeError) as exc:
+            return False, f"torch_npu cannot see an NPU ({type(exc).__name__}: {exc})"
+        if count < 1:
+            return False, "torch_npu sees no NPU device (is /dev/davinci* mounted?)"
         return True, ""
 
     def supports(self, device: torch.device) -> bool:
@@ -79,21 +89,25 @@ class NpuBackend(AscendKernelBackend):
         device: torch.device,
     ) -> None:
         npu = torch_npu()
-        ws = torch.from_numpy(blob).to(device)  # one host-to-device copy of the workspace
-        stream = npu.npu.current_stream(device).npu_stream
-        native().npu_launch(
-            int(stream),
-            ws.data_ptr(),
-            layout["n"],
-            layout["num_chunks"],
-            code,
-            run_square_sums,
-            run_update,
-            block_dim(),
-        )
-        # stream-ordered after the kernels; returns when they are done (and keeps `ws` alive)
-        p = layout["partials"]
-        blob[p:] = ws[p:].cpu().numpy()
+        # ACL launches on the current device's context: make it the tensors' device
+        with npu.npu.device(device):
+            ws = torch.empty(blob.nbytes, dtype=torch.uint8, device=device)
+            ws.copy_(torch.from_numpy(blob))  # one host-to-device copy of the workspace
+            stream = npu.npu.current_stream(device).npu_stream
+            native().npu_launch(
+                int(stream),
+                ws.data_ptr(),
+                layout["n"],
+                layout["num_chunks"],
+                code,
+                run_square_sums,
+                run_update,
+                block_dim(),
+            )
+            # stream-ordered after the kernels: returns when they are done (a host
+            # synchronisation, which also keeps `ws` alive until then)
+            p = layout["partials"]
+            blob[p:] = ws[p:].cpu().numpy()
 
     # Tensors the kernels do not take go to torch ops on the same device.
     def square_sum_all(
