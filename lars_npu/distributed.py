@@ -5,10 +5,14 @@ gradients before ``step``, so every rank holds the full gradient and computes th
 
 Sharded parameters (ZeRO-style flat shards, DTensor, FSDP2 ``fully_shard``): each rank holds a
 piece of every parameter, so a rank alone cannot compute the per-layer norms. :class:`ShardedLARS`
-computes the local Σw² and Σg² of every parameter in one native call, packs them into ONE flat fp32
-tensor of 2·N values (N parameters), sums it over the process group with ONE ``all_reduce``, and
-then applies LARS to the local shards with the global sums: the same λ as single-process LARS on
-the full tensors, the same ``g' = λ·(g + wd·w)`` and the same inner-optimizer step.
+computes the local Σw² and Σg² of every parameter, packs them into ONE flat fp32 tensor of 2·N
+values (N parameters), sums it over the process group with ONE ``all_reduce``, and then applies
+LARS to the local shards with the global sums: the same λ as single-process LARS on the full
+tensors, the same ``g' = λ·(g + wd·w)`` and the same inner-optimizer step. On the ``cpu`` backend
+the local sums and the gradient rewrite are one native call each over all parameters; every other
+backend is called once per tensor (``square_sum_all``, then ``lars_update``: 2·N calls per step),
+which on the ``npu`` backend means one kernel launch and one host round trip per call (see
+:class:`ShardedLARS`).
 
 A plain tensor must say which part of which parameter it is: make flat shards with
 :func:`flat_shard`, or record the global shape of shards made elsewhere with
@@ -20,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,13 +34,13 @@ import torch.distributed as dist
 from torch.optim import Optimizer
 
 from . import reference
-from ._backends import MultiResult, resolve
+from ._backends import Hyper, MultiResult, resolve
 from ._backends._native import native
 from ._backends._staging import contig, ptrs, unstage_grads
 from ._backends.cpu import DTYPE_CODES
 from .filters import ParamInfo, default_lars_filter
-from .functional import SUPPORTED_DTYPES, check_pair, to_float
-from .optim import LARS
+from .functional import SUPPORTED_DTYPES, check_hyper, check_pair, to_float
+from .optim import LARS, STATE_KEY
 
 __all__ = ["ShardInfo", "ShardedLARS", "flat_shard", "global_shape", "mark_flat_shard"]
 
@@ -209,17 +213,82 @@ def _placement_problem(p: torch.Tensor, group_ranks: list[int]) -> str | None:
     return None
 
 
+# A problem one rank found, sent to every rank: (exception class name, message).
+_Problem = tuple[str, str]
+_RAISES: dict[str, type[Exception]] = {
+    "TypeError": TypeError,
+    "ValueError": ValueError,
+    "RuntimeError": RuntimeError,
+}
+
+
+def _problem(exc: Exception) -> _Problem:
+    """What every rank raises for one rank's exception: a TypeError or ValueError keeps its
+    class, anything else becomes a RuntimeError; the message names a subclass."""
+    if isinstance(exc, ValueError):
+        kind = "ValueError"
+    elif isinstance(exc, TypeError):
+        kind = "TypeError"
+    else:
+        kind = "RuntimeError"
+    text = str(exc) if type(exc).__name__ == kind else f"{type(exc).__name__}: {exc}"
+    return kind, text
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """One rank's view of the param groups: the descriptors to gather, the groups' (weight
+    decay, filter result) plans to commit, the key a step compares against, and the device of
+    the step's buffer."""
+
+    descs: list[_Desc]
+    plans: list[tuple[float, list[bool]]]
+    key: tuple[Any, ...]
+    device: torch.device
+
+
+def _collective_device(process_group: Any) -> torch.device:
+    """Where the group's collectives take tensors, for a layout without parameters: the CPU for
+    gloo, else the current accelerator of nccl / hccl."""
+    name = str(dist.get_backend(process_group)).lower()
+    if "gloo" not in name:
+        if "nccl" in name and torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        npu = getattr(torch, "npu", None)
+        if "hccl" in name and npu is not None:
+            return torch.device("npu", npu.current_device())
+    return torch.device("cpu")
+
+
+class _GroupsStandIn:
+    """What ``torch.optim.Optimizer.add_param_group`` reads and appends to, with a copy of the
+    group list: its checks and defaults run without adding anything."""
+
+    def __init__(self, defaults: dict[str, Any], param_groups: list[dict[str, Any]]) -> None:
+        self.defaults = defaults
+        self.param_groups = param_groups
+
+
 class ShardedLARS(LARS):
     """:class:`lars_npu.LARS` for parameters sharded across the ranks of a process group.
 
     Each parameter is this rank's piece of a larger tensor: a flat shard made by
     :func:`flat_shard` (or marked with :func:`mark_flat_shard`), or a DTensor on a 1-D device
     mesh over the group (``Shard`` or ``Replicate`` placement; FSDP2 ``fully_shard`` creates
-    these). Per step: local Σw², Σg² of every parameter natively, ONE ``all_reduce`` (SUM) of a
-    flat fp32 buffer of 2·N values over ``process_group``, then λ per parameter from the global
-    sums (as :func:`lars_npu.reference.trust_ratio`), the in-place rewrite of the local gradient
+    these). Per step: the local Σw², Σg² of every parameter, ONE ``all_reduce`` (SUM) of a flat
+    fp32 buffer of 2·N values over ``process_group``, then λ per parameter from the global sums
+    (as :func:`lars_npu.reference.trust_ratio`), the in-place rewrite of the local gradient
     ``g' = λ·(g + wd·w)``, and the inner optimizer's step on the local shards. The result equals
     single-process LARS on the full tensors (to fp32 rounding of the sums).
+
+    Cost of the local work: on the ``cpu`` backend the sums of all parameters are one native call
+    and the rewrite of all adapted gradients another. Every other backend is called once per
+    tensor: ``square_sum_all`` for each parameter with a gradient, then ``lars_update`` for each
+    adapted one, 2·N calls per step. On the ``npu`` backend each of those calls is its own kernel
+    launch with a host round trip (workspace copied to the device, partials copied back, which
+    waits for the kernel), so a step makes about 2·N synchronous launches; the ``torch`` backend
+    queues per-tensor ops. Independently of the backend, the host reads the 2·N reduced sums once
+    per step (to compute λ and decide whether to skip).
 
     Everything else is :class:`lars_npu.LARS`: the constructor (less ``fused``: the update always
     runs as rewrite + ``optimizer.step()``), the weight-decay take-over, the filter (it sees the
@@ -228,13 +297,18 @@ class ShardedLARS(LARS):
 
     Collective contract (SPMD): every rank constructs, steps, calls ``add_param_group`` and
     ``load_state_dict`` together. Construction, ``add_param_group``, ``load_state_dict`` and
-    :meth:`verify_layout` check with one ``all_gather_object`` that all ranks have the same
-    parameters (names, groups, global shapes, dtypes, filter results) and that their shard sizes
-    add up, and raise the same ``ValueError`` on every rank when not. A step uses exactly one
-    collective. When a gradient on any rank holds inf/nan, every rank sees a non-finite global
-    sum and skips the step (nothing written, ``found_inf`` set). A step that fails its local
-    checks on one rank still joins the all-reduce with NaN sums, so the other ranks skip that
-    step instead of hanging, and then raises.
+    :meth:`verify_layout` first check locally, changing nothing; then every rank joins one
+    ``all_gather_object`` carrying its problems (if any) and its parameter layout (names, groups,
+    global shapes, dtypes, filter results, shard sizes). If any rank found a problem, or the
+    layouts do not fit together, every rank raises the same error, naming the rank (a
+    ``ValueError`` for layout problems; a local ``TypeError`` or ``ValueError`` keeps its class,
+    any other local exception becomes a ``RuntimeError`` naming it), and nothing changes on any
+    rank: the inner optimizer is left as given, no group is added, no state is loaded. Only after
+    the ranks agree does each commit the change. A step uses exactly one collective. When a
+    gradient on any rank holds inf/nan, every rank sees a non-finite global sum and skips the
+    step (nothing written, ``found_inf`` set). A step that fails its local checks on one rank
+    still joins the all-reduce with NaN sums, so the other ranks skip that step instead of
+    hanging, and then raises.
 
     Note: the sums travel in fp32, so a square sum beyond the fp32 range (‖g‖ ≳ 1.8e19) counts as
     non-finite and skips the step.
@@ -252,20 +326,8 @@ class ShardedLARS(LARS):
         backend: str = "auto",
         process_group: Any = None,
     ) -> None:
+        # Without an initialised group (or with a bad one) there is no collective to join.
         rank, world = _rank_world(process_group, "ShardedLARS")
-        saved = None
-        if isinstance(optimizer, Optimizer) and not isinstance(optimizer, LARS):
-            saved = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-        super().__init__(
-            optimizer,
-            epsilon,
-            coefficient,
-            use_clip,
-            lars_filter,
-            guard_zero_norm=guard_zero_norm,
-            backend=backend,
-            fused=False,
-        )
         self.process_group = process_group
         self.rank = rank
         self.world_size = world
@@ -275,16 +337,36 @@ class ShardedLARS(LARS):
         self._n = 0
         self._contrib = np.zeros(0)
         self._layout_key: tuple[Any, ...] | None = None
+        self._device = torch.device("cpu")
+        # LARS.__init__ checks its arguments, plans every group (weight decay, filter) and then
+        # commits the plans into the inner optimizer's groups: hold the commits back until every
+        # rank has agreed, so that a failure anywhere leaves every inner optimizer as given.
+        self._held_plans: list[tuple[float, list[bool]]] | None = []
+        layout: _Layout | None = None
+        problems: list[_Problem] = []
+        cause: Exception | None = None
         try:
-            self.verify_layout()
-        except ValueError:  # leave the inner optimizer as it was given
-            assert saved is not None
-            for group, before in zip(optimizer.param_groups, saved, strict=True):
-                for k in list(group):
-                    if k != "params" and k not in before:
-                        del group[k]
-                group.update(before)
-            raise
+            super().__init__(
+                optimizer,
+                epsilon,
+                coefficient,
+                use_clip,
+                lars_filter,
+                guard_zero_norm=guard_zero_norm,
+                backend=backend,
+                fused=False,
+            )
+        except Exception as exc:  # joined below, so that every rank raises it
+            problems, cause = [_problem(exc)], exc
+        else:
+            layout, problems = self._structure(self.param_groups, self._held_plans)
+        finally:
+            self._held_plans = None
+        contrib = self._agree(layout, problems, cause)
+        assert layout is not None  # _agree raised otherwise
+        for group, plan in zip(self.param_groups, layout.plans, strict=True):
+            LARS._commit_group(group, plan)
+        self._adopt(layout, contrib)
 
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError(
@@ -301,17 +383,51 @@ class ShardedLARS(LARS):
             return ShardInfo(name, param, shape)
         return ParamInfo(name, param)
 
+    def _commit_group(  # type: ignore[override]
+        self, group: dict[str, Any], plan: tuple[float, list[bool]]
+    ) -> None:
+        """LARS's commit of a group's plan, held back while the constructor has not yet agreed
+        on the layout with the other ranks."""
+        held = getattr(self, "_held_plans", None)
+        if held is not None:
+            held.append(plan)
+            return
+        LARS._commit_group(group, plan)
+
     # -- layout --
-    def _structure(self) -> tuple[list[_Desc], list[str], tuple[Any, ...]]:
-        """This rank's parameter descriptors, problems found locally, and the structure key a
-        step compares against. Never raises for a layout problem: every rank must reach the
-        all_gather first, so that all of them raise together."""
+    def _structure(
+        self,
+        groups: list[dict[str, Any]],
+        plans: list[tuple[float, list[bool]]] | None = None,
+    ) -> tuple[_Layout | None, list[_Problem]]:
+        """This rank's view of ``groups`` (the param groups as they are, or as they would be after
+        an ``add_param_group`` / ``load_state_dict``): the layout, and the problems found
+        locally. Reads only, and never raises: every rank must reach the all_gather first, so
+        that all of them raise together. ``plans`` are the groups' (weight decay, filter result)
+        when already computed; else :meth:`_plan_group` computes them."""
+        try:
+            return self._describe(groups, plans)
+        except Exception as exc:  # a group LARS refuses, the user's lars_filter raising, ...
+            return None, [_problem(exc)]
+
+    def _describe(
+        self,
+        groups: list[dict[str, Any]],
+        plans: list[tuple[float, list[bool]]] | None,
+    ) -> tuple[_Layout, list[_Problem]]:
         descs: list[_Desc] = []
-        problems: list[str] = []
+        problems: list[_Problem] = []
         key: list[Any] = []
-        devices = set()
-        for gi, group in enumerate(self.param_groups):
-            _, mask = self._plan_group(gi, group)
+        done: list[tuple[float, list[bool]]] = []
+        devices: list[torch.device] = []
+
+        def refuse(text: str) -> None:  # a layout problem
+            problems.append(("ValueError", text))
+
+        for gi, group in enumerate(groups):
+            plan = plans[gi] if plans is not None else self._plan_group(gi, group)
+            done.append(plan)
+            mask = plan[1]
             names = group.get("param_names")
             key.append((len(group["params"]), tuple(mask)))
             for j, p in enumerate(group["params"]):
@@ -322,51 +438,86 @@ class ShardedLARS(LARS):
                     placements = str(tuple(p.placements))
                     why = _placement_problem(p, self._group_ranks)
                     if why is not None:
-                        problems.append(f"parameter {name!r} {why}")
+                        refuse(f"parameter {name!r} {why}")
                 else:
                     kind = _FLAT
                     marked = getattr(p, GLOBAL_SHAPE_ATTR, None)
                     shape = tuple(marked) if marked is not None else ()
                     if marked is None:
-                        problems.append(
-                            f"parameter {name!r} is a plain tensor with no recorded global shape; "
-                            "make it with lars_npu.distributed.flat_shard, mark it with "
+                        refuse(
+                            f"parameter {name!r} is a plain tensor with no recorded global "
+                            "shape; make it with lars_npu.distributed.flat_shard, mark it with "
                             "mark_flat_shard(param, global_shape), or use DTensor parameters"
                         )
                 local = _local(p)
                 if p.dtype not in SUPPORTED_DTYPES:
-                    problems.append(f"parameter {name!r} has unsupported dtype {p.dtype}")
-                devices.add(local.device)
+                    refuse(f"parameter {name!r} has unsupported dtype {p.dtype}")
+                if local.device not in devices:
+                    devices.append(local.device)
                 key.append((id(p), local.numel(), shape))
                 descs.append(
                     _Desc(gi, name, kind, shape, str(p.dtype), local.numel(), mask[j], placements)
                 )
         if len(devices) > 1:
-            problems.append(
+            refuse(
                 f"parameters are on several devices ({sorted(map(str, devices))}); "
                 "ShardedLARS needs every local shard on one device"
             )
-        return descs, problems, tuple(key)
+        device = devices[0] if devices else _collective_device(self.process_group)
+        return _Layout(descs, done, tuple(key), device), problems
+
+    def _agree(
+        self,
+        layout: _Layout | None,
+        problems: list[_Problem],
+        cause: Exception | None = None,
+    ) -> np.ndarray:
+        """The layout check's one collective: send this rank's (descriptors or None, problems)
+        to every rank, and raise the same error on every rank when any rank found a problem or
+        the layouts do not fit; else return this rank's contribution per parameter. ``cause``
+        (this rank's own exception) is chained to the error raised here."""
+        mine = (layout.descs if layout is not None and not problems else None, problems)
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, mine, group=self.process_group)
+        return self._check_gathered(gathered, cause)
+
+    def _adopt(self, layout: _Layout, contrib: np.ndarray) -> None:
+        self._n = len(layout.descs)
+        self._contrib = contrib
+        self._layout_key = layout.key
+        self._device = layout.device
+
+    def _commit(self, layout: _Layout, contrib: np.ndarray, change: Callable[[], None]) -> None:
+        """Apply a change every rank has agreed to. Should it still fail here (it was checked
+        beforehand), the other ranks have applied theirs: keep the agreed buffer size, so that
+        this rank's steps still join the all-reduce (with NaN sums), but refuse them until
+        :meth:`verify_layout`."""
+        try:
+            change()
+        except BaseException:
+            self._n, self._contrib, self._layout_key = len(layout.descs), contrib, None
+            raise
+        self._adopt(layout, contrib)
 
     def verify_layout(self) -> None:
         """Check, with one ``all_gather_object`` (call it on every rank), that all ranks hold the
-        same parameters and that their shards fit together; raise the same ``ValueError`` on every
-        rank otherwise. Run by the constructor, ``add_param_group`` and ``load_state_dict``; call
-        it yourself after changing the parameters in another way (on every rank)."""
-        descs, problems, key = self._structure()
-        gathered: list[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, (descs, problems), group=self.process_group)
-        contrib = self._check_gathered(gathered)
-        self._n = len(descs)
-        self._contrib = contrib
-        self._layout_key = key
+        same parameters and that their shards fit together; raise the same error on every rank
+        otherwise (a ``ValueError`` for a layout mismatch, or for a group LARS refuses on some
+        rank). Run by the constructor, ``add_param_group`` and ``load_state_dict``; call it
+        yourself after changing the parameters in another way (on every rank)."""
+        layout, problems = self._structure(self.param_groups)
+        contrib = self._agree(layout, problems)
+        assert layout is not None  # _agree raised otherwise
+        self._adopt(layout, contrib)
 
-    def _check_gathered(self, gathered: list[Any]) -> np.ndarray:
+    def _check_gathered(self, gathered: list[Any], cause: Exception | None = None) -> np.ndarray:
         """Compare every rank's descriptors (identical input on every rank, so an identical
         verdict); return per parameter 1.0 where this rank's sums count, else 0.0."""
         for r, (_, problems) in enumerate(gathered):
             if problems:
-                raise ValueError(f"ShardedLARS: rank {r}: {problems[0]}")
+                kind, text = problems[0]
+                err = _RAISES.get(kind, ValueError)(f"ShardedLARS: rank {r}: {text}")
+                raise err from (cause if r == self.rank else None)
         all_descs = [d for d, _ in gathered]
         ref = all_descs[0]
 
@@ -415,19 +566,120 @@ class ShardedLARS(LARS):
         return contrib
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """LARS's ``add_param_group``, then :meth:`verify_layout` (call it on every rank)."""
-        super().add_param_group(param_group)
+        """LARS's ``add_param_group`` (call it on every rank): the group is checked here first
+        (torch's and LARS's checks, on a copy), then every rank joins the layout check, and only
+        when all ranks agree is it added, on every rank; otherwise every rank raises the same
+        error and none adds it."""
+        layout: _Layout | None = None
+        problems: list[_Problem] = []
+        cause: Exception | None = None
         try:
-            self.verify_layout()
-        except ValueError:
-            self.param_groups.pop()
+            trial = self._trial_group(param_group)
+        except Exception as exc:  # joined below, so that every rank raises it
+            problems, cause = [_problem(exc)], exc
+        else:
+            layout, problems = self._structure([*self.param_groups, trial])
+        contrib = self._agree(layout, problems, cause)
+        assert layout is not None  # _agree raised otherwise
+        agreed = layout
+
+        def add() -> None:
+            self.optimizer.add_param_group(param_group)
             self._driver.invalidate()
-            raise
+            LARS._commit_group(self.param_groups[-1], agreed.plans[-1])
+
+        self._commit(layout, contrib, add)
+
+    def _trial_group(self, param_group: dict[str, Any]) -> dict[str, Any]:
+        """``param_group`` as the inner optimizer would add it (torch's checks and defaults), made
+        on a copy: nothing is added. The caller's dict is left alone, except that an iterator of
+        parameters becomes a list (read once here, kept for the real add; torch does the same)."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        params = param_group.get("params")
+        if isinstance(params, Iterator):
+            param_group["params"] = list(params)
+        trial = dict(param_group)
+        stand_in = _GroupsStandIn(self.optimizer.defaults, list(self.param_groups))
+        Optimizer.add_param_group(stand_in, trial)  # type: ignore[arg-type]
+        return trial
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """LARS's ``load_state_dict`` (this rank's checkpoint), then :meth:`verify_layout`."""
-        super().load_state_dict(state_dict)
-        self.verify_layout()
+        """LARS's ``load_state_dict`` (this rank's checkpoint; call it on every rank). The
+        checkpoint is checked here first without changing anything (LARS's and torch's checks,
+        and the layout the load would give), then every rank joins the layout check, and only
+        when all ranks agree does any rank load; otherwise every rank raises the same error and
+        keeps its state."""
+        layout: _Layout | None = None
+        problems: list[_Problem] = []
+        cause: Exception | None = None
+        try:
+            sd, hyper, preview = self._preview_load(state_dict)
+        except Exception as exc:  # joined below, so that every rank raises it
+            problems, cause = [_problem(exc)], exc
+        else:
+            layout, problems = self._structure(preview)
+        contrib = self._agree(layout, problems, cause)
+        assert layout is not None  # _agree raised otherwise
+        agreed = layout
+
+        def load() -> None:
+            self.optimizer.load_state_dict(sd)
+            self._driver.invalidate()
+            self._hyper = hyper
+            for group, plan in zip(self.param_groups, agreed.plans, strict=True):
+                LARS._commit_group(group, plan)
+
+        self._commit(layout, contrib, load)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def _preview_load(
+        self, state_dict: dict[str, Any]
+    ) -> tuple[dict[str, Any], Hyper, list[dict[str, Any]]]:
+        """LARS's ``load_state_dict`` up to where it would change something: the pre-hooks, the
+        hyper-parameters, torch's group-count and group-size checks. Returns the state dict to
+        hand to the inner optimizer, the hyper-parameters, and the param groups as the load
+        would leave them (checkpoint values, this optimizer's parameters) for the layout check."""
+        sd = dict(state_dict)
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            out = pre_hook(self, sd)
+            if out is not None:
+                sd = out
+        saved = sd.pop(STATE_KEY, None)
+        hyper = self._hyper
+        if saved is not None:
+            if not isinstance(saved, dict):
+                raise TypeError(f"state_dict['{STATE_KEY}'] must be a dict")
+            hyper = check_hyper(
+                saved.get("epsilon", hyper.epsilon),
+                saved.get("coefficient", hyper.coefficient),
+                saved.get("use_clip", hyper.use_clip),
+                saved.get("guard_zero_norm", hyper.guard_zero_norm),
+            )
+        for entry in ("state", "param_groups"):
+            if entry not in sd:
+                raise ValueError(f"loaded state dict has no {entry!r} entry")
+        saved_groups = sd["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                "loaded state dict has a different number of parameter groups "
+                f"({len(saved_groups)}; the optimizer has {len(self.param_groups)})"
+            )
+        preview = []
+        for gi, (group, saved_group) in enumerate(
+            zip(self.param_groups, saved_groups, strict=True)
+        ):
+            if len(saved_group["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"loaded state dict's param_groups[{gi}] has {len(saved_group['params'])} "
+                    f"parameters, the optimizer's has {len(group['params'])}"
+                )
+            view = {**saved_group, "params": group["params"]}  # as torch's load sets it
+            if "param_names" in group and "param_names" not in saved_group:
+                view["param_names"] = group["param_names"]
+            preview.append(view)
+        return sd, hyper, preview
 
     # -- the step --
     @torch.no_grad()
@@ -440,13 +692,24 @@ class ShardedLARS(LARS):
                 loss = closure()
         return self._sharded_step(loss)
 
+    def _step_device(self) -> torch.device:
+        """The device of the step's buffer: the first parameter's, in any group (the layout check
+        made sure they share one; read each step, in case the parameters were moved since), else
+        the one the last layout check recorded (the collective's, for a layout without
+        parameters). Never raises: the error path's NaN all-reduce depends on it."""
+        with contextlib.suppress(Exception):
+            for group in self.param_groups:
+                for p in group["params"]:
+                    return _local(p).device
+        return self._device
+
     def _sharded_step(self, loss: Any) -> Any:
         try:
             prep = self._prepare()
         except Exception:
             # Join the step's one collective with NaN sums, so the other ranks skip this step
             # instead of waiting for us; then report (the original error, not a later one).
-            device = _local(self.param_groups[0]["params"][0]).device
+            device = self._step_device()
             poison = torch.full((2 * self._n,), math.nan, dtype=torch.float32, device=device)
             with contextlib.suppress(Exception):
                 dist.all_reduce(poison, group=self.process_group)
@@ -494,7 +757,7 @@ class ShardedLARS(LARS):
                 torch.get_num_threads(),
             )
             unstage_grads([gs[i] for i in todo], gc)
-        else:
+        else:  # one lars_update per tensor (on npu: a launch and a host round trip each)
             for i in todo:
                 s = slots[i]
                 out = backend.lars_update(ws[i], gs[i], w_tot[s], g_tot[s], wds[i], lrs[i], h)
@@ -560,7 +823,7 @@ class ShardedLARS(LARS):
                 "parameter, a new shape or filter result); call opt.verify_layout() on every "
                 "rank after changing them"
             )
-        device = _local(self.param_groups[0]["params"][0]).device  # one device: verified
+        device = self._step_device()  # one device: verified
         backend = resolve(device, self.backend)
         return (self._local_sums(backend, device, slots, ws, gs, adapt), plans, slots, ws, gs,
                 adapt, wds, lrs, names, backend, device)  # fmt: skip
@@ -599,8 +862,9 @@ class ShardedLARS(LARS):
             with np.errstate(over="ignore"):  # beyond the fp32 range: inf, the step is skipped
                 buf = torch.from_numpy(vals.astype(np.float32))
             return buf if device.type == "cpu" else buf.to(device)
-        # Other backends (torch ops on an accelerator, the NumPy reference): their own
-        # SquareSumAll per tensor, the buffer assembled where the tensors are.
+        # Other backends (torch ops on an accelerator, the NumPy reference, emu, npu): their own
+        # SquareSumAll once per tensor, the buffer assembled where the tensors are. On emu/npu
+        # every call is a separate kernel launch; on npu each waits for its kernel (D2H copy).
         pairs = [backend.square_sum_all(w, g) for w, g in zip(ws, gs, strict=True)]
         keep = torch.tensor([float(a) for a in adapt], dtype=torch.float32)
         ct = torch.from_numpy(c.astype(np.float32))

@@ -14,6 +14,7 @@ costs seconds); the tests below then judge each check's results against a single
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import queue
@@ -494,6 +495,105 @@ def check_layouts(rank: int, world: int) -> dict[str, Any]:
     return out
 
 
+def _opt_snapshot(opt: Any) -> Any:
+    """Everything a load / add could change: groups (less params), hyper-parameters, state."""
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    state = {
+        id(p): {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()}
+        for p, s in opt.state.items()
+    }
+    hyper = (opt.epsilon, opt.coefficient, opt.use_clip, opt.guard_zero_norm)
+    return copy.deepcopy(groups), state, hyper, opt._n
+
+
+def _same_snapshot(a: Any, b: Any) -> bool:
+    (ga, sa, ha, na), (gb, sb, hb, nb) = a, b
+    if ga != gb or ha != hb or na != nb or sa.keys() != sb.keys():
+        return False
+    for k in sa:
+        if sa[k].keys() != sb[k].keys():
+            return False
+        for key, va in sa[k].items():
+            vb = sb[k][key]
+            same = torch.equal(va, vb) if isinstance(va, torch.Tensor) else va == vb
+            if not same:
+                return False
+    return True
+
+
+def check_local_failures(rank: int, world: int) -> dict[str, Any]:
+    """A change that fails LOCALLY on one rank (before the layout check): every rank must still
+    join the check and raise the same error at once (not after the collective timeout), and no
+    rank may change anything; the optimizer then steps as before (one collective)."""
+    last = world - 1
+    out: dict[str, Any] = {}
+    params = {n: flat_shard(nn.Parameter(init_value(n))) for n in SHAPES}
+    opt = ShardedLARS(make_inner(params), **CONFIGS["a"])
+
+    def set_grads(step: int) -> None:
+        for n, p in params.items():
+            g = grad_value(step, n)
+            p.grad = None if g is None else flat_shard(g)
+
+    set_grads(0)
+    opt.step()  # momentum buffers: state a wrong load would replace
+
+    def attempt(name: str, fn: Callable[[], Any]) -> None:
+        before = _opt_snapshot(opt)
+        t0 = time.perf_counter()
+        res = _outcome(fn)
+        res["seconds"] = time.perf_counter() - t0
+        res["unchanged"] = _same_snapshot(before, _opt_snapshot(opt))
+        out[name] = res
+
+    # load_state_dict: a checkpoint every rank could load (other lr, coefficient and momentum, so
+    # a load would show), except that the last rank's has one parameter group too many.
+    sd = copy.deepcopy(opt.state_dict())
+    sd["lars"]["coefficient"] = 0.5
+    for g in sd["param_groups"]:
+        g["lr"] = 0.5
+    for s in sd["state"].values():
+        s["momentum_buffer"] = s["momentum_buffer"] + 1.0
+    if rank == last:
+        sd["param_groups"].append(dict(sd["param_groups"][0]))
+    attempt("load", lambda: opt.load_state_dict(sd))
+
+    # add_param_group: torch refuses the last rank's group (a parameter already in group 0)
+    extra = flat_shard(nn.Parameter(torch.ones(2, 3)))
+    dup = params["tiny"] if rank == last else extra
+    attempt("add", lambda: opt.add_param_group({"params": [("extra.weight", dup)], "lr": 0.1}))
+
+    # verify_layout: LARS refuses a group on the last rank only (maximize=True)
+    if rank == last:
+        opt.param_groups[1]["maximize"] = True
+    attempt("verify", opt.verify_layout)
+    opt.param_groups[1]["maximize"] = False
+
+    set_grads(1)
+    with CollectiveCounter() as cc:
+        opt.step()
+    out["next"] = (bool(opt.found_inf), cc.summary())
+
+    # the constructor: the user's filter raises on the last rank only
+    def filt(info: Any) -> bool:
+        if rank == last:
+            raise KeyError(f"no rule for {info.name}")
+        return exclude_bias_and_norm(info)
+
+    inner = make_inner({n: flat_shard(nn.Parameter(init_value(n))) for n in SHAPES})
+    groups_before = copy.deepcopy(
+        [{k: v for k, v in g.items() if k != "params"} for g in inner.param_groups]
+    )
+    t0 = time.perf_counter()
+    res = _outcome(lambda: ShardedLARS(inner, lars_filter=filt))
+    res["seconds"] = time.perf_counter() - t0
+    res["unchanged"] = groups_before == [
+        {k: v for k, v in g.items() if k != "params"} for g in inner.param_groups
+    ]
+    out["construct"] = res
+    return out
+
+
 def _suite(rank: int, world: int) -> dict[str, Any]:
     checks: dict[str, Callable[[], dict[str, Any]]] = {
         "ddp": lambda: check_ddp(rank, world),
@@ -501,6 +601,7 @@ def _suite(rank: int, world: int) -> dict[str, Any]:
         "flat_b": lambda: check_flat(rank, world, "b"),
         "nonfinite": lambda: check_flat(rank, world, "a", poison=1),
         "layouts": lambda: check_layouts(rank, world),
+        "local_failures": lambda: check_local_failures(rank, world),
         "dtensor": lambda: check_dtensor(rank, world),
         "fsdp2": lambda: check_fsdp2(rank, world),
     }
@@ -713,6 +814,39 @@ def test_local_error_on_one_rank_skips_the_others_and_does_not_hang(ranks):
         assert_one_collective([counts], len(SHAPES), f"rank {r}, next step")
 
 
+@pytest.mark.parametrize(
+    ("case", "kind", "needles"),
+    [
+        ("load", "ValueError", ["different number of parameter groups"]),
+        ("add", "ValueError", ["appear in more than one parameter group"]),
+        ("verify", "ValueError", ["maximize=True"]),
+        ("construct", "RuntimeError", ["KeyError", "no rule for"]),
+    ],
+)
+def test_local_failure_on_one_rank_is_the_same_error_everywhere_at_once(ranks, case, kind, needles):
+    """Finding 2: one rank's checkpoint / group / filter fails before the layout check. Every
+    rank raises the same error (naming that rank) well within the collective timeout, and no
+    rank has changed its optimizer (state, groups, hyper-parameters; inner optimizer as given)."""
+    res = [x[case] for x in results_of(ranks, "local_failures")]
+    last = len(res) - 1
+    for r, x in enumerate(res):
+        assert x["raised"] == kind, f"rank {r}: {x}"
+        assert x["message"] == res[0]["message"], f"rank {r} said something else: {x}"
+        assert x["message"].startswith(f"ShardedLARS: rank {last}: "), x["message"]
+        for needle in needles:
+            assert needle in x["message"], x["message"]
+        assert x["unchanged"], f"rank {r}: {case} changed the optimizer"
+        # no rank waited for the others' collective timeout (60 s)
+        assert x["seconds"] < 10.0, f"rank {r}: {case} took {x['seconds']:.1f} s"
+
+
+def test_after_a_refused_change_the_next_step_is_one_collective(ranks):
+    for r, x in enumerate(results_of(ranks, "local_failures")):
+        found, counts = x["next"]
+        assert not found
+        assert_one_collective([counts], len(SHAPES), f"rank {r}, step after refused changes")
+
+
 def test_changed_parameters_are_refused_until_verified(ranks):
     for r, res in enumerate(results_of(ranks, "layouts")):
         x = res["changed"]
@@ -837,6 +971,75 @@ def test_one_rank_argument_and_step_checks(one_rank):
     with pytest.raises(ValueError, match="no recorded global shape"):
         opt.add_param_group({"params": [("x", nn.Parameter(torch.ones(2)))]})
     assert len(opt.param_groups) == 3 and opt._n == len(SHAPES) + 1
+
+
+def test_one_rank_empty_first_group_and_no_parameters(one_rank):
+    """Finding 7: the step's device comes from the first parameter of ANY group (an empty first
+    group used to raise IndexError, also in the error path that sends the NaN all-reduce)."""
+    p = flat_shard(nn.Parameter(init_value("fc1.weight")))
+    q = nn.Parameter(init_value("fc1.weight"))
+    opt = ShardedLARS(
+        torch.optim.SGD([{"params": []}, {"params": [p]}], lr=0.1, momentum=0.9),
+        lars_filter=exclude_bias_and_norm,
+    )
+    ref = LARS(torch.optim.SGD([q], lr=0.1, momentum=0.9), lars_filter=exclude_bias_and_norm)
+    assert opt._device == torch.device("cpu") and opt._n == 1
+    for step in range(2):
+        g = grad_value(step, "fc1.weight")
+        p.grad, q.grad = flat_shard(g), g.clone()
+        opt.step()
+        ref.step()
+    assert_close(p.detach().numpy(), q.detach().reshape(-1).numpy(), "empty first group")
+    p.grad = torch.ones_like(p).to_sparse()  # the error path: joins the all-reduce, then raises
+    with pytest.raises(ValueError, match="sparse"):
+        opt.step()
+    # no parameters at all: the buffer (2·0 values) lives on the collective's device
+    empty = ShardedLARS(
+        torch.optim.SGD([{"params": []}], lr=0.1), lars_filter=exclude_bias_and_norm
+    )
+    assert empty._n == 0 and empty._device == torch.device("cpu")
+    empty.step()
+    assert not bool(empty.found_inf)
+
+
+def test_one_rank_refused_load_and_add_change_nothing(one_rank):
+    """The checks before the layout check: a refused checkpoint or group leaves the optimizer
+    as it was; a TypeError stays a TypeError; an iterator of parameters is read once."""
+    params = {n: flat_shard(nn.Parameter(init_value(n))) for n in SHAPES}
+    opt = ShardedLARS(make_inner(params), **CONFIGS["a"])
+    for n, p in params.items():
+        g = grad_value(0, n)
+        p.grad = None if g is None else flat_shard(g)
+    opt.step()
+    good = copy.deepcopy(opt.state_dict())
+    before = _opt_snapshot(opt)
+    bad = copy.deepcopy(good)
+    bad["lars"]["coefficient"] = -1.0
+    bad["param_groups"][0]["lr"] = 0.5
+    with pytest.raises(ValueError, match=r"rank 0: .*coefficient"):
+        opt.load_state_dict(bad)
+    bad = copy.deepcopy(good)
+    bad["lars"] = 3
+    with pytest.raises(TypeError, match=r"'lars'.* must be a dict"):
+        opt.load_state_dict(bad)
+    bad = copy.deepcopy(good)
+    bad["param_groups"][1]["params"] = bad["param_groups"][1]["params"][:-1]
+    with pytest.raises(ValueError, match=r"param_groups\[1\] has 2 parameters"):
+        opt.load_state_dict(bad)
+    with pytest.raises(TypeError, match="param_group must be a dict"):
+        opt.add_param_group([params["tiny"]])  # type: ignore[arg-type]
+    assert _same_snapshot(before, _opt_snapshot(opt))
+    # a good checkpoint still loads (the hyper-parameters and lr from the checkpoint)
+    good["lars"]["coefficient"] = 0.25
+    good["param_groups"][0]["lr"] = 0.5
+    opt.load_state_dict(good)
+    assert opt.coefficient == 0.25 and opt.param_groups[0]["lr"] == 0.5
+    # a group given as an iterator: read once for the checks, all of it added
+    extra = [flat_shard(nn.Parameter(torch.ones(2, 3))), flat_shard(nn.Parameter(torch.ones(4)))]
+    opt.add_param_group({"params": iter([("extra.a", extra[0]), ("extra.b", extra[1])])})
+    added = opt.param_groups[-1]
+    assert [a is b for a, b in zip(added["params"], extra, strict=True)] == [True, True]
+    assert added["param_names"] == ["extra.a", "extra.b"] and opt._n == len(SHAPES) + 2
 
 
 def test_lars_npu_exports_sharded_lars_lazily():
