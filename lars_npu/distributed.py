@@ -9,10 +9,9 @@ computes the local Σw² and Σg² of every parameter, packs them into ONE flat 
 values (N parameters), sums it over the process group with ONE ``all_reduce``, and then applies
 LARS to the local shards with the global sums: the same λ as single-process LARS on the full
 tensors, the same ``g' = λ·(g + wd·w)`` and the same inner-optimizer step. On the ``cpu`` backend
-the local sums and the gradient rewrite are one native call each over all parameters; every other
-backend is called once per tensor (``square_sum_all``, then ``lars_update``: 2·N calls per step),
-which on the ``npu`` backend means one kernel launch and one host round trip per call (see
-:class:`ShardedLARS`).
+the local sums and the gradient rewrite are one native call each over all parameters, on the
+AscendC kernels (``npu``, ``emu``) one launch each; other backends (and the kernels with mixed
+dtypes) are called once per tensor (see :class:`ShardedLARS`).
 
 A plain tensor must say which part of which parameter it is: make flat shards with
 :func:`flat_shard`, or record the global shape of shards made elsewhere with
@@ -282,13 +281,13 @@ class ShardedLARS(LARS):
     single-process LARS on the full tensors (to fp32 rounding of the sums).
 
     Cost of the local work: on the ``cpu`` backend the sums of all parameters are one native call
-    and the rewrite of all adapted gradients another. Every other backend is called once per
-    tensor: ``square_sum_all`` for each parameter with a gradient, then ``lars_update`` for each
-    adapted one, 2·N calls per step. On the ``npu`` backend each of those calls is its own kernel
-    launch with a host round trip (workspace copied to the device, partials copied back, which
-    waits for the kernel), so a step makes about 2·N synchronous launches; the ``torch`` backend
-    queues per-tensor ops. Independently of the backend, the host reads the 2·N reduced sums once
-    per step (to compute λ and decide whether to skip).
+    and the rewrite of all adapted gradients another; on the AscendC kernels (``npu``, ``emu``)
+    one square-sums launch and one update launch with the all-reduced sums given, each with one
+    host round trip (workspace to the device, partials back). Other backends, and the kernels
+    when the tensors are not all fp32 or all fp16, are called once per tensor:
+    ``square_sum_all`` for each parameter with a gradient, then ``lars_update`` for each adapted
+    one, 2·N calls per step. Independently of the backend, the host reads the 2·N reduced sums
+    once per step (to compute λ and decide whether to skip).
 
     Everything else is :class:`lars_npu.LARS`: the constructor (less ``fused``: the update always
     runs as rewrite + ``optimizer.step()``), the weight-decay take-over, the filter (it sees the
@@ -757,13 +756,54 @@ class ShardedLARS(LARS):
                 torch.get_num_threads(),
             )
             unstage_grads([gs[i] for i in todo], gc)
-        else:  # one lars_update per tensor (on npu: a launch and a host round trip each)
+        elif todo and self._rewrite_in_one_launch(backend, todo, slots, ws, gs, w_tot, g_tot,
+                                                  wds, lrs, lam):  # fmt: skip
+            pass  # the AscendC kernels (npu, emu): one update launch for every tensor
+        else:  # one lars_update per tensor
             for i in todo:
                 s = slots[i]
                 out = backend.lars_update(ws[i], gs[i], w_tot[s], g_tot[s], wds[i], lrs[i], h)
                 gs[i].copy_(out)
         result = MultiResult(torch.tensor(False, device=device), torch.from_numpy(lam))
         return self._finish(result, names, adapt, plans, loss, inner=True)
+
+    def _rewrite_in_one_launch(
+        self,
+        backend: Any,
+        todo: list[int],
+        slots: list[int],
+        ws: list[torch.Tensor],
+        gs: list[torch.Tensor],
+        w_tot: np.ndarray,
+        g_tot: np.ndarray,
+        wds: list[float],
+        lrs: list[float],
+        lam: np.ndarray,
+    ) -> bool:
+        """The rewrite with the global sums in one call of a backend that has it (the AscendC
+        kernels' lars_rewrite_given_); λ as the kernel applied it goes into ``lam``. False when
+        the backend cannot (the caller goes tensor by tensor)."""
+        rewrite = getattr(backend, "lars_rewrite_given_", None)
+        if rewrite is None:
+            return False
+        sl = [slots[i] for i in todo]
+        out = rewrite(
+            [ws[i] for i in todo],
+            [gs[i] for i in todo],
+            [True] * len(todo),
+            w_tot[sl],
+            g_tot[sl],
+            [wds[i] for i in todo],
+            [lrs[i] for i in todo],
+            self._hyper,
+        )
+        if out is None:
+            return False
+        found, applied = out
+        if found:  # cannot happen: the sums were checked finite before
+            raise RuntimeError("ShardedLARS: the kernels found a non-finite sum the host did not")
+        lam[todo] = applied
+        return True
 
     def _prepare(self) -> tuple[Any, ...]:
         """Validate, and compute the local sums into the buffer to all-reduce. Writes nothing."""
@@ -862,9 +902,18 @@ class ShardedLARS(LARS):
             with np.errstate(over="ignore"):  # beyond the fp32 range: inf, the step is skipped
                 buf = torch.from_numpy(vals.astype(np.float32))
             return buf if device.type == "cpu" else buf.to(device)
-        # Other backends (torch ops on an accelerator, the NumPy reference, emu, npu): their own
-        # SquareSumAll once per tensor, the buffer assembled where the tensors are. On emu/npu
-        # every call is a separate kernel launch; on npu each waits for its kernel (D2H copy).
+        multi = getattr(backend, "square_sums", None)
+        sums = multi(ws, gs, adapt) if multi is not None else None
+        if sums is not None:  # the AscendC kernels (npu, emu): one square-sums launch
+            vals = np.zeros(2 * n)
+            vals[idx] = sums[0] * c
+            vals[n + idx] = sums[1] * c
+            with np.errstate(over="ignore"):
+                buf = torch.from_numpy(vals.astype(np.float32))
+            return buf if device.type == "cpu" else buf.to(device)
+        # Other backends (torch ops on an accelerator, the NumPy reference; the kernels with
+        # mixed dtypes): their own SquareSumAll once per tensor, the buffer assembled where the
+        # tensors are.
         pairs = [backend.square_sum_all(w, g) for w, g in zip(ws, gs, strict=True)]
         keep = torch.tensor([float(a) for a in adapt], dtype=torch.float32)
         ct = torch.from_numpy(c.astype(np.float32))

@@ -33,7 +33,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from lars_npu import LARS, exclude_bias_and_norm
+from lars_npu import LARS, available_backends, exclude_bias_and_norm
 from lars_npu.distributed import (
     ShardedLARS,
     ShardInfo,
@@ -915,7 +915,11 @@ def one_rank():
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("backend", ["auto", "numpy", "torch"])
+@pytest.mark.parametrize(
+    "backend",
+    ["auto", "numpy", "torch", pytest.param("emu", marks=pytest.mark.skipif(
+        "emu" not in available_backends(), reason="no AscendC emulation built"))],
+)  # fmt: skip
 def test_one_rank_equals_lars_on_every_backend(one_rank, backend):
     """World size 1: the flat shard is the whole tensor, so ShardedLARS must follow LARS; the
     numpy/torch backends take the non-native paths (per-tensor SquareSumAll, lars_update), and a
@@ -939,6 +943,35 @@ def test_one_rank_equals_lars_on_every_backend(one_rank, backend):
             assert_close(params[n].detach().numpy().reshape(w.shape), w, f"{backend} {cfg} {n}")
             got_m = momentum_of(opt, params[n]).numpy().reshape(w.shape)
             assert_close(got_m, m, f"{backend} {cfg} momentum {n}")
+
+
+@pytest.mark.skipif("emu" not in available_backends(), reason="no AscendC emulation")
+def test_one_rank_kernels_take_two_launches_per_step(one_rank, monkeypatch):
+    """On the AscendC kernels (emu here, npu on an NPU) the local sums are ONE square-sums launch
+    and the rewrite ONE update launch, whatever the number of tensors."""
+    from lars_npu._backends import emu as emu_mod
+
+    launches: list[tuple[bool, bool]] = []
+    real = emu_mod.EmuBackend._launch
+
+    def counting(self, blob, layout, code, *, run_square_sums, run_update, device):
+        launches.append((run_square_sums, run_update))
+        return real(self, blob, layout, code, run_square_sums=run_square_sums,
+                    run_update=run_update, device=device)  # fmt: skip
+
+    monkeypatch.setattr(emu_mod.EmuBackend, "_launch", counting)
+    params = {n: flat_shard(nn.Parameter(init_value(n))) for n in SHAPES}
+    opt = ShardedLARS(make_inner(params), backend="emu", lars_filter=exclude_bias_and_norm)
+    for step in range(2):
+        for n, p in params.items():
+            g = grad_value(step, n)
+            p.grad = None if g is None else g.reshape(-1).clone()
+        opt.step()
+    assert launches == [(True, False), (False, True)] * 2
+    lam = opt.trust_ratios()  # λ as the update kernel applied it, for every adapted parameter
+    assert set(lam) == {"fc1.weight", "fc2.weight", "zero.weight", "tiny"}  # 2-D: adapted
+    assert lam["zero.weight"] == 0.0  # zero weights, no guard: λ = 0
+    assert all(math.isfinite(v) and v > 0 for n, v in lam.items() if n != "zero.weight")
 
 
 def test_one_rank_argument_and_step_checks(one_rank):

@@ -232,6 +232,56 @@ class AscendKernelBackend:
             unstage_step(call, ws, ms)
         return self._result(found, lam, call.grads)
 
+    # -- multi-tensor pieces, for callers that combine the sums across processes (ShardedLARS) --
+    def square_sums(
+        self, weights: list[torch.Tensor], grads: list[torch.Tensor], adapt: list[bool]
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Σw² (0 where not adapted) and Σg² of every tensor from ONE square-sums launch (fp32
+        partials added in chunk order), or None when one launch cannot take these tensors (not
+        all fp32 or all fp16): the caller then goes tensor by tensor."""
+        if not kernel_dtypes_ok([*weights, *grads]):
+            return None
+        n = len(grads)
+        ws = [_contig(w) for w in weights]
+        gs = [_contig(g) for g in grads]
+        _, _, w_s, g_s = self._run(
+            ws, gs, [None] * n, adapt=adapt, first=[False] * n, nesterov=[False] * n,
+            wd=[0.0] * n, lr=[0.0] * n, mu=[0.0] * n, hyper=Hyper(), mode=0, run_update=False,
+        )  # fmt: skip
+        return np.asarray(w_s, dtype=np.float64), np.asarray(g_s, dtype=np.float64)
+
+    def lars_rewrite_given_(
+        self,
+        weights: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        adapt: list[bool],
+        w_s: np.ndarray,
+        g_s: np.ndarray,
+        weight_decays: list[float],
+        lrs: list[float],
+        hyper: Hyper,
+    ) -> tuple[bool, np.ndarray] | None:
+        """In place, grads[i] ← λ_i·(g_i + wd_i·w_i) where adapt[i], with λ from the GIVEN sums
+        of squares (one per tensor, e.g. all-reduced over ranks), in ONE update launch. Returns
+        (found_inf, λ as the kernel computed it); nothing is written when a given Σg² is not
+        finite. None when one launch cannot take these tensors."""
+        if not kernel_dtypes_ok([*weights, *grads]):
+            return None
+        n = len(grads)
+        for i in range(n):
+            fp32_inputs(norm_weight=float(w_s[i]), norm_gradient=float(g_s[i]))
+        fp32_inputs(epsilon=hyper.epsilon, coefficient=hyper.coefficient)
+        ws = [_contig(w) for w in weights]
+        gs = [_contig(g) for g in grads]
+        found, lam, _, _ = self._run(
+            ws, gs, [None] * n, adapt=adapt, first=[False] * n, nesterov=[False] * n,
+            wd=weight_decays, lr=lrs, mu=[0.0] * n, hyper=hyper, mode=0,
+            given=(np.asarray(w_s, dtype=np.float64), np.asarray(g_s, dtype=np.float64)),
+        )  # fmt: skip
+        if not found:
+            unstage_grads(grads, gs)
+        return bool(found), np.asarray(lam, dtype=np.float64)
+
     @staticmethod
     def _result(found: bool, lam: np.ndarray, grads: list[torch.Tensor]) -> MultiResult:
         device = grads[0].device if grads else torch.device("cpu")
