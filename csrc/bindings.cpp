@@ -359,50 +359,6 @@ void cann_host_launch(Blob& blob, uint64_t n, uint64_t nc, int dtype, bool run_s
 }
 #endif
 
-py::tuple emu_square_sums(const I64& w_ptr, const I64& g_ptr, const I64& numel, int dtype,
-                          int64_t block_dim, int64_t ub_bytes, uint32_t tile_elems,
-                          int64_t chunk_elems) {
-  const py::ssize_t n = numel.shape(0);
-  check_len(w_ptr, n, "w_ptr");
-  check_len(g_ptr, n, "g_ptr");
-  std::vector<uint64_t> w(static_cast<size_t>(n)), g(static_cast<size_t>(n));
-  std::vector<int64_t> ne(numel.data(), numel.data() + n);
-  for (py::ssize_t i = 0; i < n; ++i) {
-    w[static_cast<size_t>(i)] = static_cast<uint64_t>(w_ptr.data()[i]);
-    g[static_cast<size_t>(i)] = static_cast<uint64_t>(g_ptr.data()[i]);
-  }
-  lars_emu::SquareSumsResult r;
-  {
-    py::gil_scoped_release release;
-    r = lars_emu::square_sums(w, g, ne, dtype, block_dim, ub_bytes, tile_elems, chunk_elems);
-  }
-  F64 w_s(n), g_s(n);
-  std::copy(r.w_s.begin(), r.w_s.end(), w_s.mutable_data());
-  std::copy(r.g_s.begin(), r.g_s.end(), g_s.mutable_data());
-  return py::make_tuple(w_s, g_s);
-}
-
-py::tuple emu_lars_step(const I64& w_ptr, const I64& g_ptr, const I64& m_ptr, const I64& numel,
-                        const U8& adapt, const U8& has_m, const U8& first, const U8& nesterov,
-                        const F64& wd, const F64& lr, const F64& mu, double epsilon,
-                        double coefficient, bool use_clip, bool guard_zero_norm, int dtype,
-                        int mode, int64_t block_dim, int64_t ub_bytes, uint32_t tile_sq,
-                        uint32_t tile_up, int64_t chunk_elems, const F64& given_ws,
-                        const F64& given_gs) {
-  const host::StepArgs a =
-      step_args(w_ptr, g_ptr, m_ptr, numel, adapt, has_m, first, nesterov, wd, lr, mu, epsilon,
-                coefficient, use_clip, guard_zero_norm, dtype, mode, tile_sq, tile_up,
-                chunk_elems, given_ws, given_gs);
-  host::Outcome r;
-  {
-    py::gil_scoped_release release;
-    r = lars_emu::step(a, block_dim, ub_bytes);
-  }
-  F64 lam(numel.shape(0));
-  std::copy(r.lam.begin(), r.lam.end(), lam.mutable_data());
-  return py::make_tuple(r.found_inf, lam);
-}
-
 constexpr bool npu_launcher_built() {
 #ifdef LARS_NPU_NPU_LAUNCHER
   return true;
@@ -501,23 +457,8 @@ PYBIND11_MODULE(_C, m) {
         "Run the kernels as built by CANN with RUN_MODE=" LARS_NPU_RUN_MODE
         " on host tensors (staged), in place on a host workspace.");
 #endif
-  m.def("emu_square_sums", &emu_square_sums, py::arg("w_ptr"), py::arg("g_ptr"),
-        py::arg("numel"), py::arg("dtype"), py::arg("block_dim"), py::arg("ub_bytes"),
-        py::arg("tile_elems"), py::arg("chunk_elems"),
-        "The AscendC square-sums kernel on lars_npu's host emulation of the AscendC API "
-        "(not CANN's simulator): per-tensor sums of squares from emulated AI cores.");
   m.def("emu_selftest", &lars_emu::selftest, py::arg("case"),
         "Run a deliberately broken mini-kernel on the AscendC emulation (raises RuntimeError).");
-  m.def("emu_lars_step", &emu_lars_step, py::arg("w_ptr"), py::arg("g_ptr"), py::arg("m_ptr"),
-        py::arg("numel"), py::arg("adapt"), py::arg("has_m"), py::arg("first"),
-        py::arg("nesterov"), py::arg("wd"), py::arg("lr"), py::arg("mu"), py::arg("epsilon"),
-        py::arg("coefficient"), py::arg("use_clip"), py::arg("guard_zero_norm"), py::arg("dtype"),
-        py::arg("mode"), py::arg("block_dim"), py::arg("ub_bytes"), py::arg("tile_sq"),
-        py::arg("tile_up"), py::arg("chunk_elems"), py::arg("given_ws") = F64(0),
-        py::arg("given_gs") = F64(0),
-        "Square-sums + update AscendC kernels on the host emulation; mode 0 rewrites g, mode 1 "
-        "is the fused momentum-SGD step. Returns (found_inf, lam).");
-
   py::class_<lars::FusedPlan, std::shared_ptr<lars::FusedPlan>>(
       m, "FusedPlan",
       "Work list of a fused LARS + momentum-SGD step over a fixed list of tensors (built once).")

@@ -18,18 +18,33 @@ UB_910B = 192 * 1024
 CHUNK = 16384
 
 
-def run(ws, gs, dtype_code, block_dim=8, ub=UB_910B, tile=4096, chunk=CHUNK):
+def launch(plan_args, dtype_code, block_dim, ub, *, run_square_sums=True, run_update=True):
+    """One step of the kernels as the backends run it: host tiling (ascend_plan), the launch on
+    emulated AI cores, and the read-back: (found_inf, lam, w_s, g_s)."""
     C = native()
-    return C.emu_square_sums(
-        np.array([0 if w is None else w.data_ptr() for w in ws], dtype=np.int64),
-        np.array([g.data_ptr() for g in gs], dtype=np.int64),
-        np.array([g.numel() for g in gs], dtype=np.int64),
-        dtype_code,
-        block_dim,
-        ub,
-        tile,
-        chunk,
-    )
+    blob, layout = C.ascend_plan(*plan_args)
+    n, nc = layout["n"], layout["num_chunks"]
+    C.emu_launch(blob, n, nc, dtype_code, run_square_sums, run_update, block_dim, ub)
+    return C.ascend_read_back(blob, n, nc)
+
+
+def ptrs(ts):
+    return np.array([0 if t is None else t.data_ptr() for t in ts], dtype=np.int64)
+
+
+def run(ws, gs, dtype_code, block_dim=8, ub=UB_910B, tile=4096, chunk=CHUNK):
+    """The square-sums kernel alone: (Σw², Σg²) per tensor; a None weight is absent (Σw² = 0)."""
+    n = len(gs)
+    adapt = [w is not None for w in ws]
+    zf, z8 = np.zeros(n), np.zeros(n, dtype=np.uint8)
+    present = [g if w is None else w for w, g in zip(ws, gs, strict=True)]  # never read if absent
+    args = (
+        ptrs(present), ptrs(gs), ptrs([None] * n),
+        np.array([g.numel() for g in gs], dtype=np.int64), np.array(adapt, dtype=np.uint8),
+        z8, z8, z8, zf, zf, zf, 1e-5, 1e-3, False, False, dtype_code, 0, tile, 2048, chunk,
+    )  # fmt: skip
+    _, _, w_s, g_s = launch(args, dtype_code, block_dim, ub, run_update=False)
+    return w_s, g_s
 
 
 SIZES = [
@@ -140,36 +155,17 @@ def step(
     guard=False,
     tile=2048,
 ):
-    C = native()
     n = len(gs)
-
-    def ptrs(ts):
-        return np.array([0 if t is None else t.data_ptr() for t in ts], dtype=np.int64)
-
-    return C.emu_lars_step(
-        ptrs(ws),
-        ptrs(gs),
-        ptrs(ms),
-        np.array([g.numel() for g in gs], dtype=np.int64),
-        np.array(adapt, dtype=np.uint8),
-        np.array([m is not None for m in ms], dtype=np.uint8),
-        np.array(first, dtype=np.uint8),
-        np.array([nesterov] * n, dtype=np.uint8),
-        np.array(wd, dtype=np.float64),
-        np.array(lr, dtype=np.float64),
-        np.array(mu, dtype=np.float64),
-        1e-5,
-        1e-3,
-        use_clip,
-        guard,
-        dtype_code,
-        mode,
-        block_dim,
-        UB_910B,
-        4096,
-        tile,
-        CHUNK,
-    )
+    args = (
+        ptrs(ws), ptrs(gs), ptrs(ms), np.array([g.numel() for g in gs], dtype=np.int64),
+        np.array(adapt, dtype=np.uint8), np.array([m is not None for m in ms], dtype=np.uint8),
+        np.array(first, dtype=np.uint8), np.array([nesterov] * n, dtype=np.uint8),
+        np.array(wd, dtype=np.float64), np.array(lr, dtype=np.float64),
+        np.array(mu, dtype=np.float64), 1e-5, 1e-3, use_clip, guard, dtype_code, mode, 4096,
+        tile, CHUNK,
+    )  # fmt: skip
+    found, lam, _, _ = launch(args, dtype_code, block_dim, UB_910B)
+    return found, lam
 
 
 def np64(t):

@@ -18,8 +18,6 @@ extern "C" void lars_update_fp16(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM
 
 namespace lars_emu {
 
-namespace host = lars_ascendc::host;
-
 void launch(uint8_t* ws, const Layout& L, int dtype, bool run_sq, bool run_update,
             int64_t block_dim, int64_t ub_bytes) {
   if (dtype != 0 && dtype != 1) throw std::invalid_argument("dtype: fp32 (0) or fp16 (1)");
@@ -78,49 +76,6 @@ void launch_staged(uint8_t* ws, const Layout& L, int dtype, bool run_sq, bool ru
   EmuMemory mem(block_dim, ub_bytes);
   lars_npu_host::run_staged(mem, ws, L, dtype, run_sq, run_update,
                             static_cast<uint32_t>(block_dim));
-}
-
-SquareSumsResult square_sums(const std::vector<uint64_t>& w_addr,
-                             const std::vector<uint64_t>& g_addr,
-                             const std::vector<int64_t>& numel, int dtype, int64_t block_dim,
-                             int64_t ub_bytes, uint32_t tile_elems, int64_t chunk_elems) {
-  const size_t n = numel.size();
-  StepArgs a;
-  a.w = w_addr;
-  a.g = g_addr;
-  a.m.assign(n, 0);
-  a.numel = numel;
-  a.adapt.resize(n);
-  for (size_t i = 0; i < n; ++i) a.adapt[i] = w_addr.size() == n && w_addr[i] != 0;
-  a.has_m.assign(n, 0);
-  a.first.assign(n, 0);
-  a.nesterov.assign(n, 0);
-  a.wd.assign(n, 0.0f);
-  a.lr.assign(n, 0.0f);
-  a.mu.assign(n, 0.0f);
-  a.dtype = dtype;
-  a.tile_sq = tile_elems;
-  a.chunk_elems = chunk_elems;
-  for (size_t i = 0; i < n; ++i) {  // absent weights are allowed here: Σg² only
-    if (a.w.size() == n && a.w[i] == 0) a.w[i] = a.g.size() == n ? a.g[i] : 0;
-  }
-  host::validate(a);
-  const Layout L = host::plan(a);
-  std::vector<uint8_t> ws(L.bytes);
-  host::fill(ws.data(), L, a);
-  launch(ws.data(), L, dtype, /*run_sq=*/true, /*run_update=*/false, block_dim, ub_bytes);
-  Outcome o = host::read_back(ws.data(), L);
-  return SquareSumsResult{std::move(o.w_s), std::move(o.g_s)};
-}
-
-Outcome step(const StepArgs& a, int64_t block_dim, int64_t ub_bytes) {
-  host::validate(a);
-  const Layout L = host::plan(a);
-  std::vector<uint8_t> ws(L.bytes);
-  host::fill(ws.data(), L, a);
-  launch(ws.data(), L, a.dtype, /*run_sq=*/a.given_ws.empty(), /*run_update=*/true, block_dim,
-         ub_bytes);
-  return host::read_back(ws.data(), L);
 }
 
 }  // namespace lars_emu

@@ -5,15 +5,12 @@
 
 #include <cstdint>
 #include <string>
-#include <vector>
 
 #include "../ascendc/lars_host_plan.h"
 
 namespace lars_emu {
 
 using lars_ascendc::host::Layout;
-using lars_ascendc::host::Outcome;
-using lars_ascendc::host::StepArgs;
 
 // Runs the square-sums kernel (run_sq) and then the update kernel (run_update) on `block_dim`
 // emulated AI cores with `ub_bytes` of Unified Buffer each. `ws` is the workspace in host memory
@@ -26,20 +23,6 @@ void launch(uint8_t* ws, const Layout& L, int dtype, bool run_sq, bool run_updat
 // CANN's RUN_MODE cpu / sim builds take, exercised here on the emulation.
 void launch_staged(uint8_t* ws, const Layout& L, int dtype, bool run_sq, bool run_update,
                    int64_t block_dim, int64_t ub_bytes);
-
-struct SquareSumsResult {
-  std::vector<double> w_s, g_s;
-};
-
-// Square sums of n tensors (w_addr[i] == 0: absent) of `dtype` (0 fp32, 1 fp16): the square-sums
-// kernel alone.
-SquareSumsResult square_sums(const std::vector<uint64_t>& w_addr,
-                             const std::vector<uint64_t>& g_addr,
-                             const std::vector<int64_t>& numel, int dtype, int64_t block_dim,
-                             int64_t ub_bytes, uint32_t tile_elems, int64_t chunk_elems);
-
-// Square-sums kernel (unless a.given_ws), then update kernel: the NPU step, on the emulation.
-Outcome step(const StepArgs& a, int64_t block_dim, int64_t ub_bytes);
 
 // Runs a deliberately broken mini-kernel (or "ok") on the emulation; see emu_selftest.cpp.
 void selftest(const std::string& which);
