@@ -38,8 +38,8 @@ from ._backends._native import native
 from ._backends._staging import contig, ptrs, unstage_grads
 from ._backends.cpu import DTYPE_CODES
 from .filters import ParamInfo, default_lars_filter
-from .functional import SUPPORTED_DTYPES, check_hyper, check_pair, to_float
-from .optim import LARS, STATE_KEY
+from .functional import SUPPORTED_DTYPES, check_pair, to_float
+from .optim import LARS
 
 __all__ = ["ShardInfo", "ShardedLARS", "flat_shard", "global_shape", "mark_flat_shard"]
 
@@ -640,22 +640,7 @@ class ShardedLARS(LARS):
         hyper-parameters, torch's group-count and group-size checks. Returns the state dict to
         hand to the inner optimizer, the hyper-parameters, and the param groups as the load
         would leave them (checkpoint values, this optimizer's parameters) for the layout check."""
-        sd = dict(state_dict)
-        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
-            out = pre_hook(self, sd)
-            if out is not None:
-                sd = out
-        saved = sd.pop(STATE_KEY, None)
-        hyper = self._hyper
-        if saved is not None:
-            if not isinstance(saved, dict):
-                raise TypeError(f"state_dict['{STATE_KEY}'] must be a dict")
-            hyper = check_hyper(
-                saved.get("epsilon", hyper.epsilon),
-                saved.get("coefficient", hyper.coefficient),
-                saved.get("use_clip", hyper.use_clip),
-                saved.get("guard_zero_norm", hyper.guard_zero_norm),
-            )
+        sd, hyper = self._read_checkpoint(state_dict)
         for entry in ("state", "param_groups"):
             if entry not in sd:
                 raise ValueError(f"loaded state dict has no {entry!r} entry")

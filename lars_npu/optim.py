@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from ._backends import get_backend, resolve
+from ._backends import Hyper, get_backend, resolve
 from ._fused import FUSED_REQUIREMENTS, FusedDriver, SparseGradientError, unsupported_reason
 from .filters import ParamInfo, default_lars_filter, exclude_bias_and_norm
 from .functional import check_hyper, lars_, to_float
@@ -426,10 +426,9 @@ class LARS(Optimizer):
                 sd = out
         return sd
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a LARS checkpoint, or one of the plain inner optimizer (its weight decay is taken
-        over again). Hyper-parameters and filter results in the checkpoint win over the
-        constructor's."""
+    def _read_checkpoint(self, state_dict: dict[str, Any]) -> tuple[dict[str, Any], Hyper]:
+        """The load pre-hooks applied to a copy of ``state_dict``, LARS's entry taken out, and
+        the hyper-parameters it holds (checked). Changes nothing."""
         sd = dict(state_dict)
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
             out = pre_hook(self, sd)
@@ -446,6 +445,13 @@ class LARS(Optimizer):
                 saved.get("use_clip", hyper.use_clip),
                 saved.get("guard_zero_norm", hyper.guard_zero_norm),
             )
+        return sd, hyper
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a LARS checkpoint, or one of the plain inner optimizer (its weight decay is taken
+        over again). Hyper-parameters and filter results in the checkpoint win over the
+        constructor's."""
+        sd, hyper = self._read_checkpoint(state_dict)
         for gi, g in enumerate(sd.get("param_groups", [])):  # everything checked before loading
             self._check_saved_group(gi, g)
         self.optimizer.load_state_dict(sd)
