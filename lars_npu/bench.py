@@ -38,6 +38,7 @@ import torch
 from . import LARS
 from ._backends import Hyper, get_backend
 from ._backends._native import native
+from ._usage import UsageError, bounded_int, writable_file
 
 # -- parameter shapes --------------------------------------------------------------------------
 
@@ -597,6 +598,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    try:  # user errors before any timing: one line on stderr, exit status 2
+        bounded_int("--repeats", args.repeats, 1, 10_000)
+        out = None if args.json == "-" or args.child else writable_file("--json", args.json)
+    except UsageError as exc:
+        print(f"lars-npu bench: error: {exc}", file=sys.stderr)
+        return 2
     sets = list(dict.fromkeys(args.set or ["resnet50", "bert-large", "tiny"]))
     numpy_reference = not args.no_numpy
     if args.child or args.same_process or len(sets) == 1:
@@ -615,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(to_json(res), indent=2))
         return 0
     print(format_table(res))
-    out = Path(args.json)
+    assert out is not None
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(to_json(res), indent=2))
     print(f"\nJSON: {out}")

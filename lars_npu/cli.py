@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import re
@@ -26,7 +25,21 @@ import torch
 
 from . import __version__
 from ._backends import BackendUnavailableError, all_backends, available_backends, resolve
-from ._backends._native import native, native_error, torch_npu, torch_npu_error
+from ._backends._native import (
+    FALLBACK_COST,
+    native,
+    native_error,
+    torch_npu,
+    torch_npu_error,
+)
+from ._usage import (
+    UsageError,
+    bounded_float,
+    bounded_int,
+    max_threads,
+    probe_device,
+    writable_dir,
+)
 from .check import Row, jobs, rows_as_dicts, run_check, summarize_rows
 
 DTYPES = {
@@ -118,6 +131,7 @@ def print_info(d: dict[str, Any]) -> None:
             print(f"  build options: {rest}")
     else:
         print(f"native module lars_npu._C: not available — {d['native_reason']}")
+        print(f"  {FALLBACK_COST}")
     print(f"threads (torch.get_num_threads): {d['torch_threads']} of {d['cpu_count']} CPUs")
     print("backends:")
     for name, b in d["backends"].items():
@@ -274,28 +288,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
         device=args.device,
         runs=("sgd", "lars") if args.no_baseline else ("sgd", "lars", "baseline"),
     )
-    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.threads < 1:
-        print("error: --epochs, --batch-size and --threads must be at least 1", file=sys.stderr)
-        return 2
-    for flag, value, minimum in (
-        ("--base-lr", cfg.base_lr, None),
-        ("--coefficient", cfg.coefficient, None),
-        ("--warmup-epochs", cfg.warmup_epochs, 0),
-    ):
-        ok = math.isfinite(value) and (value > 0 if minimum is None else value >= minimum)
-        if not ok:
-            bound = "> 0" if minimum is None else f">= {minimum}"
-            print(f"error: {flag} must be finite and {bound}, got {value}", file=sys.stderr)
-            return 2
-    try:  # a backend or device that cannot run here: say so before training
-        torch.zeros(1, device=cfg.device)
-        resolve(torch.device(cfg.device), cfg.backend)
-    except (BackendUnavailableError, ValueError, RuntimeError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # every user error found here, before any training (exit 2, one line on stderr)
+    bounded_int("--epochs", cfg.epochs, 1, 100_000)
+    bounded_int("--batch-size", cfg.batch_size, 1, 1 << 24)
+    # the default thread count is part of the seeded result, so it is accepted on any machine
+    bounded_int("--threads", cfg.threads, 1, max(max_threads(), demo.DemoConfig().threads))
+    bounded_int("--seed", cfg.seed, 0, 2**63 - 2)  # the data split uses seed + 1
+    bounded_float("--base-lr", cfg.base_lr)
+    bounded_float("--coefficient", cfg.coefficient)
+    bounded_float("--warmup-epochs", cfg.warmup_epochs, positive=False)
+    device = probe_device("--device", cfg.device)
+    try:
+        resolve(device, cfg.backend)
+    except (BackendUnavailableError, ValueError, TypeError) as exc:
+        raise UsageError(f"--backend {cfg.backend!r}: {exc}") from None
+    out = writable_dir("--out", args.out, files=("demo.png", "demo.json"))
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print
     try:
-        summary = demo.run(cfg, Path(args.out), show_progress=args.progress, log=log)
+        summary = demo.run(cfg, out, show_progress=args.progress, log=log)
     except demo.MissingDemoDependency as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -503,6 +513,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "func", None) is None:
             return cmd_default(args)
         return int(args.func(args))
+    except UsageError as exc:
+        print(f"lars-npu: error: {exc}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `lars-npu check -v | head`: the reader left before the end
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush is quiet

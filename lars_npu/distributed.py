@@ -34,7 +34,7 @@ from torch.optim import Optimizer
 
 from . import reference
 from ._backends import Hyper, MultiResult, resolve
-from ._backends._native import native
+from ._backends._native import kernel_threads, native
 from ._backends._staging import contig, ptrs, unstage_grads
 from ._backends.cpu import DTYPE_CODES
 from .filters import ParamInfo, default_lars_filter
@@ -738,7 +738,7 @@ class ShardedLARS(LARS):
                 np.fromiter((DTYPE_CODES[g.dtype] for g in gc), dtype=np.int64, count=len(gc)),
                 lam[todo],
                 np.asarray([wds[i] for i in todo], dtype=np.float64),
-                torch.get_num_threads(),
+                kernel_threads(),
             )
             unstage_grads([gs[i] for i in todo], gc)
         elif todo and self._rewrite_in_one_launch(backend, todo, slots, ws, gs, w_tot, g_tot,
@@ -879,7 +879,7 @@ class ShardedLARS(LARS):
                 ptrs(gc),
                 np.fromiter((g.numel() for g in gc), dtype=np.int64, count=len(gc)),
                 np.fromiter((DTYPE_CODES[g.dtype] for g in gc), dtype=np.int64, count=len(gc)),
-                torch.get_num_threads(),
+                kernel_threads(),
             )
             vals = np.zeros(2 * n)
             vals[idx] = w_s * c

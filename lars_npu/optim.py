@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from ._backends import Hyper, get_backend, resolve
+from ._backends import Hyper, get_backend, resolve, warn_reference_fallback
 from ._fused import FUSED_REQUIREMENTS, FusedDriver, SparseGradientError, unsupported_reason
 from .filters import ParamInfo, default_lars_filter, exclude_bias_and_norm
 from .functional import check_hyper, lars_, to_float
@@ -132,6 +132,10 @@ class LARS(Optimizer):
         plans = [self._plan_group(i, g) for i, g in enumerate(self.param_groups)]
         for group, plan in zip(self.param_groups, plans, strict=True):
             self._commit_group(group, plan)
+        if backend == "auto" and any(
+            p.device.type == "cpu" for g in self.param_groups for p in g["params"]
+        ):
+            warn_reference_fallback()  # said here, once, not only at the first step
 
     # -- shared with the inner optimizer --
     @property  # type: ignore[override]

@@ -234,3 +234,84 @@ def test_demo_refuses_bad_hyper_parameters_before_training(capsys, tmp_path, fla
     assert cli.main(["demo", "--epochs", "1", "--out", str(tmp_path), flag, value]) == 2
     err = capsys.readouterr().err
     assert flag in err and not any(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+# -- user errors: one line on stderr, exit status 2, before any work (issue 11) -----------------
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Training or benchmarking would be a failure: every check must come first."""
+
+    def refuse(*a, **k):
+        raise AssertionError("work started before the command line was checked")
+
+    from lars_npu import demo
+
+    monkeypatch.setattr(demo, "run", refuse)
+    monkeypatch.setattr(bench, "run", refuse)
+    monkeypatch.setattr(bench, "run_isolated", refuse)
+
+
+def _file(tmp_path):
+    f = tmp_path / "a-file"
+    f.write_text("keep me")
+    return f
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (lambda t: ["demo", "--threads", "100000"], "--threads must be between 1 and"),
+        (lambda t: ["demo", "--threads", "0"], "--threads must be between 1 and"),
+        (lambda t: ["demo", "--epochs", "0"], "--epochs must be between 1 and"),
+        (lambda t: ["demo", "--batch-size", "-3"], "--batch-size must be between 1 and"),
+        (lambda t: ["demo", "--seed", "-1"], "--seed must be between 0 and"),
+        (lambda t: ["demo", "--device", "meta"], "--device 'meta' cannot run here"),
+        (lambda t: ["demo", "--device", "nodevice"], "--device 'nodevice' cannot run here"),
+        (lambda t: ["demo", "--backend", "nope"], "--backend 'nope': unknown lars_npu backend"),
+        (lambda t: ["demo", "--out", str(_file(t))], "exists and is not a directory"),
+        (lambda t: ["demo", "--out", str(_file(t) / "sub")], "is not a directory"),
+        (lambda t: ["bench", "--repeats", "0"], "--repeats must be between 1 and"),
+        (lambda t: ["bench", "--json", str(t)], "is a directory, not a file"),
+        (lambda t: ["bench", "--json", str(_file(t) / "x.json")], "is not a directory"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2_before_any_work(no_work, tmp_path, capsys, argv, says):
+    args = argv(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert says in err, err
+    assert len(err.strip().splitlines()) == 1, err  # one line, no traceback
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # the probe left no trace
+    if (tmp_path / "a-file").exists():
+        assert (tmp_path / "a-file").read_text() == "keep me"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this torch has CUDA")
+def test_demo_on_a_device_torch_was_not_built_for_is_refused(no_work, capsys):
+    assert cli.main(["demo", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "--device 'cuda' cannot run here" in err and len(err.strip().splitlines()) == 1
+
+
+def test_demo_out_and_bench_json_probes_leave_no_trace(no_work, tmp_path):
+    from lars_npu._usage import writable_dir, writable_file
+
+    assert writable_dir("--out", tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert writable_file("--json", tmp_path / "c" / "r.json") == tmp_path / "c" / "r.json"
+    assert not any(tmp_path.iterdir())
+    (tmp_path / "r.json").write_text("old")
+    writable_file("--json", tmp_path / "r.json")
+    assert (tmp_path / "r.json").read_text() == "old"  # checked, not truncated
+
+
+def test_bench_writes_its_json_where_the_probe_removed_the_folder(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(bench.SETS, "mini", lambda: [("a.weight", (32, 16)), ("a.bias", (32,))])
+    triad = bench.triad_gbs
+    monkeypatch.setattr(bench, "triad_gbs", lambda repeats: triad(repeats, elements=1 << 16))
+    out = tmp_path / "new" / "r.json"
+    argv = ["bench", "--set", "mini", "--repeats", "1", "--no-numpy", "--json", str(out)]
+    assert cli.main(argv) == 0
+    assert json.loads(out.read_text())["rows"]

@@ -11,9 +11,11 @@ chosen by default. Asking for an unavailable backend is an error, never a silent
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
+from ._native import FALLBACK_COST, native_error
 from .base import Backend, Hyper, MultiResult
 from .cpu import CpuBackend
 from .emu import EmuBackend
@@ -30,6 +32,7 @@ __all__ = [
     "available_backends",
     "get_backend",
     "resolve",
+    "warn_reference_fallback",
 ]
 
 ENV_VAR = "LARS_NPU_BACKEND"
@@ -66,10 +69,33 @@ def get_backend(name: str) -> Backend:
     return b
 
 
+_warned_fallback = False
+
+
+def warn_reference_fallback(stacklevel: int = 2) -> None:
+    """Warn once per process that CPU tensors fall back to the NumPy reference because ``_C`` is
+    missing, with the reason and the cost. Silent when the user turned native off on purpose."""
+    global _warned_fallback
+    if _warned_fallback or _REGISTRY["cpu"].available()[0]:
+        return
+    if os.environ.get("LARS_NPU_DISABLE_NATIVE") == "1":
+        return  # asked for: LARS_NPU_DISABLE_NATIVE=1 is the user's own word
+    _warned_fallback = True
+    warnings.warn(
+        f"lars_npu: the native module is missing ({native_error() or 'unknown reason'}); "
+        f"{FALLBACK_COST}",
+        RuntimeWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
 def _by_device(device: torch.device) -> Backend:
     if device.type == "cpu":
         cpu = _REGISTRY["cpu"]
-        return cpu if cpu.available()[0] else _REGISTRY["numpy"]
+        if cpu.available()[0]:
+            return cpu
+        warn_reference_fallback(stacklevel=3)
+        return _REGISTRY["numpy"]
     npu = _REGISTRY.get("npu")
     if device.type == "npu" and npu is not None and npu.available()[0]:
         return npu

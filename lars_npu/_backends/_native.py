@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from functools import cache
 from types import ModuleType
+
+import torch
 
 
 @cache
@@ -33,6 +36,15 @@ def native_error() -> str:
     return _load_C()[1]
 
 
+# What running CPU tensors without ``_C`` costs, said wherever that happens (bench: 30–100× the
+# fused C++ step, README "Benchmarks").
+FALLBACK_COST = (
+    "CPU tensors run on the NumPy reference, 30-100x slower than the fused C++ kernel; rebuild "
+    "with a C++17 compiler and cmake (pip install --force-reinstall --no-deps .) and check with "
+    "`lars-npu info`"
+)
+
+
 @cache
 def _load_torch_npu() -> tuple[ModuleType | None, str]:
     # torch_npu needs CANN; on a host without it, importing fails in several ways (DESIGN.md §2).
@@ -50,3 +62,39 @@ def torch_npu() -> ModuleType | None:
 
 def torch_npu_error() -> str:
     return _load_torch_npu()[1]
+
+
+# -- threads ---------------------------------------------------------------------------------
+# `_C` and torch share ONE OpenMP runtime: torch's wheel loads its libgomp.so.1 first (lars_npu
+# imports torch before `_C`), and the loader binds `_C`'s libgomp.so.1 to it by soname (tested:
+# tests/test_install.py). GNU OpenMP's thread pool does not survive fork(): in a forked child the
+# next multi-threaded region hangs (torch's own ops as well; its DataLoader workers therefore run
+# torch.set_num_threads(1)). So in a forked child our kernels run on one thread, and say so once.
+_forked_child = False
+_warned_fork = False
+
+
+def _after_fork_in_child() -> None:
+    global _forked_child
+    _forked_child = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def kernel_threads() -> int:
+    """Threads for the C++ kernels: ``torch.get_num_threads()``, or 1 in a forked child."""
+    global _warned_fork
+    if not _forked_child:
+        return torch.get_num_threads()
+    if not _warned_fork and torch.get_num_threads() > 1:
+        _warned_fork = True
+        warnings.warn(
+            "lars_npu: in a process made by fork() the CPU kernels run on one thread (GNU "
+            "OpenMP's thread pool does not survive fork; a multi-threaded region would hang, "
+            "torch's own ops too). Start workers with the 'spawn' method for multi-threaded work.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return 1

@@ -2,7 +2,8 @@
 
 The kernels take raw data pointers of contiguous tensors. A non-contiguous tensor (a view a model
 may hold) is given to them as a contiguous copy; a rewritten gradient is copied back afterwards.
-Thread count: ``torch.get_num_threads()``, so ``torch.set_num_threads`` governs lars_npu too.
+Thread count: ``kernel_threads()``, so ``torch.set_num_threads`` governs lars_npu too (one thread
+in a forked child: see ``_native.kernel_threads``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ._native import native, native_error
+from ._native import kernel_threads, native, native_error
 from ._staging import contig as _contig
 from ._staging import ptrs as _ptrs
 from ._staging import stage_step, unstage_grads, unstage_step
@@ -58,7 +59,7 @@ class CpuBackend:
         self, weight: torch.Tensor, gradient: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         w, g = _contig(weight), _contig(gradient)
-        w_s, g_s = native().square_sums(*_arrays([w], [g]), torch.get_num_threads())
+        w_s, g_s = native().square_sums(*_arrays([w], [g]), kernel_threads())
         return (
             torch.tensor(w_s[0], dtype=torch.float32),
             torch.tensor(g_s[0], dtype=torch.float32),
@@ -97,7 +98,7 @@ class CpuBackend:
             dtype,
             np.array([lam]),
             np.array([weight_decay]),
-            torch.get_num_threads(),
+            kernel_threads(),
         )
         return out
 
@@ -121,7 +122,7 @@ class CpuBackend:
             hyper.coefficient,
             hyper.use_clip,
             hyper.guard_zero_norm,
-            torch.get_num_threads(),
+            kernel_threads(),
         )
         if not found_inf:
             unstage_grads(grads, gs)
@@ -129,7 +130,7 @@ class CpuBackend:
 
     def fused_sgd_(self, call: FusedCall) -> MultiResult:
         C = native()
-        threads = torch.get_num_threads()
+        threads = kernel_threads()
         h = call.hyper
         if call.fast:
             plan = call.cache.get("cpu_plan")
