@@ -115,14 +115,37 @@ double trust_ratio(double w_s, double g_s, double weight_decay, double lr, doubl
 
 // ---- the fused LARS + momentum-SGD step ----------------------------------------------------------
 
-std::shared_ptr<lars::FusedPlan> make_plan(const I64& numel, const I64& w_dtype, const I64& g_dtype,
-                                           const U8& adapt, const U8& momentum,
-                                           int64_t cache_budget_bytes) {
-  const py::ssize_t n = numel.shape(0);
+// The plan plus the exact shape of every tensor, so that each step can prove, from DLPack
+// capsules made at that step, that every parameter, gradient and momentum buffer is still the
+// tensor the plan was built for (LayoutError otherwise, before anything is written).
+struct CheckedPlan {
+  std::shared_ptr<lars::FusedPlan> plan;
+  std::vector<std::vector<int64_t>> shapes;
+};
+
+// A tensor that does not fit the plan (raised before anything is written); Python type
+// lars_npu._C.LayoutError, a ValueError, with .role ("parameter"|"gradient"|"momentum_buffer")
+// and .index attributes set by the binding below.
+struct LayoutError : std::runtime_error {
+  LayoutError(std::string role_, int64_t index_, const std::string& why)
+      : std::runtime_error(role_ + " " + std::to_string(index_) + " does not fit the plan: " +
+                           why),
+        role(std::move(role_)),
+        index(index_) {}
+  std::string role;
+  int64_t index;
+};
+
+std::shared_ptr<CheckedPlan> make_plan(const py::list& shapes, const I64& w_dtype,
+                                       const I64& g_dtype, const U8& adapt, const U8& momentum,
+                                       int64_t cache_budget_bytes) {
+  const py::ssize_t n = static_cast<py::ssize_t>(shapes.size());
   check_len(w_dtype, n, "w_dtype");
   check_len(g_dtype, n, "g_dtype");
   check_len(adapt, n, "adapt");
   check_len(momentum, n, "momentum");
+  auto out = std::make_shared<CheckedPlan>();
+  out->shapes.resize(static_cast<size_t>(n));
   std::vector<lars::FusedTensorSpec> specs(static_cast<size_t>(n));
   for (py::ssize_t i = 0; i < n; ++i) {
     const int wd = static_cast<int>(w_dtype.data()[i]);
@@ -131,59 +154,84 @@ std::shared_ptr<lars::FusedPlan> make_plan(const I64& numel, const I64& w_dtype,
       throw std::invalid_argument("g_dtype: unsupported (parameter, gradient) dtype pair (" +
                                   std::to_string(wd) + ", " + std::to_string(gd) + ")");
     }
-    if (numel.data()[i] < 0) throw std::invalid_argument("numel: negative element count");
-    specs[static_cast<size_t>(i)] = {numel.data()[i], wd, gd, adapt.data()[i] != 0,
+    int64_t numel = 1;
+    for (const py::handle d : py::cast<py::tuple>(shapes[static_cast<size_t>(i)])) {
+      const int64_t v = py::cast<int64_t>(d);
+      if (v < 0) throw std::invalid_argument("shapes: negative dimension");
+      out->shapes[static_cast<size_t>(i)].push_back(v);
+      numel *= v;
+    }
+    specs[static_cast<size_t>(i)] = {numel, wd, gd, adapt.data()[i] != 0,
                                      momentum.data()[i] != 0};
   }
   if (cache_budget_bytes <= 0) cache_budget_bytes = lars::last_level_cache_bytes() / 2;
-  return std::make_shared<lars::FusedPlan>(std::move(specs), cache_budget_bytes);
-}
-
-// Pointers arrive as Python lists of ints (cheapest to build per step) or int64 arrays.
-std::vector<int64_t> to_ptrs(const py::handle& obj, py::ssize_t n, const char* name) {
-  std::vector<int64_t> out;
-  if (PyList_Check(obj.ptr())) {
-    const py::ssize_t len = PyList_GET_SIZE(obj.ptr());
-    if (len != n) throw std::invalid_argument(std::string(name) + ": wrong length");
-    out.resize(static_cast<size_t>(n));
-    for (py::ssize_t i = 0; i < n; ++i) {
-      out[static_cast<size_t>(i)] = PyLong_AsLongLong(PyList_GET_ITEM(obj.ptr(), i));
-    }
-    if (PyErr_Occurred()) throw py::error_already_set();
-    return out;
-  }
-  const I64 arr = py::cast<I64>(obj);
-  check_len(arr, n, name);
-  out.assign(arr.data(), arr.data() + n);
+  out->plan = std::make_shared<lars::FusedPlan>(std::move(specs), cache_budget_bytes);
   return out;
 }
 
-py::tuple plan_step(lars::FusedPlan& plan, const py::object& w_obj, const py::object& g_obj,
-                    const py::object& m_obj,
-                    const U8& first, const F64& wd, const F64& lr, const F64& mu,
-                    const U8& nesterov, double epsilon, double coefficient, bool use_clip,
-                    bool guard_zero_norm, int num_threads) {
+int64_t call_int(PyObject* obj, const char* method) {
+  PyObject* r = PyObject_CallMethod(obj, method, nullptr);
+  if (r == nullptr) throw py::error_already_set();
+  const long long v = PyLong_AsLongLong(r);
+  Py_DECREF(r);
+  if (PyErr_Occurred()) throw py::error_already_set();
+  return static_cast<int64_t>(v);
+}
+
+// Pointers of one role, from a Python list. Entries are either DLPack capsules, checked against
+// the plan's exact layout and against the tensor's storage (`stores[i]`, its untyped_storage():
+// the bytes the kernel touches must lie inside it), or ints: raw pointers of tensors the caller
+// staged itself and holds. None: no tensor (a buffer without momentum).
+std::vector<int64_t> pointers(const CheckedPlan& cp, const py::list& obj, const py::object& stores,
+                              const char* role, bool write, bool g_role) {
+  const lars::FusedPlan& plan = *cp.plan;
   const py::ssize_t n = static_cast<py::ssize_t>(plan.size());
-  const std::vector<int64_t> w_ptr = to_ptrs(w_obj, n, "w_ptr");
-  std::vector<int64_t> g_ptr;
-  if (PyList_Check(g_obj.ptr()) && n > 0 && PyCapsule_CheckExact(PyList_GET_ITEM(g_obj.ptr(), 0))) {
-    // DLPack capsules of the gradients: check each one's layout against the plan
-    if (PyList_GET_SIZE(g_obj.ptr()) != n) throw std::invalid_argument("g_ptr: wrong length");
-    g_ptr.resize(static_cast<size_t>(n));
-    for (py::ssize_t i = 0; i < n; ++i) {
-      const lars::FusedTensorSpec& s = plan.spec(i);
-      const int64_t p =
-          lars::dl::checked_pointer(PyList_GET_ITEM(g_obj.ptr(), i), s.numel, s.g_dtype);
-      if (p == 0) {
-        throw py::value_error("gradient layout: tensor " + std::to_string(i) +
-                              " is not a contiguous CPU tensor of the planned size and dtype");
-      }
-      g_ptr[static_cast<size_t>(i)] = p;
-    }
-  } else {
-    g_ptr = to_ptrs(g_obj, n, "g_ptr");
+  if (static_cast<py::ssize_t>(obj.size()) != n) {
+    throw std::invalid_argument(std::string(role) + ": wrong length");
   }
-  const std::vector<int64_t> m_ptr = to_ptrs(m_obj, n, "m_ptr");
+  const bool have_stores = !stores.is_none();
+  if (have_stores && (!PyList_Check(stores.ptr()) || PyList_GET_SIZE(stores.ptr()) != n)) {
+    throw std::invalid_argument(std::string(role) + " storages: a list of the same length");
+  }
+  std::vector<int64_t> out(static_cast<size_t>(n), 0);
+  std::string why;
+  for (py::ssize_t i = 0; i < n; ++i) {
+    PyObject* item = PyList_GET_ITEM(obj.ptr(), i);
+    const lars::FusedTensorSpec& s = plan.spec(i);
+    const size_t k = static_cast<size_t>(i);
+    if (item == Py_None) continue;
+    if (!lars::dl::is_capsule(item)) {
+      out[k] = PyLong_AsLongLong(item);
+      if (PyErr_Occurred()) throw py::error_already_set();
+      continue;
+    }
+    if (!have_stores) throw LayoutError(role, i, "a capsule without its storage");
+    const int dtype = g_role ? s.g_dtype : s.w_dtype;
+    out[k] = lars::dl::checked_pointer(item, cp.shapes[k], dtype, write, &why);
+    if (out[k] == 0) throw LayoutError(role, i, why);
+    if (s.numel == 0) continue;
+    PyObject* store = PyList_GET_ITEM(stores.ptr(), i);
+    const int64_t base = call_int(store, "data_ptr");
+    const int64_t size = call_int(store, "nbytes");
+    const int64_t bytes = s.numel * static_cast<int64_t>(lars::dtype_size(dtype));
+    if (out[k] < base || out[k] - base > size - bytes) {
+      throw LayoutError(role, i, "its storage does not hold the planned elements");
+    }
+  }
+  return out;
+}
+
+py::tuple plan_step(CheckedPlan& cp, const py::list& w_obj, const py::list& g_obj,
+                    const py::list& m_obj, const U8& first, const F64& wd, const F64& lr,
+                    const F64& mu, const U8& nesterov, double epsilon, double coefficient,
+                    bool use_clip, bool guard_zero_norm, int num_threads,
+                    const py::object& w_store, const py::object& g_store,
+                    const py::object& m_store) {
+  lars::FusedPlan& plan = *cp.plan;
+  const py::ssize_t n = static_cast<py::ssize_t>(plan.size());
+  const std::vector<int64_t> w_ptr = pointers(cp, w_obj, w_store, "parameter", true, false);
+  const std::vector<int64_t> g_ptr = pointers(cp, g_obj, g_store, "gradient", false, true);
+  const std::vector<int64_t> m_ptr = pointers(cp, m_obj, m_store, "momentum_buffer", true, false);
   check_len(first, n, "first");
   check_len(wd, n, "wd");
   check_len(lr, n, "lr");
@@ -459,19 +507,41 @@ PYBIND11_MODULE(_C, m) {
 #endif
   m.def("emu_selftest", &lars_emu::selftest, py::arg("case"),
         "Run a deliberately broken mini-kernel on the AscendC emulation (raises RuntimeError).");
-  py::class_<lars::FusedPlan, std::shared_ptr<lars::FusedPlan>>(
+  // The type lives as long as the process (never destroyed with the module's statics).
+  static PyObject* layout_error =
+      PyErr_NewException("lars_npu._C.LayoutError", PyExc_ValueError, nullptr);
+  m.attr("LayoutError") = py::reinterpret_borrow<py::object>(layout_error);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const LayoutError& e) {
+      py::object err = py::reinterpret_borrow<py::object>(layout_error)(e.what());
+      err.attr("role") = e.role;
+      err.attr("index") = e.index;
+      PyErr_SetObject(layout_error, err.ptr());
+    }
+  });
+  py::class_<CheckedPlan, std::shared_ptr<CheckedPlan>>(
       m, "FusedPlan",
-      "Work list of a fused LARS + momentum-SGD step over a fixed list of tensors (built once).")
-      .def(py::init(&make_plan), py::arg("numel"), py::arg("w_dtype"), py::arg("g_dtype"),
+      "Work list of a fused LARS + momentum-SGD step over a fixed list of tensors (built once), "
+      "with each tensor's exact shape: every step checks what it is given against it.")
+      .def(py::init(&make_plan), py::arg("shapes"), py::arg("w_dtype"), py::arg("g_dtype"),
            py::arg("adapt"), py::arg("momentum"), py::arg("cache_budget_bytes") = 0)
-      .def("step", &plan_step, py::arg("w_ptr"), py::arg("g_ptr"), py::arg("m_ptr"),
-           py::arg("first"), py::arg("wd"), py::arg("lr"), py::arg("mu"), py::arg("nesterov"),
-           py::arg("epsilon"), py::arg("coefficient"), py::arg("use_clip"),
-           py::arg("guard_zero_norm"), py::arg("num_threads") = 0,
-           "One step; returns (found_inf, lam, w_s, g_s). Nothing is written when found_inf.")
-      .def_property_readonly("size", &lars::FusedPlan::size)
-      .def_property_readonly("num_batches", &lars::FusedPlan::num_batches)
-      .def_property_readonly("num_chunks", &lars::FusedPlan::num_chunks)
-      .def_property_readonly("total_elements", &lars::FusedPlan::total_elements)
-      .def_property_readonly("scratch_bytes", &lars::FusedPlan::scratch_bytes);
+      .def("step", &plan_step, py::arg("w"), py::arg("g"), py::arg("m"), py::arg("first"),
+           py::arg("wd"), py::arg("lr"), py::arg("mu"), py::arg("nesterov"), py::arg("epsilon"),
+           py::arg("coefficient"), py::arg("use_clip"), py::arg("guard_zero_norm"),
+           py::arg("num_threads") = 0, py::arg("w_storage") = py::none(),
+           py::arg("g_storage") = py::none(), py::arg("m_storage") = py::none(),
+           "One step; w, g, m are lists of DLPack capsules made this step, with the tensors' "
+           "untyped_storage() in *_storage (each checked against the plan's exact layout and "
+           "its storage: LayoutError, a ValueError, before any write), or raw pointers of "
+           "staged tensors the caller holds (None: no buffer). Returns (found_inf, lam, w_s, "
+           "g_s); nothing is written when found_inf.")
+      .def_property_readonly("size", [](const CheckedPlan& c) { return c.plan->size(); })
+      .def_property_readonly("num_batches", [](const CheckedPlan& c) { return c.plan->num_batches(); })
+      .def_property_readonly("num_chunks", [](const CheckedPlan& c) { return c.plan->num_chunks(); })
+      .def_property_readonly("total_elements",
+                             [](const CheckedPlan& c) { return c.plan->total_elements(); })
+      .def_property_readonly("scratch_bytes",
+                             [](const CheckedPlan& c) { return c.plan->scratch_bytes(); });
 }

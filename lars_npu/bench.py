@@ -411,8 +411,6 @@ def run_bf16_row(name: str, repeats: int, triad: float) -> Row | None:
         nesterov=np.zeros(n, np.uint8),
         hyper=Hyper(EPS, COEF),
         cache={},
-        fast=True,
-        w_ptr=[p.data_ptr() for p in params],
         mixed_grad_dtypes=True,
     )
     backend = get_backend("cpu")

@@ -37,9 +37,10 @@ from ._backends import Hyper, MultiResult, resolve
 from ._backends._native import kernel_threads, native
 from ._backends._staging import contig, ptrs, unstage_grads
 from ._backends.cpu import DTYPE_CODES
+from ._fused import check_buffer, check_written
 from .filters import ParamInfo, default_lars_filter
 from .functional import SUPPORTED_DTYPES, check_pair, to_float
-from .optim import LARS
+from .optim import LARS, save_grads
 
 __all__ = ["ShardInfo", "ShardedLARS", "flat_shard", "global_shape", "mark_flat_shard"]
 
@@ -663,6 +664,7 @@ class ShardedLARS(LARS):
             if "param_names" in group and "param_names" not in saved_group:
                 view["param_names"] = group["param_names"]
             preview.append(view)
+        self._check_loaded_state(sd)
         return sd, hyper, preview
 
     # -- the step --
@@ -725,6 +727,7 @@ class ShardedLARS(LARS):
                     guard_zero_norm=h.guard_zero_norm,
                 )
         todo = [i for i in range(k) if adapt[i] and gs[i].numel() > 0]
+        saved = save_grads(gs, adapt)  # put back if the inner step raises
         if todo and backend.name == "cpu":
             C = native()
             wc = [contig(ws[i]) for i in todo]
@@ -750,7 +753,7 @@ class ShardedLARS(LARS):
                 out = backend.lars_update(ws[i], gs[i], w_tot[s], g_tot[s], wds[i], lrs[i], h)
                 gs[i].copy_(out)
         result = MultiResult(torch.tensor(False, device=device), torch.from_numpy(lam))
-        return self._finish(result, names, adapt, plans, loss, inner=True)
+        return self._finish(result, names, adapt, plans, loss, inner=True, saved=saved)
 
     def _rewrite_in_one_launch(
         self,
@@ -835,6 +838,12 @@ class ShardedLARS(LARS):
                     )
                 gl = _local(g)
                 check_pair(w, gl, f"parameter {name!r}", f"gradient of parameter {name!r}")
+                if mask[j]:  # rewritten in place
+                    check_written(gl, f"gradient of parameter {name!r}")
+                st = self.state.get(p)
+                buf = st.get("momentum_buffer") if st else None
+                if buf is not None:  # the inner step writes it: it must fit (checked first)
+                    check_buffer(w, _local(buf), name)
                 slots.append(here)
                 ws.append(w)
                 gs.append(gl)

@@ -16,9 +16,36 @@ import torch
 from torch.optim import Optimizer
 
 from ._backends import Hyper, get_backend, resolve, warn_reference_fallback
-from ._fused import FUSED_REQUIREMENTS, FusedDriver, SparseGradientError, unsupported_reason
+from ._fused import (
+    FUSED_REQUIREMENTS,
+    FusedDriver,
+    MixedDevicesError,
+    SparseGradientError,
+    check_buffer,
+    check_written,
+    unsupported_reason,
+)
 from .filters import ParamInfo, default_lars_filter, exclude_bias_and_norm
 from .functional import check_hyper, lars_, to_float
+
+
+def _migrate_group(group: Any) -> Any:
+    """A saved group of an earlier version (decay under ``lars_weight_decay``, inner value 0) in
+    today's form: ``weight_decay`` holds the decay, the old key is gone."""
+    if not isinstance(group, dict) or WD_KEY not in group:
+        return group
+    group = dict(group)
+    old = group.pop(WD_KEY)
+    if not group.get("weight_decay"):
+        group["weight_decay"] = old
+    return group
+
+
+def save_grads(
+    grads: list[torch.Tensor], adapt: list[bool]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(gradient, copy) of every gradient LARS rewrites: what a failed inner step restores."""
+    return [(g, g.clone()) for g, a in zip(grads, adapt, strict=True) if a]
 
 __all__ = ["LARS"]
 
@@ -40,14 +67,58 @@ def _refused_family(optimizer: Optimizer) -> str | None:
     return None
 
 
+# Optimizers that evaluate the closure several times per step: LARS rescales one gradient per step.
+_CLOSURE_REEVALUATING = ("LBFGS",)
+# Scale-invariant (or nearly so) updates: λ largely cancels in them.
+_SCALE_INVARIANT = ("RMSprop", "Adagrad", "Adadelta", "Rprop", "Adafactor")
+
+
+def _check_inner_kind(optimizer: Optimizer) -> None:
+    names = {cls.__name__ for cls in type(optimizer).__mro__}
+    for name in _CLOSURE_REEVALUATING:
+        if name in names:
+            raise TypeError(
+                f"LARS can not be used with {name} (optimizer): it re-evaluates the closure "
+                "several times per step, while LARS rescales one gradient per step; use "
+                "momentum SGD as the inner optimizer"
+            )
+    for i, g in enumerate(optimizer.param_groups):
+        if g.get("differentiable", False):
+            raise ValueError(
+                f"param_groups[{i}] has differentiable=True: LARS computes the trust ratio "
+                "outside autograd, so the step cannot be differentiated; use "
+                "differentiable=False"
+            )
+    for name in _SCALE_INVARIANT:
+        if name in names:
+            warnings.warn(
+                f"LARS around {name}: its update divides by a running scale of the gradient, "
+                "so the layer-wise trust ratio λ largely cancels; LARS is meant for momentum "
+                "SGD (torch.optim.SGD)",
+                UserWarning,
+                stacklevel=3,
+            )
+            return
+
+
 class LARS(Optimizer):
     """Layer-wise adaptive rate scaling around any torch optimizer (MindSpore ``nn.LARS``).
 
     Per parameter the filter adapts, the gradient becomes ``g' = λ·(g + wd·w)`` with
     ``λ = coefficient·‖w‖ / (‖g‖ + wd·‖w‖ + epsilon)`` (clipped to ``[0, 1]`` after dividing by
-    the group's lr when ``use_clip``), then the inner optimizer steps. ``wd`` is the inner
-    optimizer's per-group ``weight_decay``, which LARS takes over (the inner one is set to 0, the
-    value kept as ``lars_weight_decay``); parameters the filter excludes get neither LARS nor decay.
+    the group's lr when ``use_clip``), then the inner optimizer steps; parameters the filter
+    excludes get neither LARS nor decay.
+
+    Weight decay, one rule: each group's ``weight_decay`` is the only source of truth. LARS reads
+    it at every step (so a schedule that changes it, to 0 and back, takes effect) and applies it
+    inside ``λ·(g + wd·w)``; the inner optimizer sees ``weight_decay = 0`` only while LARS steps
+    it, and the value is put back right after, so decay is never applied twice. (Checkpoints of
+    earlier versions, which kept it as ``lars_weight_decay`` with the inner value 0, load as the
+    value they held.)
+
+    A step is a transaction: every check (hyper-parameters, gradients, the inner optimizer's
+    settings and state) runs before the first write; a non-finite gradient skips the whole step;
+    and if the inner optimizer's step raises, each rewritten ``p.grad`` is put back exactly.
 
     Args:
         optimizer: the inner optimizer (momentum SGD is the intended partner). Adam/LAMB-family
@@ -95,6 +166,7 @@ class LARS(Optimizer):
                 "invariant to the gradient's scale, so the layer-wise trust ratio would cancel; "
                 "use momentum SGD as the inner optimizer"
             )
+        _check_inner_kind(optimizer)
         self._hyper = check_hyper(epsilon, coefficient, use_clip, guard_zero_norm)
         if not callable(lars_filter):
             raise TypeError(
@@ -201,11 +273,9 @@ class LARS(Optimizer):
     def _plan_group(self, index: int, group: dict[str, Any]) -> tuple[float, list[bool]]:
         """(weight decay LARS applies, filter result per parameter) for a group, read-only."""
         self._check_saved_group(index, group)
-        wd_inner = group.get("weight_decay", 0.0)
-        if WD_KEY in group and not wd_inner:
-            wd = to_float(group[WD_KEY], f"param_groups[{index}]['{WD_KEY}']", minimum=0.0)
-        else:  # first sight of the group, or weight_decay set again on the inner optimizer
-            wd = to_float(wd_inner, f"param_groups[{index}]['weight_decay']", minimum=0.0)
+        wd = to_float(
+            group.get("weight_decay", 0.0), f"param_groups[{index}]['weight_decay']", minimum=0.0
+        )
         params = group["params"]
         mask = group.get(MASK_KEY)
         if not isinstance(mask, list) or len(mask) != len(params):
@@ -245,8 +315,14 @@ class LARS(Optimizer):
         to_float(
             group.get("weight_decay", 0.0), f"param_groups[{index}]['weight_decay']", minimum=0.0
         )
-        if WD_KEY in group:
-            to_float(group[WD_KEY], f"param_groups[{index}]['{WD_KEY}']", minimum=0.0)
+        if group.get("differentiable", False):
+            raise ValueError(
+                f"param_groups[{index}] has differentiable=True: LARS computes the trust ratio "
+                "outside autograd; use differentiable=False"
+            )
+        for key in ("momentum", "dampening"):  # the inner SGD's, checked on every path
+            if key in group:
+                to_float(group[key], f"param_groups[{index}]['{key}']", minimum=0.0)
         mask = group.get(MASK_KEY)
         if mask is not None and (
             not isinstance(mask, list)
@@ -259,11 +335,8 @@ class LARS(Optimizer):
 
     @staticmethod
     def _commit_group(group: dict[str, Any], plan: tuple[float, list[bool]]) -> None:
-        wd, mask = plan
-        group[WD_KEY] = wd
-        if "weight_decay" in group:
-            group["weight_decay"] = 0.0
-        group[MASK_KEY] = mask
+        """Keep the filter's result (the weight decay stays where it is: see the class doc)."""
+        group[MASK_KEY] = plan[1]
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the inner optimizer, taking over its weight decay (filter re-run)."""
@@ -272,7 +345,7 @@ class LARS(Optimizer):
         group = self.param_groups[-1]
         try:
             self._commit_group(group, self._plan_group(len(self.param_groups) - 1, group))
-        except (TypeError, ValueError):
+        except BaseException:  # whatever the filter raised: the group is not added
             self.param_groups.pop()
             raise
 
@@ -306,6 +379,9 @@ class LARS(Optimizer):
                         "fused=True cannot take sparse gradients; use fused=False (the inner "
                         "SGD handles sparse gradients of parameters LARS does not adapt)"
                     ) from None
+            except MixedDevicesError as exc:
+                if self.fused:
+                    raise ValueError(f"fused=True: {exc}") from None
         self._driver.invalidate()  # the inner step may create momentum buffers
         return self._unfused_step(loss)
 
@@ -333,6 +409,7 @@ class LARS(Optimizer):
         loss: Any,
         *,
         inner: bool,
+        saved: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> Any:
         found = bool(result.found_inf)
         device = result.found_inf.device
@@ -353,8 +430,62 @@ class LARS(Optimizer):
         for group, plan in zip(self.param_groups, plans, strict=True):
             self._commit_group(group, plan)
         if inner:
-            self.optimizer.step()
+            self._inner_step(saved or [])
         return loss
+
+    def _inner_step(self, saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """The inner optimizer's step, with its weight decay 0 for the duration (LARS applied it)
+        and its own step hooks, but not the global ones (they fired for LARS.step). If it raises,
+        every rewritten gradient is put back from ``saved`` (gradient, copy of its old value)."""
+        inner = self.optimizer
+        groups = inner.param_groups
+        held = [(g, g["weight_decay"]) for g in groups if "weight_decay" in g]
+        try:
+            for g, _ in held:
+                g["weight_decay"] = 0.0
+            fn = type(inner).step
+            raw = getattr(fn, "__wrapped__", None)
+            if raw is None or not getattr(fn, "hooked", False):
+                inner.step()  # not torch's hook wrapper: call it as it is
+            else:
+                args: tuple[Any, ...] = (inner,)
+                kwargs: dict[str, Any] = {}
+                for pre in inner._optimizer_step_pre_hooks.values():
+                    out = pre(inner, args, kwargs)
+                    if out is not None:
+                        args, kwargs = out
+                raw(*args, **kwargs)
+                inner._optimizer_step_code()
+                for post in inner._optimizer_step_post_hooks.values():
+                    post(inner, args, kwargs)
+        except BaseException:
+            for g, old in saved:
+                g.copy_(old)
+            raise
+        finally:
+            for g, wd in held:
+                g["weight_decay"] = wd
+
+    def _check_inner_state(self, params: list[torch.Tensor], names: list[str]) -> None:
+        """Before any write of the unfused step: each parameter can be written in place, and
+        each of its state tensors (momentum buffer, ...) has its shape and lies in its storage."""
+        state = self.state
+        for p, name in zip(params, names, strict=True):
+            check_written(p, f"parameter {name!r}")
+            st = state.get(p)
+            if not st:
+                continue
+            for key, v in st.items():
+                if isinstance(v, torch.Tensor) and v.dim() > 0:
+                    if key == "momentum_buffer":
+                        check_buffer(p, v, name)
+                    elif v.shape != p.shape:
+                        raise ValueError(
+                            f"state[{key!r}] of parameter {name!r} has shape {tuple(v.shape)}, "
+                            f"the parameter {tuple(p.shape)}"
+                        )
+                    else:
+                        check_written(v, f"state[{key!r}] of parameter {name!r}")
 
     def _unfused_step(self, loss: Any) -> Any:
         plans = []
@@ -381,12 +512,16 @@ class LARS(Optimizer):
                             "(exclude it with lars_filter to let the inner optimizer handle it)"
                         )
                     continue  # excluded: LARS leaves it to the inner optimizer, unchecked
+                if mask[j]:  # rewritten in place below
+                    check_written(g, f"gradient of parameter {name!r}")
                 weights.append(p)
                 grads.append(g)
                 adapt.append(mask[j])
                 wds.append(wd)
                 lrs.append(lr)
                 names.append(name)
+        self._check_inner_state(weights, names)
+        saved = save_grads(grads, adapt)
         result = lars_(
             weights,
             grads,
@@ -399,7 +534,7 @@ class LARS(Optimizer):
         )
         if grads:
             result.found_inf = result.found_inf.to(grads[0].device)
-        return self._finish(result, names, adapt, plans, loss, inner=True)
+        return self._finish(result, names, adapt, plans, loss, inner=True, saved=saved)
 
     def trust_ratios(self) -> dict[str, float]:
         """λ of every adapted parameter at the last step, by name (nan when it was skipped)."""
@@ -449,7 +584,39 @@ class LARS(Optimizer):
                 saved.get("use_clip", hyper.use_clip),
                 saved.get("guard_zero_norm", hyper.guard_zero_norm),
             )
+        groups = sd.get("param_groups")
+        if isinstance(groups, list):  # earlier versions kept the decay as lars_weight_decay
+            sd["param_groups"] = [_migrate_group(g) for g in groups]
         return sd, hyper
+
+    def _check_loaded_state(self, sd: dict[str, Any]) -> None:
+        """Refuse, before anything changes, state that does not fit the parameters it will be
+        given to: per-parameter tensors of another shape, or holding inf/nan."""
+        saved_groups = sd.get("param_groups")
+        state = sd.get("state")
+        if not isinstance(saved_groups, list) or not isinstance(state, dict):
+            return  # torch's own load reports a malformed state dict
+        for gi, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=False)):
+            ids = saved.get("params", [])
+            pnames = group.get("param_names")
+            for j, (pid, p) in enumerate(zip(ids, group["params"], strict=False)):
+                entry = state.get(pid)
+                if not isinstance(entry, dict):
+                    continue
+                name = pnames[j] if pnames else f"param_groups[{gi}][{j}]"
+                for key, v in entry.items():
+                    if not isinstance(v, torch.Tensor) or v.dim() == 0:
+                        continue
+                    if v.shape != p.shape:
+                        raise ValueError(
+                            f"loaded state[{key!r}] of parameter {name!r} has shape "
+                            f"{tuple(v.shape)}, the parameter {tuple(p.shape)}; this checkpoint "
+                            "does not fit the model"
+                        )
+                    if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                        raise ValueError(
+                            f"loaded state[{key!r}] of parameter {name!r} holds inf/nan"
+                        )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a LARS checkpoint, or one of the plain inner optimizer (its weight decay is taken
@@ -458,6 +625,7 @@ class LARS(Optimizer):
         sd, hyper = self._read_checkpoint(state_dict)
         for gi, g in enumerate(sd.get("param_groups", [])):  # everything checked before loading
             self._check_saved_group(gi, g)
+        self._check_loaded_state(sd)
         self.optimizer.load_state_dict(sd)
         self._driver.invalidate()
         self._hyper = hyper

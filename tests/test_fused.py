@@ -22,7 +22,6 @@ needs_native = pytest.mark.skipif(native() is None, reason="lars_npu._C is not b
 
 
 def make_call(params, grads, bufs, first, adapt, wd, lr, mu, nesterov, hyper, fast=True):
-    n = len(params)
     has_m = np.array([m != 0 for m in mu], dtype=np.uint8)
     return FusedCall(
         params=params,
@@ -37,9 +36,7 @@ def make_call(params, grads, bufs, first, adapt, wd, lr, mu, nesterov, hyper, fa
         nesterov=np.asarray(nesterov, dtype=np.uint8),
         hyper=hyper,
         cache={},
-        fast=fast,
-        w_ptr=[p.data_ptr() for p in params] if fast else None,
-        bufs_version=n,
+        checked=not fast,
         mixed_grad_dtypes=True,
     )
 
@@ -196,7 +193,7 @@ def test_plan_scratch_is_small():
     n = 161
     numel = np.full(n, 25_600_000 // n, dtype=np.int64)
     plan = C.FusedPlan(
-        numel,
+        [(int(k),) for k in numel],
         np.zeros(n, np.int64),
         np.zeros(n, np.int64),
         np.ones(n, np.uint8),

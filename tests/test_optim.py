@@ -65,7 +65,9 @@ def test_takes_over_weight_decay():
     _model, sgd = make(weight_decay=5e-5)
     opt = LARS(sgd)
     g = opt.param_groups[0]
-    assert g["weight_decay"] == 0.0 and g["lars_weight_decay"] == 5e-5
+    # one source of truth: the group's own weight_decay stays (LARS zeroes it only while it
+    # steps the inner optimizer)
+    assert g["weight_decay"] == 5e-5 and "lars_weight_decay" not in g
     assert opt.param_groups is sgd.param_groups and opt.state is sgd.state
     names = g["param_names"]
     mask = dict(zip(names, g["lars_mask"], strict=False))
@@ -327,7 +329,7 @@ def test_zero_grad_and_add_param_group():
         {"params": list(extra.named_parameters()), "lr": 0.05, "weight_decay": 1e-3}
     )
     g = opt.param_groups[-1]
-    assert g["weight_decay"] == 0.0 and g["lars_weight_decay"] == 1e-3
+    assert g["weight_decay"] == 1e-3 and "lars_weight_decay" not in g
     assert g["lars_mask"] == [True, False]
     # a group added to the inner optimizer directly is taken over at the next step
     more = nn.Linear(2, 2)
@@ -338,8 +340,8 @@ def test_zero_grad_and_add_param_group():
         + more(torch.randn(1, 2)).sum()
     ).backward()
     opt.step()
-    assert sgd.param_groups[-1]["weight_decay"] == 0.0
-    assert sgd.param_groups[-1]["lars_weight_decay"] == 2e-3
+    assert sgd.param_groups[-1]["weight_decay"] == 2e-3
+    assert "lars_mask" in sgd.param_groups[-1]
 
 
 def test_weight_decay_changed_later_is_taken_over_again():
@@ -348,8 +350,7 @@ def test_weight_decay_changed_later_is_taken_over_again():
     opt.param_groups[0]["weight_decay"] = 3e-3
     loss_of(model, 0).backward()
     opt.step()
-    assert opt.param_groups[0]["lars_weight_decay"] == 3e-3
-    assert opt.param_groups[0]["weight_decay"] == 0.0
+    assert opt.param_groups[0]["weight_decay"] == 3e-3  # put back after the inner step
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
@@ -426,7 +427,7 @@ def test_plain_inner_checkpoint_loads_and_is_taken_over():
     opt = LARS(sgd2)
     opt.load_state_dict(sd)
     g = opt.param_groups[0]
-    assert g["weight_decay"] == 0.0 and g["lars_weight_decay"] == 5e-4
+    assert g["weight_decay"] == 5e-4 and "lars_weight_decay" not in g
     assert "momentum_buffer" in opt.state[g["params"][0]]
 
 
@@ -644,13 +645,13 @@ def test_load_state_dict_validates_before_changing_anything():
     extra = nn.Linear(2, 2)
     opt.add_param_group({"params": list(extra.named_parameters()), "lr": 0.05})
     bad = copy.deepcopy(opt.state_dict())
-    bad["param_groups"][1]["lars_weight_decay"] = float("nan")
+    bad["param_groups"][1]["weight_decay"] = float("nan")
     bad["param_groups"][0]["lr"] = 123.0
     bad["lars"]["epsilon"] = 0.5
-    with pytest.raises(ValueError, match="lars_weight_decay"):
+    with pytest.raises(ValueError, match="weight_decay"):
         opt.load_state_dict(bad)
     assert opt.param_groups[0]["lr"] == 0.1 and opt.epsilon == 1e-5
-    assert opt.param_groups[1]["lars_weight_decay"] == 1e-4
+    assert opt.param_groups[1]["weight_decay"] == 1e-4
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,11 @@ namespace lars {
 
 enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
 
+// Bytes per element of a DType code (0 for an unknown code).
+constexpr int dtype_size(int dtype) {
+  return dtype == kFloat32 ? 4 : dtype == kFloat64 ? 8 : (dtype == kFloat16 || dtype == kBFloat16) ? 2 : 0;
+}
+
 struct Half { uint16_t bits; };
 struct BFloat16 { uint16_t bits; };
 

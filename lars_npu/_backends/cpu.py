@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.utils.dlpack
 
 from ._native import kernel_threads, native, native_error
 from ._staging import contig as _contig
-from ._staging import ptrs as _ptrs
 from ._staging import stage_step, unstage_grads, unstage_step
 from .base import Hyper, LayoutMismatch, MultiResult
 
@@ -33,7 +33,19 @@ DTYPE_CODES: dict[torch.dtype, int] = {
 }
 
 
-_DATA_PTR = torch.Tensor.data_ptr
+# One capsule per tensor exposes pointer, shape, strides, dtype and device together (and keeps
+# the tensor alive while it exists); torch >= 2.6 has _to_dlpack, newer ones the versioned kind.
+_TO_DLPACK = (
+    getattr(torch._C, "_to_dlpack", None)
+    or getattr(torch._C, "_to_dlpack_versioned", None)
+    or torch.utils.dlpack.to_dlpack
+)
+_STORAGE = torch.Tensor.untyped_storage
+
+
+def _ptr_list(ts: list[torch.Tensor | None]) -> list[int | None]:
+    """Raw pointers of staged tensors the caller holds (None: no tensor)."""
+    return [None if t is None else t.data_ptr() for t in ts]
 
 
 def _arrays(
@@ -128,38 +140,45 @@ class CpuBackend:
             unstage_grads(grads, gs)
         return MultiResult(torch.tensor(bool(found_inf)), torch.from_numpy(lam))
 
+    # The zero-copy fused step checks every tensor natively against its cached plan (see
+    # _fused.py): the driver may skip its own named checks until this raises LayoutMismatch.
+    verifies_layout = True
+
     def fused_sgd_(self, call: FusedCall) -> MultiResult:
         C = native()
-        threads = kernel_threads()
         h = call.hyper
-        if call.fast:
+        if not call.checked:  # zero copy: capsules and storages made now, proven by _C
             plan = call.cache.get("cpu_plan")
-            if plan is None:  # the plan expects gradients of the parameters' dtype; the kernel
-                # checks every gradient's capsule against it (else LayoutMismatch, and the
-                # caller's precise checks name the parameter)
+            if plan is None:  # the plan expects gradients of the parameters' dtype unless a
+                # direct caller opted into mixed dtypes
                 expect = call.grads if call.mixed_grad_dtypes else call.params
                 plan = call.cache["cpu_plan"] = self._plan(C, call.params, expect, call)
-            if call.cache.get("m_version") != call.bufs_version:
-                call.cache["m_ptr"] = _ptrs(call.bufs)
-                call.cache["m_version"] = call.bufs_version
-            w_ptr = call.w_ptr
-            g_ptr = call.g_caps if call.g_caps is not None else list(map(_DATA_PTR, call.grads))
-            m_ptr = call.cache["m_ptr"]
-            ws, gs, ms = call.params, call.grads, call.bufs
-        else:  # views, or buffers of another dtype: staged copies, written back after success
-            ws, gs, ms = stage_step(call)
-            plan = self._plan(C, ws, gs, call)
-            w_ptr, g_ptr, m_ptr = _ptrs(ws), _ptrs(gs), _ptrs(ms)
-        try:
-            found, lam, _, _ = plan.step(
-                w_ptr, g_ptr, m_ptr, call.first, call.wd, call.lr, call.mu, call.nesterov,
-                h.epsilon, h.coefficient, h.use_clip, h.guard_zero_norm, threads,
-            )  # fmt: skip
-        except ValueError as exc:
-            if call.fast and "gradient layout" in str(exc):
-                raise LayoutMismatch(str(exc)) from None
-            raise
-        if not found and not call.fast:
+            try:
+                ps, gs, bs = call.params, call.grads, call.bufs
+                found, lam, _, _ = plan.step(
+                    list(map(_TO_DLPACK, ps)), list(map(_TO_DLPACK, gs)),
+                    [None if b is None else _TO_DLPACK(b) for b in bs],
+                    call.first, call.wd, call.lr, call.mu, call.nesterov,
+                    h.epsilon, h.coefficient, h.use_clip, h.guard_zero_norm, kernel_threads(),
+                    list(map(_STORAGE, ps)), list(map(_STORAGE, gs)),
+                    [None if b is None else _STORAGE(b) for b in bs],
+                )  # fmt: skip
+            except (C.LayoutError, RuntimeError, TypeError, AttributeError) as exc:
+                # a tensor that no longer fits the plan (or cannot be exported): nothing was
+                # written; the plan is rebuilt from the tensors as they are next time
+                call.cache.pop("cpu_plan", None)
+                raise LayoutMismatch(str(exc)) from exc
+            return MultiResult(torch.tensor(bool(found)), torch.from_numpy(lam))
+        # checked by the driver: views or buffers of another dtype as staged copies that this
+        # function holds, written back after success
+        ws, gs, ms = stage_step(call)
+        plan = self._plan(C, ws, gs, call)
+        found, lam, _, _ = plan.step(
+            _ptr_list(ws), _ptr_list(gs), _ptr_list(ms), call.first, call.wd, call.lr, call.mu,
+            call.nesterov, h.epsilon, h.coefficient, h.use_clip, h.guard_zero_norm,
+            kernel_threads(),
+        )  # fmt: skip
+        if not found:
             unstage_step(call, ws, ms)
         return MultiResult(torch.tensor(bool(found)), torch.from_numpy(lam))
 
@@ -167,7 +186,7 @@ class CpuBackend:
     def _plan(C, ws, gs, call: FusedCall):
         n = len(ws)
         return C.FusedPlan(
-            np.fromiter((w.numel() for w in ws), dtype=np.int64, count=n),
+            [tuple(w.shape) for w in ws],
             np.fromiter((DTYPE_CODES[w.dtype] for w in ws), dtype=np.int64, count=n),
             np.fromiter((DTYPE_CODES[g.dtype] for g in gs), dtype=np.int64, count=n),
             call.adapt,
