@@ -131,6 +131,8 @@ def cases(quick: bool = False, dtypes: list[torch.dtype] | None = None) -> Itera
     for dt in dts:
         for edge, guard in itertools.product(("zero_weight", "zero_grad"), (False, True)):
             yield Case((5, 3), dt, 1e-4, 0.1, False, guard, edge)
+        # use_clip at lr = 0 (warm-up's first step) on a zero weight: λ = 0, so g' must be 0
+        yield Case((5, 3), dt, 1e-4, 0.0, True, False, "zero_weight")
 
 
 def make_inputs(case: Case, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

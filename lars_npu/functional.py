@@ -76,6 +76,16 @@ def check_pair(weight: object, gradient: object, wname: str, gname: str) -> None
         raise ValueError(f"{gname} is on {g.device} but {wname} is on {w.device}")
 
 
+def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
+    """True when no tensor holds inf/nan. Uses max|x| (the inf-norm), which is finite exactly
+    when every element is: a 2-norm in the tensor's dtype would overflow for large finite fp16
+    values (above 65504) and skip a good step."""
+    if not tensors:
+        return True
+    norms = torch._foreach_norm(list(tensors), float("inf"))
+    return all(bool(torch.isfinite(x)) for x in norms)
+
+
 def square_sum_all(
     weight: torch.Tensor, gradient: torch.Tensor, *, backend: str = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,8 +172,7 @@ def lars_(
             return run(*next(iter(by_device.items())))
         # Several devices: check every gradient first, so a non-finite one on any device means no
         # device is written.
-        norms = torch._foreach_norm(list(grads))
-        if not all(bool(torch.isfinite(x)) for x in norms):
+        if not all_finite(grads):
             return MultiResult(torch.tensor(True), torch.full((n,), math.nan, dtype=torch.float64))
         lam = torch.ones(n, dtype=torch.float64)
         for dev, idx in by_device.items():

@@ -273,3 +273,284 @@ def test_layout_mismatch_is_a_real_exception_type():
             [st(m)],
         )
     assert exc.value.role == "gradient" and exc.value.index == 0
+
+
+# -- the unfused step as a transaction (items 3, 4, 6) ------------------------------------------
+
+
+def _unfused(**kw):
+    params, opt = make(False, **kw)
+    grads(params, 0)
+    opt.step()
+    grads(params, 1)
+    return params, opt
+
+
+def test_checkpoint_with_buffers_of_the_wrong_shape_is_refused_at_load():
+    params, opt = _unfused()
+    sd = opt.state_dict()
+    sd["state"][0]["momentum_buffer"] = torch.zeros(3, 3)  # a.weight is (8, 5)
+    before = snapshot(params, opt)
+    with pytest.raises(ValueError, match=r"a\.weight.*\(3, 3\)"):
+        opt.load_state_dict(sd)
+    assert_same(before, snapshot(params, opt))
+
+
+def test_checkpoint_with_non_finite_buffers_is_refused_at_load():
+    _params, opt = _unfused()
+    sd = opt.state_dict()
+    sd["state"][2]["momentum_buffer"] = torch.full((3, 8), float("nan"))
+    with pytest.raises(ValueError, match=r"b\.weight.*inf/nan"):
+        opt.load_state_dict(sd)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_buffer_of_the_wrong_shape_in_the_state_is_refused_before_any_write(fused):
+    params, opt = make(fused)
+    grads(params, 0)
+    opt.step()
+    grads(params, 1)
+    opt.state[params["b.weight"]]["momentum_buffer"] = torch.zeros(8, 3)
+    before = snapshot(params, opt)
+    with pytest.raises(ValueError, match=r"b\.weight"):
+        opt.step()
+    assert_same(before, snapshot(params, opt))
+
+
+def test_expanded_gradient_is_refused_by_name_before_any_write():
+    params, opt = _unfused()
+    params["b.weight"].grad = torch.ones(1, 8).expand(3, 8)  # stride 0: cannot be rewritten
+    before = snapshot(params, opt)
+    with pytest.raises(ValueError, match=r"b\.weight.*overlapping"):
+        opt.step()
+    assert_same(before, snapshot(params, opt))
+
+
+def test_lbfgs_and_differentiable_sgd_are_refused_at_construction():
+    w = nn.Parameter(torch.ones(3))
+    with pytest.raises(TypeError, match="LBFGS"):
+        LARS(torch.optim.LBFGS([w]))
+    with pytest.raises(ValueError, match="differentiable=True"):
+        LARS(torch.optim.SGD([w], lr=0.1, differentiable=True))
+
+
+@pytest.mark.parametrize("inner", ["RMSprop", "Adagrad", "Adadelta", "Rprop"])
+def test_scale_invariant_inner_optimizers_warn(inner):
+    w = nn.Parameter(torch.ones(3))
+    with pytest.warns(UserWarning, match=f"{inner}.*largely cancels"):
+        LARS(getattr(torch.optim, inner)([w]))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize(
+    ("key", "value"), [("momentum", float("nan")), ("momentum", -0.5), ("dampening", float("inf"))]
+)
+def test_bad_inner_hyper_parameters_are_refused_before_any_write(fused, key, value):
+    params, opt = make(fused)
+    grads(params, 0)
+    opt.step()
+    grads(params, 1)
+    opt.param_groups[0][key] = value
+    before = snapshot(params, opt)
+    with pytest.raises(ValueError, match=rf"param_groups\[0\].*{key}"):
+        opt.step()
+    assert_same(before, snapshot(params, opt))
+
+
+def test_inner_step_raising_puts_gradients_and_weight_decay_back_and_a_retry_is_exact():
+    params, opt = _unfused()
+    ref_params, ref_opt = _unfused()
+    boom = {"left": 1}
+
+    def hook(optimizer, args, kwargs):
+        if boom["left"]:
+            boom["left"] -= 1
+            raise RuntimeError("inner step failed")
+
+    handle = opt.optimizer.register_step_pre_hook(hook)
+    before = snapshot(params, opt)
+    with pytest.raises(RuntimeError, match="inner step failed"):
+        opt.step()
+    assert_same(before, snapshot(params, opt))  # gradients back to g, not g'
+    assert opt.param_groups[0]["weight_decay"] == 1e-3
+    opt.step()  # the retry applies LARS once
+    handle.remove()
+    ref_opt.step()
+    for n in params:
+        assert torch.equal(params[n], ref_params[n]), n
+        assert torch.equal(params[n].grad, ref_params[n].grad), n
+
+
+def test_add_param_group_rolls_back_whatever_the_filter_raises():
+    _params, opt = make(None)
+
+    def picky(info):
+        raise KeyError(info.name)
+
+    opt.lars_filter = picky
+    n = len(opt.param_groups)
+    with pytest.raises(KeyError):
+        opt.add_param_group({"params": [("c.weight", nn.Parameter(torch.ones(2)))]})
+    assert len(opt.param_groups) == n
+
+
+# -- global hooks once per step (item 5) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_global_and_own_hooks_fire_once_per_step(fused):
+    from torch.optim.optimizer import (
+        register_optimizer_step_post_hook,
+        register_optimizer_step_pre_hook,
+    )
+
+    params, opt = make(fused)
+    seen = []
+    h1 = register_optimizer_step_pre_hook(lambda o, a, k: seen.append(("pre", type(o).__name__)))
+    h2 = register_optimizer_step_post_hook(lambda o, a, k: seen.append(("post", type(o).__name__)))
+    h3 = opt.register_step_pre_hook(lambda o, a, k: seen.append(("lars pre", "")))
+    h4 = opt.optimizer.register_step_post_hook(lambda o, a, k: seen.append(("sgd post", "")))
+    try:
+        grads(params, 0)
+        opt.step()
+    finally:
+        for h in (h1, h2, h3, h4):
+            h.remove()
+    inner = [] if fused else [("sgd post", "")]  # the inner's own hooks run when it steps
+    assert seen == [("pre", "LARS"), ("lars pre", ""), *inner, ("post", "LARS")]
+
+
+# -- weight-decay schedules (item 7) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_weight_decay_schedule_to_zero_and_back(fused):
+    from lars_npu import reference
+
+    w = nn.Parameter(torch.tensor([[0.5, -0.8, 0.2], [0.6, 0.4, -0.2]], dtype=torch.float64))
+    opt = LARS(
+        torch.optim.SGD([("fc.weight", w)], lr=0.5, momentum=0.9, weight_decay=0.5),
+        fused=fused,
+        coefficient=0.1,
+    )
+    mirror, buf = w.detach().numpy().copy(), None
+    for t, wd in enumerate([0.5, 0.0, 0.0, 0.2]):
+        opt.param_groups[0]["weight_decay"] = wd
+        g = torch.full_like(w, 0.1 * (t + 1))
+        w.grad = g.clone()
+        opt.step()
+        mirror, buf, _, _ = reference.lars_momentum_step(
+            mirror, g.numpy(), buf, lr=0.5, weight_decay=wd, momentum=0.9, coefficient=0.1
+        )
+        np_w = w.detach().numpy()
+        assert abs(np_w - mirror).max() < 1e-12, (t, wd, np_w, mirror)
+        assert opt.param_groups[0]["weight_decay"] == wd
+
+
+# -- non-finite pre-check in the gradient's dtype (item 8), devices (item 9) ---------------------
+
+
+def test_finite_check_does_not_overflow_for_large_finite_fp16():
+    from lars_npu.functional import all_finite
+
+    big = torch.full((4096,), 60000.0, dtype=torch.float16)  # 2-norm in fp16: inf
+    assert torch._foreach_norm([big])[0].isinf()
+    assert all_finite([big, torch.ones(3)])
+    assert not all_finite([big, torch.tensor([1.0, float("nan")])])
+    assert not all_finite([torch.tensor([float("-inf")], dtype=torch.bfloat16)])
+
+
+def test_fused_auto_falls_back_to_unfused_for_several_devices(monkeypatch):
+    from lars_npu._fused import FusedDriver, MixedDevicesError
+
+    def several(*a, **k):
+        raise MixedDevicesError("the fused step needs every parameter on one device")
+
+    monkeypatch.setattr(FusedDriver, "precise_checks", staticmethod(several))
+    params, opt = make(None, backend="torch")  # a backend that never verifies natively
+    ref_params, ref_opt = make(False, backend="torch")
+    grads(params, 0)
+    grads(ref_params, 0)
+    opt.step()  # fused=None: the unfused path, as for sparse gradients
+    ref_opt.step()
+    for n in params:
+        assert torch.equal(params[n], ref_params[n]), n
+    params, opt = make(True, backend="torch")
+    grads(params, 0)
+    with pytest.raises(ValueError, match="fused=True: the fused step needs every parameter"):
+        opt.step()
+
+
+# -- test gaps from a mutation run ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fused", [True, False])
+def test_use_clip_at_lr_zero_on_a_zero_weight_gives_zero(backend, fused):
+    """λ = 0 for a zero weight, and λ/lr at lr = 0 is taken at its limit: clipped λ = 0."""
+    w = nn.Parameter(torch.zeros(4, 3))
+    opt = LARS(
+        torch.optim.SGD([("fc.weight", w)], lr=0.0, momentum=0.9, weight_decay=1e-3),
+        use_clip=True,
+        fused=fused,
+        backend=backend,
+    )
+    w.grad = torch.randn(4, 3)
+    opt.step()
+    assert opt.trust_ratios() == {"fc.weight": 0.0}
+    if not fused:
+        assert torch.equal(w.grad, torch.zeros(4, 3))  # g' = 0·(g + wd·0)
+    assert torch.equal(opt.state[w]["momentum_buffer"], torch.zeros(4, 3))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_multi_chunk_tensor_with_weight_decay_element_by_element(backend):
+    """A tensor of 3 chunks and a tail (> 16,384 elements), wd > 0: every element against the
+    reference, so λ-per-chunk and chunk-tail bugs cannot hide."""
+    from lars_npu import lars_update, reference, square_sum_all
+
+    n = 3 * 16384 + 77
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(n, generator=gen, dtype=torch.float64).float()
+    g = (torch.randn(n, generator=gen, dtype=torch.float64) * 1e-2).float()
+    ws, gs = square_sum_all(w, g, backend=backend)
+    out = lars_update(w, g, ws, gs, 5e-4, 0.1, backend=backend)
+    wn, gn = w.double().numpy(), g.double().numpy()
+    w_s, g_s = float((wn * wn).sum()), float((gn * gn).sum())
+    ref = reference.lars_update(wn, gn, w_s, g_s, 5e-4, 0.1)
+    lam = reference.trust_ratio(w_s, g_s, 5e-4, 0.1)
+    import numpy as np
+
+    # fp32 output: each element within a few ulps of the scale of its terms, λ(|g| + wd·|w|)
+    # (g + wd·w may cancel, so a plain relative tolerance would be meaningless there)
+    err = np.abs(out.double().numpy() - ref)
+    bound = 4e-7 * lam * (np.abs(gn) + 5e-4 * np.abs(wn)) + 1e-30
+    assert (err <= bound).all(), (err / bound).max()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fused", [True, False])
+def test_multi_chunk_tensor_optimizer_step_element_by_element(backend, fused):
+    """The same tensor through LARS(SGD) (λ from the multi-tensor or fused kernels' chunked sums):
+    two steps, every element against the NumPy reference model."""
+    import numpy as np
+
+    from lars_npu import reference
+
+    n = 3 * 16384 + 77
+    gen = torch.Generator().manual_seed(6)
+    w = nn.Parameter(torch.randn(n, generator=gen, dtype=torch.float64))
+    opt = LARS(
+        torch.optim.SGD([("fc.weight", w)], lr=0.1, momentum=0.9, weight_decay=5e-4),
+        fused=fused,
+        backend=backend,
+    )
+    mirror, buf = w.detach().numpy().copy(), None
+    for _ in range(2):
+        g = torch.randn(n, generator=gen, dtype=torch.float64) * 1e-2
+        w.grad = g.clone()
+        opt.step()
+        mirror, buf, _, _ = reference.lars_momentum_step(
+            mirror, g.numpy(), buf, lr=0.1, weight_decay=5e-4, momentum=0.9
+        )
+        np.testing.assert_allclose(w.detach().numpy(), mirror, rtol=1e-12, atol=1e-15)

@@ -1,0 +1,219 @@
+"""A stateful property test (hypothesis ``RuleBasedStateMachine``, issue 12): steps interleaved
+with every mutation a user can make between them, on the fused path, the unfused path and the
+AscendC kernels on our emulation. After each step the weights and momentum buffers equal the NumPy
+reference model's, or the step was refused with nothing changed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from torch import nn
+
+from lars_npu import LARS, available_backends, reference
+
+SHAPES = {"l0.weight": (4, 3), "l1.weight": (4, 3), "l2.bias": (5,)}
+
+
+class LarsMachine(RuleBasedStateMachine):
+    fused: bool | None = None
+    backend = "auto"
+    dtype = torch.float64
+    tol = 1e-10
+
+    @initialize(seed=st.integers(0, 2**16))
+    def setup(self, seed: int) -> None:
+        self.gen = torch.Generator().manual_seed(seed)
+        self.params = {
+            n: nn.Parameter(torch.randn(s, generator=self.gen, dtype=self.dtype))
+            for n, s in SHAPES.items()
+        }
+        self.lr, self.mu, self.wd = 0.1, 0.9, 1e-3
+        sgd = torch.optim.SGD(
+            list(self.params.items()), lr=self.lr, momentum=self.mu, weight_decay=self.wd
+        )
+        self.opt = LARS(sgd, fused=self.fused, backend=self.backend, coefficient=0.01)
+        self.w = {n: p.detach().double().numpy().copy() for n, p in self.params.items()}
+        self.m: dict[str, np.ndarray | None] = dict.fromkeys(self.params)
+        self.group_of = dict.fromkeys(self.params, 0)
+        self.group_hyper = [[self.lr, self.mu, self.wd]]
+        self.broken: set[str] = set()  # corrupted buffers: the next step must refuse
+        self.raise_inner = False
+
+    # -- mutations --
+    @rule()
+    def fresh_grads(self) -> None:
+        for p in self.params.values():
+            p.grad = torch.randn(p.shape, generator=self.gen, dtype=self.dtype)
+
+    @rule(name=st.sampled_from(sorted(SHAPES)))
+    def repoint_buffer_same_values(self, name: str) -> None:
+        buf = self.opt.state.get(self.params[name], {}).get("momentum_buffer")
+        if buf is not None:
+            buf.data = buf.detach().clone()  # new storage, same values: still the buffer
+
+    @rule(name=st.sampled_from(sorted(SHAPES)), how=st.sampled_from(["resize", "set", "data"]))
+    def corrupt_buffer(self, name: str, how: str) -> None:
+        buf = self.opt.state.get(self.params[name], {}).get("momentum_buffer")
+        if buf is None or self.group_hyper[self.group_of[name]][1] == 0:
+            return
+        if how == "resize":
+            buf.resize_(buf.numel() + 7)
+        elif how == "set":
+            buf.set_(torch.zeros(2, dtype=buf.dtype))
+        else:
+            buf.data = torch.zeros(1, dtype=buf.dtype)
+        self.broken.add(name)
+
+    @precondition(lambda self: bool(self.broken))
+    @rule()
+    def repair_buffers(self) -> None:
+        for name in self.broken:
+            m = self.m[name]
+            self.opt.state[self.params[name]]["momentum_buffer"] = torch.from_numpy(m.copy()).to(
+                self.dtype
+            )
+        self.broken = set()
+
+    @rule(a=st.sampled_from(["l0.weight", "l1.weight"]))
+    def swap_grads(self, a: str) -> None:
+        b = "l1.weight" if a == "l0.weight" else "l0.weight"
+        pa, pb = self.params[a], self.params[b]
+        if pa.grad is not None and pb.grad is not None:
+            pa.grad, pb.grad = pb.grad, pa.grad
+
+    @rule(name=st.sampled_from(sorted(SHAPES)))
+    def replace_param_data(self, name: str) -> None:
+        p = self.params[name]
+        p.data = torch.randn(p.shape, generator=self.gen, dtype=self.dtype)
+        self.w[name] = p.detach().double().numpy().copy()
+
+    @rule()
+    def checkpoint_round_trip(self) -> None:
+        if not self.broken:
+            self.opt.load_state_dict(self.opt.state_dict())
+
+    @rule(lr=st.sampled_from([0.0, 0.05, 0.2]), mu=st.sampled_from([0.0, 0.5, 0.9]))
+    def change_lr_momentum(self, lr: float, mu: float) -> None:
+        g = self.opt.param_groups[0]
+        g["lr"], g["momentum"] = lr, mu
+        self.group_hyper[0][:2] = [lr, mu]
+
+    @rule(wd=st.sampled_from([0.0, 1e-3, 0.05]))
+    def change_weight_decay(self, wd: float) -> None:
+        self.opt.param_groups[0]["weight_decay"] = wd
+        self.group_hyper[0][2] = wd
+
+    @precondition(lambda self: "l3.weight" not in self.params)
+    @rule()
+    def add_group(self) -> None:
+        p = nn.Parameter(torch.randn(3, 2, generator=self.gen, dtype=self.dtype))
+        self.opt.add_param_group(
+            {"params": [("l3.weight", p)], "lr": 0.05, "momentum": 0.5, "weight_decay": 0.01}
+        )
+        self.params["l3.weight"] = p
+        self.w["l3.weight"] = p.detach().double().numpy().copy()
+        self.m["l3.weight"] = None
+        self.group_of["l3.weight"] = len(self.group_hyper)
+        self.group_hyper.append([0.05, 0.5, 0.01])
+
+    @precondition(lambda self: self.fused is False)
+    @rule()
+    def make_inner_step_raise(self) -> None:
+        self.raise_inner = True
+
+    # -- the step --
+    @rule()
+    def step(self) -> None:
+        grads = {
+            n: None if p.grad is None else p.grad.detach().double().numpy().copy()
+            for n, p in self.params.items()
+        }
+        before = self._observe()
+        handle = None
+        if self.raise_inner:
+
+            def boom(*_: object) -> None:
+                raise RuntimeError("inner step failed")
+
+            handle = self.opt.optimizer.register_step_pre_hook(boom)
+        try:
+            self.opt.step()
+        except (ValueError, TypeError, RuntimeError) as exc:
+            assert self.broken or self.raise_inner, f"refused a good step: {exc}"
+            after = self._observe()
+            for n in before:
+                for x, y in zip(before[n], after[n], strict=True):
+                    assert (x is None) == (y is None) and (x is None or np.array_equal(x, y)), n
+            return
+        finally:
+            if handle is not None:
+                handle.remove()
+            self.raise_inner = False
+        assert not self.broken, "a step with a corrupted buffer was not refused"
+        for n, g in grads.items():
+            if g is None:
+                continue
+            lr, mu, wd = self.group_hyper[self.group_of[n]]
+            w, m, _, _ = reference.lars_momentum_step(
+                self.w[n], g, self.m[n] if mu != 0 else None, lr=lr, weight_decay=wd,
+                momentum=mu, lars="bias" not in n, coefficient=0.01,
+            )  # fmt: skip
+            self.w[n] = w
+            if mu != 0:
+                self.m[n] = m
+        self.opt.zero_grad()
+
+    def _observe(self) -> dict[str, tuple[np.ndarray | None, ...]]:
+        out = {}
+        for n, p in self.params.items():
+            buf = self.opt.state.get(p, {}).get("momentum_buffer")
+            ok_buf = buf is not None and buf.shape == p.shape
+            out[n] = (
+                p.detach().double().numpy().copy(),
+                None if p.grad is None else p.grad.detach().double().numpy().copy(),
+                buf.detach().double().numpy().copy() if ok_buf else None,
+            )
+        return out
+
+    @invariant()
+    def matches_the_reference(self) -> None:
+        if not hasattr(self, "params"):
+            return
+        for n, p in self.params.items():
+            np.testing.assert_allclose(
+                p.detach().double().numpy(), self.w[n], rtol=self.tol, atol=self.tol, err_msg=n
+            )
+
+
+class FusedMachine(LarsMachine):
+    fused = True
+
+
+class UnfusedMachine(LarsMachine):
+    fused = False
+
+
+class EmuMachine(LarsMachine):
+    fused = True
+    backend = "emu"
+    dtype = torch.float32
+    tol = 2e-5
+
+
+SETTINGS = settings(max_examples=15, stateful_step_count=20, deadline=None, derandomize=True)
+
+
+@pytest.mark.parametrize("machine", [FusedMachine, UnfusedMachine, EmuMachine])
+def test_lars_state_machine(machine):
+    if machine is EmuMachine and "emu" not in available_backends():
+        pytest.skip("emu backend not built")
+    if machine is FusedMachine and "cpu" not in available_backends():
+        pytest.skip("no native module: the fused path would run on the NumPy reference")
+    case = machine.TestCase
+    case.settings = SETTINGS
+    case("runTest").runTest()
