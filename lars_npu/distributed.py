@@ -727,7 +727,7 @@ class ShardedLARS(LARS):
                     guard_zero_norm=h.guard_zero_norm,
                 )
         todo = [i for i in range(k) if adapt[i] and gs[i].numel() > 0]
-        saved = save_grads(gs, adapt)  # put back if the inner step raises
+        saved = save_grads(gs, adapt, self._undo)  # put back if the inner step raises
         if todo and backend.name == "cpu":
             C = native()
             wc = [contig(ws[i]) for i in todo]

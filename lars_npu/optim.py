@@ -42,16 +42,36 @@ def _migrate_group(group: Any) -> Any:
 
 
 def save_grads(
-    grads: list[torch.Tensor], adapt: list[bool]
+    grads: list[torch.Tensor], adapt: list[bool], scratch: list[torch.Tensor]
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(gradient, copy) of every gradient LARS rewrites: what a failed inner step restores."""
-    return [(g, g.clone()) for g, a in zip(grads, adapt, strict=True) if a]
+    """(gradient, copy) of every gradient LARS rewrites: what a failed inner step restores. The
+    copies live in ``scratch``, allocated once and reused while shapes stay (no per-step
+    allocation of gradient-sized buffers)."""
+    out = []
+    k = 0
+    for g, a in zip(grads, adapt, strict=True):
+        if not a:
+            continue
+        s = scratch[k] if k < len(scratch) else None
+        if s is None or s.shape != g.shape or s.dtype != g.dtype or s.device != g.device:
+            s = torch.empty_like(g, memory_format=torch.contiguous_format)
+            if k < len(scratch):
+                scratch[k] = s
+            else:
+                scratch.append(s)
+        s.copy_(g)
+        out.append((g, s))
+        k += 1
+    del scratch[k:]
+    return out
+
 
 __all__ = ["LARS"]
 
 LarsFilter = Callable[[ParamInfo], bool]
 
-# Group keys LARS adds: the weight decay it took over, and the filter's result per parameter.
+# Group keys LARS adds: the filter's result per parameter (and, in checkpoints of earlier
+# versions, the weight decay it took over), and its own entry in the state dict.
 WD_KEY = "lars_weight_decay"
 MASK_KEY = "lars_mask"
 STATE_KEY = "lars"
@@ -185,6 +205,7 @@ class LARS(Optimizer):
                 raise ValueError(f"fused=True needs {FUSED_REQUIREMENTS}, but {why}")
         self.fused = fused
         self._driver = FusedDriver()
+        self._undo: list[torch.Tensor] = []  # the unfused step's copies of rewritten gradients
         self.optimizer = optimizer
         self.lars_filter = lars_filter
         self.backend = backend
@@ -253,11 +274,13 @@ class LARS(Optimizer):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_driver", None)  # native caches are rebuilt, never pickled
+        state.pop("_undo", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._driver = FusedDriver()
+        self._undo = []
         self._patch_step_function()
 
     def __repr__(self) -> str:
@@ -521,7 +544,7 @@ class LARS(Optimizer):
                 lrs.append(lr)
                 names.append(name)
         self._check_inner_state(weights, names)
-        saved = save_grads(grads, adapt)
+        saved = save_grads(grads, adapt, self._undo)
         result = lars_(
             weights,
             grads,
