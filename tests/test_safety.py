@@ -278,12 +278,25 @@ def test_layout_mismatch_is_a_real_exception_type():
 # -- the unfused step as a transaction (items 3, 4, 6) ------------------------------------------
 
 
-def _unfused(**kw):
-    params, opt = make(False, **kw)
+def _stepped(fused, **kw):
+    """An optimizer after one step, with fresh gradients for the next."""
+    params, opt = make(fused, **kw)
     grads(params, 0)
     opt.step()
     grads(params, 1)
     return params, opt
+
+
+def _unfused(**kw):
+    return _stepped(False, **kw)
+
+
+def assert_refused(params, opt, pattern):
+    """The next step raises a ValueError matching ``pattern`` and writes nothing."""
+    before = snapshot(params, opt)
+    with pytest.raises(ValueError, match=pattern):
+        opt.step()
+    assert_same(before, snapshot(params, opt))
 
 
 def test_checkpoint_with_buffers_of_the_wrong_shape_is_refused_at_load():
@@ -306,24 +319,15 @@ def test_checkpoint_with_non_finite_buffers_is_refused_at_load():
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_buffer_of_the_wrong_shape_in_the_state_is_refused_before_any_write(fused):
-    params, opt = make(fused)
-    grads(params, 0)
-    opt.step()
-    grads(params, 1)
+    params, opt = _stepped(fused)
     opt.state[params["b.weight"]]["momentum_buffer"] = torch.zeros(8, 3)
-    before = snapshot(params, opt)
-    with pytest.raises(ValueError, match=r"b\.weight"):
-        opt.step()
-    assert_same(before, snapshot(params, opt))
+    assert_refused(params, opt, r"b\.weight")
 
 
 def test_expanded_gradient_is_refused_by_name_before_any_write():
     params, opt = _unfused()
     params["b.weight"].grad = torch.ones(1, 8).expand(3, 8)  # stride 0: cannot be rewritten
-    before = snapshot(params, opt)
-    with pytest.raises(ValueError, match=r"b\.weight.*overlapping"):
-        opt.step()
-    assert_same(before, snapshot(params, opt))
+    assert_refused(params, opt, r"b\.weight.*overlapping")
 
 
 def test_lbfgs_and_differentiable_sgd_are_refused_at_construction():
@@ -346,15 +350,9 @@ def test_scale_invariant_inner_optimizers_warn(inner):
     ("key", "value"), [("momentum", float("nan")), ("momentum", -0.5), ("dampening", float("inf"))]
 )
 def test_bad_inner_hyper_parameters_are_refused_before_any_write(fused, key, value):
-    params, opt = make(fused)
-    grads(params, 0)
-    opt.step()
-    grads(params, 1)
+    params, opt = _stepped(fused)
     opt.param_groups[0][key] = value
-    before = snapshot(params, opt)
-    with pytest.raises(ValueError, match=rf"param_groups\[0\].*{key}"):
-        opt.step()
-    assert_same(before, snapshot(params, opt))
+    assert_refused(params, opt, rf"param_groups\[0\].*{key}")
 
 
 def test_inner_step_raising_puts_gradients_and_weight_decay_back_and_a_retry_is_exact():
