@@ -671,7 +671,13 @@ class ShardedLARS(LARS):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One sharded LARS step (one all-reduce); skipped on every rank when a gradient on any
-        rank holds inf/nan."""
+        rank holds inf/nan, or when a check fails on any rank (that rank raises; nothing is
+        written anywhere).
+
+        The inner optimizer's step runs after the collective. If it raises, this rank puts back
+        every gradient LARS rewrote and re-raises; when it raises on some ranks only, the others
+        have already stepped and the ranks are out of step: stop the run or reload a checkpoint
+        on every rank (finding out would cost a second collective per step)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -594,6 +594,126 @@ def check_local_failures(rank: int, world: int) -> dict[str, Any]:
     return out
 
 
+def check_transactions(rank: int, world: int) -> dict[str, Any]:
+    """Issue 12 on ShardedLARS: a refused step or load changes nothing on any rank (parameters,
+    gradients, momentum buffers, groups); afterwards the optimizer equals a twin that never saw
+    the refusals. The refusals: the inner step raising (on every rank), a momentum buffer
+    re-pointed on one rank, a NaN or negative momentum, a checkpoint whose buffer does not fit
+    (one rank) or holds NaN. Last: the inner step raising on ONE rank (after the collective):
+    that rank puts its gradients back and raises; the others have stepped."""
+    last = world - 1
+    out: dict[str, Any] = {}
+
+    def build() -> tuple[dict[str, torch.Tensor], ShardedLARS]:
+        params = {n: flat_shard(nn.Parameter(init_value(n))) for n in SHAPES}
+        return params, ShardedLARS(make_inner(params), **CONFIGS["a"])
+
+    def set_grads(params: dict[str, torch.Tensor], step: int) -> None:
+        for n, p in params.items():
+            g = grad_value(step, n)
+            p.grad = None if g is None else flat_shard(g)
+
+    params, opt = build()
+    twin_params, twin = build()
+    for ps, o in ((params, opt), (twin_params, twin)):
+        set_grads(ps, 0)
+        o.step()  # momentum buffers exist from here on
+        set_grads(ps, 1)
+
+    def snap() -> Any:
+        return (
+            {n: p.detach().clone() for n, p in params.items()},
+            {n: None if p.grad is None else p.grad.clone() for n, p in params.items()},
+            _opt_snapshot(opt),
+        )
+
+    def same(a: Any, b: Any) -> bool:
+        (pa, ga, oa), (pb, gb, ob) = a, b
+        return (
+            all(torch.equal(pa[n], pb[n]) for n in pa)
+            and all((ga[n] is None) == (gb[n] is None) for n in ga)
+            and all(ga[n] is None or torch.equal(ga[n], gb[n]) for n in ga)
+            and _same_snapshot(oa, ob)
+        )
+
+    def attempt(name: str, fn: Callable[[], Any], before: Any = None) -> dict[str, Any]:
+        before = snap() if before is None else before
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the skipped step's found_inf warning
+            res = _outcome(fn)
+        res["found_inf"] = bool(opt.found_inf)
+        out[name] = res
+        return res
+
+    def boom(*_: object) -> None:
+        raise RuntimeError("inner step failed")
+
+    # the inner step raises on every rank, after LARS rewrote the gradients in place
+    before = snap()
+    handle = opt.optimizer.register_step_pre_hook(boom)
+    attempt("inner_all", opt.step)
+    handle.remove()
+    out["inner_all"]["unchanged"] = same(before, snap())
+
+    # a momentum buffer re-pointed to a 1-element tensor on the last rank
+    before = snap()
+    buf = opt.state[params["fc1.weight"]]["momentum_buffer"]
+    kept = buf.data
+    if rank == last:
+        buf.data = torch.zeros(1)
+    attempt("buffer", opt.step)
+    buf.data = kept
+    out["buffer"]["unchanged"] = same(before, snap())
+
+    # a NaN momentum on every rank, then a negative one on rank 0 only
+    for name, value, where in (
+        ("nan_momentum", math.nan, range(world)),
+        ("neg_momentum", -0.5, [0]),
+    ):
+        before = snap()
+        if rank in where:
+            opt.param_groups[1]["momentum"] = value
+        attempt(name, opt.step)
+        opt.param_groups[1]["momentum"] = 0.5
+        out[name]["unchanged"] = same(before, snap())
+
+    # checkpoints: a buffer of another shape (last rank), a buffer holding NaN (rank 0)
+    for name, bad_rank, edit in (
+        ("load_shape", last, lambda t: torch.zeros(t.numel() + 1)),
+        ("load_nan", 0, lambda t: torch.full_like(t, math.nan)),
+    ):
+        sd = copy.deepcopy(opt.state_dict())
+        for g in sd["param_groups"]:
+            g["lr"] = 0.5  # a load would show
+        if rank == bad_rank:
+            key = next(k for k, s in sd["state"].items() if s["momentum_buffer"].numel() > 0)
+            sd["state"][key]["momentum_buffer"] = edit(sd["state"][key]["momentum_buffer"])
+        before = snap()
+        attempt(name, lambda sd=sd: opt.load_state_dict(sd))
+        out[name]["unchanged"] = same(before, snap())
+
+    # after all that, one step on each: equal to the twin
+    opt.step()
+    twin.step()
+    out["twin_equal"] = all(torch.equal(params[n], twin_params[n]) for n in SHAPES) and all(
+        torch.equal(
+            opt.state[params[n]]["momentum_buffer"], twin.state[twin_params[n]]["momentum_buffer"]
+        )
+        for n in SHAPES
+        if params[n].grad is not None
+    )
+
+    # the inner step raises on the last rank only
+    set_grads(params, 2)
+    handle = opt.optimizer.register_step_pre_hook(boom) if rank == last else None
+    before = snap()
+    attempt("inner_one", opt.step)
+    if handle is not None:
+        handle.remove()
+    out["inner_one"]["unchanged"] = same(before, snap())
+    return out
+
+
 def _suite(rank: int, world: int) -> dict[str, Any]:
     checks: dict[str, Callable[[], dict[str, Any]]] = {
         "ddp": lambda: check_ddp(rank, world),
@@ -602,6 +722,7 @@ def _suite(rank: int, world: int) -> dict[str, Any]:
         "nonfinite": lambda: check_flat(rank, world, "a", poison=1),
         "layouts": lambda: check_layouts(rank, world),
         "local_failures": lambda: check_local_failures(rank, world),
+        "transactions": lambda: check_transactions(rank, world),
         "dtensor": lambda: check_dtensor(rank, world),
         "fsdp2": lambda: check_fsdp2(rank, world),
     }
@@ -838,6 +959,48 @@ def test_local_failure_on_one_rank_is_the_same_error_everywhere_at_once(ranks, c
         assert x["unchanged"], f"rank {r}: {case} changed the optimizer"
         # no rank waited for the others' collective timeout (60 s)
         assert x["seconds"] < 10.0, f"rank {r}: {case} took {x['seconds']:.1f} s"
+
+
+def test_sharded_step_and_load_are_transactions_on_every_rank(ranks):
+    """Issue 12 items 3-4 on ShardedLARS, multi-process: each refusal below leaves every rank as
+    it was (parameters, gradients, momentum, groups), and the optimizer then equals a twin that
+    never saw them."""
+    res = results_of(ranks, "transactions")
+    last = len(res) - 1
+    for r, x in enumerate(res):
+        what = f"rank {r}"
+        # the inner step raised on every rank: each raises it, LARS's gradient rewrite undone
+        assert x["inner_all"]["raised"] == "RuntimeError", (what, x["inner_all"])
+        # a re-pointed buffer on the last rank: it names the parameter, the others skip
+        if r == last:
+            assert x["buffer"]["raised"] == "ValueError", (what, x["buffer"])
+            assert "fc1.weight" in x["buffer"]["message"], x["buffer"]
+        else:
+            assert x["buffer"]["raised"] is None and x["buffer"]["found_inf"], (what, x["buffer"])
+        assert x["nan_momentum"]["raised"] == "ValueError", (what, x["nan_momentum"])
+        assert "momentum" in x["nan_momentum"]["message"], x["nan_momentum"]
+        if r == 0:
+            assert x["neg_momentum"]["raised"] == "ValueError", x["neg_momentum"]
+            assert "momentum" in x["neg_momentum"]["message"], x["neg_momentum"]
+        else:
+            assert x["neg_momentum"]["found_inf"], (what, x["neg_momentum"])
+        # a checkpoint that does not fit one rank: the same error on every rank
+        for case, bad in (("load_shape", last), ("load_nan", 0)):
+            y = x[case]
+            assert y["raised"] == "ValueError", (what, case, y)
+            assert y["message"] == res[0][case]["message"], (what, case, y)
+            assert y["message"].startswith(f"ShardedLARS: rank {bad}: "), y["message"]
+        for case in ("inner_all", "buffer", "nan_momentum", "neg_momentum", "load_shape",
+                     "load_nan"):  # fmt: skip
+            assert x[case]["unchanged"], f"{what}: {case} changed something"
+        assert x["twin_equal"], f"{what}: differs from the twin after the refusals"
+        # the inner step raised on the last rank only, after the collective: that rank is as it
+        # was and says so; the others stepped (documented in ShardedLARS.step)
+        y = x["inner_one"]
+        if r == last:
+            assert y["raised"] == "RuntimeError" and y["unchanged"], (what, y)
+        else:
+            assert y["raised"] is None and not y["found_inf"] and not y["unchanged"], (what, y)
 
 
 def test_after_a_refused_change_the_next_step_is_one_collective(ranks):
