@@ -169,8 +169,10 @@ std::shared_ptr<CheckedPlan> make_plan(const py::list& shapes, const I64& w_dtyp
   return out;
 }
 
-int64_t call_int(PyObject* obj, const char* method) {
-  PyObject* r = PyObject_CallMethod(obj, method, nullptr);
+// `method` is an interned name (made once, below): PyObject_CallMethod would build the name
+// string on every call, and this runs twice per tensor per step.
+int64_t call_int(PyObject* obj, PyObject* method) {
+  PyObject* r = PyObject_CallMethodNoArgs(obj, method);
   if (r == nullptr) throw py::error_already_set();
   const long long v = PyLong_AsLongLong(r);
   Py_DECREF(r);
@@ -210,9 +212,11 @@ std::vector<int64_t> pointers(const CheckedPlan& cp, const py::list& obj, const 
     out[k] = lars::dl::checked_pointer(item, cp.shapes[k], dtype, write, &why);
     if (out[k] == 0) throw LayoutError(role, i, why);
     if (s.numel == 0) continue;
+    static PyObject* const data_ptr_name = PyUnicode_InternFromString("data_ptr");
+    static PyObject* const nbytes_name = PyUnicode_InternFromString("nbytes");
     PyObject* store = PyList_GET_ITEM(stores.ptr(), i);
-    const int64_t base = call_int(store, "data_ptr");
-    const int64_t size = call_int(store, "nbytes");
+    const int64_t base = call_int(store, data_ptr_name);
+    const int64_t size = call_int(store, nbytes_name);
     const int64_t bytes = s.numel * static_cast<int64_t>(lars::dtype_size(dtype));
     if (out[k] < base || out[k] - base > size - bytes) {
       throw LayoutError(role, i, "its storage does not hold the planned elements");
