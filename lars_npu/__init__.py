@@ -4,9 +4,11 @@
     opt = lars_npu.LARS(inner, epsilon=1e-5, coefficient=0.001, use_clip=False)
 
 Backends: fused C++ kernels on CPU (``lars_npu._C``), plain torch ops on other devices, and the
-NumPy reference (:mod:`lars_npu.reference`, the spec in code) everywhere. For sharded
-parameters across processes (ZeRO-style flat shards, DTensor, FSDP2), see
-:mod:`lars_npu.distributed` (``lars_npu.ShardedLARS``, loaded on first use).
+NumPy reference (:mod:`lars_npu.reference`, the spec in code) everywhere. ``LARS`` built on
+sharded parameters (DTensor from FSDP2 ``fully_shard``, flat shards marked with their global shape,
+FSDP1 after :func:`lars_npu.distributed.mark_fsdp1`) sums the norms across the ranks: see
+:mod:`lars_npu.distributed` (loaded on first use). ``LARSSGD(params, lr, ...)`` is
+``LARS(SGD(params, ...))`` for code that builds optimizers from a class and kwargs.
 """
 
 import importlib
@@ -17,10 +19,11 @@ from ._backends import BackendUnavailableError, available_backends
 from ._version import __version__
 from .filters import ParamInfo, default_lars_filter, exclude_bias_and_norm
 from .functional import lars_update, square_sum_all
-from .optim import LARS
+from .optim import LARS, LARSSGD
 
 __all__ = [
     "LARS",
+    "LARSSGD",
     "BackendUnavailableError",
     "ParamInfo",
     "ShardedLARS",

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ._backends.base import Backend, Hyper, LayoutMismatch, MultiResult
+from ._engines import refusal, shard_kind
 from .functional import check_pair, to_float
 
 _GRAD = operator.attrgetter("grad")
@@ -131,8 +132,10 @@ class FusedDriver:
             pn = g.get("param_names")
             mom = g.get("momentum", 0) != 0
             for j, p in enumerate(g["params"]):
+                name = pn[j] if pn else f"param_groups[{gi}][{j}]"
+                refuse_shard(p, name)  # the structure is reused only for these same objects
                 params.append(p)
-                names.append(pn[j] if pn else f"param_groups[{gi}][{j}]")
+                names.append(name)
                 group_of.append(gi)
                 adapt.append(bool(masks[gi][j]))
                 has_m.append(mom)
@@ -268,6 +271,7 @@ class FusedDriver:
             raise SparseGradientError("a parameter has a sparse gradient")
         devices = set()
         for p, g, b, name in zip(params, grads, bufs, names, strict=True):
+            refuse_shard(p, name)
             check_pair(p, g, f"parameter {name!r}", f"gradient of parameter {name!r}")
             check_written(p, f"parameter {name!r}")
             check_storage(g, f"gradient of parameter {name!r}")
@@ -279,6 +283,13 @@ class FusedDriver:
                 "the fused step needs every parameter on one device; "
                 "use LARS(..., fused=False) for a model split across devices"
             )
+
+
+def refuse_shard(p: torch.Tensor, name: str) -> None:
+    """Plain LARS never takes a norm from a shard (``lars_npu._engines``)."""
+    kind = shard_kind(p)
+    if kind is not None:
+        raise ValueError(f"LARS: {refusal(kind, name)}")
 
 
 def check_storage(t: torch.Tensor, label: str) -> None:
@@ -300,8 +311,7 @@ def check_written(t: torch.Tensor, label: str) -> None:
     check_storage(t, label)
     if torch._debug_has_internal_overlap(t) == 1:
         raise ValueError(
-            f"{label} has overlapping elements (e.g. from expand()); it cannot be written in "
-            "place"
+            f"{label} has overlapping elements (e.g. from expand()); it cannot be written in place"
         )
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,17 +36,23 @@ from ._backends import Hyper, MultiResult, resolve
 from ._backends._native import kernel_threads, native
 from ._backends._staging import contig, ptrs, unstage_grads
 from ._backends.cpu import DTYPE_CODES
+from ._engines import GLOBAL_SHAPE_ATTR
+from ._engines import is_dtensor as _is_dtensor
 from ._fused import check_buffer, check_written
 from .filters import ParamInfo, default_lars_filter
 from .functional import SUPPORTED_DTYPES, check_pair, to_float
 from .optim import LARS, save_grads
 
-__all__ = ["ShardInfo", "ShardedLARS", "flat_shard", "global_shape", "mark_flat_shard"]
+__all__ = [
+    "ShardInfo",
+    "ShardedLARS",
+    "flat_shard",
+    "global_shape",
+    "mark_flat_shard",
+    "mark_fsdp1",
+]
 
 LarsFilter = Callable[[ParamInfo], bool]
-
-# Attribute that records the global (unsharded) shape on a flat shard.
-GLOBAL_SHAPE_ATTR = "_lars_global_shape"
 
 _FLAT = "flat"
 _DTENSOR = "dtensor"
@@ -125,23 +130,50 @@ def flat_shard(tensor: torch.Tensor, process_group: Any = None) -> torch.Tensor:
     return mark_flat_shard(piece, tensor.shape)
 
 
-def _dtensor_type() -> type | None:
-    # Never import DTensor (0.7 s) just to ask: no tensor can be one until its module is loaded.
-    mod = sys.modules.get("torch.distributed.tensor")
-    return getattr(mod, "DTensor", None) if mod is not None else None
-
-
-def _is_dtensor(t: object) -> bool:
-    cls = _dtensor_type()
-    return cls is not None and isinstance(t, cls)
-
-
 def global_shape(tensor: torch.Tensor) -> torch.Size | None:
     """The shape of the whole parameter a shard belongs to: a DTensor's shape, the shape recorded
     by :func:`mark_flat_shard` / :func:`flat_shard`, else None."""
     if _is_dtensor(tensor):
         return tensor.shape
     return getattr(tensor, GLOBAL_SHAPE_ATTR, None)
+
+
+def mark_fsdp1(module: torch.nn.Module) -> int:
+    """Record the full shape on every parameter that FSDP1 (``FullyShardedDataParallel`` with
+    ``use_orig_params=True``) manages in ``module`` (the FSDP-wrapped model), so that
+    ``lars_npu.LARS`` takes them as flat shards: each rank's view is a contiguous piece of the
+    flattened parameter (possibly empty), and the norms are summed over the ranks with one
+    all-reduce per step. Call it after wrapping and before building the optimizer, on every rank.
+    Returns the number of parameters marked.
+
+    FSDP1 with ``use_orig_params=False`` hands the optimizer one ``FlatParameter`` per unit (a
+    slice of many layers): no per-layer norm can be taken from it, so that is refused."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    marked = 0
+    for m in module.modules():
+        if not isinstance(m, FullyShardedDataParallel):
+            continue
+        handle = getattr(m, "_handle", None)
+        if handle is None:  # a unit without parameters of its own
+            continue
+        flat = handle.flat_param
+        if not getattr(handle, "_use_orig_params", False) or flat._params is None:
+            raise ValueError(
+                "mark_fsdp1: this FSDP1 module has use_orig_params=False, which gives the "
+                "optimizer one FlatParameter per unit; wrap with use_orig_params=True"
+            )
+        for p, shape in zip(flat._params, flat._shapes, strict=True):
+            mark_flat_shard(p, shape)
+            marked += 1
+    if marked == 0:
+        raise ValueError(
+            "mark_fsdp1: no FullyShardedDataParallel unit with parameters in this module (pass "
+            "the FSDP-wrapped model)"
+        )
+    return marked
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -324,8 +356,16 @@ class ShardedLARS(LARS):
         *,
         guard_zero_norm: bool = False,
         backend: str = "auto",
+        fused: bool | None = None,
         process_group: Any = None,
     ) -> None:
+        if fused is not None and not isinstance(fused, bool):
+            raise TypeError(f"fused must be None, True or False, got {type(fused).__name__}")
+        if fused:  # accepted as None/False, so that LARS(...) with shards can become this class
+            raise ValueError(
+                "fused=True: sharded parameters always take the rewrite + inner step path "
+                "(the norms need the all-reduce first); use fused=None or False"
+            )
         # Without an initialised group (or with a bad one) there is no collective to join.
         rank, world = _rank_world(process_group, "ShardedLARS")
         self.process_group = process_group
@@ -365,7 +405,7 @@ class ShardedLARS(LARS):
         contrib = self._agree(layout, problems, cause)
         assert layout is not None  # _agree raised otherwise
         for group, plan in zip(self.param_groups, layout.plans, strict=True):
-            LARS._commit_group(group, plan)
+            LARS._commit_group(self, group, plan)
         self._adopt(layout, contrib)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -383,16 +423,20 @@ class ShardedLARS(LARS):
             return ShardInfo(name, param, shape)
         return ParamInfo(name, param)
 
-    def _commit_group(  # type: ignore[override]
-        self, group: dict[str, Any], plan: tuple[float, list[bool]]
-    ) -> None:
+    _takes_shards = True
+
+    def _check_members(self, index: int, group: dict[str, Any]) -> None:
+        """Not needed here: every step compares the parameters with the layout the ranks
+        verified, and refuses a change until :meth:`verify_layout` (on every rank)."""
+
+    def _commit_group(self, group: dict[str, Any], plan: tuple[float, list[bool]]) -> None:
         """LARS's commit of a group's plan, held back while the constructor has not yet agreed
         on the layout with the other ranks."""
         held = getattr(self, "_held_plans", None)
         if held is not None:
             held.append(plan)
             return
-        LARS._commit_group(group, plan)
+        LARS._commit_group(self, group, plan)
 
     # -- layout --
     def _structure(
@@ -586,7 +630,7 @@ class ShardedLARS(LARS):
         def add() -> None:
             self.optimizer.add_param_group(param_group)
             self._driver.invalidate()
-            LARS._commit_group(self.param_groups[-1], agreed.plans[-1])
+            LARS._commit_group(self, self.param_groups[-1], agreed.plans[-1])
 
         self._commit(layout, contrib, add)
 
@@ -628,7 +672,7 @@ class ShardedLARS(LARS):
             self._driver.invalidate()
             self._hyper = hyper
             for group, plan in zip(self.param_groups, agreed.plans, strict=True):
-                LARS._commit_group(group, plan)
+                LARS._commit_group(self, group, plan)
 
         self._commit(layout, contrib, load)
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():

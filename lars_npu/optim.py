@@ -16,6 +16,7 @@ import torch
 from torch.optim import Optimizer
 
 from ._backends import Hyper, get_backend, resolve, warn_reference_fallback
+from ._engines import HANDLED, refusal, shard_kind
 from ._fused import (
     FUSED_REQUIREMENTS,
     FusedDriver,
@@ -23,6 +24,7 @@ from ._fused import (
     SparseGradientError,
     check_buffer,
     check_written,
+    refuse_shard,
     unsupported_reason,
 )
 from .filters import ParamInfo, default_lars_filter, exclude_bias_and_norm
@@ -66,7 +68,7 @@ def save_grads(
     return out
 
 
-__all__ = ["LARS"]
+__all__ = ["LARS", "LARSSGD"]
 
 LarsFilter = Callable[[ParamInfo], bool]
 
@@ -95,6 +97,14 @@ _SCALE_INVARIANT = ("RMSprop", "Adagrad", "Adadelta", "Rprop", "Adafactor")
 
 def _check_inner_kind(optimizer: Optimizer) -> None:
     names = {cls.__name__ for cls in type(optimizer).__mro__}
+    if "ZeroRedundancyOptimizer" in names:
+        raise TypeError(
+            "LARS can not wrap a ZeroRedundancyOptimizer: it steps only this rank's share of "
+            "the parameters through an optimizer of its own. Put LARS inside it instead: "
+            "ZeroRedundancyOptimizer(model.parameters(), optimizer_class=lars_npu.LARSSGD, "
+            "lr=..., momentum=..., weight_decay=..., lars_filter=lars_npu.exclude_bias_and_norm) "
+            "(ZeRO shards whole parameters, so every norm is a full tensor's)"
+        )
     for name in _CLOSURE_REEVALUATING:
         if name in names:
             raise TypeError(
@@ -119,6 +129,21 @@ def _check_inner_kind(optimizer: Optimizer) -> None:
                 stacklevel=3,
             )
             return
+
+
+def _shapes_text(shapes: list[torch.Size]) -> str:
+    shown = ", ".join(str(tuple(x)) for x in shapes[:4])
+    more = f", ... ({len(shapes)} tensors)" if len(shapes) > 4 else ""
+    return f"shapes [{shown}{more}]"
+
+
+def _has_handled_shards(optimizer: Optimizer) -> bool:
+    return any(
+        shard_kind(p) in HANDLED
+        for g in optimizer.param_groups
+        for p in g.get("params", [])
+        if isinstance(p, torch.Tensor)
+    )
 
 
 class LARS(Optimizer):
@@ -161,6 +186,20 @@ class LARS(Optimizer):
     the step was skipped (nothing written).
     """
 
+    # Whether this class takes sharded parameters (DTensor, marked flat shards): ShardedLARS.
+    _takes_shards = False
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> LARS:
+        """``LARS(inner)`` whose parameters are shards (DTensor, e.g. FSDP2 ``fully_shard``; flat
+        shards marked with their global shape) is a :class:`lars_npu.distributed.ShardedLARS`:
+        the same line works on one device and on sharded parameters."""
+        inner = args[0] if args else kwargs.get("optimizer")
+        if cls is LARS and isinstance(inner, Optimizer) and _has_handled_shards(inner):
+            from .distributed import ShardedLARS
+
+            return super().__new__(ShardedLARS)
+        return super().__new__(cls)
+
     def __init__(
         self,
         optimizer: Optimizer,
@@ -187,6 +226,8 @@ class LARS(Optimizer):
                 "use momentum SGD as the inner optimizer"
             )
         _check_inner_kind(optimizer)
+        for gi, group in enumerate(optimizer.param_groups):
+            self._refuse_shards(gi, group)
         self._hyper = check_hyper(epsilon, coefficient, use_clip, guard_zero_norm)
         if not callable(lars_filter):
             raise TypeError(
@@ -222,6 +263,7 @@ class LARS(Optimizer):
         self._last_lam: torch.Tensor | None = None
         self._last_names: list[str] = []
         self._last_adapt: Any = []
+        self._members: dict[int, tuple[dict[str, Any], list[torch.Tensor], list[torch.Size]]] = {}
         plans = [self._plan_group(i, g) for i, g in enumerate(self.param_groups)]
         for group, plan in zip(self.param_groups, plans, strict=True):
             self._commit_group(group, plan)
@@ -275,12 +317,14 @@ class LARS(Optimizer):
         state = dict(self.__dict__)
         state.pop("_driver", None)  # native caches are rebuilt, never pickled
         state.pop("_undo", None)
+        state.pop("_members", None)  # identities: meaningless in a copy; re-recorded on commit
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._driver = FusedDriver()
         self._undo = []
+        self._members = {}
         self._patch_step_function()
 
     def __repr__(self) -> str:
@@ -295,6 +339,7 @@ class LARS(Optimizer):
     # -- weight-decay take-over and the filter --
     def _plan_group(self, index: int, group: dict[str, Any]) -> tuple[float, list[bool]]:
         """(weight decay LARS applies, filter result per parameter) for a group, read-only."""
+        self._check_members(index, group)
         self._check_saved_group(index, group)
         wd = to_float(
             group.get("weight_decay", 0.0), f"param_groups[{index}]['weight_decay']", minimum=0.0
@@ -356,10 +401,51 @@ class LARS(Optimizer):
                 f"param_groups[{index}]['{MASK_KEY}'] must be a list of bools, one per parameter"
             )
 
-    @staticmethod
-    def _commit_group(group: dict[str, Any], plan: tuple[float, list[bool]]) -> None:
-        """Keep the filter's result (the weight decay stays where it is: see the class doc)."""
+    def _commit_group(self, group: dict[str, Any], plan: tuple[float, list[bool]]) -> None:
+        """Keep the filter's result (the weight decay stays where it is: see the class doc), and
+        which tensors the group held when it was checked (:meth:`_check_members`)."""
         group[MASK_KEY] = plan[1]
+        params = list(group["params"])
+        self._members[id(group)] = (group, params, [p.shape for p in params])
+
+    def _refuse_shards(self, index: int, group: dict[str, Any]) -> None:
+        """A parameter that is a shard LARS would take a slice's norm of: refused by engine, with
+        the recipe (``lars_npu._engines``). Shards with a known global shape pass in the
+        sharded optimizer only."""
+        names = group.get("param_names")
+        for j, p in enumerate(group.get("params", [])):
+            kind = shard_kind(p) if isinstance(p, torch.Tensor) else None
+            if kind is None or (kind in HANDLED and self._takes_shards):
+                continue
+            name = names[j] if names and j < len(names) else f"param_groups[{index}][{j}]"
+            raise ValueError(f"LARS: {refusal(kind, name)}")
+
+    def _check_members(self, index: int, group: dict[str, Any]) -> None:
+        """Refuse a group whose tensors were swapped, since LARS last checked it, for others of
+        another number or shape: its filter results, and any norm, would belong to other
+        tensors. (DeepSpeed ZeRO 1/2 swap a group's parameters for one flat partition.) A
+        tensor swapped for one of the same shape is followed, as the filter result at its
+        position."""
+        rec = self._members.get(id(group))
+        if rec is None or rec[0] is not group:
+            return
+        _, old, shapes = rec
+        now = group["params"]
+        if len(now) == len(old) and all(
+            q is p or q.shape == s for q, p, s in zip(now, old, shapes, strict=True)
+        ):
+            return
+        for p in old:
+            if shard_kind(p) == "zero12":
+                names = group.get("param_names")
+                name = names[0] if names else f"param_groups[{index}][0]"
+                raise ValueError(f"LARS: {refusal('zero12', name)}")
+        raise ValueError(
+            f"LARS: param_groups[{index}]'s tensors were replaced since LARS checked them "
+            f"(it held {_shapes_text(shapes)}, now {_shapes_text([q.shape for q in now])}): its "
+            "filter results and norms would belong to other tensors. Build the optimizer again "
+            "for the new parameters (or add them with add_param_group)"
+        )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the inner optimizer, taking over its weight decay (filter re-run)."""
@@ -367,6 +453,7 @@ class LARS(Optimizer):
         self._driver.invalidate()
         group = self.param_groups[-1]
         try:
+            self._refuse_shards(len(self.param_groups) - 1, group)
             self._commit_group(group, self._plan_group(len(self.param_groups) - 1, group))
         except BaseException:  # whatever the filter raised: the group is not added
             self.param_groups.pop()
@@ -528,6 +615,7 @@ class LARS(Optimizer):
                 if g is None:
                     continue
                 name = pnames[j] if pnames else f"param_groups[{gi}][{j}]"
+                refuse_shard(p, name)
                 if g.is_sparse or g.layout != torch.strided:
                     if mask[j]:
                         raise ValueError(
@@ -656,3 +744,61 @@ class LARS(Optimizer):
             self._commit_group(group, self._plan_group(gi, group))
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
+
+
+class LARSSGD(LARS):
+    """``LARS(torch.optim.SGD(params, ...))`` built torch-style from ``params`` and keyword
+    arguments, for code that makes optimizers from a class and kwargs
+    (``ZeroRedundancyOptimizer(params, optimizer_class=LARSSGD, lr=...)``, timm's, Lightning's and
+    Hugging Face's factories, Hydra configs). Same step, same ``state_dict`` as
+    ``LARS(SGD(...))``; ``self.optimizer`` is the inner SGD.
+
+    Args:
+        params: parameters or param groups, as for ``torch.optim.SGD``; pass
+            ``model.named_parameters()`` so that the default ``lars_filter`` sees names.
+        lr, momentum, dampening, weight_decay, nesterov: the inner SGD's (``weight_decay`` is
+            taken over by LARS: see :class:`LARS`).
+        epsilon, coefficient, use_clip, lars_filter, guard_zero_norm, backend, fused: LARS's.
+        foreach: the inner SGD's, for its unfused steps.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        *,
+        epsilon: float = 1e-5,
+        coefficient: float = 0.001,
+        use_clip: bool = False,
+        lars_filter: LarsFilter = default_lars_filter,
+        guard_zero_norm: bool = False,
+        backend: str = "auto",
+        fused: bool | None = None,
+        foreach: bool | None = None,
+    ) -> None:
+        inner = torch.optim.SGD(
+            params,
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            foreach=foreach,
+        )
+        super().__init__(
+            inner,
+            epsilon,
+            coefficient,
+            use_clip,
+            lars_filter,
+            guard_zero_norm=guard_zero_norm,
+            backend=backend,
+            fused=fused,
+        )
+
+    def __repr__(self) -> str:
+        return "LARSSGD" + super().__repr__()[len("LARS") :]

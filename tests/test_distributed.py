@@ -362,15 +362,96 @@ def check_fsdp2(rank: int, world: int) -> dict[str, Any]:
     fully_shard(model)
     holder: dict[str, Any] = {}
 
-    def make_opt(m: nn.Module) -> ShardedLARS:
+    def make_opt(m: nn.Module) -> LARS:
+        # the plain LARS line: DTensor parameters make it the sharded optimizer
         inner = torch.optim.SGD(m.named_parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-        holder["opt"] = ShardedLARS(inner, coefficient=0.01, lars_filter=exclude_bias_and_norm)
+        holder["opt"] = LARS(inner, coefficient=0.01, lars_filter=exclude_bias_and_norm)
         return holder["opt"]
 
     counts = train_net(make_opt, model, rank, world, (model.fc1.weight.device_mesh.get_group(),))
     full = {n: p.full_tensor().detach().numpy().copy() for n, p in model.named_parameters()}
     types = sorted({type(p).__name__ for p in model.parameters()})
-    return {"params": full, "counts": counts, "types": types}
+    return {"params": full, "counts": counts, "types": types, "opt": type(holder["opt"]).__name__}
+
+
+def _fsdp1_net(use_orig_params: bool) -> nn.Module:
+    """Net under FSDP1: fc1 its own unit, the rest in the root unit (uneven, some empty shards)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    cpu = torch.device("cpu")
+    model = make_net()
+    model.fc1 = FSDP(model.fc1, use_orig_params=use_orig_params, device_id=cpu)
+    return FSDP(model, use_orig_params=use_orig_params, device_id=cpu)
+
+
+def _sgd(params: Any) -> torch.optim.SGD:
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4)
+
+
+def check_fsdp1(rank: int, world: int) -> dict[str, Any]:
+    """FSDP1: plain LARS refuses its FlatParameters and its unmarked original parameters (before
+    writing anything), naming the recipe; after mark_fsdp1 the same LARS line is exact."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    from lars_npu.distributed import mark_fsdp1
+
+    out: dict[str, Any] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FSDP1's deprecation notice
+        flat = _fsdp1_net(use_orig_params=False)
+        out["flat"] = _outcome(lambda: LARS(_sgd(flat.named_parameters()), coefficient=0.01))
+        out["mark_flat"] = _outcome(lambda: mark_fsdp1(flat))
+        model = _fsdp1_net(use_orig_params=True)
+        out["orig"] = _outcome(lambda: LARS(_sgd(model.named_parameters()), coefficient=0.01))
+        out["marked"] = mark_fsdp1(model)
+        holder: dict[str, Any] = {}
+
+        def make_opt(m: nn.Module) -> LARS:
+            holder["opt"] = LARS(_sgd(m.named_parameters()), coefficient=0.01)
+            return holder["opt"]
+
+        out["counts"] = train_net(make_opt, model, rank, world)
+        with FSDP.summon_full_params(model):
+            out["params"] = {
+                # a copy first: .numpy() would pin the storage FSDP frees on exit
+                n.replace("_fsdp_wrapped_module.", ""): p.detach().clone().numpy()
+                for n, p in model.named_parameters()
+            }
+    out["opt"] = type(holder["opt"]).__name__
+    return out
+
+
+def check_zero(rank: int, world: int) -> dict[str, Any]:
+    """torch's ZeroRedundancyOptimizer: LARS inside it (optimizer_class=LARSSGD) is exact, as
+    ZeRO shards whole parameters; LARS around it is refused with that recipe."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from lars_npu import LARSSGD
+
+    out: dict[str, Any] = {}
+    model = make_net()
+    ddp = DDP(model)
+    out["around"] = _outcome(
+        lambda: LARS(
+            ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.SGD, lr=0.1)
+        )
+    )
+
+    def make_opt(m: nn.Module) -> Any:
+        return ZeroRedundancyOptimizer(
+            m.parameters(),
+            optimizer_class=LARSSGD,
+            lr=0.1,
+            momentum=0.9,
+            weight_decay=1e-4,
+            coefficient=0.01,
+            lars_filter=exclude_bias_and_norm,
+        )
+
+    train_net(make_opt, ddp, rank, world)
+    out["params"] = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
+    return out
 
 
 def check_dtensor(rank: int, world: int) -> dict[str, Any]:
@@ -725,6 +806,8 @@ def _suite(rank: int, world: int) -> dict[str, Any]:
         "transactions": lambda: check_transactions(rank, world),
         "dtensor": lambda: check_dtensor(rank, world),
         "fsdp2": lambda: check_fsdp2(rank, world),
+        "fsdp1": lambda: check_fsdp1(rank, world),
+        "zero": lambda: check_zero(rank, world),
     }
     out: dict[str, Any] = {}
     for name, fn in checks.items():
@@ -1033,7 +1116,35 @@ def test_fsdp2_fully_shard_equals_single_process(ranks):
     want = reference_net(exclude_bias_and_norm)
     for r, x in enumerate(results_of(ranks, "fsdp2")):
         assert x["types"] == ["DTensor"]
+        assert x["opt"] == "ShardedLARS"  # what LARS(...) became for DTensor parameters
         assert_one_collective(x["counts"], len(want), f"rank {r}, fsdp2")
+        for n, w in want.items():
+            assert_close(x["params"][n], w, f"rank {r}, {n}")
+
+
+def test_fsdp1_is_refused_until_marked_then_exact(ranks):
+    """FSDP1 (issue 13): plain LARS took λ from each rank's slice (weights off by 0.18 after 6
+    steps); now it refuses both modes before any write, naming the recipe, and after
+    ``mark_fsdp1`` the same LARS line equals one process with one all-reduce per step."""
+    want = reference_net()
+    for r, x in enumerate(results_of(ranks, "fsdp1")):
+        assert x["flat"]["raised"] == "ValueError", x["flat"]
+        assert "FlatParameter" in x["flat"]["message"], x["flat"]
+        assert "use_orig_params=True" in x["flat"]["message"], x["flat"]
+        assert x["mark_flat"]["raised"] == "ValueError", x["mark_flat"]
+        assert x["orig"]["raised"] == "ValueError", x["orig"]
+        assert "FSDP1" in x["orig"]["message"] and "mark_fsdp1" in x["orig"]["message"], x
+        assert x["marked"] == len(want) and x["opt"] == "ShardedLARS"
+        assert_one_collective(x["counts"], len(want), f"rank {r}, fsdp1")
+        for n, w in want.items():
+            assert_close(x["params"][n], w, f"rank {r}, {n}")
+
+
+def test_zero_redundancy_optimizer_with_larssgd_inside_is_exact(ranks):
+    want = reference_net(exclude_bias_and_norm)
+    for r, x in enumerate(results_of(ranks, "zero")):
+        assert x["around"]["raised"] == "TypeError", x["around"]
+        assert "optimizer_class=lars_npu.LARSSGD" in x["around"]["message"], x["around"]
         for n, w in want.items():
             assert_close(x["params"][n], w, f"rank {r}, {n}")
 
@@ -1143,8 +1254,10 @@ def test_one_rank_argument_and_step_checks(one_rank):
         ShardedLARS(make_inner(params), process_group="world")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="lars_filter"):
         ShardedLARS(make_inner(params), lars_filter=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="fused=True"):
+        ShardedLARS(make_inner(params), fused=True)
     with pytest.raises(TypeError, match="fused"):
-        ShardedLARS(make_inner(params), fused=True)  # type: ignore[call-arg]
+        ShardedLARS(make_inner(params), fused="yes")  # type: ignore[arg-type]
     opt = ShardedLARS(make_inner(params))
     assert "ShardedLARS" in repr(opt) and "over 1 ranks" in repr(opt)
     with pytest.raises(TypeError, match="pickled"):

@@ -1,0 +1,175 @@
+"""Issue 13 in one process: plain LARS never takes a norm from a shard (each engine's kind is
+refused by name, with its recipe, before anything is written), a group whose tensors were swapped
+behind it is refused, and ``LARSSGD`` is ``LARS(SGD(...))`` built from a class and kwargs.
+The engines themselves run in tests/test_distributed.py (gloo, 2 and 4 ranks) and
+tests/test_deepspeed.py."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from lars_npu import LARS, LARSSGD, exclude_bias_and_norm
+from lars_npu._engines import refusal, shard_kind
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Linear(6, 2))
+
+
+def _grads(model: nn.Module, step: int) -> None:
+    gen = torch.Generator().manual_seed(step)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=gen)
+
+
+# the attributes each engine leaves on a parameter (set by hand here: the engines run elsewhere)
+ENGINE_MARKS = {
+    "fsdp1_orig": ("_fsdp_flattened", True, ["FSDP1", "mark_fsdp1"]),
+    "zero3": ("ds_id", 3, ["ZeRO stage 3", "stage 0"]),
+    "zero12": ("_hp_mapping", object(), ["ZeRO stage 1/2", "stage 0"]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ENGINE_MARKS))
+@pytest.mark.parametrize("fused", [None, False])
+def test_engine_shards_are_refused_at_construction_naming_the_recipe(kind, fused):
+    attr, value, needles = ENGINE_MARKS[kind]
+    model = _model()
+    setattr(model[0].weight, attr, value)
+    assert shard_kind(model[0].weight) == kind
+    inner = torch.optim.SGD(model.named_parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    before = copy.deepcopy(inner.param_groups[0]["weight_decay"])
+    with pytest.raises(ValueError, match=r"LARS: parameter '0\.weight'") as info:
+        LARS(inner, fused=fused)
+    for needle in needles:
+        assert needle in str(info.value), str(info.value)
+    assert (
+        inner.param_groups[0]["weight_decay"] == before and "lars_mask" not in inner.param_groups[0]
+    )
+
+
+@pytest.mark.parametrize("kind", sorted(ENGINE_MARKS))
+@pytest.mark.parametrize("fused", [None, False])
+def test_a_parameter_that_becomes_a_shard_later_is_refused_at_the_step(kind, fused):
+    """E.g. a model wrapped after the optimizer was built: the step looks again, writes nothing."""
+    attr, value, _ = ENGINE_MARKS[kind]
+    model = _model()
+    opt = LARS(torch.optim.SGD(model.named_parameters(), lr=0.1, momentum=0.9), fused=fused)
+    w = model[0].weight
+    setattr(w, attr, value)
+    w.data = w.data.reshape(-1)[:10].clone()  # what a sharding engine does to the data
+    _grads(model, 0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match=r"parameter '0\.weight'"):
+        opt.step()
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert not opt.state
+
+
+def test_flat_parameter_message_says_use_orig_params():
+    text = refusal("fsdp1_flat", "_flat_param")
+    assert "FlatParameter" in text and "use_orig_params=True" in text and "mark_fsdp1" in text
+
+
+@pytest.mark.parametrize("fused", [None, False])
+def test_swapped_tensors_of_another_shape_are_refused(fused):
+    """DeepSpeed ZeRO 1/2 swap each group's parameters for one flat partition; with one group
+    per parameter the count stays the same, and LARS used to take λ from the partition."""
+    model = _model()
+    groups = [{"params": [(n, p)]} for n, p in model.named_parameters()]
+    opt = LARS(torch.optim.SGD(groups, lr=0.1, momentum=0.9), fused=fused)
+    opt2 = LARS(torch.optim.SGD(model.named_parameters(), lr=0.1), fused=fused)
+    _grads(model, 0)
+    opt.step()
+    part = nn.Parameter(model[0].weight.detach().reshape(-1)[:12].clone())
+    part.grad = torch.ones(12)
+    opt.param_groups[0]["params"][0] = part
+    before = part.detach().clone()
+    with pytest.raises(ValueError, match=r"param_groups\[0\]'s tensors were replaced"):
+        opt.step()
+    assert torch.equal(part, before)
+    # the original model parameter now carries DeepSpeed's mapping: the message names DeepSpeed
+    model[0].weight._hp_mapping = object()
+    with pytest.raises(ValueError, match="DeepSpeed ZeRO stage 1/2"):
+        opt.step()
+    # a different number of tensors in a group (ZeRO 1/2 with several parameters per group)
+    opt2.param_groups[0]["params"] = [part]
+    opt2.param_groups[0]["param_names"] = ["flat"]
+    opt2.param_groups[0]["lars_mask"] = [True]
+    with pytest.raises(ValueError, match="DeepSpeed ZeRO stage 1/2"):
+        opt2.step()
+
+
+def test_swapped_tensor_of_the_same_shape_is_followed():
+    model = _model()
+    opt = LARS(torch.optim.SGD(model.named_parameters(), lr=0.1, momentum=0.9))
+    _grads(model, 0)
+    opt.step()
+    new = nn.Parameter(torch.randn(6, 4))
+    new.grad = torch.randn(6, 4)
+    opt.param_groups[0]["params"][0] = new
+    before = new.detach().clone()
+    opt.step()
+    assert not torch.equal(new, before)
+
+
+def test_larssgd_is_lars_around_sgd():
+    kw = dict(lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True)
+    a, b = _model(), _model()
+    opt_a = LARSSGD(a.named_parameters(), **kw, coefficient=0.02)
+    opt_b = LARS(torch.optim.SGD(b.named_parameters(), **kw), coefficient=0.02)
+    assert isinstance(opt_a, LARS) and isinstance(opt_a.optimizer, torch.optim.SGD)
+    assert repr(opt_a).startswith("LARSSGD(") and "coefficient=0.02" in repr(opt_a)
+    sch_a = torch.optim.lr_scheduler.StepLR(opt_a, 1, 0.5)
+    sch_b = torch.optim.lr_scheduler.StepLR(opt_b, 1, 0.5)
+    for step in range(3):
+        _grads(a, step)
+        _grads(b, step)
+        opt_a.step()
+        opt_b.step()
+        sch_a.step()
+        sch_b.step()
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    sa, sb = opt_a.state_dict(), opt_b.state_dict()
+    assert sa.keys() == sb.keys() and sa["lars"] == sb["lars"]
+    assert sa["param_groups"] == sb["param_groups"]
+    # the checkpoint of one loads into the other
+    c = _model()
+    opt_c = LARS(torch.optim.SGD(c.named_parameters(), **kw), coefficient=0.5)
+    opt_c.load_state_dict(sa)
+    assert opt_c.coefficient == 0.02
+
+
+def test_larssgd_from_a_class_and_kwargs():
+    """What factories do: ``cls(params, **config)``, with param groups and LARS's keywords."""
+    model = _model()
+    config = {"lr": 0.2, "momentum": 0.9, "weight_decay": 5e-4, "coefficient": 0.001,
+              "lars_filter": exclude_bias_and_norm, "fused": False}  # fmt: skip
+    groups = [
+        {"params": list(model[0].parameters())},
+        {"params": list(model[2].parameters()), "lr": 0.05},
+    ]
+    opt = LARSSGD(groups, **config)
+    assert [g["lr"] for g in opt.param_groups] == [0.2, 0.05]
+    assert opt.param_groups[0]["lars_mask"] == [True, False]  # weight adapted, bias not
+    with pytest.raises(TypeError, match=r"Adam|unexpected keyword"):
+        LARSSGD(model.parameters(), betas=(0.9, 0.99))  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="coefficient"):
+        LARSSGD(model.parameters(), lr=0.1, coefficient=-1.0)
+
+
+def test_zero_redundancy_optimizer_inside_lars_is_refused():
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    class FakeZero(torch.optim.SGD):  # the check is by class name: no process group needed
+        pass
+
+    FakeZero.__name__ = ZeroRedundancyOptimizer.__name__
+    with pytest.raises(TypeError, match=r"optimizer_class=lars_npu\.LARSSGD"):
+        LARS(FakeZero(_model().parameters(), lr=0.1))
