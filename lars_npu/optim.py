@@ -77,6 +77,11 @@ LarsFilter = Callable[[ParamInfo], bool]
 WD_KEY = "lars_weight_decay"
 MASK_KEY = "lars_mask"
 STATE_KEY = "lars"
+# The hyper-parameters are also written into every saved group, under these keys: checkpointing
+# tools that keep only "state" and "param_groups" (torch.distributed.checkpoint's
+# get_state_dict / set_state_dict) then carry them too.
+HYPER_KEYS = ("epsilon", "coefficient", "use_clip", "guard_zero_norm")
+GROUP_HYPER = {k: f"lars_{k}" for k in HYPER_KEYS}
 
 
 def _refused_family(optimizer: Optimizer) -> str | None:
@@ -657,19 +662,20 @@ class LARS(Optimizer):
 
     # -- checkpoints --
     def state_dict(self) -> dict[str, Any]:
-        """The inner optimizer's state dict (its groups carry ``lars_weight_decay`` and
-        ``lars_mask``) plus LARS's hyper-parameters under ``"lars"``. No functions inside: loads
-        with ``torch.load(weights_only=True)``."""
+        """The inner optimizer's state dict (its groups carry ``lars_mask``) plus LARS's
+        hyper-parameters under ``"lars"``, and again in every group as ``lars_epsilon``,
+        ``lars_coefficient``, ``lars_use_clip``, ``lars_guard_zero_norm`` (so that tools keeping
+        only ``state`` and ``param_groups``, like torch.distributed.checkpoint, carry them). No
+        functions inside: loads with ``torch.load(weights_only=True)``."""
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
         sd = self.optimizer.state_dict()
         h = self._hyper
-        sd[STATE_KEY] = {
-            "epsilon": h.epsilon,
-            "coefficient": h.coefficient,
-            "use_clip": h.use_clip,
-            "guard_zero_norm": h.guard_zero_norm,
-        }
+        values = {k: getattr(h, k) for k in HYPER_KEYS}
+        sd[STATE_KEY] = dict(values)
+        sd["param_groups"] = [
+            {**g, **{GROUP_HYPER[k]: v for k, v in values.items()}} for g in sd["param_groups"]
+        ]
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             out = post_hook(self, sd)
             if out is not None:
@@ -685,6 +691,30 @@ class LARS(Optimizer):
             if out is not None:
                 sd = out
         saved = sd.pop(STATE_KEY, None)
+        groups = sd.get("param_groups")
+        in_groups = None
+        if isinstance(groups, list):  # the copy in the groups: checked, then taken out
+            found = [
+                {k: g[GROUP_HYPER[k]] for k in HYPER_KEYS if GROUP_HYPER[k] in g}
+                for g in groups
+                if isinstance(g, dict)
+            ]
+            found = [f for f in found if f]
+            if found:
+                if any(f != found[0] for f in found):
+                    raise ValueError(
+                        "loaded state dict's param_groups disagree on LARS's hyper-parameters "
+                        f"({found[0]} vs {next(f for f in found if f != found[0])})"
+                    )
+                in_groups = found[0]
+            sd["param_groups"] = [
+                {k: v for k, v in g.items() if k not in GROUP_HYPER.values()}
+                if isinstance(g, dict)
+                else g
+                for g in groups
+            ]
+        if saved is None:
+            saved = in_groups
         hyper = self._hyper
         if saved is not None:
             if not isinstance(saved, dict):

@@ -173,3 +173,30 @@ def test_zero_redundancy_optimizer_inside_lars_is_refused():
     FakeZero.__name__ = ZeroRedundancyOptimizer.__name__
     with pytest.raises(TypeError, match=r"optimizer_class=lars_npu\.LARSSGD"):
         LARS(FakeZero(_model().parameters(), lr=0.1))
+
+
+def test_hyper_parameters_travel_in_the_groups_too():
+    """torch.distributed.checkpoint keeps only "state" and "param_groups": LARS's
+    hyper-parameters ride in every group as well, so its get/set_state_dict carry them."""
+    a = _model()
+    opt = LARS(torch.optim.SGD(a.named_parameters(), lr=0.1, momentum=0.9), coefficient=0.02,
+               use_clip=True)  # fmt: skip
+    _grads(a, 0)
+    opt.step()
+    sd = opt.state_dict()
+    assert all(g["lars_coefficient"] == 0.02 and g["lars_use_clip"] for g in sd["param_groups"])
+    dcp_like = {"state": sd["state"], "param_groups": sd["param_groups"]}
+    b = _model()
+    opt_b = LARS(torch.optim.SGD(b.named_parameters(), lr=0.1, momentum=0.9), coefficient=0.5)
+    opt_b.load_state_dict(dcp_like)
+    assert opt_b.coefficient == 0.02 and opt_b.use_clip
+    assert "lars_coefficient" not in opt_b.param_groups[0]  # taken out, not left in the groups
+    c = _model()
+    groups = [{"params": list(c[0].parameters())}, {"params": list(c[2].parameters())}]
+    opt_c = LARS(torch.optim.SGD(groups, lr=0.1), coefficient=0.02)
+    bad = opt_c.state_dict()
+    del bad["lars"]
+    bad["param_groups"][1]["lars_coefficient"] = 0.3
+    with pytest.raises(ValueError, match="disagree"):
+        opt_c.load_state_dict(bad)
+    assert opt_c.coefficient == 0.02

@@ -1,0 +1,124 @@
+"""One rank of the DeepSpeed check (tests/test_deepspeed.py launches it with torchrun).
+
+Each configuration builds the same small model (a LayerNorm, biases, two Linear layers), wraps
+``lars_npu.LARS(SGD(...))`` as DeepSpeed's client optimizer, and trains four steps on this
+rank's rows of each batch. It records the parameters after training, or the error and whether
+anything changed. Results go to ``<out>.<rank>.pt``.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+STEPS = 4
+ROWS = 16
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 16)
+        self.LayerNorm = nn.LayerNorm(16)
+        self.fc2 = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.tanh(self.LayerNorm(self.fc1(x))))
+
+
+def make_net() -> Net:
+    torch.manual_seed(0)
+    return Net()
+
+
+def batch(step: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(step)
+    x, y = torch.randn(ROWS, 6, generator=gen), torch.randint(0, 3, (ROWS,), generator=gen)
+    lo, hi = rank * ROWS // world, (rank + 1) * ROWS // world
+    return x[lo:hi], y[lo:hi]
+
+
+def make_opt(model: nn.Module, per_param: bool) -> Any:
+    from lars_npu import LARS
+
+    if per_param:  # one group per parameter: the case that used to be silently wrong
+        params: Any = [{"params": [(n, p)]} for n, p in model.named_parameters()]
+    else:
+        params = model.named_parameters()
+    inner = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    return LARS(inner, coefficient=0.01)
+
+
+def reference() -> dict[str, torch.Tensor]:
+    """One process, the whole batch: what every configuration that runs must equal."""
+    model = make_net()
+    opt = make_opt(model, per_param=False)
+    for step in range(STEPS):
+        x, y = batch(step)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+CONFIGS = {  # name: (ZeRO stage, one group per parameter)
+    "stage0": (0, False),
+    "stage1": (1, False),
+    "stage2": (2, False),
+    "stage2_per_param": (2, True),
+}
+
+
+def run(name: str, rank: int, world: int) -> dict[str, Any]:
+    import deepspeed
+
+    stage, per_param = CONFIGS[name]
+    model = make_net()
+    opt = make_opt(model, per_param)
+    config = {
+        "train_micro_batch_size_per_gpu": ROWS // world,
+        "zero_optimization": {"stage": stage},
+        "zero_allow_untested_optimizer": True,
+        "gradient_clipping": 0.0,  # DeepSpeed's default clips at 1.0
+    }
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=config)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    try:
+        for step in range(STEPS):
+            x, y = batch(step, rank, world)
+            loss = nn.functional.cross_entropy(engine(x), y)
+            engine.backward(loss)
+            engine.step()
+    except Exception as exc:
+        unchanged = all(torch.equal(before[n], p.detach()) for n, p in model.named_parameters())
+        return {"raised": type(exc).__name__, "message": str(exc), "unchanged": unchanged}
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    return {"raised": None, "params": params}
+
+
+def main(out: str) -> None:
+    import deepspeed
+    import torch.distributed as dist
+
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(1)
+    deepspeed.init_distributed(dist_backend="gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    results: dict[str, Any] = {}
+    for name in CONFIGS:
+        try:
+            results[name] = run(name, rank, world)
+        except Exception:
+            results[name] = {"raised": "setup", "message": traceback.format_exc()}
+    torch.save(results, f"{out}.{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
