@@ -28,7 +28,7 @@ from ._fused import (
     unsupported_reason,
 )
 from .filters import ParamInfo, default_lars_filter, exclude_bias_and_norm
-from .functional import check_hyper, lars_, to_float
+from .functional import all_finite, check_hyper, lars_, to_float
 
 
 def _migrate_group(group: Any) -> Any:
@@ -134,6 +134,14 @@ def _check_inner_kind(optimizer: Optimizer) -> None:
                 stacklevel=3,
             )
             return
+
+
+class _Skipped:
+    """The result of a step every rank agreed to skip (what ``_finish`` reads)."""
+
+    def __init__(self, found_inf: torch.Tensor, trust_ratio: torch.Tensor) -> None:
+        self.found_inf = found_inf
+        self.trust_ratio = trust_ratio
 
 
 def _shapes_text(shapes: list[torch.Size]) -> str:
@@ -264,7 +272,11 @@ class LARS(Optimizer):
         self._patch_step_function()
         self._warned_names = False
         self._warned_inf = False
-        self.found_inf = torch.tensor(False)
+        self._found_inf = torch.tensor(False)
+        self._given_found_inf: torch.Tensor | None = None  # set by GradScaler (sharded steps)
+        # ZeroRedundancyOptimizer(optimizer_class=LARSSGD): the group over which every rank's
+        # local optimizer must agree to skip a step (LARSSGD finds it; see _skip_agreed)
+        self._agree_group: Any = None
         self._last_lam: torch.Tensor | None = None
         self._last_names: list[str] = []
         self._last_adapt: Any = []
@@ -276,6 +288,24 @@ class LARS(Optimizer):
             p.device.type == "cpu" for g in self.param_groups for p in g["params"]
         ):
             warn_reference_fallback()  # said here, once, not only at the first step
+
+    # -- found_inf: LARS's record of the last step; GradScaler may set it before a step --
+    @property
+    def found_inf(self) -> torch.Tensor:
+        """0-dim bool tensor: True when the last step was skipped because a gradient held
+        inf/nan (nothing was written)."""
+        return self._found_inf
+
+    @found_inf.setter
+    def found_inf(self, value: torch.Tensor) -> None:
+        # GradScaler's protocol for optimizers with _step_supports_amp_scaling: it sets
+        # found_inf (and grad_scale) before step() and deletes them after. Kept apart from the
+        # record above, which stays readable after the step.
+        self._given_found_inf = value
+
+    @found_inf.deleter
+    def found_inf(self) -> None:
+        self._given_found_inf = None
 
     # -- shared with the inner optimizer --
     @property  # type: ignore[override]
@@ -323,9 +353,14 @@ class LARS(Optimizer):
         state.pop("_driver", None)  # native caches are rebuilt, never pickled
         state.pop("_undo", None)
         state.pop("_members", None)  # identities: meaningless in a copy; re-recorded on commit
+        state.pop("_agree_group", None)  # a process group: not picklable, and not the copy's
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if "found_inf" in state:  # pickled by an earlier version
+            state["_found_inf"] = state.pop("found_inf")
+        state.setdefault("_given_found_inf", None)
+        state.setdefault("_agree_group", None)
         self.__dict__.update(state)
         self._driver = FusedDriver()
         self._undo = []
@@ -485,6 +520,8 @@ class LARS(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._agree_group is not None and self._skip_agreed():
+            return loss
         if self._fused_now():
             try:
                 return self._fused_step(loss)
@@ -499,6 +536,30 @@ class LARS(Optimizer):
                     raise ValueError(f"fused=True: {exc}") from None
         self._driver.invalidate()  # the inner step may create momentum buffers
         return self._unfused_step(loss)
+
+    def _skip_agreed(self) -> bool:
+        """Inside ``ZeroRedundancyOptimizer`` each rank steps only its share of the parameters,
+        so a non-finite gradient would skip that share alone. The ranks agree first, with one
+        all-reduce of a flag: any rank's non-finite gradient skips the step on every rank."""
+        import torch.distributed as dist
+
+        grads = [
+            p.grad
+            for g in self.param_groups
+            for p in g["params"]
+            if p.grad is not None and p.grad.layout == torch.strided
+        ]
+        device = grads[0].device if grads else torch.device("cpu")
+        if dist.get_backend(self._agree_group) == "gloo":
+            device = torch.device("cpu")
+        flag = torch.tensor([0.0 if all_finite(grads) else 1.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._agree_group)
+        if float(flag.item()) == 0.0:
+            return False
+        nan = torch.full((len(grads),), float("nan"), dtype=torch.float64)
+        self._finish(_Skipped(torch.tensor(True, device=device), nan), [], [], [], None,
+                     inner=False)  # fmt: skip
+        return True
 
     def _fused_step(self, loss: Any) -> Any:
         plans = [self._plan_group(gi, g) for gi, g in enumerate(self.param_groups)]
@@ -528,7 +589,7 @@ class LARS(Optimizer):
     ) -> Any:
         found = bool(result.found_inf)
         device = result.found_inf.device
-        self.found_inf = torch.tensor(found, device=device)
+        self._found_inf = torch.tensor(found, device=device)
         self._last_lam = result.trust_ratio
         self._last_names = names
         self._last_adapt = adapt
@@ -829,6 +890,33 @@ class LARSSGD(LARS):
             backend=backend,
             fused=fused,
         )
+        self._agree_group = _zero_process_group()
 
     def __repr__(self) -> str:
         return "LARSSGD" + super().__repr__()[len("LARS") :]
+
+
+def _zero_process_group() -> Any:
+    """The process group of the ``ZeroRedundancyOptimizer`` constructing this optimizer as its
+    local one (``optimizer_class=LARSSGD``), else None. ZeRO calls the class from its own method
+    ``_init_local_optimizer``; a few frames up holds that ZeRO as ``self``. (Tested in CI
+    against torch's ZeRO: if that ever stops holding, the ZeRO test of a non-finite gradient
+    fails.)"""
+    import sys
+
+    mod = sys.modules.get("torch.distributed.optim.zero_redundancy_optimizer")
+    zero_type = getattr(mod, "ZeroRedundancyOptimizer", None)
+    if zero_type is None:
+        return None
+    frame = sys._getframe(2)
+    for _ in range(4):
+        if frame is None:
+            break
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, zero_type):
+            import torch.distributed as dist
+
+            group = owner.process_group
+            return group if group is not None else dist.group.WORLD
+        frame = frame.f_back
+    return None

@@ -516,6 +516,20 @@ def check_zero(rank: int, world: int) -> dict[str, Any]:
 
     train_net(make_opt, ddp, rank, world)
     out["params"] = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
+
+    # a non-finite gradient in ONE parameter (one rank's share): every rank skips, none writes
+    zero = make_opt(ddp)
+    x, y = batch(0, rank, world)
+    nn.functional.cross_entropy(ddp(x), y).backward()
+    model.fc2.bias.grad[0] = math.nan
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zero.step()
+    out["nan_found"] = bool(zero.optim.found_inf)
+    out["nan_unchanged"] = all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    out["owns_fc2_bias"] = any(p is model.fc2.bias for g in zero.optim.param_groups
+                               for p in g["params"])  # fmt: skip
     return out
 
 
@@ -1220,6 +1234,9 @@ def test_zero_redundancy_optimizer_with_larssgd_inside_is_exact(ranks):
         assert "optimizer_class=lars_npu.LARSSGD" in x["around"]["message"], x["around"]
         for n, w in want.items():
             assert_close(x["params"][n], w, f"rank {r}, {n}")
+        # the ranks that do not own the poisoned parameter skip too (one agreed flag)
+        assert x["nan_found"] and x["nan_unchanged"], f"rank {r}: {x}"
+    assert sum(x["owns_fc2_bias"] for x in results_of(ranks, "zero")) == 1
 
 
 # -- in this process: argument checks, and a one-rank group for the non-native paths -------------
