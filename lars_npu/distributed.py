@@ -424,6 +424,8 @@ class ShardedLARS(LARS):
         return ParamInfo(name, param)
 
     _takes_shards = True
+    # GradScaler calls step() on every rank, with grad_scale and found_inf set (see step)
+    _step_supports_amp_scaling = True
 
     def _check_members(self, index: int, group: dict[str, Any]) -> None:
         """Not needed here: every step compares the parameters with the layout the ranks
@@ -740,8 +742,16 @@ class ShardedLARS(LARS):
         return self._device
 
     def _sharded_step(self, loss: Any) -> Any:
+        # GradScaler (this class has _step_supports_amp_scaling): it sets grad_scale (None when
+        # the user already unscaled) and found_inf before calling step() on EVERY rank, so that
+        # a rank whose scaled gradients overflowed still joins the all-reduce, poisoned, and
+        # every rank skips the step together (instead of that rank skipping alone and the
+        # others waiting in the collective). Each rank unscales its own sums and gradients.
+        scale = self.__dict__.get("grad_scale")
+        inv = None if scale is None else 1.0 / float(scale)
+        overflowed = self._given_found_inf is not None and bool(self._given_found_inf)
         try:
-            prep = self._prepare()
+            prep = self._prepare(g_factor=1.0 if inv is None else inv * inv, unscale=inv)
         except Exception:
             # Join the step's one collective with NaN sums, so the other ranks skip this step
             # instead of waiting for us; then report (the original error, not a later one).
@@ -751,6 +761,8 @@ class ShardedLARS(LARS):
                 dist.all_reduce(poison, group=self.process_group)
             raise
         buf, plans, slots, ws, gs, adapt, wds, lrs, names, backend, device = prep
+        if overflowed:
+            buf[self._n :] = math.nan  # this rank's share says: skip, on every rank
         dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=self.process_group)
         total = buf.to(device="cpu", dtype=torch.float64).numpy()
         n = self._n
@@ -777,7 +789,11 @@ class ShardedLARS(LARS):
                     guard_zero_norm=h.guard_zero_norm,
                 )
         todo = [i for i in range(k) if adapt[i] and gs[i].numel() > 0]
-        saved = save_grads(gs, adapt, self._undo)  # put back if the inner step raises
+        # put back if the inner step raises (every gradient, when unscaling writes them all)
+        saved = save_grads(gs, adapt if inv is None else [True] * k, self._undo)
+        if inv is not None:
+            for g in gs:
+                g.mul_(inv)
         if todo and backend.name == "cpu":
             C = native()
             wc = [contig(ws[i]) for i in todo]
@@ -843,8 +859,10 @@ class ShardedLARS(LARS):
         lam[todo] = applied
         return True
 
-    def _prepare(self) -> tuple[Any, ...]:
-        """Validate, and compute the local sums into the buffer to all-reduce. Writes nothing."""
+    def _prepare(self, g_factor: float = 1.0, unscale: float | None = None) -> tuple[Any, ...]:
+        """Validate, and compute the local sums into the buffer to all-reduce (Σg² times
+        ``g_factor``: 1/scale² under a GradScaler). Writes nothing. ``unscale``: the gradients
+        will be multiplied by it, so each must be writable (sparse ones are refused)."""
         plans = []
         slots: list[int] = []
         ws: list[torch.Tensor] = []
@@ -870,6 +888,12 @@ class ShardedLARS(LARS):
                 if g is None:
                     continue
                 if g.is_sparse or g.layout != torch.strided:
+                    if unscale is not None:
+                        raise ValueError(
+                            f"parameter {name!r} has a sparse gradient, which ShardedLARS "
+                            "cannot unscale for GradScaler; exclude it from GradScaler's "
+                            "optimizer or use dense gradients"
+                        )
                     if mask[j]:
                         raise ValueError(
                             f"parameter {name!r} has a sparse gradient; LARS cannot adapt it "
@@ -888,7 +912,7 @@ class ShardedLARS(LARS):
                     )
                 gl = _local(g)
                 check_pair(w, gl, f"parameter {name!r}", f"gradient of parameter {name!r}")
-                if mask[j]:  # rewritten in place
+                if mask[j] or unscale is not None:  # rewritten (or unscaled) in place
                     check_written(gl, f"gradient of parameter {name!r}")
                 st = self.state.get(p)
                 buf = st.get("momentum_buffer") if st else None
@@ -909,7 +933,8 @@ class ShardedLARS(LARS):
             )
         device = self._step_device()  # one device: verified
         backend = resolve(device, self.backend)
-        return (self._local_sums(backend, device, slots, ws, gs, adapt), plans, slots, ws, gs,
+        sums = self._local_sums(backend, device, slots, ws, gs, adapt, g_factor)
+        return (sums, plans, slots, ws, gs,
                 adapt, wds, lrs, names, backend, device)  # fmt: skip
 
     def _local_sums(
@@ -920,9 +945,11 @@ class ShardedLARS(LARS):
         ws: list[torch.Tensor],
         gs: list[torch.Tensor],
         adapt: list[bool],
+        g_factor: float = 1.0,
     ) -> torch.Tensor:
         """The buffer to all-reduce: fp32 ``[Σw² of every parameter | Σg² of every parameter]``
-        over this rank's elements, on ``device``; 0 where this rank has no gradient or (Σw²) the
+        over this rank's elements (Σg² times ``g_factor``, this rank's 1/scale² under a
+        GradScaler), on ``device``; 0 where this rank has no gradient or (Σw²) the
         filter excludes the parameter. A rank whose copy does not count (replicas) adds 0·x: 0
         when x is finite, nan when not, so a non-finite gradient anywhere reaches every rank."""
         n = self._n
@@ -942,7 +969,7 @@ class ShardedLARS(LARS):
             )
             vals = np.zeros(2 * n)
             vals[idx] = w_s * c
-            vals[n + idx] = g_s * c
+            vals[n + idx] = g_s * c * g_factor
             with np.errstate(over="ignore"):  # beyond the fp32 range: inf, the step is skipped
                 buf = torch.from_numpy(vals.astype(np.float32))
             return buf if device.type == "cpu" else buf.to(device)
@@ -951,7 +978,7 @@ class ShardedLARS(LARS):
         if sums is not None:  # the AscendC kernels (npu, emu): one square-sums launch
             vals = np.zeros(2 * n)
             vals[idx] = sums[0] * c
-            vals[n + idx] = sums[1] * c
+            vals[n + idx] = sums[1] * c * g_factor
             with np.errstate(over="ignore"):
                 buf = torch.from_numpy(vals.astype(np.float32))
             return buf if device.type == "cpu" else buf.to(device)
@@ -967,5 +994,5 @@ class ShardedLARS(LARS):
         buf = torch.zeros(2 * n, dtype=torch.float32, device=device)
         it = torch.from_numpy(idx).to(device)
         buf[it] = w_s * ct.to(device)
-        buf[it + n] = g_s * ct.to(device)
+        buf[it + n] = g_s * (ct * g_factor).to(device)
         return buf

@@ -288,19 +288,31 @@ def _shards_and_momentum(opt: Any, params: dict[str, torch.Tensor]) -> dict[str,
 
 
 def check_flat(
-    rank: int, world: int, cfg: str, *, restart_after: int | None = None, poison: int | None = None
+    rank: int,
+    world: int,
+    cfg: str,
+    *,
+    restart_after: int | None = None,
+    poison: int | None = None,
+    scaler: bool = False,
 ) -> dict[str, Any]:
     """ShardedLARS on flat shards for STEPS steps. ``poison``: at that step the LAST rank puts
-    inf into one of its gradients (no scheduler then; the reference skips that step)."""
+    inf into one of its gradients (no scheduler then; the reference skips that step).
+    ``scaler``: the gradients are scaled as by ``scaler.scale(loss).backward()`` and the step is
+    ``scaler.step(opt); scaler.update()`` (a torch.amp.GradScaler on CPU)."""
     params = {n: flat_shard(nn.Parameter(init_value(n))) for n in SHAPES}
     opt = ShardedLARS(make_inner(params), **CONFIGS[cfg])
+    gs = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=1000) if scaler else None
+    if gs is not None:
+        gs.scale(torch.ones(()))  # initialises the scale, as the first scale(loss) does
     sch = torch.optim.lr_scheduler.StepLR(opt, 2, 0.5) if poison is None else None
     res: dict[str, Any] = {"counts": [], "found_inf": [], "warnings": [], "untouched": None}
     res["masks"] = [list(g["lars_mask"]) for g in opt.param_groups]
     for step in range(STEPS):
+        factor = 1.0 if gs is None else float(gs.get_scale())
         for n, p in params.items():
             g = grad_value(step, n)
-            p.grad = None if g is None else flat_shard(g)
+            p.grad = None if g is None else flat_shard(g * factor)
         snapshot = None
         if step == poison:
             if rank == world - 1:
@@ -313,7 +325,11 @@ def check_flat(
             ]
         with CollectiveCounter() as cc, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            opt.step()
+            if gs is None:
+                opt.step()
+            else:
+                gs.step(opt)
+                gs.update()
         res["counts"].append(cc.summary())
         res["found_inf"].append(bool(opt.found_inf))
         res["warnings"].append([str(w.message) for w in caught])
@@ -880,6 +896,7 @@ def _suite(rank: int, world: int, port: int) -> dict[str, Any]:
         "flat_a": lambda: check_flat(rank, world, "a", restart_after=2),
         "flat_b": lambda: check_flat(rank, world, "b"),
         "nonfinite": lambda: check_flat(rank, world, "a", poison=1),
+        "scaler": lambda: check_flat(rank, world, "a", poison=1, scaler=True),
         "layouts": lambda: check_layouts(rank, world),
         "local_failures": lambda: check_local_failures(rank, world),
         "transactions": lambda: check_transactions(rank, world),
@@ -1051,9 +1068,15 @@ def test_exactly_one_collective_per_step(ranks, cfg):
         assert_one_collective(res["counts"], len(SHAPES), f"rank {r}, {cfg}")
 
 
-def test_non_finite_gradient_on_one_rank_skips_the_step_on_every_rank(ranks):
-    res = results_of(ranks, "nonfinite")
+@pytest.mark.parametrize("check", ["nonfinite", "scaler"])
+def test_non_finite_gradient_on_one_rank_skips_the_step_on_every_rank(ranks, check):
+    """Also under a GradScaler (``scaler``): the rank whose scaled gradient overflowed does not
+    skip alone (leaving the others waiting in the all-reduce); GradScaler calls step() on every
+    rank (ShardedLARS has ``_step_supports_amp_scaling``), every rank skips that step, and each
+    unscales its own sums and gradients, so the run equals the unscaled reference."""
+    res = results_of(ranks, check)
     for r, x in enumerate(res):
+        assert_one_collective(x["counts"], len(SHAPES), f"rank {r}, {check}")
         assert x["found_inf"] == [False, True, False, False, False], f"rank {r}"
         assert x["untouched"], f"rank {r}: the skipped step wrote something"
         assert [len(w) for w in x["warnings"]] == [0, 1, 0, 0, 0], f"rank {r}"
