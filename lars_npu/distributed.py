@@ -212,6 +212,7 @@ class _Desc:
     numel: int  # local
     adapt: bool
     placements: str
+    counted: bool = True  # DTensor: this rank's piece counts in the sums (local, not compared)
 
 
 _COMPARED = (
@@ -225,24 +226,36 @@ _COMPARED = (
 
 
 def _placement_problem(p: torch.Tensor, group_ranks: list[int]) -> str | None:
+    """Why the sums of a DTensor cannot be reduced over ``group_ranks`` (None: they can). Any
+    mesh dimension count works (FSDP2 1-D; HSDP's (replicate, shard); TP x FSDP), with Shard
+    and Replicate placements, as long as the process group spans exactly the mesh's ranks."""
     from torch.distributed.tensor import Replicate, Shard
 
     mesh = p.device_mesh
-    if mesh.ndim != 1:
-        return (
-            f"is a DTensor on a {mesh.ndim}-D device mesh; ShardedLARS supports 1-D meshes "
-            "(FSDP2 / one shard dimension) only"
-        )
-    mesh_ranks = dist.get_process_group_ranks(mesh.get_group())
-    if sorted(mesh_ranks) != sorted(group_ranks):
+    mesh_ranks = sorted(int(r) for r in mesh.mesh.flatten().tolist())
+    if mesh_ranks != sorted(group_ranks):
         return (
             f"is a DTensor on a device mesh of ranks {mesh_ranks}, but ShardedLARS reduces over "
-            f"ranks {group_ranks}; pass the mesh's group as process_group"
+            f"ranks {sorted(group_ranks)}; pass a process group of exactly the mesh's ranks"
         )
-    pl = p.placements[0]
-    if not isinstance(pl, (Shard, Replicate)):
-        return f"has DTensor placement {pl}; only Shard and Replicate are supported"
+    for pl in p.placements:
+        if not isinstance(pl, (Shard, Replicate)):
+            return f"has DTensor placement {pl}; only Shard and Replicate are supported"
     return None
+
+
+def _counted(p: torch.Tensor) -> bool:
+    """Whether this rank's local piece of DTensor ``p`` counts in the global sums: it does on
+    the ranks whose mesh coordinate is 0 along every Replicate dimension (those ranks' pieces
+    partition the tensor exactly once; the replicas add 0·x, which keeps inf/nan visible)."""
+    from torch.distributed.tensor import Replicate
+
+    coord = p.device_mesh.get_coordinate()
+    if coord is None:  # not in the mesh: refused by _placement_problem
+        return False
+    return all(
+        c == 0 for c, pl in zip(coord, p.placements, strict=True) if isinstance(pl, Replicate)
+    )
 
 
 # A problem one rank found, sent to every rank: (exception class name, message).
@@ -305,9 +318,11 @@ class ShardedLARS(LARS):
     """:class:`lars_npu.LARS` for parameters sharded across the ranks of a process group.
 
     Each parameter is this rank's piece of a larger tensor: a flat shard made by
-    :func:`flat_shard` (or marked with :func:`mark_flat_shard`), or a DTensor on a 1-D device
-    mesh over the group (``Shard`` or ``Replicate`` placement; FSDP2 ``fully_shard`` creates
-    these). Per step: the local Σw², Σg² of every parameter, ONE ``all_reduce`` (SUM) of a flat
+    :func:`flat_shard` (or marked with :func:`mark_flat_shard`, or by :func:`mark_fsdp1`), or a
+    DTensor on a device mesh whose ranks are the group's (``Shard`` and ``Replicate`` placements
+    on any number of mesh dimensions: FSDP2 ``fully_shard``, HSDP's (replicate, shard) mesh, TP
+    x FSDP); only the ranks at coordinate 0 of every Replicate dimension count a piece in the
+    sums. Per step: the local Σw², Σg² of every parameter, ONE ``all_reduce`` (SUM) of a flat
     fp32 buffer of 2·N values over ``process_group``, then λ per parameter from the global sums
     (as :func:`lars_npu.reference.trust_ratio`), the in-place rewrite of the local gradient
     ``g' = λ·(g + wd·w)``, and the inner optimizer's step on the local shards. The result equals
@@ -479,12 +494,15 @@ class ShardedLARS(LARS):
             for j, p in enumerate(group["params"]):
                 name = names[j] if names else f"param_groups[{gi}][{j}]"
                 placements = ""
+                counted = True
                 if _is_dtensor(p):
                     kind, shape = _DTENSOR, tuple(p.shape)
                     placements = str(tuple(p.placements))
                     why = _placement_problem(p, self._group_ranks)
                     if why is not None:
                         refuse(f"parameter {name!r} {why}")
+                    else:
+                        counted = _counted(p)
                 else:
                     kind = _FLAT
                     marked = getattr(p, GLOBAL_SHAPE_ATTR, None)
@@ -502,7 +520,17 @@ class ShardedLARS(LARS):
                     devices.append(local.device)
                 key.append((id(p), local.numel(), shape))
                 descs.append(
-                    _Desc(gi, name, kind, shape, str(p.dtype), local.numel(), mask[j], placements)
+                    _Desc(
+                        gi,
+                        name,
+                        kind,
+                        shape,
+                        str(p.dtype),
+                        local.numel(),
+                        mask[j],
+                        placements,
+                        counted,
+                    )
                 )
         if len(devices) > 1:
             refuse(
@@ -594,7 +622,7 @@ class ShardedLARS(LARS):
         contrib = np.ones(len(ref))
         for i, d in enumerate(ref):
             if d.kind == _DTENSOR:
-                if "Replicate" in d.placements and self.rank != 0:
+                if not all_descs[self.rank][i].counted:
                     contrib[i] = 0.0
                 continue
             total = math.prod(d.shape)

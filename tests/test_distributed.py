@@ -549,6 +549,31 @@ def check_zero(rank: int, world: int) -> dict[str, Any]:
     return out
 
 
+def check_hsdp(rank: int, world: int) -> dict[str, Any]:
+    """FSDP2 HSDP: a 2-D (replicate, shard) mesh; the same plain LARS line. Every rank's full
+    parameters must equal one process's; a step is one all-reduce (over the mesh's ranks, the
+    replicas adding 0)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (2, world // 2), mesh_dim_names=("replicate", "shard"))
+    model = make_net()
+    fully_shard(model.fc1, mesh=mesh)
+    fully_shard(model.fc2, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    holder: dict[str, Any] = {}
+
+    def make_opt(m: nn.Module) -> LARS:
+        holder["opt"] = LARS(_sgd(m.named_parameters()), coefficient=0.01)
+        return holder["opt"]
+
+    counts = train_net(make_opt, model, rank, world)
+    full = {n: p.full_tensor().detach().numpy().copy() for n, p in model.named_parameters()}
+    placements = str(model.fc1.weight.placements)
+    return {"params": full, "counts": counts, "opt": type(holder["opt"]).__name__,
+            "placements": placements}  # fmt: skip
+
+
 def check_dtensor(rank: int, world: int) -> dict[str, Any]:
     """Plain DTensors: Shard(0), Shard(1) and Replicate placements; at step 1 the last rank puts
     inf into its copy of a REPLICATED gradient (whose sums other ranks do not count)."""
@@ -903,6 +928,7 @@ def _suite(rank: int, world: int, port: int) -> dict[str, Any]:
         "dtensor": lambda: check_dtensor(rank, world),
         "fsdp2": lambda: check_fsdp2(rank, world),
         "fsdp1": lambda: check_fsdp1(rank, world),
+        "hsdp": lambda: check_hsdp(rank, world),
         "zero": lambda: check_zero(rank, world),
         "dcp": lambda: check_dcp(rank, world, port),
     }
@@ -1221,6 +1247,15 @@ def test_fsdp2_fully_shard_equals_single_process(ranks):
         assert x["types"] == ["DTensor"]
         assert x["opt"] == "ShardedLARS"  # what LARS(...) became for DTensor parameters
         assert_one_collective(x["counts"], len(want), f"rank {r}, fsdp2")
+        for n, w in want.items():
+            assert_close(x["params"][n], w, f"rank {r}, {n}")
+
+
+def test_hsdp_two_dimensional_mesh_equals_single_process(ranks):
+    want = reference_net()
+    for r, x in enumerate(results_of(ranks, "hsdp")):
+        assert x["opt"] == "ShardedLARS" and "Replicate" in x["placements"], x["placements"]
+        assert_one_collective(x["counts"], len(want), f"rank {r}, hsdp")
         for n, w in want.items():
             assert_close(x["params"][n], w, f"rank {r}, {n}")
 
