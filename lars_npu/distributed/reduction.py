@@ -1,0 +1,308 @@
+"""The step's reduction: the local Σw², Σg² of every parameter into one fp32 buffer, ONE
+all-reduce of it, λ per parameter from the global sums, the in-place rewrite of the local
+gradients, and the inner optimizer's step."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .. import reference
+from .._backends import MultiResult, resolve
+from .._backends._native import kernel_threads, native
+from .._backends._staging import contig, ptrs, unstage_grads
+from .._backends.cpu import DTYPE_CODES
+from .._engines import is_dtensor as _is_dtensor
+from .._fused import check_buffer, check_written
+from ..functional import check_pair, to_float
+from ..optim import save_grads
+from .shards import global_shape, local_of
+
+
+class ReductionMixin:
+    """ShardedLARS's step. Needs, on the optimizer: the layout the ranks agreed on (``_n``,
+    ``_contrib``, ``_layout_key``, ``_device``), ``process_group``, ``backend``, ``_hyper``,
+    ``_undo``, ``_given_found_inf`` and LARS's ``_plan_group`` / ``_finish``."""
+
+    process_group: Any
+    backend: str
+    _n: int
+    _contrib: np.ndarray
+    _layout_key: tuple[Any, ...] | None
+    _device: torch.device
+    _undo: list[torch.Tensor]
+    _given_found_inf: torch.Tensor | None
+    param_groups: list[dict[str, Any]]
+    state: Any
+
+    def _step_device(self) -> torch.device:
+        """The device of the step's buffer: the first parameter's, in any group (the layout check
+        made sure they share one; read each step, in case the parameters were moved since), else
+        the one the last layout check recorded (the collective's, for a layout without
+        parameters). Never raises: the error path's NaN all-reduce depends on it."""
+        with contextlib.suppress(Exception):
+            for group in self.param_groups:
+                for p in group["params"]:
+                    return local_of(p).device
+        return self._device
+
+    def _sharded_step(self, loss: Any) -> Any:
+        # GradScaler (this class has _step_supports_amp_scaling): it sets grad_scale (None when
+        # the user already unscaled) and found_inf before calling step() on EVERY rank, so that
+        # a rank whose scaled gradients overflowed still joins the all-reduce, poisoned, and
+        # every rank skips the step together (instead of that rank skipping alone and the
+        # others waiting in the collective). Each rank unscales its own sums and gradients.
+        scale = self.__dict__.get("grad_scale")
+        inv = None if scale is None else 1.0 / float(scale)
+        overflowed = self._given_found_inf is not None and bool(self._given_found_inf)
+        try:
+            prep = self._prepare(g_factor=1.0 if inv is None else inv * inv, unscale=inv)
+        except Exception:
+            # Join the step's one collective with NaN sums, so the other ranks skip this step
+            # instead of waiting for us; then report (the original error, not a later one).
+            device = self._step_device()
+            poison = torch.full((2 * self._n,), math.nan, dtype=torch.float32, device=device)
+            with contextlib.suppress(Exception):
+                dist.all_reduce(poison, group=self.process_group)
+            raise
+        buf, plans, slots, ws, gs, adapt, wds, lrs, names, backend, device = prep
+        if overflowed:
+            buf[self._n :] = math.nan  # this rank's share says: skip, on every rank
+        dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=self.process_group)
+        total = buf.to(device="cpu", dtype=torch.float64).numpy()
+        n = self._n
+        w_tot, g_tot = total[:n], total[n:]
+        found = not bool(np.isfinite(g_tot).all())
+        k = len(gs)
+        if found:
+            nan = torch.full((k,), math.nan, dtype=torch.float64)
+            result = MultiResult(torch.tensor(True, device=device), nan)
+            return self._finish(result, names, adapt, plans, loss, inner=True)
+        h = self._hyper
+        lam = np.ones(k)
+        for i in range(k):
+            if adapt[i]:
+                s = slots[i]
+                lam[i] = reference.trust_ratio(
+                    w_tot[s],
+                    g_tot[s],
+                    wds[i],
+                    lrs[i],
+                    epsilon=h.epsilon,
+                    coefficient=h.coefficient,
+                    use_clip=h.use_clip,
+                    guard_zero_norm=h.guard_zero_norm,
+                )
+        todo = [i for i in range(k) if adapt[i] and gs[i].numel() > 0]
+        # put back if the inner step raises (every gradient, when unscaling writes them all)
+        saved = save_grads(gs, adapt if inv is None else [True] * k, self._undo)
+        if inv is not None:
+            for g in gs:
+                g.mul_(inv)
+        if todo and backend.name == "cpu":
+            C = native()
+            wc = [contig(ws[i]) for i in todo]
+            gc = [contig(gs[i]) for i in todo]
+            g_ptr = ptrs(gc)
+            C.lars_rewrite(
+                ptrs(wc),
+                g_ptr,
+                g_ptr,  # in place, as the single-process kernel does
+                np.fromiter((g.numel() for g in gc), dtype=np.int64, count=len(gc)),
+                np.fromiter((DTYPE_CODES[g.dtype] for g in gc), dtype=np.int64, count=len(gc)),
+                lam[todo],
+                np.asarray([wds[i] for i in todo], dtype=np.float64),
+                kernel_threads(),
+            )
+            unstage_grads([gs[i] for i in todo], gc)
+        elif todo and self._rewrite_in_one_launch(backend, todo, slots, ws, gs, w_tot, g_tot,
+                                                  wds, lrs, lam):  # fmt: skip
+            pass  # the AscendC kernels (npu, emu): one update launch for every tensor
+        else:  # one lars_update per tensor
+            for i in todo:
+                s = slots[i]
+                out = backend.lars_update(ws[i], gs[i], w_tot[s], g_tot[s], wds[i], lrs[i], h)
+                gs[i].copy_(out)
+        result = MultiResult(torch.tensor(False, device=device), torch.from_numpy(lam))
+        return self._finish(result, names, adapt, plans, loss, inner=True, saved=saved)
+
+    def _rewrite_in_one_launch(
+        self,
+        backend: Any,
+        todo: list[int],
+        slots: list[int],
+        ws: list[torch.Tensor],
+        gs: list[torch.Tensor],
+        w_tot: np.ndarray,
+        g_tot: np.ndarray,
+        wds: list[float],
+        lrs: list[float],
+        lam: np.ndarray,
+    ) -> bool:
+        """The rewrite with the global sums in one call of a backend that has it (the AscendC
+        kernels' lars_rewrite_given_); λ as the kernel applied it goes into ``lam``. False when
+        the backend cannot (the caller goes tensor by tensor)."""
+        rewrite = getattr(backend, "lars_rewrite_given_", None)
+        if rewrite is None:
+            return False
+        sl = [slots[i] for i in todo]
+        out = rewrite(
+            [ws[i] for i in todo],
+            [gs[i] for i in todo],
+            [True] * len(todo),
+            w_tot[sl],
+            g_tot[sl],
+            [wds[i] for i in todo],
+            [lrs[i] for i in todo],
+            self._hyper,
+        )
+        if out is None:
+            return False
+        found, applied = out
+        if found:  # cannot happen: the sums were checked finite before
+            raise RuntimeError("ShardedLARS: the kernels found a non-finite sum the host did not")
+        lam[todo] = applied
+        return True
+
+    def _prepare(self, g_factor: float = 1.0, unscale: float | None = None) -> tuple[Any, ...]:
+        """Validate, and compute the local sums into the buffer to all-reduce (Σg² times
+        ``g_factor``: 1/scale² under a GradScaler). Writes nothing. ``unscale``: the gradients
+        will be multiplied by it, so each must be writable (sparse ones are refused)."""
+        plans = []
+        slots: list[int] = []
+        ws: list[torch.Tensor] = []
+        gs: list[torch.Tensor] = []
+        adapt: list[bool] = []
+        wds: list[float] = []
+        lrs: list[float] = []
+        names: list[str] = []
+        key: list[Any] = []
+        slot = 0
+        for gi, group in enumerate(self.param_groups):
+            wd, mask = self._plan_group(gi, group)
+            plans.append((wd, mask))
+            lr = to_float(group["lr"], f"param_groups[{gi}]['lr']", minimum=0.0)
+            pnames = group.get("param_names")
+            key.append((len(group["params"]), tuple(mask)))
+            for j, p in enumerate(group["params"]):
+                name = pnames[j] if pnames else f"param_groups[{gi}][{j}]"
+                w = local_of(p)
+                key.append((id(p), w.numel(), tuple(global_shape(p) or ())))
+                g = p.grad
+                here, slot = slot, slot + 1
+                if g is None:
+                    continue
+                if g.is_sparse or g.layout != torch.strided:
+                    if unscale is not None:
+                        raise ValueError(
+                            f"parameter {name!r} has a sparse gradient, which ShardedLARS "
+                            "cannot unscale for GradScaler; exclude it from GradScaler's "
+                            "optimizer or use dense gradients"
+                        )
+                    if mask[j]:
+                        raise ValueError(
+                            f"parameter {name!r} has a sparse gradient; LARS cannot adapt it "
+                            "(exclude it with lars_filter to let the inner optimizer handle it)"
+                        )
+                    continue
+                if _is_dtensor(p) != _is_dtensor(g):
+                    raise TypeError(
+                        f"parameter {name!r}: a DTensor parameter needs a DTensor gradient and a "
+                        "plain one a plain gradient"
+                    )
+                if _is_dtensor(g) and tuple(g.placements) != tuple(p.placements):
+                    raise ValueError(
+                        f"gradient of parameter {name!r} has placements {tuple(g.placements)}, "
+                        f"the parameter {tuple(p.placements)}; redistribute it first"
+                    )
+                gl = local_of(g)
+                check_pair(w, gl, f"parameter {name!r}", f"gradient of parameter {name!r}")
+                if mask[j] or unscale is not None:  # rewritten (or unscaled) in place
+                    check_written(gl, f"gradient of parameter {name!r}")
+                st = self.state.get(p)
+                buf = st.get("momentum_buffer") if st else None
+                if buf is not None:  # the inner step writes it: it must fit (checked first)
+                    check_buffer(w, local_of(buf), name)
+                slots.append(here)
+                ws.append(w)
+                gs.append(gl)
+                adapt.append(mask[j])
+                wds.append(wd)
+                lrs.append(lr)
+                names.append(name)
+        if tuple(key) != self._layout_key:
+            raise ValueError(
+                "ShardedLARS: the parameters changed since their layout was verified (another "
+                "parameter, a new shape or filter result); call opt.verify_layout() on every "
+                "rank after changing them"
+            )
+        device = self._step_device()  # one device: verified
+        backend = resolve(device, self.backend)
+        sums = self._local_sums(backend, device, slots, ws, gs, adapt, g_factor)
+        return (sums, plans, slots, ws, gs,
+                adapt, wds, lrs, names, backend, device)  # fmt: skip
+
+    def _local_sums(
+        self,
+        backend: Any,
+        device: torch.device,
+        slots: list[int],
+        ws: list[torch.Tensor],
+        gs: list[torch.Tensor],
+        adapt: list[bool],
+        g_factor: float = 1.0,
+    ) -> torch.Tensor:
+        """The buffer to all-reduce: fp32 ``[Σw² of every parameter | Σg² of every parameter]``
+        over this rank's elements (Σg² times ``g_factor``, this rank's 1/scale² under a
+        GradScaler), on ``device``; 0 where this rank has no gradient or (Σw²) the
+        filter excludes the parameter. A rank whose copy does not count (replicas) adds 0·x: 0
+        when x is finite, nan when not, so a non-finite gradient anywhere reaches every rank."""
+        n = self._n
+        if not gs:
+            return torch.zeros(2 * n, dtype=torch.float32, device=device)
+        idx = np.asarray(slots, dtype=np.int64)
+        c = self._contrib[idx]
+        if backend.name == "cpu":  # one native call for every tensor (fp64 accumulation)
+            wc = [contig(w) if a else None for w, a in zip(ws, adapt, strict=True)]
+            gc = [contig(g) for g in gs]
+            w_s, g_s = native().square_sums(
+                ptrs(wc),
+                ptrs(gc),
+                np.fromiter((g.numel() for g in gc), dtype=np.int64, count=len(gc)),
+                np.fromiter((DTYPE_CODES[g.dtype] for g in gc), dtype=np.int64, count=len(gc)),
+                kernel_threads(),
+            )
+            vals = np.zeros(2 * n)
+            vals[idx] = w_s * c
+            vals[n + idx] = g_s * c * g_factor
+            with np.errstate(over="ignore"):  # beyond the fp32 range: inf, the step is skipped
+                buf = torch.from_numpy(vals.astype(np.float32))
+            return buf if device.type == "cpu" else buf.to(device)
+        multi = getattr(backend, "square_sums", None)
+        sums = multi(ws, gs, adapt) if multi is not None else None
+        if sums is not None:  # the AscendC kernels (npu, emu): one square-sums launch
+            vals = np.zeros(2 * n)
+            vals[idx] = sums[0] * c
+            vals[n + idx] = sums[1] * c * g_factor
+            with np.errstate(over="ignore"):
+                buf = torch.from_numpy(vals.astype(np.float32))
+            return buf if device.type == "cpu" else buf.to(device)
+        # Other backends (torch ops on an accelerator, the NumPy reference; the kernels with
+        # mixed dtypes): their own SquareSumAll once per tensor, the buffer assembled where the
+        # tensors are.
+        pairs = [backend.square_sum_all(w, g) for w, g in zip(ws, gs, strict=True)]
+        keep = torch.tensor([float(a) for a in adapt], dtype=torch.float32)
+        ct = torch.from_numpy(c.astype(np.float32))
+        w_s = torch.stack([x.float().to(device) for x, _ in pairs])
+        g_s = torch.stack([y.float().to(device) for _, y in pairs])
+        w_s = torch.where(keep.to(device) > 0, w_s, torch.zeros_like(w_s))
+        buf = torch.zeros(2 * n, dtype=torch.float32, device=device)
+        it = torch.from_numpy(idx).to(device)
+        buf[it] = w_s * ct.to(device)
+        buf[it + n] = g_s * (ct * g_factor).to(device)
+        return buf
