@@ -10,13 +10,14 @@ from __future__ import annotations
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
 
 from ._backends import Hyper, get_backend, resolve, warn_reference_fallback
-from ._engines import HANDLED, refusal, shard_kind
+from ._engines import HANDLED, is_dtensor, refusal, shard_kind
 from ._fused import (
     FUSED_REQUIREMENTS,
     FusedDriver,
@@ -28,7 +29,7 @@ from ._fused import (
     unsupported_reason,
 )
 from .filters import ParamInfo, default_lars_filter, exclude_bias_and_norm
-from .functional import all_finite, check_hyper, lars_, to_float
+from .functional import all_finite, check_hyper, check_pair, lars_, to_float
 
 
 def _migrate_group(group: Any) -> Any:
@@ -134,6 +135,22 @@ def _check_inner_kind(optimizer: Optimizer) -> None:
                 stacklevel=3,
             )
             return
+
+
+@dataclass
+class StepInputs:
+    """What :meth:`LARS._gather` collects for a step (one entry per parameter with a dense
+    gradient, in group order; ``slots``: its index among all parameters)."""
+
+    plans: list[tuple[float, list[bool]]] = field(default_factory=list)
+    params: list[torch.Tensor] = field(default_factory=list)
+    weights: list[torch.Tensor] = field(default_factory=list)
+    grads: list[torch.Tensor] = field(default_factory=list)
+    adapt: list[bool] = field(default_factory=list)
+    wds: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)
 
 
 class _Skipped:
@@ -642,76 +659,114 @@ class LARS(Optimizer):
             for g, wd in held:
                 g["weight_decay"] = wd
 
-    def _check_inner_state(self, params: list[torch.Tensor], names: list[str]) -> None:
+    def _check_inner_state(
+        self,
+        params: list[torch.Tensor],
+        names: list[str],
+        local: Callable[[torch.Tensor], torch.Tensor] = torch.Tensor.detach,
+    ) -> None:
         """Before any write of the unfused step: each parameter can be written in place, and
-        each of its state tensors (momentum buffer, ...) has its shape and lies in its storage."""
+        each of its state tensors (momentum buffer, ...) has its shape and lies in its storage.
+        ``local``: the tensor holding this rank's elements (a DTensor's local shard)."""
         state = self.state
         for p, name in zip(params, names, strict=True):
-            check_written(p, f"parameter {name!r}")
+            w = local(p)
+            check_written(w, f"parameter {name!r}")
             st = state.get(p)
             if not st:
                 continue
             for key, v in st.items():
                 if isinstance(v, torch.Tensor) and v.dim() > 0:
                     if key == "momentum_buffer":
-                        check_buffer(p, v, name)
+                        check_buffer(w, local(v), name)
                     elif v.shape != p.shape:
                         raise ValueError(
                             f"state[{key!r}] of parameter {name!r} has shape {tuple(v.shape)}, "
                             f"the parameter {tuple(p.shape)}"
                         )
                     else:
-                        check_written(v, f"state[{key!r}] of parameter {name!r}")
+                        check_written(local(v), f"state[{key!r}] of parameter {name!r}")
 
-    def _unfused_step(self, loss: Any) -> Any:
-        plans = []
-        weights: list[torch.Tensor] = []
-        grads: list[torch.Tensor] = []
-        adapt: list[bool] = []
-        wds: list[float] = []
-        lrs: list[float] = []
-        names: list[str] = []
+    def _gather(
+        self,
+        *,
+        local: Callable[[torch.Tensor], torch.Tensor] = torch.Tensor.detach,
+        unscale: bool = False,
+    ) -> StepInputs:
+        """Everything a rewrite + inner step reads, checked before anything is written: the
+        groups' plans, and per parameter with a gradient its (local) weight and gradient, filter
+        result, weight decay, lr and name; its state must fit it. Shared by the unfused step and
+        :class:`lars_npu.distributed.ShardedLARS` (``local``: a DTensor's local shard;
+        ``unscale``: every gradient will be multiplied in place, for GradScaler)."""
+        out = StepInputs()
+        slot = 0
         for gi, group in enumerate(self.param_groups):
             wd, mask = self._plan_group(gi, group)
-            plans.append((wd, mask))
+            out.plans.append((wd, mask))
             lr = to_float(group["lr"], f"param_groups[{gi}]['lr']", minimum=0.0)
             pnames = group.get("param_names")
             for j, p in enumerate(group["params"]):
+                here, slot = slot, slot + 1
                 g = p.grad
                 if g is None:
                     continue
                 name = pnames[j] if pnames else f"param_groups[{gi}][{j}]"
-                refuse_shard(p, name)
+                if not self._takes_shards:
+                    refuse_shard(p, name)
                 if g.is_sparse or g.layout != torch.strided:
+                    if unscale:
+                        raise ValueError(
+                            f"parameter {name!r} has a sparse gradient, which LARS cannot "
+                            "unscale for GradScaler; use dense gradients"
+                        )
                     if mask[j]:
                         raise ValueError(
                             f"parameter {name!r} has a sparse gradient; LARS cannot adapt it "
                             "(exclude it with lars_filter to let the inner optimizer handle it)"
                         )
                     continue  # excluded: LARS leaves it to the inner optimizer, unchecked
-                if mask[j]:  # rewritten in place below
-                    check_written(g, f"gradient of parameter {name!r}")
-                weights.append(p)
-                grads.append(g)
-                adapt.append(mask[j])
-                wds.append(wd)
-                lrs.append(lr)
-                names.append(name)
-        self._check_inner_state(weights, names)
-        saved = save_grads(grads, adapt, self._undo)
+                if is_dtensor(p) != is_dtensor(g):
+                    raise TypeError(
+                        f"parameter {name!r}: a DTensor parameter needs a DTensor gradient and a "
+                        "plain one a plain gradient"
+                    )
+                if is_dtensor(g) and tuple(g.placements) != tuple(p.placements):
+                    raise ValueError(
+                        f"gradient of parameter {name!r} has placements {tuple(g.placements)}, "
+                        f"the parameter {tuple(p.placements)}; redistribute it first"
+                    )
+                w, gl = local(p), local(g)
+                check_pair(w, gl, f"parameter {name!r}", f"gradient of parameter {name!r}")
+                if mask[j] or unscale:  # rewritten (or unscaled) in place
+                    check_written(gl, f"gradient of parameter {name!r}")
+                out.params.append(p)
+                out.weights.append(w)
+                out.grads.append(gl)
+                out.adapt.append(mask[j])
+                out.wds.append(wd)
+                out.lrs.append(lr)
+                out.names.append(name)
+                out.slots.append(here)
+        self._check_inner_state(out.params, out.names, local)
+        return out
+
+    def _unfused_step(self, loss: Any) -> Any:
+        inp = self._gather()
+        saved = save_grads(inp.grads, inp.adapt, self._undo)
         result = lars_(
-            weights,
-            grads,
-            adapt=adapt,
-            weight_decays=wds,
-            lrs=lrs,
+            inp.weights,
+            inp.grads,
+            adapt=inp.adapt,
+            weight_decays=inp.wds,
+            lrs=inp.lrs,
             hyper=self._hyper,
             backend=self.backend,
-            names=names,
+            names=inp.names,
         )
-        if grads:
-            result.found_inf = result.found_inf.to(grads[0].device)
-        return self._finish(result, names, adapt, plans, loss, inner=True, saved=saved)
+        if inp.grads:
+            result.found_inf = result.found_inf.to(inp.grads[0].device)
+        return self._finish(result, inp.names, inp.adapt, inp.plans, loss, inner=True,
+                            saved=saved)  # fmt: skip
 
     def trust_ratios(self) -> dict[str, float]:
         """λ of every adapted parameter at the last step, by name (nan when it was skipped)."""
@@ -821,20 +876,55 @@ class LARS(Optimizer):
                         )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a LARS checkpoint, or one of the plain inner optimizer (its weight decay is taken
-        over again). Hyper-parameters and filter results in the checkpoint win over the
-        constructor's."""
-        sd, hyper = self._read_checkpoint(state_dict)
-        for gi, g in enumerate(sd.get("param_groups", [])):  # everything checked before loading
-            self._check_saved_group(gi, g)
-        self._check_loaded_state(sd)
+        """Load a LARS checkpoint, or one of the plain inner optimizer. Hyper-parameters and
+        filter results in the checkpoint win over the constructor's. Everything is checked, and
+        each group's plan made, before anything changes (:meth:`_preview_load`, shared with
+        :class:`lars_npu.distributed.ShardedLARS`)."""
+        sd, hyper, preview = self._preview_load(state_dict)
+        plans = [self._plan_group(gi, g) for gi, g in enumerate(preview)]
         self.optimizer.load_state_dict(sd)
         self._driver.invalidate()
         self._hyper = hyper
-        for gi, group in enumerate(self.param_groups):
-            self._commit_group(group, self._plan_group(gi, group))
+        for group, plan in zip(self.param_groups, plans, strict=True):
+            self._commit_group(group, plan)
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
+
+    def _preview_load(
+        self, state_dict: dict[str, Any]
+    ) -> tuple[dict[str, Any], Hyper, list[dict[str, Any]]]:
+        """``load_state_dict`` up to where it would change something: the pre-hooks, the
+        hyper-parameters, torch's group-count and group-size checks, every saved group's
+        settings and state. Returns the state dict to hand to the inner optimizer, the
+        hyper-parameters, and the param groups as the load would leave them (checkpoint values,
+        this optimizer's parameters), for the plans (and ShardedLARS's layout check)."""
+        sd, hyper = self._read_checkpoint(state_dict)
+        for entry in ("state", "param_groups"):
+            if entry not in sd:
+                raise ValueError(f"loaded state dict has no {entry!r} entry")
+        saved_groups = sd["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                "loaded state dict has a different number of parameter groups "
+                f"({len(saved_groups)}; the optimizer has {len(self.param_groups)})"
+            )
+        preview = []
+        for gi, (group, saved_group) in enumerate(
+            zip(self.param_groups, saved_groups, strict=True)
+        ):
+            if len(saved_group["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"loaded state dict's param_groups[{gi}] has {len(saved_group['params'])} "
+                    f"parameters, the optimizer's has {len(group['params'])}"
+                )
+            view = {**saved_group, "params": group["params"]}  # as torch's load sets it
+            if "param_names" in group and "param_names" not in saved_group:
+                view["param_names"] = group["param_names"]
+            preview.append(view)
+        for gi, g in enumerate(saved_groups):
+            self._check_saved_group(gi, g)
+        self._check_loaded_state(sd)
+        return sd, hyper, preview
 
 
 class LARSSGD(LARS):

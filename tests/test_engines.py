@@ -200,3 +200,30 @@ def test_hyper_parameters_travel_in_the_groups_too():
     with pytest.raises(ValueError, match="disagree"):
         opt_c.load_state_dict(bad)
     assert opt_c.coefficient == 0.02
+
+
+def test_load_plans_every_group_before_loading():
+    """The load path shared with ShardedLARS: a plain SGD checkpoint (no filter results in it)
+    makes LARS run its filter on the groups as loaded; a filter that raises then leaves the
+    optimizer as it was (it used to raise after the inner optimizer had loaded)."""
+    calls = {"n": 0}
+
+    def flaky(info):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise KeyError(info.name)
+        return True
+
+    a = _model()
+    opt = LARS(torch.optim.SGD(list(a.named_parameters())[:2], lr=0.1, momentum=0.9),
+               lars_filter=flaky)  # fmt: skip
+    _grads(a, 0)
+    opt.step()
+    plain = torch.optim.SGD(list(a.named_parameters())[:2], lr=0.5, momentum=0.9)
+    sd = plain.state_dict()
+    before = copy.deepcopy(opt.state_dict())
+    with pytest.raises(KeyError):
+        opt.load_state_dict(sd)
+    after = opt.state_dict()
+    assert after["param_groups"] == before["param_groups"]
+    assert after["state"].keys() == before["state"].keys()

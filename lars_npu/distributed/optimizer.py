@@ -12,7 +12,6 @@ import torch
 import torch.distributed as dist
 from torch.optim import Optimizer
 
-from .._backends import Hyper
 from .._engines import GLOBAL_SHAPE_ATTR
 from .._engines import is_dtensor as _is_dtensor
 from ..filters import ParamInfo, default_lars_filter
@@ -244,39 +243,6 @@ class ShardedLARS(LayoutMixin, ReductionMixin, LARS):
         self._commit(layout, contrib, load)
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
-
-    def _preview_load(
-        self, state_dict: dict[str, Any]
-    ) -> tuple[dict[str, Any], Hyper, list[dict[str, Any]]]:
-        """LARS's ``load_state_dict`` up to where it would change something: the pre-hooks, the
-        hyper-parameters, torch's group-count and group-size checks. Returns the state dict to
-        hand to the inner optimizer, the hyper-parameters, and the param groups as the load
-        would leave them (checkpoint values, this optimizer's parameters) for the layout check."""
-        sd, hyper = self._read_checkpoint(state_dict)
-        for entry in ("state", "param_groups"):
-            if entry not in sd:
-                raise ValueError(f"loaded state dict has no {entry!r} entry")
-        saved_groups = sd["param_groups"]
-        if len(saved_groups) != len(self.param_groups):
-            raise ValueError(
-                "loaded state dict has a different number of parameter groups "
-                f"({len(saved_groups)}; the optimizer has {len(self.param_groups)})"
-            )
-        preview = []
-        for gi, (group, saved_group) in enumerate(
-            zip(self.param_groups, saved_groups, strict=True)
-        ):
-            if len(saved_group["params"]) != len(group["params"]):
-                raise ValueError(
-                    f"loaded state dict's param_groups[{gi}] has {len(saved_group['params'])} "
-                    f"parameters, the optimizer's has {len(group['params'])}"
-                )
-            view = {**saved_group, "params": group["params"]}  # as torch's load sets it
-            if "param_names" in group and "param_names" not in saved_group:
-                view["param_names"] = group["param_names"]
-            preview.append(view)
-        self._check_loaded_state(sd)
-        return sd, hyper, preview
 
     # -- the step --
     @torch.no_grad()

@@ -17,9 +17,6 @@ from .._backends import MultiResult, resolve
 from .._backends._native import kernel_threads, native
 from .._backends._staging import contig, ptrs, unstage_grads
 from .._backends.cpu import DTYPE_CODES
-from .._engines import is_dtensor as _is_dtensor
-from .._fused import check_buffer, check_written
-from ..functional import check_pair, to_float
 from ..optim import save_grads
 from .shards import global_shape, local_of
 
@@ -39,6 +36,7 @@ class ReductionMixin:
     _given_found_inf: torch.Tensor | None
     param_groups: list[dict[str, Any]]
     state: Any
+    _gather: Any  # LARS._gather
 
     def _step_device(self) -> torch.device:
         """The device of the step's buffer: the first parameter's, in any group (the layout check
@@ -170,71 +168,15 @@ class ReductionMixin:
         return True
 
     def _prepare(self, g_factor: float = 1.0, unscale: float | None = None) -> tuple[Any, ...]:
-        """Validate, and compute the local sums into the buffer to all-reduce (Σg² times
-        ``g_factor``: 1/scale² under a GradScaler). Writes nothing. ``unscale``: the gradients
-        will be multiplied by it, so each must be writable (sparse ones are refused)."""
-        plans = []
-        slots: list[int] = []
-        ws: list[torch.Tensor] = []
-        gs: list[torch.Tensor] = []
-        adapt: list[bool] = []
-        wds: list[float] = []
-        lrs: list[float] = []
-        names: list[str] = []
+        """Validate (LARS's shared gathering, on the local shards), check the parameters against
+        the layout the ranks agreed on, and compute the local sums into the buffer to all-reduce
+        (Σg² times ``g_factor``: 1/scale² under a GradScaler). Writes nothing."""
+        inp = self._gather(local=local_of, unscale=unscale is not None)
         key: list[Any] = []
-        slot = 0
-        for gi, group in enumerate(self.param_groups):
-            wd, mask = self._plan_group(gi, group)
-            plans.append((wd, mask))
-            lr = to_float(group["lr"], f"param_groups[{gi}]['lr']", minimum=0.0)
-            pnames = group.get("param_names")
+        for group, (_, mask) in zip(self.param_groups, inp.plans, strict=True):
             key.append((len(group["params"]), tuple(mask)))
-            for j, p in enumerate(group["params"]):
-                name = pnames[j] if pnames else f"param_groups[{gi}][{j}]"
-                w = local_of(p)
-                key.append((id(p), w.numel(), tuple(global_shape(p) or ())))
-                g = p.grad
-                here, slot = slot, slot + 1
-                if g is None:
-                    continue
-                if g.is_sparse or g.layout != torch.strided:
-                    if unscale is not None:
-                        raise ValueError(
-                            f"parameter {name!r} has a sparse gradient, which ShardedLARS "
-                            "cannot unscale for GradScaler; exclude it from GradScaler's "
-                            "optimizer or use dense gradients"
-                        )
-                    if mask[j]:
-                        raise ValueError(
-                            f"parameter {name!r} has a sparse gradient; LARS cannot adapt it "
-                            "(exclude it with lars_filter to let the inner optimizer handle it)"
-                        )
-                    continue
-                if _is_dtensor(p) != _is_dtensor(g):
-                    raise TypeError(
-                        f"parameter {name!r}: a DTensor parameter needs a DTensor gradient and a "
-                        "plain one a plain gradient"
-                    )
-                if _is_dtensor(g) and tuple(g.placements) != tuple(p.placements):
-                    raise ValueError(
-                        f"gradient of parameter {name!r} has placements {tuple(g.placements)}, "
-                        f"the parameter {tuple(p.placements)}; redistribute it first"
-                    )
-                gl = local_of(g)
-                check_pair(w, gl, f"parameter {name!r}", f"gradient of parameter {name!r}")
-                if mask[j] or unscale is not None:  # rewritten (or unscaled) in place
-                    check_written(gl, f"gradient of parameter {name!r}")
-                st = self.state.get(p)
-                buf = st.get("momentum_buffer") if st else None
-                if buf is not None:  # the inner step writes it: it must fit (checked first)
-                    check_buffer(w, local_of(buf), name)
-                slots.append(here)
-                ws.append(w)
-                gs.append(gl)
-                adapt.append(mask[j])
-                wds.append(wd)
-                lrs.append(lr)
-                names.append(name)
+            key.extend((id(p), local_of(p).numel(), tuple(global_shape(p) or ()))
+                       for p in group["params"])  # fmt: skip
         if tuple(key) != self._layout_key:
             raise ValueError(
                 "ShardedLARS: the parameters changed since their layout was verified (another "
@@ -243,9 +185,10 @@ class ReductionMixin:
             )
         device = self._step_device()  # one device: verified
         backend = resolve(device, self.backend)
-        sums = self._local_sums(backend, device, slots, ws, gs, adapt, g_factor)
-        return (sums, plans, slots, ws, gs,
-                adapt, wds, lrs, names, backend, device)  # fmt: skip
+        ws, gs, adapt = inp.weights, inp.grads, inp.adapt
+        sums = self._local_sums(backend, device, inp.slots, ws, gs, adapt, g_factor)
+        return (sums, inp.plans, inp.slots, ws, gs,
+                adapt, inp.wds, inp.lrs, inp.names, backend, device)  # fmt: skip
 
     def _local_sums(
         self,
