@@ -1,4 +1,4 @@
-"""LARS on several devices / nodes with torch.distributed: DDP, ZeRO-style flat shards, FSDP2.
+"""LARS on several devices / nodes with torch.distributed: one ``lars_npu.LARS`` line per engine.
 
     torchrun --nproc_per_node=2 examples/distributed_lars.py              # CPU: gloo
     torchrun --nproc_per_node=8 examples/distributed_lars.py              # Ascend (torch_npu): hccl
@@ -9,10 +9,15 @@
 Modes (``--mode``, default ``all``):
   ddp    DistributedDataParallel + ``lars_npu.LARS``: nothing to change, DDP averages the
          gradients before ``step`` and every rank computes the same λ.
-  zero   each rank keeps a flat shard of every parameter (and of the momentum) and steps it with
-         ``lars_npu.ShardedLARS``: one all-reduce of 2·N square sums per step gives the norms of
-         the full tensors.
-  fsdp2  ``torch.distributed.fsdp.fully_shard`` (DTensor parameters) + ``ShardedLARS``.
+  fsdp2  ``torch.distributed.fsdp.fully_shard`` (DTensor parameters) + the same ``LARS`` line: it
+         sees the shards and sums the norms over the ranks (one all-reduce of 2·N values a step).
+  hsdp   FSDP2 on a 2-D (replicate, shard) mesh (even world sizes): the same line.
+  fsdp1  ``FullyShardedDataParallel(use_orig_params=True)``, then ``mark_fsdp1(model)``, then the
+         same line.
+  zero   ``ZeroRedundancyOptimizer(optimizer_class=lars_npu.LARSSGD)`` on a DDP model: ZeRO
+         shards whole parameters, each rank's LARS steps its share.
+  flat   each rank keeps a flat shard of every parameter (and of the momentum), made with
+         ``lars_npu.distributed.flat_shard``: the same line again.
 
 All modes train the same model on the same data (each rank gets its slice of every global batch),
 so every rank prints the same checksum of the full parameters, and the modes agree to fp32
@@ -31,7 +36,7 @@ import torch.distributed as dist
 from torch import nn
 
 import lars_npu
-from lars_npu.distributed import ShardedLARS, flat_shard
+from lars_npu.distributed import flat_shard, mark_fsdp1
 
 BATCH_PER_RANK = 16
 
@@ -115,11 +120,11 @@ def _gather_flat(shard: torch.Tensor, full: torch.Tensor) -> None:
     full.detach().copy_(flat.view_as(full))
 
 
-def train_zero(device: torch.device, steps: int) -> tuple[float, list[torch.Tensor]]:
+def train_flat(device: torch.device, steps: int) -> tuple[float, list[torch.Tensor]]:
     """ZeRO-style: a full replica computes; the optimizer holds only this rank's flat shards."""
     model = make_model().to(device)
     shards = {n: flat_shard(p) for n, p in model.named_parameters()}
-    opt = ShardedLARS(inner_sgd(list(shards.items())), **LARS_KW)
+    opt = lars_npu.LARS(inner_sgd(list(shards.items())), **LARS_KW)  # becomes ShardedLARS
     world = dist.get_world_size()
     for step in range(steps):
         x, y = local_batch(step, device)
@@ -134,19 +139,23 @@ def train_zero(device: torch.device, steps: int) -> tuple[float, list[torch.Tens
     return global_loss(model, steps, device), [p.detach() for p in model.parameters()]
 
 
-def train_fsdp2(device: torch.device, steps: int) -> tuple[float, list[torch.Tensor]] | None:
+def train_fsdp2(
+    device: torch.device, steps: int, mesh_shape: tuple[int, ...] | None = None
+) -> tuple[float, list[torch.Tensor]] | None:
     try:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
     except ImportError:
         return None
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    shape = mesh_shape or (dist.get_world_size(),)
+    names = ("replicate", "shard") if len(shape) == 2 else ("shard",)
+    mesh = init_device_mesh(device.type, shape, mesh_dim_names=names)
     model = make_model().to(device)
     for layer in model:
         if isinstance(layer, nn.Linear):
             fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    opt = ShardedLARS(inner_sgd(model.named_parameters()), **LARS_KW)
+    opt = lars_npu.LARS(inner_sgd(model.named_parameters()), **LARS_KW)  # DTensors: sharded
     for step in range(steps):
         x, y = local_batch(step, device)
         opt.zero_grad()
@@ -156,10 +165,55 @@ def train_fsdp2(device: torch.device, steps: int) -> tuple[float, list[torch.Ten
     return global_loss(model, steps, device), full
 
 
+def train_hsdp(device: torch.device, steps: int) -> tuple[float, list[torch.Tensor]] | None:
+    world = dist.get_world_size()
+    if world % 2:
+        return None
+    return train_fsdp2(device, steps, (2, world // 2))  # (replicate, shard)
+
+
+def train_fsdp1(device: torch.device, steps: int) -> tuple[float, list[torch.Tensor]]:
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    model = make_model().to(device)
+    fsdp = FSDP(model, use_orig_params=True, device_id=device)
+    mark_fsdp1(fsdp)  # records each parameter's full shape on its flat slice
+    opt = lars_npu.LARS(inner_sgd(fsdp.named_parameters()), **LARS_KW)
+    for step in range(steps):
+        x, y = local_batch(step, device)
+        opt.zero_grad()
+        nn.functional.cross_entropy(fsdp(x), y).backward()
+        opt.step()
+    with FSDP.summon_full_params(fsdp):
+        full = [p.detach().clone() for p in model.parameters()]
+    return global_loss(fsdp, steps, device), full
+
+
+def train_zero(device: torch.device, steps: int) -> tuple[float, list[torch.Tensor]]:
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    model = make_model().to(device)
+    ddp = DDP(model, device_ids=[device.index] if device.type != "cpu" else None)
+    opt = ZeroRedundancyOptimizer(
+        ddp.parameters(), optimizer_class=lars_npu.LARSSGD, lr=0.2, momentum=0.9,
+        weight_decay=5e-4, **LARS_KW,
+    )  # fmt: skip
+    for step in range(steps):
+        x, y = local_batch(step, device)
+        opt.zero_grad()
+        nn.functional.cross_entropy(ddp(x), y).backward()
+        opt.step()  # each rank's LARSSGD steps its share, then ZeRO broadcasts it
+    return global_loss(model, steps, device), [p.detach() for p in model.parameters()]
+
+
 MODES: dict[str, Callable[[torch.device, int], tuple[float, list[torch.Tensor]] | None]] = {
     "ddp": train_ddp,
-    "zero": train_zero,
     "fsdp2": train_fsdp2,
+    "hsdp": train_hsdp,
+    "fsdp1": train_fsdp1,
+    "zero": train_zero,
+    "flat": train_flat,
 }
 
 
