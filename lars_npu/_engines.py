@@ -13,8 +13,9 @@ before any write, and falls in one of these kinds:
 - ``"fsdp1_orig"``: a parameter FSDP1 manages with ``use_orig_params=True`` and nobody marked:
   refused, with the recipe (``mark_fsdp1``);
 - ``"zero3"``: a DeepSpeed ZeRO-3 partitioned parameter: refused;
-- ``"zero12"``: a DeepSpeed ZeRO 1/2 model parameter (it carries ``_hp_mapping``): its optimizer
-  sees flat partitions, refused.
+- ``"zero12"``: a DeepSpeed ZeRO 1/2 model parameter (it carries ``_hp_mapping``, set on every
+  parameter of the engine, None where this rank holds none of it): its optimizer sees flat
+  partitions, refused.
 
 Nothing here imports torch.distributed or DeepSpeed: a tensor can only be one of theirs once the
 module that makes it is loaded.
@@ -74,7 +75,7 @@ def shard_kind(p: torch.Tensor) -> str | None:
         return "fsdp1_orig"
     if hasattr(p, "ds_id") or hasattr(p, "ds_status"):
         return "zero3"
-    if getattr(p, "_hp_mapping", None) is not None:
+    if hasattr(p, "_hp_mapping"):  # DeepSpeed links every model parameter (None: not here)
         return "zero12"
     return None
 
