@@ -128,6 +128,25 @@ def test_emulation_refuses_queue_and_buffer_misuse(case, message):
         native().emu_selftest(case)
 
 
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        # the previous emulation wrote per-repeat partials into the work tensor and summed
+        # sequentially, so both of these kernels passed on it; A2 does neither
+        ("reduce_sum_work_holds_partials", "work tensor holds no partials"),
+        ("reduce_sum_sequential_bits", "not a sequential sum"),
+    ],
+)
+def test_kernels_relying_on_a_naive_reduce_sum_fail(case, message):
+    """ReduceSum as on A2 (dav_c220): the work tensor is never written, and the sum is a pairwise
+    tree per 64-lane repeat: a kernel that reads partials from the work tensor, or expects the
+    bits of a sequential sum, gets wrong results. The "ok" case uses ReduceSum into a VECOUT
+    buffer and copies it out with no sync of its own: the call orders S -> MTE3 itself."""
+    native().emu_selftest("ok")
+    with pytest.raises(RuntimeError, match=message):
+        native().emu_selftest(case)
+
+
 def test_emulation_refuses_unified_buffer_overflow():
     x = [torch.ones(100)]
     with pytest.raises(RuntimeError, match="Unified Buffer overflow"):

@@ -6,16 +6,21 @@
 // blockIdx, blockIdx + blockNum, ...; per chunk it streams w and g through UB in tiles
 // (CopyIn → Compute stages joined by a TQue, BUFFER_NUM = 2 for double buffering), accumulates
 // x*x in fp32 lanes and reduces them with ReduceSum straight into a 64-byte partials block
-// [sum(w^2), 0 x7 | sum(g^2), 0 x7], which one DataCopy writes to the workspace. No scalar touches
-// UB, so the only cross-pipe hand-offs are the queues'. A tensor's last tile may be ragged: it is
+// [sum(w^2), 0 x7 | sum(g^2), 0 x7], which one DataCopy writes to the workspace. The only scalar
+// access to UB is ReduceSum's own store of its result, which the call orders itself; every other
+// cross-pipe hand-off is a queue's. A tensor's last tile may be ragged: it is
 // moved with DataCopyPad and computed on exactly its elements (the pad lanes are never read). The
 // host (or the update kernel) adds a tensor's chunk partials in chunk order, so the result does
 // not depend on the block count.
 //
+// ReduceSum on A2 (dav_c220) is one vcadd whose accumulator the scalar unit stores to dst after
+// its own V->S sync, then it syncs S->V and S->MTE3 itself; it never touches its work tensor, so
+// none is budgeted (the accumulator tile is passed in that place).
 // UB budget per core with tile_elems = 4096 (fp32): input queue 2 x 16 KiB + fp32 work tile
-// 16 KiB + accumulator 16 KiB + reduce scratch 256 B + out block 64 B ≈ 64.3 KiB, within the
-// 192 KiB of Atlas A2 (910B); 910A / 310P have 256 KiB, but no DataCopyPad (the ragged tail would
-// need another path there). tile_elems = 8192 doubles it (≈ 128.4 KiB), still inside 192 KiB.
+// 16 KiB + accumulator 16 KiB + out block 64 B ≈ 64.1 KiB, within the 184 KiB that Atlas A2
+// (910B) leaves to a kernel (192 KiB, the top 8 KiB reserved as API scratch); 910A / 310P have
+// 256 KiB, but no DataCopyPad (the ragged tail would need another path there). tile_elems = 8192
+// doubles it (≈ 128.1 KiB), still inside 184 KiB.
 #pragma once
 
 #include "lars_tiling.h"
@@ -48,9 +53,6 @@ class KernelSquareSums {
     pipe_.InitBuffer(outQueue_, 1, kPartialStride * sizeof(float));
     pipe_.InitBuffer(workBuf_, tile * sizeof(float));
     pipe_.InitBuffer(accBuf_, tile * sizeof(float));
-    // ReduceSum's work tensor: at least RoundUp(max(ceil(tile / 64), 1), 8) fp32
-    const uint32_t repeats = (tile + 63) / 64;
-    pipe_.InitBuffer(reduceBuf_, ((repeats > 0 ? repeats : 1) + 7) / 8 * 8 * sizeof(float));
   }
 
   __aicore__ inline void Process() {
@@ -85,8 +87,8 @@ class KernelSquareSums {
       CopyIn(x, done, n);
       Compute(acc, n);
     }
-    AscendC::LocalTensor<float> red = reduceBuf_.Get<float>();
-    AscendC::ReduceSum(dst, acc, red, tiling_.tile_elems);
+    // the work-tensor argument is ignored on A2 (see the header comment): acc stands in for it
+    AscendC::ReduceSum(dst, acc, acc, static_cast<int32_t>(tiling_.tile_elems));
   }
 
   // n elements from x[start]: whole 32-byte blocks with DataCopy, a ragged tail with DataCopyPad.
@@ -133,7 +135,6 @@ class KernelSquareSums {
   AscendC::TQue<AscendC::TPosition::VECOUT, 1> outQueue_;
   AscendC::TBuf<AscendC::TPosition::VECCALC> workBuf_;
   AscendC::TBuf<AscendC::TPosition::VECCALC> accBuf_;
-  AscendC::TBuf<AscendC::TPosition::VECCALC> reduceBuf_;  // ReduceSum's work tensor
   AscendC::GlobalTensor<uint64_t> wAddr_;
   AscendC::GlobalTensor<uint64_t> gAddr_;
   AscendC::GlobalTensor<uint64_t> chunks_;

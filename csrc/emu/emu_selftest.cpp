@@ -86,6 +86,38 @@ void selftest(const std::string& which) {
       AscendC::LocalTensor<float> t = buf.Get<float>();
       AscendC::Duplicate(t, 0.0f, 8);
       AscendC::Sqrt(t, t, 8);
+    } else if (which == "reduce_sum_work_holds_partials") {
+      // WRONG: takes ReduceSum's work tensor for per-repeat partial sums. A2 never writes it.
+      AscendC::TBuf<AscendC::TPosition::VECCALC> buf;
+      pipe.InitBuffer(buf, 256 * sizeof(float));
+      AscendC::LocalTensor<float> all = buf.Get<float>();
+      AscendC::LocalTensor<float> src = all, work = all[128], dst = all[192];
+      AscendC::Duplicate(all, 0.0f, 256);
+      AscendC::Duplicate(src, 1.0f, 128);
+      AscendC::ReduceSum(dst, src, work, 128);
+      AscendC::SetFlag<AscendC::HardEvent::V_S>(0);
+      AscendC::WaitFlag<AscendC::HardEvent::V_S>(0);
+      if (work.GetValue(0) != 64.0f) {
+        throw std::logic_error("kernel result wrong: ReduceSum's work tensor holds no partials");
+      }
+    } else if (which == "reduce_sum_sequential_bits") {
+      // WRONG: expects the bits of a sequential fp32 sum. 1 + 63 x 2^-24: sequentially every
+      // 2^-24 rounds away; A2's pairwise tree adds them first.
+      AscendC::TBuf<AscendC::TPosition::VECCALC> buf;
+      pipe.InitBuffer(buf, 128 * sizeof(float));
+      AscendC::LocalTensor<float> src = buf.Get<float>(), dst = src[64];
+      AscendC::Duplicate(src, 5.9604645e-8f, 64);
+      AscendC::SetFlag<AscendC::HardEvent::V_S>(0);
+      AscendC::WaitFlag<AscendC::HardEvent::V_S>(0);
+      src.SetValue(0, 1.0f);
+      float sequential = 0.0f;
+      for (int i = 0; i < 64; ++i) sequential += src.GetValue(i);
+      AscendC::SetFlag<AscendC::HardEvent::S_V>(0);
+      AscendC::WaitFlag<AscendC::HardEvent::S_V>(0);
+      AscendC::ReduceSum(dst, src, src, 64);
+      if (dst.GetValue(0) != sequential) {
+        throw std::logic_error("kernel result wrong: ReduceSum is not a sequential sum");
+      }
     } else if (which == "ok") {
       // the same moves, each ordered as the hardware needs
       AscendC::LocalTensor<float> t = que.AllocTensor<float>();
@@ -142,6 +174,20 @@ void selftest(const std::string& which) {
       AscendC::DataCopy(gm[24], b, 8);
       if (gm_data[16] != 3.0f || gm_data[24] != 4.0f) {
         throw std::logic_error("selftest ok: wrong data (second part)");
+      }
+      // ReduceSum into a VECOUT buffer, copied out at once: the call orders its scalar store
+      // before MTE3 itself (A2)
+      AscendC::TQue<AscendC::TPosition::VECOUT, 1> red;
+      pipe.InitBuffer(red, 1, 96 * sizeof(float));
+      AscendC::LocalTensor<float> r = red.AllocTensor<float>();
+      AscendC::Duplicate(r, 0.5f, 96);
+      AscendC::ReduceSum(r[88], r, r, 80);  // work ignored: the source stands in for it
+      red.EnQue(r);
+      r = red.DeQue<float>();
+      AscendC::DataCopy(gm[32], r[88], 8);
+      red.FreeTensor(r);
+      if (gm_data[32] != 40.0f || gm_data[33] != 0.5f) {
+        throw std::logic_error("selftest ok: wrong data (ReduceSum)");
       }
     } else {
       throw std::invalid_argument("unknown selftest case " + which);

@@ -35,6 +35,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../cpu/dtypes.h"
@@ -77,6 +78,10 @@ enum class DcciDst { CACHELINE_ALL, CACHELINE_UB, CACHELINE_OUT, CACHELINE_ATOMI
 namespace emu {
 
 enum Pipe : int { NONE = 0, S, V, MTE2, MTE3, NUM_PIPES };
+
+// Atlas A2 (__NPU_ARCH__ 2201): 192 KiB of UB per vector core (TOTAL_UB_SIZE in asc-devkit's
+// impl/basic_api/utils/kernel_utils_constants.h).
+constexpr uint64_t kUbTotalA2 = 192 * 1024;
 
 inline const char* pipe_name(int p) {
   static const char* names[] = {"none", "S (scalar)", "V (vector)", "MTE2 (GM->UB)",
@@ -159,6 +164,14 @@ inline void Launch(int64_t block_dim, size_t ub_bytes, const std::function<void(
   }
 }
 
+// A pipe event: `from` -> `to`, set when `from` had issued the UB accesses numbered up to `seq`.
+struct Event {
+  bool set = false;
+  int from = NONE, to = NONE;
+  uint64_t seq = 0;
+  uint64_t before[NUM_PIPES] = {};  // waited[x][from] at the set: what `from` had waited for
+};
+
 // Liveness of one queue/buffer slot, shared by the LocalTensors handed out for it, and what the
 // pipe-order checks need: the last write, the reads since, and the queue edges.
 struct Slot {
@@ -171,19 +184,43 @@ struct Slot {
   int writer = NONE;        // the pipe that wrote the buffer last
   uint64_t write_seq = 0;
   uint64_t read_seq[NUM_PIPES] = {};  // last read by each pipe since that write (0: none)
-  uint64_t enq_seq = 0;     // EnQue: the queue's flag covers accesses up to here
-  int handed_from = NONE, handed_to = NONE;  // DeQue: the queue ordered from -> to
-  uint64_t handed_seq = 0;
-  int freed_from = NONE, freed_to = NONE;    // FreeTensor -> AllocTensor ordered from -> to
-  uint64_t freed_seq = 0;
+  // A queue's own events: EnQue sets one (producer -> consumer) that DeQue waits for, and
+  // FreeTensor sets one (consumer -> next producer) that the next AllocTensor waits for.
+  Event enqueued, freed;
 };
 
-// Whether pipe a's use of `slot` numbered `seq` is ordered before pipe b's next use.
-inline bool ordered(const Slot& slot, int a, int b, uint64_t seq) {
+// The queue-event counterpart of SetFlag: what `from` issued so far, and what it had waited for.
+inline Event set_event(int from, int to) {
   const Core& c = core();
-  if (a == b || c.waited[a][b] > seq) return true;
-  if (slot.handed_from == a && slot.handed_to == b && seq <= slot.handed_seq) return true;
-  return slot.freed_from == a && slot.freed_to == b && seq <= slot.freed_seq;
+  Event e{true, from, to, c.seq, {}};
+  for (int x = 0; x < NUM_PIPES; ++x) e.before[x] = c.waited[x][from];
+  return e;
+}
+
+// ... and of WaitFlag: pipe `to` goes on only after everything `from` issued before the set
+// (and, transitively, what `from` had waited for). A queue's event is a pipe barrier on
+// hardware, not a per-buffer one.
+inline void wait_event(Event& e) {
+  if (!e.set) return;
+  Core& c = core();
+  uint64_t& w = c.waited[e.from][e.to];
+  if (e.seq + 1 > w) w = e.seq + 1;
+  for (int x = 0; x < NUM_PIPES; ++x) {
+    if (e.before[x] > c.waited[x][e.to]) c.waited[x][e.to] = e.before[x];
+  }
+  e.set = false;
+}
+
+// A synchronisation an API call performs itself (SetFlag immediately followed by WaitFlag).
+inline void implied_sync(int from, int to) {
+  Event e = set_event(from, to);
+  wait_event(e);
+}
+
+// Whether pipe a's use numbered `seq` is ordered before pipe b's next use.
+inline bool ordered(const Slot&, int a, int b, uint64_t seq) {
+  const Core& c = core();
+  return a == b || c.waited[a][b] > seq;
 }
 
 // Pipe `p` reads (or writes) the buffer of `slot`. Refused when another pipe wrote it last (or,
@@ -317,6 +354,7 @@ class TQue {
       if (!s->allocated) {
         s->allocated = true;
         ++s->generation;
+        emu::wait_event(s->freed);  // the FreeTensor's event: consumer before next producer
         return LocalTensor<T>(s, 0, s->bytes / sizeof(T));
       }
     }
@@ -328,7 +366,10 @@ class TQue {
     if (static_cast<int32_t>(queued_.size()) >= depth) {
       throw emu::Violation("EnQue: queue depth exceeded");
     }
-    t.slot()->enq_seq = emu::core().seq;
+    // The queue's event orders its producer before its consumer, for what was issued before
+    // the EnQue: MTE2 -> V for VECIN, V -> MTE3 for VECOUT. Nothing else (not a scalar write).
+    t.slot()->enqueued = pos == TPosition::VECIN ? emu::set_event(emu::MTE2, emu::V)
+                                                 : emu::set_event(emu::V, emu::MTE3);
     queued_.push_back(t.slot());
   }
   template <typename T>
@@ -336,11 +377,7 @@ class TQue {
     if (queued_.empty()) throw emu::Violation("DeQue of an empty queue");
     auto s = queued_.front();
     queued_.erase(queued_.begin());
-    // The queue's own flag orders its producer before its consumer, for what was issued before
-    // the EnQue: MTE2 -> V for VECIN, V -> MTE3 for VECOUT. Nothing else (not a scalar write).
-    s->handed_from = pos == TPosition::VECIN ? emu::MTE2 : emu::V;
-    s->handed_to = pos == TPosition::VECIN ? emu::V : emu::MTE3;
-    s->handed_seq = s->enq_seq;
+    emu::wait_event(s->enqueued);
     return LocalTensor<T>(s, 0, s->bytes / sizeof(T), s->generation);
   }
   template <typename T>
@@ -351,9 +388,8 @@ class TQue {
     ++s.generation;
     // FreeTensor -> AllocTensor orders the consumer before the next producer: V -> MTE2 for
     // VECIN, MTE3 -> V for VECOUT.
-    s.freed_from = pos == TPosition::VECIN ? emu::V : emu::MTE3;
-    s.freed_to = pos == TPosition::VECIN ? emu::MTE2 : emu::V;
-    s.freed_seq = emu::core().seq;
+    s.freed = pos == TPosition::VECIN ? emu::set_event(emu::V, emu::MTE2)
+                                      : emu::set_event(emu::MTE3, emu::V);
   }
 
  private:
@@ -610,26 +646,42 @@ void Duplicate(const LocalTensor<T>& dst, T scalar, uint32_t count) {
   for (uint32_t i = 0; i < count; ++i) dst.ptr()[i] = scalar;
 }
 
-// dst[0] = sum(src[0:count]); `work` is the scratch the real instruction needs (checked for size).
-// Summation order here: sequential within and across 64-element repeats, fixed, so results are
-// reproducible (hardware adds within a repeat as a binary tree: last bits may differ).
-inline void ReduceSum(const LocalTensor<float>& dst, const LocalTensor<float>& src,
-                      const LocalTensor<float>& work, uint32_t count) {
-  dst.check_count(1, "ReduceSum");
-  src.check_count(count, "ReduceSum");
-  // the documented minimum of the work tensor: RoundUp(max(ceil(count / 64), 1), 8) fp32
-  const uint32_t repeats = (count + 63) / 64;
-  work.check_count(((repeats > 1 ? repeats : 1) + 7) / 8 * 8, "ReduceSum work");
-  emu::vector_op("ReduceSum", work, src);
-  emu::vector_op("ReduceSum", dst);
-  float total = 0.0f;
-  for (uint32_t r = 0; r < count; r += 64) {
-    float part = 0.0f;
-    for (uint32_t i = r; i < count && i < r + 64; ++i) part += src.ptr()[i];
-    work.ptr()[r / 64] = part;
-    total += part;
+// ReduceSum, count form, as Atlas A2 implements it (asc-devkit impl/basic_api/dav_c220/
+// kernel_operator_vec_reduce_impl.h, ReduceSumImpl): ONE vcadd over `count` elements in counter
+// mode; a V->S sync; the scalar unit reads the accumulator and stores it to dst[0] (a scalar
+// write of UB); then S->V and S->MTE3 syncs, so what follows may use dst on any pipe. The work
+// tensor is not touched at all (not even checked), and count must be in [1, UB bytes / 4]
+// (ASCENDC_CHECK_VALUE_RANGE in the interface). Summation order: a pairwise tree over adjacent
+// lanes within each 64-lane (256-byte) repeat, the repeats accumulated in order — not the naive
+// sequential sum, so a kernel or test cannot depend on bit-equality with one (the hardware's
+// exact tree is not documented: claim a tolerance, never bits).
+template <typename T>
+void ReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src, const LocalTensor<T>& work,
+               const int32_t count) {
+  static_assert(std::is_same<T, float>::value, "the emulation's ReduceSum takes float");
+  (void)work;  // A2 ignores it
+  if (count < 1 || static_cast<uint64_t>(count) * sizeof(T) > emu::kUbTotalA2) {
+    throw emu::Violation("ReduceSum: count " + std::to_string(count) +
+                         " outside [1, UB size / element size]");
   }
+  const auto n = static_cast<uint32_t>(count);
+  dst.check_count(1, "ReduceSum");
+  src.check_count(n, "ReduceSum");
+  src.use(emu::V, false, "ReduceSum (vcadd)");
+  float total = 0.0f;
+  for (uint32_t r = 0; r < n; r += 64) {
+    float lane[64];
+    for (uint32_t i = 0; i < 64; ++i) lane[i] = r + i < n ? src.ptr()[r + i] : 0.0f;
+    for (uint32_t width = 32; width >= 1; width /= 2) {
+      for (uint32_t i = 0; i < width; ++i) lane[i] = lane[2 * i] + lane[2 * i + 1];
+    }
+    total += lane[0];
+  }
+  emu::implied_sync(emu::V, emu::S);
+  dst.use(emu::S, true, "ReduceSum (scalar store of the accumulator)");
   dst.ptr()[0] = total;
+  emu::implied_sync(emu::S, emu::V);
+  emu::implied_sync(emu::S, emu::MTE3);
 }
 
 enum class RoundMode { CAST_NONE, CAST_RINT };
