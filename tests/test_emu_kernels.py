@@ -5,6 +5,10 @@ the kernel ran on Ascend hardware."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -145,6 +149,50 @@ def test_kernels_relying_on_a_naive_reduce_sum_fail(case, message):
     native().emu_selftest("ok")
     with pytest.raises(RuntimeError, match=message):
         native().emu_selftest(case)
+
+
+FREE_TENSOR_KERNEL = """
+#include "kernel_operator.h"
+void kernel() {
+  AscendC::TPipe pipe;
+  AscendC::TQue<AscendC::TPosition::VECIN, 2> que;
+  pipe.InitBuffer(que, 2, 32);
+  %s
+}
+"""
+
+
+@pytest.mark.parametrize(
+    ("body", "compiles"),
+    [
+        ("AscendC::LocalTensor<float> t = que.AllocTensor<float>(); que.FreeTensor(t);", True),
+        # wrong: the real FreeTensor(LocalTensor<T>&) takes neither a const tensor...
+        (
+            "const AscendC::LocalTensor<float> t = que.AllocTensor<float>(); que.FreeTensor(t);",
+            False,
+        ),
+        # ...nor a temporary
+        ("que.FreeTensor(que.AllocTensor<float>());", False),
+    ],
+    ids=["lvalue", "const", "temporary"],
+)
+def test_free_tensor_takes_a_non_const_reference_as_the_real_api(tmp_path, body, compiles):
+    """A kernel the real AscendC headers reject must not compile against the emulation either."""
+    cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    src = tmp_path / "k.cpp"
+    src.write_text(FREE_TENSOR_KERNEL % body)
+    emu = Path(__file__).resolve().parents[1] / "csrc" / "emu"
+    res = subprocess.run(
+        [cxx, "-std=c++17", "-fsyntax-only", f"-I{emu}", str(src)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (res.returncode == 0) == compiles, res.stderr[-2000:]
+    if not compiles:
+        assert "FreeTensor" in res.stderr
 
 
 def test_emulation_refuses_unified_buffer_overflow():

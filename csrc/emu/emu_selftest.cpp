@@ -2,10 +2,29 @@
 // hardware refuses (tests/test_emu_kernels.py). Each case throws AscendC::emu::Violation.
 #include <stdexcept>
 #include <string>
+#include <type_traits>
+#include <utility>
 
 #include "kernel_operator.h"
 
 namespace lars_emu {
+
+namespace {
+// FreeTensor takes LocalTensor<T>& (non-const) as in the real AscendC headers: the emulation
+// must not accept a call that CANN's compiler rejects (tests/test_emu_kernels.py also compiles
+// such calls and expects the compiler to refuse them).
+template <typename Arg, typename = void>
+struct can_free : std::false_type {};
+template <typename Arg>
+struct can_free<Arg, std::void_t<decltype(std::declval<AscendC::TQue<AscendC::TPosition::VECIN, 2>&>()
+                                              .FreeTensor(std::declval<Arg>()))>>
+    : std::true_type {};
+static_assert(can_free<AscendC::LocalTensor<float>&>::value, "FreeTensor(LocalTensor&)");
+static_assert(!can_free<const AscendC::LocalTensor<float>&>::value,
+              "FreeTensor must not take a const LocalTensor (the real signature does not)");
+static_assert(!can_free<AscendC::LocalTensor<float>&&>::value,
+              "FreeTensor must not take a temporary (the real signature does not)");
+}  // namespace
 
 void selftest(const std::string& which) {
   float gm_data[64] = {};

@@ -380,8 +380,10 @@ class TQue {
     emu::wait_event(s->enqueued);
     return LocalTensor<T>(s, 0, s->bytes / sizeof(T), s->generation);
   }
+  // Non-const, as the real signature (kernel_tpipe.h: FreeTensor(LocalTensor<T>&)): a const
+  // tensor or a temporary is refused at compile time, as CANN's compiler refuses it.
   template <typename T>
-  void FreeTensor(const LocalTensor<T>& t) {
+  void FreeTensor(LocalTensor<T>& t) {
     t.check_count(0, "FreeTensor");
     emu::Slot& s = *t.slot();
     s.allocated = false;
