@@ -343,6 +343,17 @@ py::dict layout_dict(const host::Layout& L) {
   return d;
 }
 
+// A byte array whose data starts 64-byte aligned: the workspace is the kernels' global memory on
+// the emulation, where every DMA address must be 32-byte aligned.
+py::array_t<uint8_t> aligned_bytes(uint64_t bytes) {
+  const uint64_t size = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, size == 0 ? 64 : size);
+  if (p == nullptr) throw std::bad_alloc();
+  py::capsule owner(p, [](void* q) { std::free(q); });
+  return py::array_t<uint8_t>({static_cast<py::ssize_t>(bytes)}, {1}, static_cast<uint8_t*>(p),
+                              owner);
+}
+
 // The workspace of one kernel step as a byte array (see csrc/ascendc/lars_host_plan.h), and its
 // layout. The addresses in it are those the kernels will dereference.
 py::tuple ascend_plan(const I64& w_ptr, const I64& g_ptr, const I64& m_ptr, const I64& numel,
@@ -356,7 +367,7 @@ py::tuple ascend_plan(const I64& w_ptr, const I64& g_ptr, const I64& m_ptr, cons
                 coefficient, use_clip, guard_zero_norm, dtype, mode, tile_sq, tile_up,
                 chunk_elems, given_ws, given_gs);
   const host::Layout L = host::plan(a);
-  py::array_t<uint8_t> blob(static_cast<py::ssize_t>(L.bytes));
+  py::array_t<uint8_t> blob = aligned_bytes(L.bytes);
   host::fill(blob.mutable_data(), L, a);
   return py::make_tuple(blob, layout_dict(L));
 }
@@ -377,16 +388,30 @@ py::tuple ascend_read_back(const Blob& blob, uint64_t n, uint64_t nc) {
   return outcome(host::read_back(blob.data(), blob_layout(blob, n, nc)));
 }
 
-void emu_launch(Blob& blob, uint64_t n, uint64_t nc, int dtype, bool run_sq, bool run_update,
-                int64_t block_dim, int64_t ub_bytes, bool staged) {
+// Returns None, or with count=True the emulation's counters: uint64 (launches, block_dim, 6),
+// fields lars_emu::kCounterFields (not with staged, whose copies are not the kernels').
+py::object emu_launch(Blob& blob, uint64_t n, uint64_t nc, int dtype, bool run_sq,
+                      bool run_update, int64_t block_dim, int64_t ub_bytes, bool staged,
+                      int64_t core_order, bool count) {
   const host::Layout L = blob_layout(blob, n, nc);
+  if (count && staged) throw std::invalid_argument("count: not with staged=True");
   uint8_t* ws = blob.mutable_data();
-  py::gil_scoped_release release;
-  if (staged) {
-    lars_emu::launch_staged(ws, L, dtype, run_sq, run_update, block_dim, ub_bytes);
-  } else {
-    lars_emu::launch(ws, L, dtype, run_sq, run_update, block_dim, ub_bytes);
+  std::vector<uint64_t> counters;
+  {
+    py::gil_scoped_release release;
+    if (staged) {
+      lars_emu::launch_staged(ws, L, dtype, run_sq, run_update, block_dim, ub_bytes, core_order);
+    } else {
+      lars_emu::launch(ws, L, dtype, run_sq, run_update, block_dim, ub_bytes, core_order,
+                       count ? &counters : nullptr);
+    }
   }
+  if (!count) return py::none();
+  const auto rows = static_cast<py::ssize_t>(counters.size() / 6);
+  py::array_t<uint64_t> out({rows / static_cast<py::ssize_t>(block_dim),
+                             static_cast<py::ssize_t>(block_dim), py::ssize_t{6}});
+  std::copy(counters.begin(), counters.end(), out.mutable_data());
+  return std::move(out);
 }
 
 #ifdef LARS_NPU_NPU_LAUNCHER
@@ -492,9 +517,27 @@ PYBIND11_MODULE(_C, m) {
   m.def("emu_launch", &emu_launch, py::arg("workspace"), py::arg("n"), py::arg("num_chunks"),
         py::arg("dtype"), py::arg("run_square_sums"), py::arg("run_update"),
         py::arg("block_dim"), py::arg("ub_bytes"), py::arg("staged") = false,
+        py::arg("core_order") = 0, py::arg("count") = false,
         "Run the AscendC kernels on lars_npu's host emulation (not CANN's simulator), in place "
         "on a host workspace; staged=True goes through the staging runner CANN's cpu/sim "
-        "builds use.");
+        "builds use. core_order: 0 forward, -1 reverse, k > 0 a shuffle seeded with k. "
+        "count=True returns the per-core counters, uint64 (launches, block_dim, fields), "
+        "fields in emu_counter_fields.");
+  m.attr("emu_counter_fields") =
+      py::tuple(py::make_tuple(lars_emu::kCounterFields[0], lars_emu::kCounterFields[1],
+                               lars_emu::kCounterFields[2], lars_emu::kCounterFields[3],
+                               lars_emu::kCounterFields[4], lars_emu::kCounterFields[5]));
+  m.def(
+      "emu_cross_core_probe",
+      [](int64_t block_dim, int64_t order) {
+        py::list out;
+        for (float v : lars_emu::cross_core_probe(block_dim, order)) out.append(v);
+        return out;
+      },
+      py::arg("block_dim"),
+        py::arg("core_order"),
+        "A deliberately wrong kernel (core b reads what core b-1 wrote in the same launch) on the "
+        "emulation in the given core order: its result depends on the order.");
 #ifdef LARS_NPU_NPU_LAUNCHER
   m.def("npu_launch", &npu_launch, py::arg("stream"), py::arg("workspace_addr"), py::arg("n"),
         py::arg("num_chunks"), py::arg("dtype"), py::arg("run_square_sums"),

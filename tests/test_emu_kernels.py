@@ -22,13 +22,18 @@ UB_910B = 192 * 1024
 CHUNK = 16384
 
 
-def launch(plan_args, dtype_code, block_dim, ub, *, run_square_sums=True, run_update=True):
+# Core orders of the emulation: forward, reverse, and seeded shuffles. Hardware runs the cores
+# concurrently: every kernel must give the same bytes in each.
+ORDERS = [0, -1, 1, 2, 3]
+
+
+def launch(plan_args, dtype_code, block_dim, ub, *, run_square_sums=True, run_update=True, order=0):
     """One step of the kernels as the backends run it: host tiling (ascend_plan), the launch on
     emulated AI cores, and the read-back: (found_inf, lam, w_s, g_s)."""
     C = native()
     blob, layout = C.ascend_plan(*plan_args)
     n, nc = layout["n"], layout["num_chunks"]
-    C.emu_launch(blob, n, nc, dtype_code, run_square_sums, run_update, block_dim, ub)
+    C.emu_launch(blob, n, nc, dtype_code, run_square_sums, run_update, block_dim, ub, False, order)
     return C.ascend_read_back(blob, n, nc)
 
 
@@ -193,6 +198,87 @@ def test_free_tensor_takes_a_non_const_reference_as_the_real_api(tmp_path, body,
     assert (res.returncode == 0) == compiles, res.stderr[-2000:]
     if not compiles:
         assert "FreeTensor" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("gm_read_without_dcci", "without a DataCacheCleanAndInvalid first"),
+        ("gm_read_after_dma_without_dcci", "written by DMA in this launch after the last"),
+        ("single_line_dcci_elsewhere", "without a DataCacheCleanAndInvalid first"),
+    ],
+)
+def test_scalar_reads_of_global_memory_need_data_cache_maintenance(case, message):
+    """A scalar GetValue of global memory goes through the core's data cache: the host's tables,
+    an earlier launch's partials and this launch's DMA writes need a DataCacheCleanAndInvalid
+    first (the "ok" case reads after one, whole cache and single line). The previous emulation
+    had no such rule: all three wrong kernels ran on it."""
+    native().emu_selftest("ok")
+    with pytest.raises(RuntimeError, match=message):
+        native().emu_selftest(case)
+
+
+def test_atlas_a2_reserves_the_top_8_kib_of_unified_buffer():
+    """On 2201, TPipe gets 184 KiB of the 192 (TMP_UB_OFFSET): 184 KiB in all is accepted,
+    185 KiB refused (the previous emulation gave a kernel all 192)."""
+    native().emu_selftest("ub_184k")
+    with pytest.raises(RuntimeError, match=r"a kernel may use 188416 .*top 8 KiB are reserved"):
+        native().emu_selftest("ub_185k")
+
+
+def test_dma_from_a_misaligned_global_address_is_refused():
+    native().emu_selftest("ok")
+    with pytest.raises(RuntimeError, match="global memory address not 32-byte aligned"):
+        native().emu_selftest("misaligned_gm")
+
+
+def test_odd_offset_views_are_refused_by_the_host_plan():
+    """The kernels need each tensor's base 32-byte aligned; a view from element 1 is refused,
+    naming the tensor and its role, before anything runs (the backends stage such views)."""
+    base = torch.randn(101)
+    ok, odd = base[:100], base[1:]
+    assert ok.data_ptr() % 32 == 0 and odd.data_ptr() % 32 == 4
+    for ws, gs, role in ([ok, ok], [ok, odd], "gradient"), ([ok, odd], [ok, ok], "weight"):
+        with pytest.raises(ValueError, match=f"tensor 1: the {role}'s data address is not 32"):
+            run(ws, gs, 0)
+
+
+def test_a_kernel_that_depends_on_another_cores_progress_gives_different_results():
+    """The deliberately wrong kernel (core b reads what core b - 1 wrote in the same launch)
+    looks right in forward order only; the core orders expose it."""
+    results = {tuple(native().emu_cross_core_probe(8, order)) for order in ORDERS}
+    assert (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0) in results  # forward
+    assert len(results) > 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("mode", [0, 1], ids=["rewrite", "fused"])
+@pytest.mark.parametrize("block_dim", [3, 40])
+def test_kernels_give_the_same_bytes_in_every_core_order(dtype, mode, block_dim):
+    gen = torch.Generator().manual_seed(5)
+    k = len(SIZES)
+    w0 = [torch.randn(n, generator=gen).to(dtype) for n in SIZES]
+    g0 = [(torch.randn(n, generator=gen) * 0.01).to(dtype) for n in SIZES]
+    m0 = [(torch.randn(n, generator=gen) * 0.01).to(dtype) for n in SIZES]
+    outs = []
+    for order in ORDERS:
+        ws, gs, ms = [t.clone() for t in w0], [t.clone() for t in g0], [t.clone() for t in m0]
+        args = (
+            ptrs(ws), ptrs(gs), ptrs(ms), np.array(SIZES, dtype=np.int64),
+            np.array([i % 4 != 3 for i in range(k)], dtype=np.uint8), np.ones(k, dtype=np.uint8),
+            np.array([i % 2 for i in range(k)], dtype=np.uint8), np.zeros(k, dtype=np.uint8),
+            np.full(k, 1e-3), np.full(k, 0.1), np.full(k, 0.9), 1e-5, 1e-3, False, False,
+            0 if dtype == torch.float32 else 1, mode, 4096, 2048, CHUNK,
+        )  # fmt: skip
+        found, lam, w_s, g_s = launch(args, args[15], block_dim, UB_910B, order=order)
+        assert not found
+        outs.append(
+            b"".join(t.numpy().tobytes() for t in ws + gs + ms)
+            + lam.tobytes()
+            + w_s.tobytes()
+            + g_s.tobytes()
+        )
+    assert all(o == outs[0] for o in outs[1:])
 
 
 def test_emulation_refuses_unified_buffer_overflow():

@@ -86,6 +86,9 @@ struct StepArgs {
 
 inline size_t dtype_bytes(int dtype) { return dtype == 0 ? 4 : 2; }
 
+// Alignment of every tensor's base address in global memory (and of the workspace).
+constexpr uint64_t kGmAlign = 32;
+
 // Refuses what the kernels cannot take, with the reason; call before anything runs.
 inline void validate(const StepArgs& a) {
   const size_t n = a.numel.size();
@@ -111,6 +114,18 @@ inline void validate(const StepArgs& a) {
     if (a.numel[i] == 0) continue;
     if (a.w[i] == 0 || a.g[i] == 0 || (a.mode == 1 && a.has_m[i] && a.m[i] == 0)) {
       throw std::invalid_argument("null data pointer for tensor " + std::to_string(i));
+    }
+    // Every DMA of the kernels starts 32-byte aligned in global memory: chunk and tile offsets
+    // are multiples of 16 elements, so the tensor's base address must be (a torch view can start
+    // at any element: the backends stage such a tensor into an aligned copy).
+    const char* role = a.w[i] % kGmAlign ? "weight"
+                       : a.g[i] % kGmAlign ? "gradient"
+                       : (a.mode == 1 && a.has_m[i] && a.m[i] % kGmAlign) ? "momentum buffer"
+                                                                           : nullptr;
+    if (role != nullptr) {
+      throw std::invalid_argument(std::string("tensor ") + std::to_string(i) + ": the " + role +
+                                  "'s data address is not 32-byte aligned (the AscendC "
+                                  "kernels' DMA needs it; pass an aligned copy)");
     }
   }
 }

@@ -4,6 +4,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "kernel_operator.h"
 
@@ -27,7 +28,7 @@ static_assert(!can_free<AscendC::LocalTensor<float>&&>::value,
 }  // namespace
 
 void selftest(const std::string& which) {
-  float gm_data[64] = {};
+  alignas(64) float gm_data[64] = {};
   AscendC::emu::Launch(1, 192 * 1024, [&] {
     AscendC::TPipe pipe;
     AscendC::TQue<AscendC::TPosition::VECIN, 2> que;
@@ -105,6 +106,41 @@ void selftest(const std::string& which) {
       AscendC::LocalTensor<float> t = buf.Get<float>();
       AscendC::Duplicate(t, 0.0f, 8);
       AscendC::Sqrt(t, t, 8);
+    } else if (which == "gm_read_without_dcci") {
+      // WRONG: a scalar read of global memory (the host's table, an earlier launch's output)
+      // with no DataCacheCleanAndInvalid first: the core's data cache may hold a stale line
+      (void)gm.GetValue(0);
+    } else if (which == "gm_read_after_dma_without_dcci") {
+      // WRONG: DCCI, then a DMA write to GM, then a scalar read of it: the line is stale again
+      AscendC::DataCacheCleanAndInvalid<float, AscendC::CacheLine::ENTIRE_DATA_CACHE,
+                                        AscendC::DcciDst::CACHELINE_OUT>(gm);
+      AscendC::TQue<AscendC::TPosition::VECOUT, 1> out;
+      pipe.InitBuffer(out, 1, 32);
+      AscendC::LocalTensor<float> t = out.AllocTensor<float>();
+      AscendC::Duplicate(t, 1.0f, 8);
+      out.EnQue(t);
+      t = out.DeQue<float>();
+      AscendC::DataCopy(gm[8], t, 8);
+      out.FreeTensor(t);
+      AscendC::SetFlag<AscendC::HardEvent::MTE3_S>(0);
+      AscendC::WaitFlag<AscendC::HardEvent::MTE3_S>(0);
+      (void)gm.GetValue(9);
+    } else if (which == "single_line_dcci_elsewhere") {
+      // WRONG: the one cache line invalidated is not the one read
+      AscendC::DataCacheCleanAndInvalid<float, AscendC::CacheLine::SINGLE_CACHE_LINE,
+                                        AscendC::DcciDst::CACHELINE_OUT>(gm);
+      (void)gm.GetValue(40);  // 160 bytes on: another 64-byte line
+    } else if (which == "ub_185k") {
+      // WRONG on A2: 185 KiB for the kernel, but the top 8 KiB of 192 are the APIs' scratch
+      AscendC::TBuf<AscendC::TPosition::VECCALC> big;
+      pipe.InitBuffer(big, 185 * 1024 - 2 * 32 * sizeof(float));
+    } else if (which == "ub_184k") {
+      AscendC::TBuf<AscendC::TPosition::VECCALC> big;  // everything A2 leaves to a kernel
+      pipe.InitBuffer(big, 184 * 1024 - 2 * 32 * sizeof(float));
+    } else if (which == "misaligned_gm") {
+      // WRONG for lars_npu's kernels: a DMA from a global address that is not 32-byte aligned
+      AscendC::LocalTensor<float> t = que.AllocTensor<float>();
+      AscendC::DataCopy(t, gm[3], 8);
     } else if (which == "reduce_sum_work_holds_partials") {
       // WRONG: takes ReduceSum's work tensor for per-repeat partial sums. A2 never writes it.
       AscendC::TBuf<AscendC::TPosition::VECCALC> buf;
@@ -208,10 +244,58 @@ void selftest(const std::string& which) {
       if (gm_data[32] != 40.0f || gm_data[33] != 0.5f) {
         throw std::logic_error("selftest ok: wrong data (ReduceSum)");
       }
+      // scalar reads of GM after the data cache maintenance they need: the entire cache after
+      // the DMA writes, and a single line
+      AscendC::SetFlag<AscendC::HardEvent::MTE3_S>(0);
+      AscendC::WaitFlag<AscendC::HardEvent::MTE3_S>(0);
+      AscendC::DataCacheCleanAndInvalid<float, AscendC::CacheLine::ENTIRE_DATA_CACHE,
+                                        AscendC::DcciDst::CACHELINE_OUT>(gm);
+      AscendC::DataCacheCleanAndInvalid<float, AscendC::CacheLine::SINGLE_CACHE_LINE,
+                                        AscendC::DcciDst::CACHELINE_OUT>(gm[48]);
+      if (gm.GetValue(32) != 40.0f || gm.GetValue(48) != gm_data[48]) {
+        throw std::logic_error("selftest ok: wrong data (GetValue)");
+      }
     } else {
       throw std::invalid_argument("unknown selftest case " + which);
     }
   });
+}
+
+std::vector<float> cross_core_probe(int64_t block_dim, int64_t core_order) {
+  if (block_dim <= 0 || block_dim > 64) throw std::invalid_argument("block_dim: 1..64");
+  struct alignas(32) Block {  // 8 floats: one 32-byte block per core
+    float v[8];
+  };
+  std::vector<Block> gm_data(static_cast<size_t>(block_dim), Block{});
+  AscendC::emu::LaunchOptions saved = AscendC::emu::launch_options();
+  AscendC::emu::launch_options() = {core_order, nullptr};
+  try {
+    AscendC::emu::Launch(block_dim, 192 * 1024, [&] {
+      // WRONG: core b waits for nothing, yet takes what core b - 1 wrote in this launch
+      const int64_t b = AscendC::GetBlockIdx();
+      AscendC::GlobalTensor<float> gm;
+      gm.SetGlobalBuffer(gm_data[0].v, static_cast<uint64_t>(block_dim) * 8);
+      AscendC::DataCacheCleanAndInvalid<float, AscendC::CacheLine::ENTIRE_DATA_CACHE,
+                                        AscendC::DcciDst::CACHELINE_OUT>(gm);
+      const float prev = b > 0 ? gm.GetValue(static_cast<uint64_t>(b - 1) * 8) : 0.0f;
+      AscendC::TPipe pipe;
+      AscendC::TQue<AscendC::TPosition::VECOUT, 1> out;
+      pipe.InitBuffer(out, 1, 32);
+      AscendC::LocalTensor<float> t = out.AllocTensor<float>();
+      AscendC::Duplicate(t, prev + 1.0f, 8);
+      out.EnQue(t);
+      t = out.DeQue<float>();
+      AscendC::DataCopy(gm[static_cast<uint64_t>(b) * 8], t, 8);
+      out.FreeTensor(t);
+    });
+  } catch (...) {
+    AscendC::emu::launch_options() = saved;
+    throw;
+  }
+  AscendC::emu::launch_options() = saved;
+  std::vector<float> r;
+  for (const Block& blk : gm_data) r.push_back(blk.v[0]);
+  return r;
 }
 
 }  // namespace lars_emu

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from ._native import native
-from ._staging import contig as _contig
 from ._staging import ptrs as _ptrs
 from ._staging import stage_step, unstage_grads, unstage_step
 from .base import Hyper, MultiResult
@@ -40,6 +39,19 @@ TILE_UPDATE = 2048
 CHUNK = 16384
 
 CODES = {torch.float32: 0, torch.float16: 1}
+
+# Every tensor's base address in global memory, as the kernels need it (lars_host_plan.h: each
+# DMA starts 32-byte aligned; chunk and tile offsets keep it so from the base).
+GM_ALIGN = 32
+
+
+def aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` when the kernels can take it as it is (contiguous, base address 32-byte aligned), else
+    a contiguous copy in a fresh allocation (torch's allocators align those to ≥ 64 bytes): a view
+    that starts at an odd element, e.g. ``x[1:]``, is staged, never given to the kernels."""
+    if t.is_contiguous() and (t.numel() == 0 or t.data_ptr() % GM_ALIGN == 0):
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
 
 
 def dtype_code(ts: list[torch.Tensor], backend: str) -> int:
@@ -166,7 +178,7 @@ class AscendKernelBackend:
     def square_sum_all(
         self, weight: torch.Tensor, gradient: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        w, g = _contig(weight), _contig(gradient)
+        w, g = aligned(weight), aligned(gradient)
         _, _, w_s, g_s = self._run(
             [w], [g], [None], adapt=[True], first=[False], nesterov=[False], wd=[0.0], lr=[0.0],
             mu=[0.0], hyper=Hyper(), mode=0, run_update=False,
@@ -193,8 +205,8 @@ class AscendKernelBackend:
             norm_weight=w_s, norm_gradient=g_s, weight_decay=weight_decay, learning_rate=lr,
             epsilon=hyper.epsilon, coefficient=hyper.coefficient,
         )  # fmt: skip
-        w = _contig(weight)
-        out = gradient.clone(memory_format=torch.contiguous_format)
+        w = aligned(weight)
+        out = gradient.clone(memory_format=torch.contiguous_format)  # a fresh, aligned tensor
         self._run(
             [w], [out], [None], adapt=[True], first=[False], nesterov=[False],
             wd=[weight_decay], lr=[lr], mu=[0.0], hyper=hyper, mode=0,
@@ -212,8 +224,8 @@ class AscendKernelBackend:
         hyper: Hyper,
     ) -> MultiResult:
         n = len(grads)
-        ws = [_contig(w) for w in weights]
-        gs = [_contig(g) for g in grads]
+        ws = [aligned(w) for w in weights]
+        gs = [aligned(g) for g in grads]
         found, lam, _, _ = self._run(
             ws, gs, [None] * n, adapt=adapt, first=[False] * n, nesterov=[False] * n,
             wd=weight_decays, lr=lrs, mu=[0.0] * n, hyper=hyper, mode=0,
@@ -224,6 +236,9 @@ class AscendKernelBackend:
 
     def fused_sgd_(self, call: FusedCall) -> MultiResult:
         ws, gs, ms = stage_step(call)  # buffers in the parameter's dtype, like the CPU path
+        ws = [aligned(w) for w in ws]  # unstage_step copies back whatever is a copy
+        gs = [aligned(g) for g in gs]
+        ms = [None if m is None else aligned(m) for m in ms]
         found, lam, _, _ = self._run(
             ws, gs, ms, adapt=call.adapt, first=call.first, nesterov=call.nesterov, wd=call.wd,
             lr=call.lr, mu=call.mu, hyper=call.hyper, mode=1,
@@ -242,8 +257,8 @@ class AscendKernelBackend:
         if not kernel_dtypes_ok([*weights, *grads]):
             return None
         n = len(grads)
-        ws = [_contig(w) for w in weights]
-        gs = [_contig(g) for g in grads]
+        ws = [aligned(w) for w in weights]
+        gs = [aligned(g) for g in grads]
         _, _, w_s, g_s = self._run(
             ws, gs, [None] * n, adapt=adapt, first=[False] * n, nesterov=[False] * n,
             wd=[0.0] * n, lr=[0.0] * n, mu=[0.0] * n, hyper=Hyper(), mode=0, run_update=False,
@@ -271,8 +286,8 @@ class AscendKernelBackend:
         for i in range(n):
             fp32_inputs(norm_weight=float(w_s[i]), norm_gradient=float(g_s[i]))
         fp32_inputs(epsilon=hyper.epsilon, coefficient=hyper.coefficient)
-        ws = [_contig(w) for w in weights]
-        gs = [_contig(g) for g in grads]
+        ws = [aligned(w) for w in weights]
+        gs = [aligned(g) for g in grads]
         found, lam, _, _ = self._run(
             ws, gs, [None] * n, adapt=adapt, first=[False] * n, nesterov=[False] * n,
             wd=weight_decays, lr=lrs, mu=[0.0] * n, hyper=hyper, mode=0,

@@ -15,6 +15,9 @@ the kernels, it takes fp32 and fp16 tensors.
 - ``cann``: the kernels as CANN built them with ``RUN_MODE=cpu`` (tikicpulib) or ``sim`` — only in
   an extension built with CANN (``lars-npu info`` says); this is what docker/cann-emulator-ci.sh
   runs the emu test-suite against.
+
+``LARS_NPU_EMU_CORE_ORDER`` (``forward``, ``reverse``, ``shuffle:<seed>``) picks the order in
+which the emulation runs a launch's cores; results must not depend on it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,26 @@ UB_BYTES = 192 * 1024
 
 RUNNER_ENV = "LARS_NPU_EMU_RUNNER"
 RUNNERS = ("emulation", "staged", "cann")
+
+# The order in which the emulation runs the cores of a launch (hardware runs them concurrently;
+# the tests require identical results in every order): forward (default), reverse, or
+# shuffle:<seed> (a positive integer).
+CORE_ORDER_ENV = "LARS_NPU_EMU_CORE_ORDER"
+
+
+def core_order() -> int:
+    """``LARS_NPU_EMU_CORE_ORDER`` as the emulation's code: 0 forward, -1 reverse, k > 0 the
+    seed of a shuffle (ValueError for anything else)."""
+    raw = os.environ.get(CORE_ORDER_ENV, "").strip() or "forward"
+    if raw == "forward":
+        return 0
+    if raw == "reverse":
+        return -1
+    if raw.startswith("shuffle:") and raw[8:].isdigit() and int(raw[8:]) > 0:
+        return int(raw[8:])
+    raise ValueError(
+        f"{CORE_ORDER_ENV}={raw!r}: expected forward, reverse or shuffle:<positive seed>"
+    )
 
 
 def runner() -> str:
@@ -79,5 +102,14 @@ class EmuBackend(AscendKernelBackend):
             C.cann_host_launch(blob, n, nc, code, run_square_sums, run_update, BLOCK_DIM)
             return
         C.emu_launch(
-            blob, n, nc, code, run_square_sums, run_update, BLOCK_DIM, UB_BYTES, how == "staged"
+            blob,
+            n,
+            nc,
+            code,
+            run_square_sums,
+            run_update,
+            BLOCK_DIM,
+            UB_BYTES,
+            how == "staged",
+            core_order(),
         )
