@@ -15,7 +15,15 @@
 //     (V->MTE3) queue for what was issued before the EnQue, or FreeTensor -> AllocTensor
 //     (V->MTE2 for VECIN, MTE3->V for VECOUT). Hardware runs the pipes concurrently; this
 //     catches the races the in-order emulation would otherwise hide (e.g. a scalar SetValue
-//     copied out to GM without an S->MTE3 wait). Global memory is not tracked;
+//     copied out to GM without an S->MTE3 wait). The queues' events are pipe barriers, as on
+//     hardware, and order transitively like SetFlag/WaitFlag;
+//   - a scalar GetValue of global memory without a DataCacheCleanAndInvalid in this launch after
+//     every DMA write to it (the host's tables, an earlier launch's output, this launch's copies);
+//   - a DMA whose global-memory address is not 32-byte aligned (lars_npu's rule, see
+//     check_gm_alignment);
+//   - UB use beyond 184 KiB of A2's 192 (the top 8 KiB are API scratch on 2201);
+//   - FreeTensor of a const LocalTensor or a temporary (a compile error: the real signature takes
+//     LocalTensor<T>&);
 //   - WaitFlag of an event that was not set, SetFlag of one already set, a SetFlag never
 //     waited for by the end of the kernel;
 //   - DataCopyPad to or from a buffer that is not VECIN / VECOUT (Atlas A2/A3);
@@ -24,8 +32,12 @@
 // refuses it instead (use DataCopyPad for a ragged tail). DataCopyPad GM->UB fills the rest of
 // the last 32-byte block with NaN bytes unless padding is asked for, so a kernel that reads
 // those lanes shows it.
-// AI cores run one after another over the block index (emu::Launch), each with its own UB, so
-// per-core partials handed over through global memory are real.
+// ReduceSum follows A2's implementation (see its comment): scalar store of dst, syncs by the
+// call, work tensor untouched, a pairwise (not sequential) summation order.
+// AI cores run one after another (emu::Launch), forward, reversed or shuffled as the caller asks
+// (a kernel's results must not depend on it), each with its own UB, so per-core partials handed
+// over through global memory are real. Per core and launch the emulation counts bytes moved
+// GM->UB and UB->GM, scalar GM reads, vector instructions and waits (emu::Counters).
 #pragma once
 
 #include <cmath>
