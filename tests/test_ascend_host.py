@@ -239,6 +239,52 @@ def test_kernel_inputs_beyond_fp32_are_refused_before_anything_runs(stand_in_npu
         lars_npu.lars_update(w, g, 1.0, 1e39, 0.0, 1.0, backend="emu")
 
 
+@pytest.mark.parametrize(
+    ("wd", "lr", "name"),
+    [
+        ([0.0, 1e39], [0.1, 0.1], r"weight_decays\[1\]=1e\+39"),
+        ([0.0, 0.0], [0.1, 1e-46], r"lrs\[1\]=1e-46"),  # would flush to 0 in fp32
+        ([0.0, 0.0], [1e40, 0.1], r"lrs\[0\]=1e\+40"),
+    ],
+)
+def test_multi_lars_refuses_wd_and_lr_beyond_fp32(stand_in_npu, wd, lr, name):
+    """multi_lars_ hands wd and lr to the kernels in fp32: out of its range they would silently
+    become inf or 0 there. Refused, naming the value, before anything runs or is written."""
+    backend, C = stand_in_npu
+    ws = [torch.ones(8), torch.ones(8)]
+    gs = [torch.full((8,), 2.0), torch.full((8,), 2.0)]
+    before = [g.clone() for g in gs]
+    for b in (backend, all_backends()["emu"]):
+        with pytest.raises(ValueError, match=name):
+            b.multi_lars_(ws, gs, [True, True], wd, lr, Hyper())
+    assert not C.calls
+    assert all(torch.equal(a, b) for a, b in zip(before, gs, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "name"),
+    [("wd", 1e39, r"weight_decay\[0\]"), ("lr", 1e-46, r"lr\[0\]"),
+     ("mu", 1e39, r"momentum\[0\]")],
+)  # fmt: skip
+def test_fused_step_refuses_wd_lr_momentum_beyond_fp32(stand_in_npu, field, value, name):
+    from lars_npu._fused import FusedCall
+
+    backend, C = stand_in_npu
+    p, g, m = torch.ones(8), torch.full((8,), 2.0), torch.zeros(8)
+    values = {"wd": np.array([1e-4]), "lr": np.array([0.1]), "mu": np.array([0.9])}
+    values[field] = np.array([value])
+    call = FusedCall(
+        params=[p], grads=[g], bufs=[m], first=np.zeros(1, np.uint8),
+        adapt=np.ones(1, np.uint8), has_m=np.ones(1, np.uint8), nesterov=np.zeros(1, np.uint8),
+        hyper=Hyper(), cache={}, **values,
+    )  # fmt: skip
+    for b in (backend, all_backends()["emu"]):
+        with pytest.raises(ValueError, match=name):
+            b.fused_sgd_(call)
+    assert not C.calls
+    assert torch.equal(p, torch.ones(8)) and torch.equal(m, torch.zeros(8))
+
+
 def test_one_dtype_for_weights_gradients_and_buffers():
     """The kernels read w, g and m with one element width: a mixed call is refused."""
     w = torch.full((64,), 2.0)

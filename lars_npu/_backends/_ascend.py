@@ -84,6 +84,20 @@ def fp32_inputs(**values: float) -> None:
             )
 
 
+def fp32_per_tensor(**lists: Any) -> None:
+    """ValueError naming the first per-tensor value (``name[i]``) that fp32 cannot carry, by
+    ``fp32_inputs``'s rule; vectorised, so a step over thousands of tensors pays little."""
+    for name, values in lists.items():
+        a = np.abs(np.asarray(values, dtype=np.float64))
+        bad = np.flatnonzero((a > FP32_MAX) | ((a != 0) & (a < FP32_TINY)))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(
+                f"{name}[{i}]={float(np.asarray(values, dtype=np.float64)[i])!r} is outside "
+                "float32's range, in which the AscendC kernels take it"
+            )
+
+
 def kernel_dtypes_ok(ts: list[torch.Tensor]) -> bool:
     """Whether one kernel launch can take these tensors (all fp32 or all fp16)."""
     return len({t.dtype for t in ts}) <= 1 and all(t.dtype in CODES for t in ts)
@@ -224,6 +238,9 @@ class AscendKernelBackend:
         hyper: Hyper,
     ) -> MultiResult:
         n = len(grads)
+        # the kernels take these in fp32: out of its range they would become inf or 0 there
+        fp32_per_tensor(weight_decays=weight_decays, lrs=lrs)
+        fp32_inputs(epsilon=hyper.epsilon, coefficient=hyper.coefficient)
         ws = [aligned(w) for w in weights]
         gs = [aligned(g) for g in grads]
         found, lam, _, _ = self._run(
@@ -235,6 +252,8 @@ class AscendKernelBackend:
         return self._result(found, lam, grads)
 
     def fused_sgd_(self, call: FusedCall) -> MultiResult:
+        fp32_per_tensor(weight_decay=call.wd, lr=call.lr, momentum=call.mu)
+        fp32_inputs(epsilon=call.hyper.epsilon, coefficient=call.hyper.coefficient)
         ws, gs, ms = stage_step(call)  # buffers in the parameter's dtype, like the CPU path
         ws = [aligned(w) for w in ws]  # unstage_step copies back whatever is a copy
         gs = [aligned(g) for g in gs]
@@ -283,8 +302,7 @@ class AscendKernelBackend:
         if not kernel_dtypes_ok([*weights, *grads]):
             return None
         n = len(grads)
-        for i in range(n):
-            fp32_inputs(norm_weight=float(w_s[i]), norm_gradient=float(g_s[i]))
+        fp32_per_tensor(norm_weight=w_s, norm_gradient=g_s, weight_decays=weight_decays, lrs=lrs)
         fp32_inputs(epsilon=hyper.epsilon, coefficient=hyper.coefficient)
         ws = [aligned(w) for w in weights]
         gs = [aligned(g) for g in grads]
