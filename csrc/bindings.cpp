@@ -269,60 +269,61 @@ py::tuple plan_step(CheckedPlan& cp, const py::list& w_obj, const py::list& g_ob
 // ---- AscendC kernels: host tiling, and the launchers (emulation; NPU and CANN when built) ----
 namespace host = lars_ascendc::host;
 
-host::StepArgs step_args(const I64& w_ptr, const I64& g_ptr, const I64& m_ptr, const I64& numel,
-                         const U8& adapt, const U8& has_m, const U8& first, const U8& nesterov,
-                         const F64& wd, const F64& lr, const F64& mu, double epsilon,
-                         double coefficient, bool use_clip, bool guard_zero_norm, int dtype,
-                         int mode, uint32_t tile_sq, uint32_t tile_up, int64_t chunk_elems,
-                         const F64& given_ws, const F64& given_gs) {
-  const py::ssize_t n = numel.shape(0);
-  for (const py::array* arr : {static_cast<const py::array*>(&w_ptr),
-                               static_cast<const py::array*>(&g_ptr),
-                               static_cast<const py::array*>(&m_ptr),
-                               static_cast<const py::array*>(&adapt),
-                               static_cast<const py::array*>(&has_m),
-                               static_cast<const py::array*>(&first),
-                               static_cast<const py::array*>(&nesterov),
-                               static_cast<const py::array*>(&wd),
-                               static_cast<const py::array*>(&lr),
-                               static_cast<const py::array*>(&mu)}) {
-    check_len(*arr, n, "per-tensor arguments");
-  }
-  host::StepArgs a;
-  auto u64 = [n](const I64& p) {
-    std::vector<uint64_t> v(static_cast<size_t>(n));
-    for (py::ssize_t i = 0; i < n; ++i) v[static_cast<size_t>(i)] = uint64_t(p.data()[i]);
-    return v;
-  };
-  auto f32 = [n](const F64& x) { return std::vector<float>(x.data(), x.data() + n); };
-  a.w = u64(w_ptr);
-  a.g = u64(g_ptr);
-  a.m = u64(m_ptr);
-  a.numel.assign(numel.data(), numel.data() + n);
-  a.adapt.assign(adapt.data(), adapt.data() + n);
-  a.has_m.assign(has_m.data(), has_m.data() + n);
-  a.first.assign(first.data(), first.data() + n);
-  a.nesterov.assign(nesterov.data(), nesterov.data() + n);
-  a.wd = f32(wd);
-  a.lr = f32(lr);
-  a.mu = f32(mu);
-  a.epsilon = static_cast<float>(epsilon);
-  a.coefficient = static_cast<float>(coefficient);
-  a.use_clip = use_clip;
-  a.guard_zero_norm = guard_zero_norm;
-  a.dtype = dtype;
-  a.mode = mode;
-  a.tile_sq = tile_sq;
-  a.tile_up = tile_up;
-  a.chunk_elems = chunk_elems;
-  if (given_ws.shape(0) > 0) {
-    check_len(given_ws, n, "given_ws");
-    check_len(given_gs, n, "given_gs");
-    a.given_ws = f32(given_ws);
-    a.given_gs = f32(given_gs);
-  }
-  host::validate(a);
-  return a;
+// The host plan's input, host::StepArgs, as a Python object with one named field per member
+// (per-tensor fields as 1-D numpy arrays): _C.AscendStep. No positional argument lists.
+template <typename T, typename Py>
+void vec_field(py::class_<host::StepArgs>& cls, const char* name,
+               std::vector<T> host::StepArgs::*field, const char* doc) {
+  cls.def_property(
+      name,
+      [field](const host::StepArgs& a) {
+        const std::vector<T>& v = a.*field;
+        py::array_t<Py> out(static_cast<py::ssize_t>(v.size()));
+        for (size_t i = 0; i < v.size(); ++i) out.mutable_data()[i] = static_cast<Py>(v[i]);
+        return out;
+      },
+      [field, name](host::StepArgs& a,
+                    const py::array_t<Py, py::array::c_style | py::array::forcecast>& v) {
+        if (v.ndim() != 1) throw std::invalid_argument(std::string(name) + ": a 1-D array");
+        std::vector<T>& dst = a.*field;
+        dst.resize(static_cast<size_t>(v.shape(0)));
+        for (py::ssize_t i = 0; i < v.shape(0); ++i) {
+          dst[static_cast<size_t>(i)] = static_cast<T>(v.data()[i]);
+        }
+      },
+      doc);
+}
+
+void bind_step_args(py::module_& m) {
+  py::class_<host::StepArgs> cls(
+      m, "AscendStep",
+      "Everything one AscendC kernel step needs (csrc/ascendc/lars_host_plan.h StepArgs), by "
+      "name: per-tensor fields are 1-D arrays of one length (checked by ascend_plan).");
+  cls.def(py::init<>());
+  vec_field<uint64_t, int64_t>(cls, "w", &host::StepArgs::w, "weight data addresses");
+  vec_field<uint64_t, int64_t>(cls, "g", &host::StepArgs::g, "gradient data addresses");
+  vec_field<uint64_t, int64_t>(cls, "m", &host::StepArgs::m,
+                               "momentum buffer addresses (0: none)");
+  vec_field<int64_t, int64_t>(cls, "numel", &host::StepArgs::numel, "elements per tensor");
+  vec_field<uint8_t, uint8_t>(cls, "adapt", &host::StepArgs::adapt, "LARS adapts the tensor");
+  vec_field<uint8_t, uint8_t>(cls, "has_m", &host::StepArgs::has_m, "the tensor has momentum");
+  vec_field<uint8_t, uint8_t>(cls, "first", &host::StepArgs::first, "first momentum step");
+  vec_field<uint8_t, uint8_t>(cls, "nesterov", &host::StepArgs::nesterov, "nesterov momentum");
+  vec_field<float, double>(cls, "wd", &host::StepArgs::wd, "weight decay (fp32 in the kernel)");
+  vec_field<float, double>(cls, "lr", &host::StepArgs::lr, "learning rate (fp32)");
+  vec_field<float, double>(cls, "mu", &host::StepArgs::mu, "momentum (fp32)");
+  vec_field<float, double>(cls, "given_ws", &host::StepArgs::given_ws,
+                           "given Σw² per tensor (MindSpore LARSUpdate), or empty");
+  vec_field<float, double>(cls, "given_gs", &host::StepArgs::given_gs, "given Σg², or empty");
+  cls.def_readwrite("epsilon", &host::StepArgs::epsilon)
+      .def_readwrite("coefficient", &host::StepArgs::coefficient)
+      .def_readwrite("use_clip", &host::StepArgs::use_clip)
+      .def_readwrite("guard_zero_norm", &host::StepArgs::guard_zero_norm)
+      .def_readwrite("dtype", &host::StepArgs::dtype, "0 fp32, 1 fp16")
+      .def_readwrite("mode", &host::StepArgs::mode, "0 LARSUpdate rewrite, 1 fused step")
+      .def_readwrite("tile_sq", &host::StepArgs::tile_sq)
+      .def_readwrite("tile_up", &host::StepArgs::tile_up)
+      .def_readwrite("chunk_elems", &host::StepArgs::chunk_elems);
 }
 
 py::tuple outcome(const host::Outcome& r) {
@@ -356,16 +357,8 @@ py::array_t<uint8_t> aligned_bytes(uint64_t bytes) {
 
 // The workspace of one kernel step as a byte array (see csrc/ascendc/lars_host_plan.h), and its
 // layout. The addresses in it are those the kernels will dereference.
-py::tuple ascend_plan(const I64& w_ptr, const I64& g_ptr, const I64& m_ptr, const I64& numel,
-                      const U8& adapt, const U8& has_m, const U8& first, const U8& nesterov,
-                      const F64& wd, const F64& lr, const F64& mu, double epsilon,
-                      double coefficient, bool use_clip, bool guard_zero_norm, int dtype, int mode,
-                      uint32_t tile_sq, uint32_t tile_up, int64_t chunk_elems,
-                      const F64& given_ws, const F64& given_gs) {
-  const host::StepArgs a =
-      step_args(w_ptr, g_ptr, m_ptr, numel, adapt, has_m, first, nesterov, wd, lr, mu, epsilon,
-                coefficient, use_clip, guard_zero_norm, dtype, mode, tile_sq, tile_up,
-                chunk_elems, given_ws, given_gs);
+py::tuple ascend_plan(const host::StepArgs& a) {
+  host::validate(a);
   const host::Layout L = host::plan(a);
   py::array_t<uint8_t> blob = aligned_bytes(L.bytes);
   host::fill(blob.mutable_data(), L, a);
@@ -500,12 +493,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("guard_zero_norm"));
   m.def("build_info", &build_info);
   m.def("last_level_cache_bytes", &lars::last_level_cache_bytes);
-  m.def("ascend_plan", &ascend_plan, py::arg("w_ptr"), py::arg("g_ptr"), py::arg("m_ptr"),
-        py::arg("numel"), py::arg("adapt"), py::arg("has_m"), py::arg("first"),
-        py::arg("nesterov"), py::arg("wd"), py::arg("lr"), py::arg("mu"), py::arg("epsilon"),
-        py::arg("coefficient"), py::arg("use_clip"), py::arg("guard_zero_norm"), py::arg("dtype"),
-        py::arg("mode"), py::arg("tile_sq"), py::arg("tile_up"), py::arg("chunk_elems"),
-        py::arg("given_ws") = F64(0), py::arg("given_gs") = F64(0),
+  bind_step_args(m);
+  m.def("ascend_plan", &ascend_plan, py::arg("step"),
         "Host tiling of one AscendC kernel step: (workspace bytes, layout dict). The addresses "
         "are those the kernels will read (device addresses on an NPU).");
   m.def("ascend_layout", &ascend_layout, py::arg("n"), py::arg("num_chunks"),

@@ -77,6 +77,25 @@ def test_read_back_is_lambda_of_the_partials():
     assert found and np.isnan(lam).all()
 
 
+def test_the_host_plan_takes_a_struct_with_named_fields():
+    """ascend_plan takes one _C.AscendStep (the C++ StepArgs), fields by name: an unknown name
+    and a per-tensor field of the wrong length are refused, naming the field."""
+    x = torch.zeros(16)
+    ptr = np.array([x.data_ptr()], dtype=np.int64)
+    fields = dict(w=ptr, g=ptr, m=np.zeros(1, np.int64), numel=np.array([16]),
+                  adapt=np.ones(1), has_m=np.zeros(1), first=np.zeros(1), nesterov=np.zeros(1),
+                  wd=np.zeros(1), lr=np.full(1, 0.1), mu=np.zeros(1))  # fmt: skip
+    step = _ascend.step_args(**fields)
+    assert list(step.lr) == [np.float32(0.1)] and step.mode == 0 and step.tile_up == 2048
+    _, layout = native().ascend_plan(step)
+    assert layout["n"] == 1 and layout["num_chunks"] == 1
+    with pytest.raises(AttributeError):
+        _ascend.step_args(learning_rate=np.zeros(1))
+    step.wd = np.zeros(2)
+    with pytest.raises(ValueError, match="per-tensor field wd: 2 values for 1 tensors"):
+        native().ascend_plan(step)
+
+
 def test_read_back_refuses_a_workspace_of_the_wrong_size():
     blob, layout, _ = plan([10])
     with pytest.raises(ValueError, match="workspace: expected"):

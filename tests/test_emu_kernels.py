@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from lars_npu import reference
+from lars_npu._backends._ascend import step_args
 from lars_npu._backends._native import native
 
 pytestmark = pytest.mark.skipif(native() is None, reason="lars_npu._C is not built")
@@ -27,13 +28,13 @@ CHUNK = 16384
 ORDERS = [0, -1, 1, 2, 3]
 
 
-def launch(plan_args, dtype_code, block_dim, ub, *, run_square_sums=True, run_update=True, order=0):
-    """One step of the kernels as the backends run it: host tiling (ascend_plan), the launch on
-    emulated AI cores, and the read-back: (found_inf, lam, w_s, g_s)."""
+def launch(step, block_dim, ub, *, run_square_sums=True, run_update=True, order=0):
+    """One step of the kernels as the backends run it: host tiling (ascend_plan of the struct
+    `step`), the launch on emulated AI cores, and the read-back: (found_inf, lam, w_s, g_s)."""
     C = native()
-    blob, layout = C.ascend_plan(*plan_args)
+    blob, layout = C.ascend_plan(step)
     n, nc = layout["n"], layout["num_chunks"]
-    C.emu_launch(blob, n, nc, dtype_code, run_square_sums, run_update, block_dim, ub, False, order)
+    C.emu_launch(blob, n, nc, step.dtype, run_square_sums, run_update, block_dim, ub, False, order)
     return C.ascend_read_back(blob, n, nc)
 
 
@@ -47,12 +48,13 @@ def run(ws, gs, dtype_code, block_dim=8, ub=UB_910B, tile=4096, chunk=CHUNK):
     adapt = [w is not None for w in ws]
     zf, z8 = np.zeros(n), np.zeros(n, dtype=np.uint8)
     present = [g if w is None else w for w, g in zip(ws, gs, strict=True)]  # never read if absent
-    args = (
-        ptrs(present), ptrs(gs), ptrs([None] * n),
-        np.array([g.numel() for g in gs], dtype=np.int64), np.array(adapt, dtype=np.uint8),
-        z8, z8, z8, zf, zf, zf, 1e-5, 1e-3, False, False, dtype_code, 0, tile, 2048, chunk,
+    step = step_args(
+        w=ptrs(present), g=ptrs(gs), m=ptrs([None] * n),
+        numel=np.array([g.numel() for g in gs], dtype=np.int64),
+        adapt=np.array(adapt, dtype=np.uint8), has_m=z8, first=z8, nesterov=z8, wd=zf, lr=zf,
+        mu=zf, dtype=dtype_code, mode=0, tile_sq=tile, tile_up=2048, chunk_elems=chunk,
     )  # fmt: skip
-    _, _, w_s, g_s = launch(args, dtype_code, block_dim, ub, run_update=False)
+    _, _, w_s, g_s = launch(step, block_dim, ub, run_update=False)
     return w_s, g_s
 
 
@@ -263,14 +265,15 @@ def test_kernels_give_the_same_bytes_in_every_core_order(dtype, mode, block_dim)
     outs = []
     for order in ORDERS:
         ws, gs, ms = [t.clone() for t in w0], [t.clone() for t in g0], [t.clone() for t in m0]
-        args = (
-            ptrs(ws), ptrs(gs), ptrs(ms), np.array(SIZES, dtype=np.int64),
-            np.array([i % 4 != 3 for i in range(k)], dtype=np.uint8), np.ones(k, dtype=np.uint8),
-            np.array([i % 2 for i in range(k)], dtype=np.uint8), np.zeros(k, dtype=np.uint8),
-            np.full(k, 1e-3), np.full(k, 0.1), np.full(k, 0.9), 1e-5, 1e-3, False, False,
-            0 if dtype == torch.float32 else 1, mode, 4096, 2048, CHUNK,
+        step = step_args(
+            w=ptrs(ws), g=ptrs(gs), m=ptrs(ms), numel=np.array(SIZES, dtype=np.int64),
+            adapt=np.array([i % 4 != 3 for i in range(k)], dtype=np.uint8),
+            has_m=np.ones(k, dtype=np.uint8), first=np.array([i % 2 for i in range(k)]),
+            nesterov=np.zeros(k, dtype=np.uint8), wd=np.full(k, 1e-3), lr=np.full(k, 0.1),
+            mu=np.full(k, 0.9), dtype=0 if dtype == torch.float32 else 1, mode=mode,
+            tile_sq=4096, tile_up=2048, chunk_elems=CHUNK,
         )  # fmt: skip
-        found, lam, w_s, g_s = launch(args, args[15], block_dim, UB_910B, order=order)
+        found, lam, w_s, g_s = launch(step, block_dim, UB_910B, order=order)
         assert not found
         outs.append(
             b"".join(t.numpy().tobytes() for t in ws + gs + ms)
@@ -309,15 +312,15 @@ def step(
     tile=2048,
 ):
     n = len(gs)
-    args = (
-        ptrs(ws), ptrs(gs), ptrs(ms), np.array([g.numel() for g in gs], dtype=np.int64),
-        np.array(adapt, dtype=np.uint8), np.array([m is not None for m in ms], dtype=np.uint8),
-        np.array(first, dtype=np.uint8), np.array([nesterov] * n, dtype=np.uint8),
-        np.array(wd, dtype=np.float64), np.array(lr, dtype=np.float64),
-        np.array(mu, dtype=np.float64), 1e-5, 1e-3, use_clip, guard, dtype_code, mode, 4096,
-        tile, CHUNK,
+    step = step_args(
+        w=ptrs(ws), g=ptrs(gs), m=ptrs(ms), numel=np.array([g.numel() for g in gs]),
+        adapt=np.array(adapt, dtype=np.uint8), has_m=np.array([m is not None for m in ms]),
+        first=np.array(first, dtype=np.uint8), nesterov=np.array([nesterov] * n, dtype=np.uint8),
+        wd=np.array(wd), lr=np.array(lr), mu=np.array(mu), use_clip=use_clip,
+        guard_zero_norm=guard, dtype=dtype_code, mode=mode, tile_sq=4096, tile_up=tile,
+        chunk_elems=CHUNK,
     )  # fmt: skip
-    found, lam, _, _ = launch(args, dtype_code, block_dim, UB_910B)
+    found, lam, _, _ = launch(step, block_dim, UB_910B)
     return found, lam
 
 

@@ -23,6 +23,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../common/lars_trust.h"
@@ -92,9 +93,17 @@ constexpr uint64_t kGmAlign = 32;
 // Refuses what the kernels cannot take, with the reason; call before anything runs.
 inline void validate(const StepArgs& a) {
   const size_t n = a.numel.size();
-  for (size_t len : {a.w.size(), a.g.size(), a.m.size(), a.adapt.size(), a.has_m.size(),
-                     a.first.size(), a.nesterov.size(), a.wd.size(), a.lr.size(), a.mu.size()}) {
-    if (len != n) throw std::invalid_argument("per-tensor arguments: lengths differ");
+  const std::pair<const char*, size_t> fields[] = {
+      {"w", a.w.size()},         {"g", a.g.size()},         {"m", a.m.size()},
+      {"adapt", a.adapt.size()}, {"has_m", a.has_m.size()}, {"first", a.first.size()},
+      {"nesterov", a.nesterov.size()}, {"wd", a.wd.size()}, {"lr", a.lr.size()},
+      {"mu", a.mu.size()}};
+  for (const auto& [name, len] : fields) {
+    if (len != n) {
+      throw std::invalid_argument(std::string("per-tensor field ") + name + ": " +
+                                  std::to_string(len) + " values for " + std::to_string(n) +
+                                  " tensors (numel)");
+    }
   }
   if (a.dtype != 0 && a.dtype != 1) throw std::invalid_argument("dtype: fp32 (0) or fp16 (1)");
   if (a.mode != 0 && a.mode != 1) throw std::invalid_argument("mode: rewrite (0) or fused (1)");

@@ -98,6 +98,15 @@ def fp32_per_tensor(**lists: Any) -> None:
             )
 
 
+def step_args(**fields: Any) -> Any:
+    """The host plan's input struct, ``_C.AscendStep`` (csrc/ascendc/lars_host_plan.h StepArgs),
+    with its fields set by name; an unknown name is an AttributeError."""
+    step = native().AscendStep()
+    for name, value in fields.items():
+        setattr(step, name, value)
+    return step
+
+
 def kernel_dtypes_ok(ts: list[torch.Tensor]) -> bool:
     """Whether one kernel launch can take these tensors (all fp32 or all fp16)."""
     return len({t.dtype for t in ts}) <= 1 and all(t.dtype in CODES for t in ts)
@@ -125,31 +134,31 @@ class AscendKernelBackend:
     def _plan(
         self, ws, gs, ms, *, adapt, first, nesterov, wd, lr, mu, hyper: Hyper, mode, code, given
     ) -> tuple[np.ndarray, dict[str, int]]:
-        empty = np.zeros(0)
-        return native().ascend_plan(
-            _ptrs(ws),
-            _ptrs(gs),
-            _ptrs(ms),
-            np.fromiter((g.numel() for g in gs), dtype=np.int64, count=len(gs)),
-            np.asarray(adapt, dtype=np.uint8),
-            np.fromiter((m is not None for m in ms), dtype=np.uint8, count=len(ms)),
-            np.asarray(first, dtype=np.uint8),
-            np.asarray(nesterov, dtype=np.uint8),
-            np.asarray(wd, dtype=np.float64),
-            np.asarray(lr, dtype=np.float64),
-            np.asarray(mu, dtype=np.float64),
-            hyper.epsilon,
-            hyper.coefficient,
-            hyper.use_clip,
-            hyper.guard_zero_norm,
-            code,
-            mode,
-            TILE_SQUARE_SUMS,
-            TILE_UPDATE,
-            CHUNK,
-            empty if given is None else given[0],
-            empty if given is None else given[1],
+        step = step_args(
+            w=_ptrs(ws),
+            g=_ptrs(gs),
+            m=_ptrs(ms),
+            numel=np.fromiter((g.numel() for g in gs), dtype=np.int64, count=len(gs)),
+            adapt=np.asarray(adapt, dtype=np.uint8),
+            has_m=np.fromiter((m is not None for m in ms), dtype=np.uint8, count=len(ms)),
+            first=np.asarray(first, dtype=np.uint8),
+            nesterov=np.asarray(nesterov, dtype=np.uint8),
+            wd=np.asarray(wd, dtype=np.float64),
+            lr=np.asarray(lr, dtype=np.float64),
+            mu=np.asarray(mu, dtype=np.float64),
+            epsilon=hyper.epsilon,
+            coefficient=hyper.coefficient,
+            use_clip=hyper.use_clip,
+            guard_zero_norm=hyper.guard_zero_norm,
+            dtype=code,
+            mode=mode,
+            tile_sq=TILE_SQUARE_SUMS,
+            tile_up=TILE_UPDATE,
+            chunk_elems=CHUNK,
         )
+        if given is not None:
+            step.given_ws, step.given_gs = given
+        return native().ascend_plan(step)
 
     def _run(
         self,
