@@ -50,31 +50,53 @@ def test_workspace_layout_is_aligned_and_sized():
     assert layout["n"] == len(sizes) and layout["num_chunks"] == chunks
     assert blob.dtype == np.uint8 and blob.shape == (layout["bytes"],)
     assert layout["partials"] % 32 == 0 and layout["bytes"] % 32 == 0
-    assert layout["bytes"] - layout["partials"] == 64 * chunks  # two 32-byte blocks per chunk
-    assert not blob[layout["partials"] :].any()  # partials start at zero
+    # results: a 32-byte block per chunk for Σw² and one for Σg², one per core for its
+    # non-finite flag (256 at most), one per tensor for λ
+    assert layout["bytes"] - layout["partials"] == 32 * (2 * chunks + 256 + len(sizes))
+    sums_and_flags = blob[layout["partials"] : layout["partials"] + 32 * (2 * chunks + 256)]
+    assert not sums_and_flags.any()  # start at zero: no stale flag, whatever ran before
+
+
+def results(blob, layout):
+    """The results region as 32-byte blocks: (Σw² per chunk, Σg² per chunk, flags, λ)."""
+    nc = layout["num_chunks"]
+    r = blob[layout["partials"] :].view(np.float32).reshape(-1, 8)
+    return r[:nc, 0], r[nc : 2 * nc, 0], r[2 * nc : 2 * nc + 256, 0], r[2 * nc + 256 :, 0]
 
 
 def test_given_sums_land_in_each_tensors_first_chunk():
     sizes = [5, 40000, 0, 3]
     given = (np.array([1.0, 2.0, 3.0, 4.0]), np.array([5.0, 6.0, 7.0, 8.0]))
     blob, layout, _ = plan(sizes, given=given)
-    part = blob[layout["partials"] :].view(np.float32).reshape(-1, 16)  # [Σw², 0 x7, Σg², 0 x7]
+    w, g, flags, _ = results(blob, layout)
     # chunks: tensor 0 -> 0; tensor 1 -> 1, 2, 3; tensor 2 (empty) -> none; tensor 3 -> 4
-    np.testing.assert_array_equal(part[:, 0], [1, 2, 0, 0, 4])
-    np.testing.assert_array_equal(part[:, 8], [5, 6, 0, 0, 8])
+    np.testing.assert_array_equal(w, [1, 2, 0, 0, 4])
+    np.testing.assert_array_equal(g, [5, 6, 0, 0, 8])
+    assert not flags.any()
+    # a non-finite given Σg² is flagged by the host, as the square-sums kernel would
+    blob, layout, _ = plan(sizes, given=(given[0], np.array([5.0, np.inf, 7.0, 8.0])))
+    assert np.isnan(results(blob, layout)[2][0])
 
 
-def test_read_back_is_lambda_of_the_partials():
-    """λ read back from a workspace whose partials we wrote ourselves: the reference formula."""
-    blob, layout, _ = plan([100], given=(np.array([4.0]), np.array([9.0])), mode=0)
-    found, lam, w_s, g_s = native().ascend_read_back(blob, layout["n"], layout["num_chunks"])
+def test_read_back_is_the_lambda_the_kernel_applied():
+    """λ is what the update kernel wrote (vector Sqrt, fp32), read back with the partials: the
+    reference's λ to fp32 rounding; nothing is recomputed on the host."""
+    C = native()
+    blob, layout, (_ws, _gs, _) = plan([100], given=(np.array([4.0]), np.array([9.0])), mode=0)
+    n, nc = layout["n"], layout["num_chunks"]
+    assert results(blob, layout)[3][0] == 0.0  # before: the prefill for zero sums (θ·0 = 0)
+    C.emu_launch(blob, n, nc, 0, False, True, 4, 192 * 1024)
+    found, lam, w_s, g_s = C.ascend_read_back(blob, n, nc)
     assert not found and w_s[0] == 4.0 and g_s[0] == 9.0
     ref = lars_npu.reference.trust_ratio(4.0, 9.0, 1e-4, 0.1)
     np.testing.assert_allclose(lam[0], ref, rtol=1e-6)
-    part = blob[layout["partials"] :].view(np.float32)
-    part[8] = np.inf
-    found, lam, _, _ = native().ascend_read_back(blob, layout["n"], layout["num_chunks"])
-    assert found and np.isnan(lam).all()
+    assert lam[0] == results(blob, layout)[3][0]  # the kernel's own fp32 value
+    # a core's non-finite flag: found_inf, λ NaN, and the kernel writes nothing
+    blob, layout, (_ws, gs, _) = plan([100], given=(np.array([4.0]), np.array([np.nan])), mode=0)
+    before = gs[0].clone()
+    C.emu_launch(blob, n, nc, 0, False, True, 4, 192 * 1024)
+    found, lam, _, _ = C.ascend_read_back(blob, n, nc)
+    assert found and np.isnan(lam).all() and torch.equal(gs[0], before)
 
 
 def test_the_host_plan_takes_a_struct_with_named_fields():
@@ -236,6 +258,48 @@ def test_npu_backend_step_matches_emu(stand_in_npu, monkeypatch, dtype, fused):
     )  # fmt: skip
     assert nc == sum(-(-p.numel() // _ascend.CHUNK) for p in model.parameters())
     assert C.devices_entered == [torch.device("cpu")]  # launched under the tensors' device
+
+
+@pytest.mark.parametrize("bad", [False, True])
+def test_npu_backend_step_has_no_host_wait(stand_in_npu, monkeypatch, bad):
+    """multi_lars_ and fused_sgd_ on the npu path return found_inf and λ as tensors computed on
+    the device from the workspace (cores' flags, the kernel's λ table): the results region is
+    never copied back (read_back is never called), so nothing waits for the kernels."""
+    from lars_npu._fused import FusedCall
+
+    backend, C = stand_in_npu
+
+    def no_read_back(*args):
+        raise AssertionError("the npu step copied the results back to the host")
+
+    monkeypatch.setattr(C, "ascend_read_back", no_read_back)
+    gen = torch.Generator().manual_seed(3)
+    ws = [torch.randn(5000, generator=gen), torch.randn(300, generator=gen)]
+    gs = [torch.randn(5000, generator=gen) * 0.01, torch.randn(300, generator=gen) * 0.01]
+    if bad:
+        gs[1][7] = float("inf")
+    g0 = [g.clone() for g in gs]
+    res = backend.multi_lars_(ws, gs, [True, False], [1e-4, 1e-4], [0.1, 0.1], Hyper())
+    assert isinstance(res.found_inf, torch.Tensor) and res.found_inf.dim() == 0
+    assert bool(res.found_inf) == bad
+    if bad:
+        assert torch.isnan(res.trust_ratio).all()
+        assert all(torch.equal(a, b) for a, b in zip(g0, gs, strict=True))  # nothing written
+    else:
+        wn, gn = ws[0].double().numpy(), g0[0].double().numpy()
+        ref = lars_npu.reference.trust_ratio((wn**2).sum(), (gn**2).sum(), 1e-4, 0.1)
+        np.testing.assert_allclose(res.trust_ratio[0].item(), ref, rtol=1e-5)
+        assert res.trust_ratio[1].item() == 1.0  # not adapted
+    p, m = ws[0].clone(), torch.zeros(5000)
+    call = FusedCall(
+        params=[p], grads=[gs[1][:0].new_full((5000,), float("nan")) if bad else g0[0]],
+        bufs=[m], first=np.ones(1, np.uint8), adapt=np.ones(1, np.uint8),
+        has_m=np.ones(1, np.uint8), wd=np.array([1e-4]), lr=np.array([0.1]),
+        mu=np.array([0.9]), nesterov=np.zeros(1, np.uint8), hyper=Hyper(), cache={},
+    )  # fmt: skip
+    res = backend.fused_sgd_(call)
+    assert bool(res.found_inf) == bad
+    assert torch.equal(p, ws[0]) == bad  # skipped: untouched; else the step moved it
 
 
 def test_npu_backend_needs_a_visible_device(stand_in_npu, monkeypatch):

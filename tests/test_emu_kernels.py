@@ -284,6 +284,13 @@ def test_kernels_give_the_same_bytes_in_every_core_order(dtype, mode, block_dim)
     assert all(o == outs[0] for o in outs[1:])
 
 
+def test_block_count_is_at_most_the_workspaces_flag_slots():
+    x = [torch.ones(100)]
+    run(x, x, 0, block_dim=256)
+    with pytest.raises(ValueError, match="block_dim: at most 256"):
+        run(x, x, 0, block_dim=257)
+
+
 def test_emulation_refuses_unified_buffer_overflow():
     x = [torch.ones(100)]
     with pytest.raises(RuntimeError, match="Unified Buffer overflow"):

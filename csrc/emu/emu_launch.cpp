@@ -3,6 +3,7 @@
 #include <cstring>
 #include <memory>
 #include <stdexcept>
+#include <string>
 
 #include "../npu/lars_staging.h"
 #include "kernel_operator.h"
@@ -39,6 +40,11 @@ void launch(uint8_t* ws, const Layout& L, int dtype, bool run_sq, bool run_updat
             int64_t block_dim, int64_t ub_bytes, int64_t core_order,
             std::vector<uint64_t>* counters) {
   if (dtype != 0 && dtype != 1) throw std::invalid_argument("dtype: fp32 (0) or fp16 (1)");
+  if (block_dim > int64_t{lars_ascendc::kMaxCoreFlags}) {
+    throw std::invalid_argument("block_dim: at most " +
+                                std::to_string(lars_ascendc::kMaxCoreFlags) +
+                                " (one non-finite flag slot per core in the workspace)");
+  }
   std::vector<AscendC::emu::Counters> per_core;
   ScopedOptions options(core_order, counters != nullptr ? &per_core : nullptr);
   auto gm = [ws](uint64_t offset) { return reinterpret_cast<GM_ADDR>(ws + offset); };

@@ -127,9 +127,40 @@ class AscendKernelBackend:
         run_square_sums: bool,
         run_update: bool,
         device: torch.device,
-    ) -> None:
-        """Run the kernels on the workspace ``blob``; on return its partials are filled in."""
+    ) -> torch.Tensor | None:
+        """Run the kernels on the workspace ``blob``. Returns None when they ran on ``blob``
+        itself (its results region is filled in on return), or the device copy of the workspace,
+        whose results region the kernels fill asynchronously (on the NPU's stream)."""
         raise NotImplementedError
+
+    @staticmethod
+    def _outcome(
+        blob: np.ndarray, layout: dict[str, int], dev_ws: torch.Tensor | None
+    ) -> tuple[bool, np.ndarray, np.ndarray, np.ndarray]:
+        """(found_inf, λ, Σw², Σg²) on the host; with a device workspace, its results region is
+        copied back first, which waits for the kernels."""
+        if dev_ws is not None:
+            p = layout["partials"]
+            blob[p:] = dev_ws[p:].cpu().numpy()
+        return native().ascend_read_back(blob, layout["n"], layout["num_chunks"])
+
+    @classmethod
+    def _lazy_outcome(
+        cls, blob: np.ndarray, layout: dict[str, int], dev_ws: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """found_inf (0-dim bool) and λ (float64 per tensor, NaN when skipped) as tensors on the
+        workspace's device, computed there from the cores' flags and the λ table the update
+        kernel wrote (csrc/ascendc/lars_tiling.h): no host wait; it comes only when someone
+        reads them (``bool(found_inf)``, ``trust_ratio.tolist()``)."""
+        if dev_ws is None:
+            found, lam, _, _ = cls._outcome(blob, layout, None)
+            return torch.tensor(bool(found)), torch.from_numpy(np.asarray(lam, dtype=np.float64))
+        n, nc = layout["n"], layout["num_chunks"]
+        blocks = dev_ws[layout["partials"] :].view(torch.float32).view(-1, 8)[:, 0]
+        flags = blocks[2 * nc : 2 * nc + 256]  # 0, or NaN for a core that met inf/nan
+        found = torch.isnan(flags).any()
+        lam = blocks[2 * nc + 256 : 2 * nc + 256 + n].double()
+        return found, torch.where(found, torch.full_like(lam, float("nan")), lam)
 
     def _plan(
         self, ws, gs, ms, *, adapt, first, nesterov, wd, lr, mu, hyper: Hyper, mode, code, given
@@ -160,7 +191,7 @@ class AscendKernelBackend:
             step.given_ws, step.given_gs = given
         return native().ascend_plan(step)
 
-    def _run(
+    def _start(
         self,
         ws: list[torch.Tensor],
         gs: list[torch.Tensor],
@@ -176,18 +207,15 @@ class AscendKernelBackend:
         mode: int,
         given: tuple[np.ndarray, np.ndarray] | None = None,
         run_update: bool = True,
-    ) -> tuple[bool, np.ndarray, np.ndarray, np.ndarray]:
-        """One launch pair over contiguous tensors of one dtype: (found_inf, λ, Σw², Σg²)."""
-        n = len(gs)
-        if n == 0:
-            z = np.zeros(0)
-            return False, z, z, z
+    ) -> tuple[np.ndarray, dict[str, int], torch.Tensor | None]:
+        """One launch pair over contiguous, aligned tensors of one dtype (n ≥ 1): the workspace,
+        its layout and, on a device, its device copy (see ``_launch``)."""
         code = dtype_code([*ws, *gs, *(m for m in ms if m is not None)], self.name)
         blob, layout = self._plan(
             ws, gs, ms, adapt=adapt, first=first, nesterov=nesterov, wd=wd, lr=lr, mu=mu,
             hyper=hyper, mode=mode, code=code, given=given,
         )  # fmt: skip
-        self._launch(
+        dev_ws = self._launch(
             blob,
             layout,
             code,
@@ -195,7 +223,33 @@ class AscendKernelBackend:
             run_update=run_update,
             device=gs[0].device,
         )
-        return native().ascend_read_back(blob, layout["n"], layout["num_chunks"])
+        return blob, layout, dev_ws
+
+    def _run(
+        self,
+        ws: list[torch.Tensor],
+        gs: list[torch.Tensor],
+        ms: list[torch.Tensor | None],
+        **kw: Any,
+    ) -> tuple[bool, np.ndarray, np.ndarray, np.ndarray]:
+        """``_start``, then its outcome on the host: (found_inf, λ, Σw², Σg²)."""
+        if not gs:
+            z = np.zeros(0)
+            return False, z, z, z
+        return self._outcome(*self._start(ws, gs, ms, **kw))
+
+    def _run_lazy(
+        self,
+        ws: list[torch.Tensor],
+        gs: list[torch.Tensor],
+        ms: list[torch.Tensor | None],
+        device: torch.device,
+        **kw: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_start``, then found_inf and λ as tensors on the device, without waiting."""
+        if not gs:
+            return torch.tensor(False, device=device), torch.zeros(0, dtype=torch.float64)
+        return self._lazy_outcome(*self._start(ws, gs, ms, **kw))
 
     # -- the backend protocol (base.Backend) --
     def square_sum_all(
@@ -252,13 +306,16 @@ class AscendKernelBackend:
         fp32_inputs(epsilon=hyper.epsilon, coefficient=hyper.coefficient)
         ws = [aligned(w) for w in weights]
         gs = [aligned(g) for g in grads]
-        found, lam, _, _ = self._run(
-            ws, gs, [None] * n, adapt=adapt, first=[False] * n, nesterov=[False] * n,
+        device = grads[0].device if grads else torch.device("cpu")
+        found, lam = self._run_lazy(
+            ws, gs, [None] * n, device, adapt=adapt, first=[False] * n, nesterov=[False] * n,
             wd=weight_decays, lr=lrs, mu=[0.0] * n, hyper=hyper, mode=0,
         )  # fmt: skip
-        if not found:
+        # Staged copies (views, misaligned tensors) go back only when the step ran: the one case
+        # that waits for the kernels here.
+        if any(c is not g for c, g in zip(gs, grads, strict=True)) and not bool(found):
             unstage_grads(grads, gs)
-        return self._result(found, lam, grads)
+        return MultiResult(found, lam)
 
     def fused_sgd_(self, call: FusedCall) -> MultiResult:
         fp32_per_tensor(weight_decay=call.wd, lr=call.lr, momentum=call.mu)
@@ -267,13 +324,18 @@ class AscendKernelBackend:
         ws = [aligned(w) for w in ws]  # unstage_step copies back whatever is a copy
         gs = [aligned(g) for g in gs]
         ms = [None if m is None else aligned(m) for m in ms]
-        found, lam, _, _ = self._run(
-            ws, gs, ms, adapt=call.adapt, first=call.first, nesterov=call.nesterov, wd=call.wd,
-            lr=call.lr, mu=call.mu, hyper=call.hyper, mode=1,
+        device = call.grads[0].device if call.grads else torch.device("cpu")
+        found, lam = self._run_lazy(
+            ws, gs, ms, device, adapt=call.adapt, first=call.first, nesterov=call.nesterov,
+            wd=call.wd, lr=call.lr, mu=call.mu, hyper=call.hyper, mode=1,
         )  # fmt: skip
-        if not found:
+        staged = any(
+            w.data_ptr() != p.data_ptr() or w.stride() != p.stride()
+            for w, p in zip(ws, call.params, strict=True)
+        ) or any(m is not b for m, b in zip(ms, call.bufs, strict=True) if m is not None)
+        if staged and not bool(found):  # copies back only when the step ran (a wait, rare)
             unstage_step(call, ws, ms)
-        return self._result(found, lam, call.grads)
+        return MultiResult(found, lam)
 
     # -- multi-tensor pieces, for callers that combine the sums across processes (ShardedLARS) --
     def square_sums(
@@ -323,10 +385,3 @@ class AscendKernelBackend:
         if not found:
             unstage_grads(grads, gs)
         return bool(found), np.asarray(lam, dtype=np.float64)
-
-    @staticmethod
-    def _result(found: bool, lam: np.ndarray, grads: list[torch.Tensor]) -> MultiResult:
-        device = grads[0].device if grads else torch.device("cpu")
-        return MultiResult(
-            torch.tensor(bool(found), device=device), torch.from_numpy(np.asarray(lam))
-        )
