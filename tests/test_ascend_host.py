@@ -302,6 +302,43 @@ def test_npu_backend_step_has_no_host_wait(stand_in_npu, monkeypatch, bad):
     assert torch.equal(p, ws[0]) == bad  # skipped: untouched; else the step moved it
 
 
+@pytest.mark.parametrize("bad", [None, 0, 1])
+def test_mixed_fp32_fp16_lists_launch_once_per_dtype_group(stand_in_npu, bad):
+    """fp32 and fp16 tensors in one call: grouped by dtype, a square-sums launch per group, then
+    (every group's Σg² finite) an update launch per group with those sums — never tensor by
+    tensor, never torch ops. A non-finite gradient in either group: nothing written anywhere."""
+    backend, C = stand_in_npu
+    gen = torch.Generator().manual_seed(4)
+    dts = [torch.float32, torch.float16, torch.float32, torch.float16]
+    ws = [torch.randn(3000 + 7 * i, generator=gen).to(d) for i, d in enumerate(dts)]
+    gs = [(torch.randn(3000 + 7 * i, generator=gen) * 0.01).to(d) for i, d in enumerate(dts)]
+    if bad is not None:
+        gs[bad][5] = float("nan")
+    g0 = [g.clone() for g in gs]
+    adapt = [True, True, False, True]
+    res = backend.multi_lars_(ws, gs, adapt, [1e-4] * 4, [0.1] * 4, Hyper())
+    calls = [(n, code, sq, up) for _, n, _, code, sq, up, _ in C.calls]
+    if bad is not None:
+        assert bool(res.found_inf) and torch.isnan(res.trust_ratio).all()
+        assert calls == [(2, 0, True, False), (2, 1, True, False)]  # sums only
+        for a, b in zip(g0, gs, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+        return
+    assert calls == [(2, 0, True, False), (2, 1, True, False), (2, 0, False, True),
+                     (2, 1, False, True)]  # fmt: skip
+    assert not bool(res.found_inf)
+    for i in range(4):
+        wn, gn = ws[i].double().numpy(), g0[i].double().numpy()
+        if adapt[i]:
+            ref = lars_npu.reference.lars_update(wn, gn, (wn**2).sum(), (gn**2).sum(), 1e-4, 0.1)
+            lam = lars_npu.reference.trust_ratio((wn**2).sum(), (gn**2).sum(), 1e-4, 0.1)
+            assert res.trust_ratio[i].item() == pytest.approx(lam, rel=1e-5)
+        else:
+            ref = gn
+        tol = 2e-5 if dts[i] == torch.float32 else 2e-3
+        np.testing.assert_allclose(gs[i].double().numpy(), ref, rtol=tol, atol=1e-7)
+
+
 def test_npu_backend_needs_a_visible_device(stand_in_npu, monkeypatch):
     fake = types.SimpleNamespace(npu=types.SimpleNamespace(device_count=lambda: 0))
     monkeypatch.setattr(npu_mod, "torch_npu", lambda: fake)

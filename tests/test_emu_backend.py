@@ -209,3 +209,28 @@ def test_odd_offset_views_in_functional_ops_on_emu():
         w.double().numpy(), g.double().numpy(), float(w_s), float(g_s), 1e-3, 0.1
     )
     np.testing.assert_allclose(out.double().numpy(), ref, rtol=2e-5, atol=1e-9)
+
+
+def test_mixed_fp32_fp16_model_fused_step_on_emu():
+    """A model with fp32 and fp16 parameters: the fused step runs on the kernels in two dtype
+    groups and matches the NumPy reference backend."""
+    results = []
+    for backend in ("emu", "numpy"):
+        torch.manual_seed(0)
+        a = nn.Parameter(torch.randn(300, 7))
+        b = nn.Parameter(torch.randn(5000).half())
+        opt = LARS(
+            torch.optim.SGD([("a", a), ("b", b)], lr=0.1, momentum=0.9, weight_decay=1e-4),
+            backend=backend,
+            fused=True,
+        )
+        for t in range(3):
+            gen = torch.Generator().manual_seed(t)
+            a.grad = torch.randn(300, 7, generator=gen) * 0.01
+            b.grad = (torch.randn(5000, generator=gen) * 0.01).half()
+            opt.step()
+        results.append((a.detach().clone(), b.detach().float().clone(), opt.trust_ratios()))
+    (a1, b1, l1), (a2, b2, l2) = results
+    torch.testing.assert_close(a1, a2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b1, b2, rtol=4e-3, atol=1e-3)
+    assert l1.keys() == l2.keys() and all(abs(l1[k] - l2[k]) <= 1e-3 * l2[k] for k in l1)

@@ -107,6 +107,32 @@ def step_args(**fields: Any) -> Any:
     return step
 
 
+def dtype_groups(ws: list[torch.Tensor], gs: list[torch.Tensor], backend: str) -> list[list[int]]:
+    """Tensor indices grouped by dtype, fp32 first (each group: one launch pair), for lists whose
+    every weight and gradient is fp32 or fp16 with the two alike; TypeError otherwise."""
+    groups: dict[int, list[int]] = {}
+    for i, (w, g) in enumerate(zip(ws, gs, strict=True)):
+        code = CODES.get(w.dtype)
+        if code is None or g.dtype != w.dtype:
+            raise TypeError(
+                f"the {backend} backend (AscendC kernels) takes float32 and float16 tensors, each "
+                f"weight with a gradient of its dtype; tensor {i}: {w.dtype}, {g.dtype}"
+            )
+        groups.setdefault(code, []).append(i)
+    return [groups[c] for c in sorted(groups)]
+
+
+def kernel_pairs_ok(
+    ws: list[torch.Tensor], gs: list[torch.Tensor], *, cast_grads: bool = False
+) -> bool:
+    """Whether the kernels can take these (weight, gradient) pairs, in dtype groups: every weight
+    fp32 or fp16, each gradient of its weight's dtype (any of the two with ``cast_grads``)."""
+    return all(
+        w.dtype in CODES and (g.dtype == w.dtype or (cast_grads and g.dtype in CODES))
+        for w, g in zip(ws, gs, strict=True)
+    )
+
+
 def kernel_dtypes_ok(ts: list[torch.Tensor]) -> bool:
     """Whether one kernel launch can take these tensors (all fp32 or all fp16)."""
     return len({t.dtype for t in ts}) <= 1 and all(t.dtype in CODES for t in ts)
@@ -304,6 +330,11 @@ class AscendKernelBackend:
         # the kernels take these in fp32: out of its range they would become inf or 0 there
         fp32_per_tensor(weight_decays=weight_decays, lrs=lrs)
         fp32_inputs(epsilon=hyper.epsilon, coefficient=hyper.coefficient)
+        groups = dtype_groups(weights, grads, self.name)
+        if len(groups) > 1:
+            return self._multi_lars_grouped(
+                weights, grads, adapt, weight_decays, lrs, hyper, groups
+            )
         ws = [aligned(w) for w in weights]
         gs = [aligned(g) for g in grads]
         device = grads[0].device if grads else torch.device("cpu")
@@ -322,8 +353,14 @@ class AscendKernelBackend:
         fp32_inputs(epsilon=call.hyper.epsilon, coefficient=call.hyper.coefficient)
         ws, gs, ms = stage_step(call)  # buffers in the parameter's dtype, like the CPU path
         ws = [aligned(w) for w in ws]  # unstage_step copies back whatever is a copy
-        gs = [aligned(g) for g in gs]
+        # the kernels read g in the parameter's dtype (callers that allow other gradient dtypes)
+        gs = [
+            aligned(g if g.dtype == w.dtype else g.to(w.dtype)) for g, w in zip(gs, ws, strict=True)
+        ]
         ms = [None if m is None else aligned(m) for m in ms]
+        groups = dtype_groups(ws, gs, self.name)
+        if len(groups) > 1:
+            return self._fused_grouped(call, ws, gs, ms, groups)
         device = call.grads[0].device if call.grads else torch.device("cpu")
         found, lam = self._run_lazy(
             ws, gs, ms, device, adapt=call.adapt, first=call.first, nesterov=call.nesterov,
@@ -336,6 +373,64 @@ class AscendKernelBackend:
         if staged and not bool(found):  # copies back only when the step ran (a wait, rare)
             unstage_step(call, ws, ms)
         return MultiResult(found, lam)
+
+    # -- mixed fp32 / fp16 lists: one launch pair per dtype group, as apex groups per dtype --
+    def _sums_of_groups(
+        self, ws: list[torch.Tensor], gs: list[torch.Tensor], adapt: Any, groups: list[list[int]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Σw², Σg² of every tensor: one square-sums launch per group (read back: the decision
+        whether any group may write needs every group's sums, so mixed lists wait here)."""
+        w_s, g_s = np.zeros(len(gs)), np.zeros(len(gs))
+        for idx in groups:
+            sums = self.square_sums(
+                [ws[i] for i in idx], [gs[i] for i in idx], [adapt[i] for i in idx]
+            )
+            assert sums is not None  # one dtype per group
+            w_s[idx], g_s[idx] = sums
+        return w_s, g_s
+
+    def _multi_lars_grouped(
+        self, weights, grads, adapt, weight_decays, lrs, hyper, groups
+    ) -> MultiResult:
+        device = grads[0].device
+        w_s, g_s = self._sums_of_groups(weights, grads, adapt, groups)
+        if not np.isfinite(g_s).all():  # no group writes anything
+            return MultiResult(
+                torch.tensor(True, device=device),
+                torch.full((len(grads),), float("nan"), dtype=torch.float64),
+            )
+        lam = np.ones(len(grads))
+        for idx in groups:  # the update kernel per group, with the sums as given
+            res = self.lars_rewrite_given_(
+                [weights[i] for i in idx], [grads[i] for i in idx], [adapt[i] for i in idx],
+                w_s[idx], g_s[idx], [weight_decays[i] for i in idx], [lrs[i] for i in idx],
+                hyper,
+            )  # fmt: skip
+            assert res is not None and not res[0]
+            lam[idx] = res[1]
+        return MultiResult(torch.tensor(False, device=device), torch.from_numpy(lam))
+
+    def _fused_grouped(self, call: FusedCall, ws, gs, ms, groups) -> MultiResult:
+        device = call.grads[0].device
+        w_s, g_s = self._sums_of_groups(ws, gs, call.adapt, groups)
+        if not np.isfinite(g_s).all():
+            return MultiResult(
+                torch.tensor(True, device=device),
+                torch.full((len(ws),), float("nan"), dtype=torch.float64),
+            )
+        fp32_per_tensor(norm_weight=w_s, norm_gradient=g_s)
+        lam = np.ones(len(ws))
+        for idx in groups:
+            pick = lambda xs, idx=idx: [xs[i] for i in idx]  # noqa: E731
+            found, lam_g, _, _ = self._run(
+                pick(ws), pick(gs), pick(ms), adapt=pick(call.adapt), first=pick(call.first),
+                nesterov=pick(call.nesterov), wd=pick(call.wd), lr=pick(call.lr),
+                mu=pick(call.mu), hyper=call.hyper, mode=1, given=(w_s[idx], g_s[idx]),
+            )  # fmt: skip
+            assert not found
+            lam[idx] = lam_g
+        unstage_step(call, ws, ms)
+        return MultiResult(torch.tensor(False, device=device), torch.from_numpy(lam))
 
     # -- multi-tensor pieces, for callers that combine the sums across processes (ShardedLARS) --
     def square_sums(

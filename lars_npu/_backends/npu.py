@@ -9,7 +9,8 @@ the kernels in the backend (except to copy staged views back, which needs the de
 wait comes when someone reads them — today the optimizer does, ``bool(found_inf)`` in
 ``LARS._finish``, to decide whether the inner optimizer steps.
 
-Tensors the kernels do not take (bfloat16, float64, or fp32 and fp16 mixed in one call) run on
+Lists that mix fp32 and fp16 are grouped by dtype, one launch pair per group (as apex's fused
+optimizers group per dtype). Calls with tensors the kernels do not take (bfloat16, float64) run on
 the ``torch`` backend's ops on the same device instead: correct everywhere, not fused.
 
 Written for CANN and torch_npu, and tested on lars_npu's CI only through the shared code path on
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ._ascend import AscendKernelBackend, kernel_dtypes_ok
+from ._ascend import AscendKernelBackend, kernel_dtypes_ok, kernel_pairs_ok
 from ._native import native, native_error, torch_npu, torch_npu_error
 from .base import Hyper, MultiResult
 from .torch_ import TorchBackend
@@ -141,11 +142,12 @@ class NpuBackend(AscendKernelBackend):
         lrs: list[float],
         hyper: Hyper,
     ) -> MultiResult:
-        if not kernel_dtypes_ok([*weights, *grads]):
+        # fp32 and fp16 (mixed too: one launch pair per dtype group) on the kernels
+        if not kernel_pairs_ok(weights, grads):
             return self._torch.multi_lars_(weights, grads, adapt, weight_decays, lrs, hyper)
         return super().multi_lars_(weights, grads, adapt, weight_decays, lrs, hyper)
 
     def fused_sgd_(self, call: FusedCall) -> MultiResult:
-        if not kernel_dtypes_ok([*call.params, *call.grads]):
+        if not kernel_pairs_ok(call.params, call.grads, cast_grads=True):
             return self._torch.fused_sgd_(call)
         return super().fused_sgd_(call)
