@@ -52,7 +52,8 @@ def test_workspace_layout_is_aligned_and_sized():
     assert layout["partials"] % 32 == 0 and layout["bytes"] % 32 == 0
     # results: a 32-byte block per chunk for Σw² and one for Σg², one per core for its
     # non-finite flag (256 at most), one per tensor for λ
-    assert layout["bytes"] - layout["partials"] == 32 * (2 * chunks + 256 + len(sizes))
+    slots = _ascend.FLAG_SLOTS  # = kMaxCoreFlags of lars_tiling.h
+    assert layout["bytes"] - layout["partials"] == 32 * (2 * chunks + slots + len(sizes))
     sums_and_flags = blob[layout["partials"] : layout["partials"] + 32 * (2 * chunks + 256)]
     assert not sums_and_flags.any()  # start at zero: no stale flag, whatever ran before
 

@@ -40,6 +40,10 @@ CHUNK = 16384
 
 CODES = {torch.float32: 0, torch.float16: 1}
 
+# The workspace's results region, in 32-byte blocks (csrc/ascendc/lars_tiling.h): Σw² per chunk,
+# Σg² per chunk, FLAG_SLOTS core flags (kMaxCoreFlags), λ per tensor.
+FLAG_SLOTS = 256
+
 # Every tensor's base address in global memory, as the kernels need it (lars_host_plan.h: each
 # DMA starts 32-byte aligned; chunk and tile offsets keep it so from the base).
 GM_ALIGN = 32
@@ -183,9 +187,9 @@ class AscendKernelBackend:
             return torch.tensor(bool(found)), torch.from_numpy(np.asarray(lam, dtype=np.float64))
         n, nc = layout["n"], layout["num_chunks"]
         blocks = dev_ws[layout["partials"] :].view(torch.float32).view(-1, 8)[:, 0]
-        flags = blocks[2 * nc : 2 * nc + 256]  # 0, or NaN for a core that met inf/nan
+        flags = blocks[2 * nc : 2 * nc + FLAG_SLOTS]  # 0, or NaN for a core that met inf/nan
         found = torch.isnan(flags).any()
-        lam = blocks[2 * nc + 256 : 2 * nc + 256 + n].double()
+        lam = blocks[2 * nc + FLAG_SLOTS : 2 * nc + FLAG_SLOTS + n].double()
         return found, torch.where(found, torch.full_like(lam, float("nan")), lam)
 
     def _plan(
