@@ -300,7 +300,8 @@ def check_written(t: torch.Tensor, label: str) -> None:
     check_storage(t, label)
     if torch._debug_has_internal_overlap(t) == 1:
         raise ValueError(
-            f"{label} has overlapping elements (e.g. from expand()); it cannot be written in place"
+            f"{label} has overlapping elements (e.g. from expand()); it cannot be written in "
+            "place"
         )
 
 
