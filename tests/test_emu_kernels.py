@@ -152,7 +152,9 @@ def test_kernels_relying_on_a_naive_reduce_sum_fail(case, message):
     """ReduceSum as on A2 (dav_c220): the work tensor is never written, and the sum is a pairwise
     tree per 64-lane repeat: a kernel that reads partials from the work tensor, or expects the
     bits of a sequential sum, gets wrong results. The "ok" case uses ReduceSum into a VECOUT
-    buffer and copies it out with no sync of its own: the call orders S -> MTE3 itself."""
+    buffer and copies it out with no sync of its own (the call orders S -> MTE3 itself), and
+    reduces into a buffer MTE3 was copying out after an MTE3 -> S wait only (dst is the scalar
+    unit's store on A2; the previous emulation wrote it on V and refused that right kernel)."""
     native().emu_selftest("ok")
     with pytest.raises(RuntimeError, match=message):
         native().emu_selftest(case)

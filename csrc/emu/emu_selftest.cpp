@@ -244,6 +244,21 @@ void selftest(const std::string& which) {
       if (gm_data[32] != 40.0f || gm_data[33] != 0.5f) {
         throw std::logic_error("selftest ok: wrong data (ReduceSum)");
       }
+      // ReduceSum's dst is written by the scalar unit only (vcadd reads src; the accumulator is
+      // stored by S): reducing into a buffer that MTE3 is copying out needs MTE3 -> S, not
+      // MTE3 -> V (the previous emulation, which wrote dst on V, refused this right kernel)
+      AscendC::TQue<AscendC::TPosition::VECOUT, 1> red2;
+      pipe.InitBuffer(red2, 1, 64 * sizeof(float));
+      AscendC::LocalTensor<float> r2 = red2.AllocTensor<float>();
+      AscendC::Duplicate(r2, 1.0f, 64);
+      red2.EnQue(r2);
+      r2 = red2.DeQue<float>();
+      AscendC::DataCopy(gm[40], r2, 8);  // MTE3 reads r2 ...
+      AscendC::SetFlag<AscendC::HardEvent::MTE3_S>(0);
+      AscendC::WaitFlag<AscendC::HardEvent::MTE3_S>(0);
+      AscendC::ReduceSum(r2, r2[8], r2, 56);  // ... and only then the scalar store into it
+      if (r2.GetValue(0) != 56.0f) throw std::logic_error("selftest ok: wrong data (ReduceSum 2)");
+      red2.FreeTensor(r2);
       // scalar reads of GM after the data cache maintenance they need: the entire cache after
       // the DMA writes, and a single line
       AscendC::SetFlag<AscendC::HardEvent::MTE3_S>(0);
