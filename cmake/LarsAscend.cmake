@@ -30,18 +30,49 @@ set(LARS_NPU_HAVE_CANN OFF)
 set(LARS_NPU_CANN_SOURCES "")
 set(LARS_NPU_CANN_DEFINITIONS "")
 
+# The directory of CANN's AscendC CMake rules (ascendc.cmake, which defines ascendc_library):
+# compiler/tikcpp/… (CANN 8.0 and older), tools/tikcpp/…, or <arch>-linux/tikcpp/… (toolkits
+# whose AscendC part is the asc-devkit package). Empty when none exists under `root`.
+function(_lars_ascendc_cmake_dir root out)
+  string(TOLOWER "${CMAKE_SYSTEM_PROCESSOR}" arch)
+  foreach(sub compiler/tikcpp tools/tikcpp ${arch}-linux/tikcpp)
+    if(root AND EXISTS "${root}/${sub}/ascendc_kernel_cmake/ascendc.cmake")
+      set(${out} "${root}/${sub}/ascendc_kernel_cmake" PARENT_SCOPE)
+      return()
+    endif()
+  endforeach()
+  set(${out} "" PARENT_SCOPE)
+endfunction()
+
 function(_lars_cann_root out)
   set(candidates "${ASCEND_CANN_PACKAGE_PATH}" "$ENV{ASCEND_CANN_PACKAGE_PATH}"
                  "$ENV{ASCEND_HOME_PATH}" "$ENV{ASCEND_TOOLKIT_HOME}"
                  "/usr/local/Ascend/ascend-toolkit/latest")
   foreach(dir IN LISTS candidates)
-    if(dir AND (EXISTS "${dir}/compiler/tikcpp/ascendc_kernel_cmake/ascendc.cmake" OR
-                EXISTS "${dir}/tools/tikcpp/ascendc_kernel_cmake/ascendc.cmake"))
+    _lars_ascendc_cmake_dir("${dir}" rules)
+    if(rules)
       set(${out} "${dir}" PARENT_SCOPE)
       return()
     endif()
   endforeach()
   set(${out} "" PARENT_SCOPE)
+endfunction()
+
+# Whether CANN's ascendc_library() builds RUN_MODE=cpu itself: newer AscendC CMake rules
+# (asc-devkit cmake/asc/legacy_modules/function.cmake) find tikicpulib and generate the CPU-debug
+# launch stubs (aclrtlaunch_<kernel> calling ICPU_RUN_KF) when RUN_MODE is cpu; older ones only
+# build for the device. Told apart by whether the rules name tikicpulib at all.
+function(_lars_ascendc_handles_cpu rules out)
+  set(result OFF)
+  foreach(f ascendc.cmake function.cmake legacy_modules/function.cmake)
+    if(EXISTS "${rules}/${f}")
+      file(READ "${rules}/${f}" text)
+      if(text MATCHES "tikicpulib")
+        set(result ON)
+      endif()
+    endif()
+  endforeach()
+  set(${out} ${result} PARENT_SCOPE)
 endfunction()
 
 # CANN's version, from the toolkit's install info ("version=8.0.RC2") or version.cfg.
@@ -95,23 +126,35 @@ if(NOT LARS_NPU_CANN STREQUAL "OFF")
     message(STATUS "lars_npu: CANN ${_cann_version} at ${_cann_root}, SOC_VERSION=${SOC_VERSION}, "
                    "RUN_MODE=${RUN_MODE}")
     set(_kernels ${CMAKE_CURRENT_SOURCE_DIR}/csrc/ascendc/lars_kernels.cpp)
+    _lars_ascendc_cmake_dir("${_cann_root}" _ascendc_cmake_dir)
 
     if(RUN_MODE STREQUAL "cpu")
-      # CANN's CPU debug library runs the kernels as host code.
-      find_package(tikicpulib REQUIRED HINTS "${_cann_root}/tools/tikicpulib/lib/cmake")
-      add_library(lars_ascendc SHARED ${_kernels})
-      target_link_libraries(lars_ascendc PUBLIC tikicpulib::${SOC_VERSION})
-      target_compile_options(lars_ascendc PRIVATE -g -O0)
+      # CANN's CPU debug library (tikicpulib) runs the kernels as host code. Its package config
+      # is tools/cpudebug/cmake/tikicpulib-config.cmake in newer toolkits (the asc-tools
+      # package), tools/tikicpulib/lib/cmake in older ones.
+      find_package(tikicpulib REQUIRED
+                   HINTS "${_cann_root}/tools/cpudebug/cmake"
+                         "${_cann_root}/tools/cpudebug/lib64/cmake"
+                         "${_cann_root}/tools/tikicpulib/lib/cmake")
+      message(STATUS "lars_npu: tikicpulib (CANN's CPU debug library) from ${tikicpulib_DIR}")
+      _lars_ascendc_handles_cpu("${_ascendc_cmake_dir}" _rules_do_cpu)
+      if(_rules_do_cpu)
+        # newer rules build the cpu mode themselves (and find tikicpulib through the
+        # tikicpulib_DIR found above)
+        message(STATUS "lars_npu: RUN_MODE=cpu through CANN's ascendc_library")
+        include(${_ascendc_cmake_dir}/ascendc.cmake)
+        ascendc_library(lars_ascendc SHARED ${_kernels})
+      else()
+        message(STATUS "lars_npu: RUN_MODE=cpu as a host library linked to tikicpulib")
+        add_library(lars_ascendc SHARED ${_kernels})
+        target_link_libraries(lars_ascendc PUBLIC tikicpulib::${SOC_VERSION})
+        target_compile_options(lars_ascendc PRIVATE -g -O0)
+      endif()
       set(LARS_NPU_CANN_SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/csrc/npu/lars_cann_cpu_runner.cpp)
       set(LARS_NPU_CANN_DEFINITIONS LARS_NPU_CANN_HOST_RUNNER LARS_NPU_RUN_MODE_CPU)
     else()
       # npu and sim: CANN's AscendC rules compile the kernels for the AI cores and generate
       # aclrtlaunch_<kernel>.h launch functions for the host.
-      if(EXISTS "${_cann_root}/compiler/tikcpp/ascendc_kernel_cmake/ascendc.cmake")
-        set(_ascendc_cmake_dir "${_cann_root}/compiler/tikcpp/ascendc_kernel_cmake")
-      else()
-        set(_ascendc_cmake_dir "${_cann_root}/tools/tikcpp/ascendc_kernel_cmake")
-      endif()
       include(${_ascendc_cmake_dir}/ascendc.cmake)
       ascendc_library(lars_ascendc STATIC ${_kernels})
       set(LARS_NPU_CANN_SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/csrc/npu/lars_npu_launch.cpp)

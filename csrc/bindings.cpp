@@ -269,60 +269,61 @@ py::tuple plan_step(CheckedPlan& cp, const py::list& w_obj, const py::list& g_ob
 // ---- AscendC kernels: host tiling, and the launchers (emulation; NPU and CANN when built) ----
 namespace host = lars_ascendc::host;
 
-host::StepArgs step_args(const I64& w_ptr, const I64& g_ptr, const I64& m_ptr, const I64& numel,
-                         const U8& adapt, const U8& has_m, const U8& first, const U8& nesterov,
-                         const F64& wd, const F64& lr, const F64& mu, double epsilon,
-                         double coefficient, bool use_clip, bool guard_zero_norm, int dtype,
-                         int mode, uint32_t tile_sq, uint32_t tile_up, int64_t chunk_elems,
-                         const F64& given_ws, const F64& given_gs) {
-  const py::ssize_t n = numel.shape(0);
-  for (const py::array* arr : {static_cast<const py::array*>(&w_ptr),
-                               static_cast<const py::array*>(&g_ptr),
-                               static_cast<const py::array*>(&m_ptr),
-                               static_cast<const py::array*>(&adapt),
-                               static_cast<const py::array*>(&has_m),
-                               static_cast<const py::array*>(&first),
-                               static_cast<const py::array*>(&nesterov),
-                               static_cast<const py::array*>(&wd),
-                               static_cast<const py::array*>(&lr),
-                               static_cast<const py::array*>(&mu)}) {
-    check_len(*arr, n, "per-tensor arguments");
-  }
-  host::StepArgs a;
-  auto u64 = [n](const I64& p) {
-    std::vector<uint64_t> v(static_cast<size_t>(n));
-    for (py::ssize_t i = 0; i < n; ++i) v[static_cast<size_t>(i)] = uint64_t(p.data()[i]);
-    return v;
-  };
-  auto f32 = [n](const F64& x) { return std::vector<float>(x.data(), x.data() + n); };
-  a.w = u64(w_ptr);
-  a.g = u64(g_ptr);
-  a.m = u64(m_ptr);
-  a.numel.assign(numel.data(), numel.data() + n);
-  a.adapt.assign(adapt.data(), adapt.data() + n);
-  a.has_m.assign(has_m.data(), has_m.data() + n);
-  a.first.assign(first.data(), first.data() + n);
-  a.nesterov.assign(nesterov.data(), nesterov.data() + n);
-  a.wd = f32(wd);
-  a.lr = f32(lr);
-  a.mu = f32(mu);
-  a.epsilon = static_cast<float>(epsilon);
-  a.coefficient = static_cast<float>(coefficient);
-  a.use_clip = use_clip;
-  a.guard_zero_norm = guard_zero_norm;
-  a.dtype = dtype;
-  a.mode = mode;
-  a.tile_sq = tile_sq;
-  a.tile_up = tile_up;
-  a.chunk_elems = chunk_elems;
-  if (given_ws.shape(0) > 0) {
-    check_len(given_ws, n, "given_ws");
-    check_len(given_gs, n, "given_gs");
-    a.given_ws = f32(given_ws);
-    a.given_gs = f32(given_gs);
-  }
-  host::validate(a);
-  return a;
+// The host plan's input, host::StepArgs, as a Python object with one named field per member
+// (per-tensor fields as 1-D numpy arrays): _C.AscendStep. No positional argument lists.
+template <typename T, typename Py>
+void vec_field(py::class_<host::StepArgs>& cls, const char* name,
+               std::vector<T> host::StepArgs::*field, const char* doc) {
+  cls.def_property(
+      name,
+      [field](const host::StepArgs& a) {
+        const std::vector<T>& v = a.*field;
+        py::array_t<Py> out(static_cast<py::ssize_t>(v.size()));
+        for (size_t i = 0; i < v.size(); ++i) out.mutable_data()[i] = static_cast<Py>(v[i]);
+        return out;
+      },
+      [field, name](host::StepArgs& a,
+                    const py::array_t<Py, py::array::c_style | py::array::forcecast>& v) {
+        if (v.ndim() != 1) throw std::invalid_argument(std::string(name) + ": a 1-D array");
+        std::vector<T>& dst = a.*field;
+        dst.resize(static_cast<size_t>(v.shape(0)));
+        for (py::ssize_t i = 0; i < v.shape(0); ++i) {
+          dst[static_cast<size_t>(i)] = static_cast<T>(v.data()[i]);
+        }
+      },
+      doc);
+}
+
+void bind_step_args(py::module_& m) {
+  py::class_<host::StepArgs> cls(
+      m, "AscendStep",
+      "Everything one AscendC kernel step needs (csrc/ascendc/lars_host_plan.h StepArgs), by "
+      "name: per-tensor fields are 1-D arrays of one length (checked by ascend_plan).");
+  cls.def(py::init<>());
+  vec_field<uint64_t, int64_t>(cls, "w", &host::StepArgs::w, "weight data addresses");
+  vec_field<uint64_t, int64_t>(cls, "g", &host::StepArgs::g, "gradient data addresses");
+  vec_field<uint64_t, int64_t>(cls, "m", &host::StepArgs::m,
+                               "momentum buffer addresses (0: none)");
+  vec_field<int64_t, int64_t>(cls, "numel", &host::StepArgs::numel, "elements per tensor");
+  vec_field<uint8_t, uint8_t>(cls, "adapt", &host::StepArgs::adapt, "LARS adapts the tensor");
+  vec_field<uint8_t, uint8_t>(cls, "has_m", &host::StepArgs::has_m, "the tensor has momentum");
+  vec_field<uint8_t, uint8_t>(cls, "first", &host::StepArgs::first, "first momentum step");
+  vec_field<uint8_t, uint8_t>(cls, "nesterov", &host::StepArgs::nesterov, "nesterov momentum");
+  vec_field<float, double>(cls, "wd", &host::StepArgs::wd, "weight decay (fp32 in the kernel)");
+  vec_field<float, double>(cls, "lr", &host::StepArgs::lr, "learning rate (fp32)");
+  vec_field<float, double>(cls, "mu", &host::StepArgs::mu, "momentum (fp32)");
+  vec_field<float, double>(cls, "given_ws", &host::StepArgs::given_ws,
+                           "given Σw² per tensor (MindSpore LARSUpdate), or empty");
+  vec_field<float, double>(cls, "given_gs", &host::StepArgs::given_gs, "given Σg², or empty");
+  cls.def_readwrite("epsilon", &host::StepArgs::epsilon)
+      .def_readwrite("coefficient", &host::StepArgs::coefficient)
+      .def_readwrite("use_clip", &host::StepArgs::use_clip)
+      .def_readwrite("guard_zero_norm", &host::StepArgs::guard_zero_norm)
+      .def_readwrite("dtype", &host::StepArgs::dtype, "0 fp32, 1 fp16")
+      .def_readwrite("mode", &host::StepArgs::mode, "0 LARSUpdate rewrite, 1 fused step")
+      .def_readwrite("tile_sq", &host::StepArgs::tile_sq)
+      .def_readwrite("tile_up", &host::StepArgs::tile_up)
+      .def_readwrite("chunk_elems", &host::StepArgs::chunk_elems);
 }
 
 py::tuple outcome(const host::Outcome& r) {
@@ -343,20 +344,23 @@ py::dict layout_dict(const host::Layout& L) {
   return d;
 }
 
+// A byte array whose data starts 64-byte aligned: the workspace is the kernels' global memory on
+// the emulation, where every DMA address must be 32-byte aligned.
+py::array_t<uint8_t> aligned_bytes(uint64_t bytes) {
+  const uint64_t size = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, size == 0 ? 64 : size);
+  if (p == nullptr) throw std::bad_alloc();
+  py::capsule owner(p, [](void* q) { std::free(q); });
+  return py::array_t<uint8_t>({static_cast<py::ssize_t>(bytes)}, {1}, static_cast<uint8_t*>(p),
+                              owner);
+}
+
 // The workspace of one kernel step as a byte array (see csrc/ascendc/lars_host_plan.h), and its
 // layout. The addresses in it are those the kernels will dereference.
-py::tuple ascend_plan(const I64& w_ptr, const I64& g_ptr, const I64& m_ptr, const I64& numel,
-                      const U8& adapt, const U8& has_m, const U8& first, const U8& nesterov,
-                      const F64& wd, const F64& lr, const F64& mu, double epsilon,
-                      double coefficient, bool use_clip, bool guard_zero_norm, int dtype, int mode,
-                      uint32_t tile_sq, uint32_t tile_up, int64_t chunk_elems,
-                      const F64& given_ws, const F64& given_gs) {
-  const host::StepArgs a =
-      step_args(w_ptr, g_ptr, m_ptr, numel, adapt, has_m, first, nesterov, wd, lr, mu, epsilon,
-                coefficient, use_clip, guard_zero_norm, dtype, mode, tile_sq, tile_up,
-                chunk_elems, given_ws, given_gs);
+py::tuple ascend_plan(const host::StepArgs& a) {
+  host::validate(a);
   const host::Layout L = host::plan(a);
-  py::array_t<uint8_t> blob(static_cast<py::ssize_t>(L.bytes));
+  py::array_t<uint8_t> blob = aligned_bytes(L.bytes);
   host::fill(blob.mutable_data(), L, a);
   return py::make_tuple(blob, layout_dict(L));
 }
@@ -377,16 +381,30 @@ py::tuple ascend_read_back(const Blob& blob, uint64_t n, uint64_t nc) {
   return outcome(host::read_back(blob.data(), blob_layout(blob, n, nc)));
 }
 
-void emu_launch(Blob& blob, uint64_t n, uint64_t nc, int dtype, bool run_sq, bool run_update,
-                int64_t block_dim, int64_t ub_bytes, bool staged) {
+// Returns None, or with count=True the emulation's counters: uint64 (launches, block_dim, 6),
+// fields lars_emu::kCounterFields (not with staged, whose copies are not the kernels').
+py::object emu_launch(Blob& blob, uint64_t n, uint64_t nc, int dtype, bool run_sq,
+                      bool run_update, int64_t block_dim, int64_t ub_bytes, bool staged,
+                      int64_t core_order, bool count) {
   const host::Layout L = blob_layout(blob, n, nc);
+  if (count && staged) throw std::invalid_argument("count: not with staged=True");
   uint8_t* ws = blob.mutable_data();
-  py::gil_scoped_release release;
-  if (staged) {
-    lars_emu::launch_staged(ws, L, dtype, run_sq, run_update, block_dim, ub_bytes);
-  } else {
-    lars_emu::launch(ws, L, dtype, run_sq, run_update, block_dim, ub_bytes);
+  std::vector<uint64_t> counters;
+  {
+    py::gil_scoped_release release;
+    if (staged) {
+      lars_emu::launch_staged(ws, L, dtype, run_sq, run_update, block_dim, ub_bytes, core_order);
+    } else {
+      lars_emu::launch(ws, L, dtype, run_sq, run_update, block_dim, ub_bytes, core_order,
+                       count ? &counters : nullptr);
+    }
   }
+  if (!count) return py::none();
+  const auto rows = static_cast<py::ssize_t>(counters.size() / 6);
+  py::array_t<uint64_t> out({rows / static_cast<py::ssize_t>(block_dim),
+                             static_cast<py::ssize_t>(block_dim), py::ssize_t{6}});
+  std::copy(counters.begin(), counters.end(), out.mutable_data());
+  return std::move(out);
 }
 
 #ifdef LARS_NPU_NPU_LAUNCHER
@@ -475,12 +493,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("guard_zero_norm"));
   m.def("build_info", &build_info);
   m.def("last_level_cache_bytes", &lars::last_level_cache_bytes);
-  m.def("ascend_plan", &ascend_plan, py::arg("w_ptr"), py::arg("g_ptr"), py::arg("m_ptr"),
-        py::arg("numel"), py::arg("adapt"), py::arg("has_m"), py::arg("first"),
-        py::arg("nesterov"), py::arg("wd"), py::arg("lr"), py::arg("mu"), py::arg("epsilon"),
-        py::arg("coefficient"), py::arg("use_clip"), py::arg("guard_zero_norm"), py::arg("dtype"),
-        py::arg("mode"), py::arg("tile_sq"), py::arg("tile_up"), py::arg("chunk_elems"),
-        py::arg("given_ws") = F64(0), py::arg("given_gs") = F64(0),
+  bind_step_args(m);
+  m.def("ascend_plan", &ascend_plan, py::arg("step"),
         "Host tiling of one AscendC kernel step: (workspace bytes, layout dict). The addresses "
         "are those the kernels will read (device addresses on an NPU).");
   m.def("ascend_layout", &ascend_layout, py::arg("n"), py::arg("num_chunks"),
@@ -492,9 +506,27 @@ PYBIND11_MODULE(_C, m) {
   m.def("emu_launch", &emu_launch, py::arg("workspace"), py::arg("n"), py::arg("num_chunks"),
         py::arg("dtype"), py::arg("run_square_sums"), py::arg("run_update"),
         py::arg("block_dim"), py::arg("ub_bytes"), py::arg("staged") = false,
+        py::arg("core_order") = 0, py::arg("count") = false,
         "Run the AscendC kernels on lars_npu's host emulation (not CANN's simulator), in place "
         "on a host workspace; staged=True goes through the staging runner CANN's cpu/sim "
-        "builds use.");
+        "builds use. core_order: 0 forward, -1 reverse, k > 0 a shuffle seeded with k. "
+        "count=True returns the per-core counters, uint64 (launches, block_dim, fields), "
+        "fields in emu_counter_fields.");
+  m.attr("emu_counter_fields") =
+      py::tuple(py::make_tuple(lars_emu::kCounterFields[0], lars_emu::kCounterFields[1],
+                               lars_emu::kCounterFields[2], lars_emu::kCounterFields[3],
+                               lars_emu::kCounterFields[4], lars_emu::kCounterFields[5]));
+  m.def(
+      "emu_cross_core_probe",
+      [](int64_t block_dim, int64_t order) {
+        py::list out;
+        for (float v : lars_emu::cross_core_probe(block_dim, order)) out.append(v);
+        return out;
+      },
+      py::arg("block_dim"),
+        py::arg("core_order"),
+        "A deliberately wrong kernel (core b reads what core b-1 wrote in the same launch) on the "
+        "emulation in the given core order: its result depends on the order.");
 #ifdef LARS_NPU_NPU_LAUNCHER
   m.def("npu_launch", &npu_launch, py::arg("stream"), py::arg("workspace_addr"), py::arg("n"),
         py::arg("num_chunks"), py::arg("dtype"), py::arg("run_square_sums"),

@@ -571,6 +571,26 @@ def to_json(res: Result) -> dict[str, Any]:
     }
 
 
+def emu_cost_view(sets: list[str], *, as_json: bool = False) -> int:
+    """`--backend emu`: one fused fp32 step per set on the AscendC emulation, and the cost model
+    its counters imply (a model, not a measurement: see lars_npu._backends.emu.step_cost)."""
+    from ._backends import emu
+
+    C = native()
+    if C is None or not hasattr(C, "emu_launch"):
+        print("lars-npu bench: error: the AscendC emulation is not built", file=sys.stderr)
+        return 2
+    costs = []
+    for name in dict.fromkeys(sets):
+        numels = [int(np.prod(shape)) for _, shape in SETS[name]()]
+        costs.append(emu.step_cost(name, numels))
+    if as_json:
+        print(json.dumps([{**asdict(c), "bytes_per_param": c.bytes_per_param} for c in costs]))
+    else:
+        print(emu.format_costs(costs))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -594,8 +614,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run every set in this process (default: one process per set)",
     )
+    ap.add_argument(
+        "--backend",
+        choices=["emu"],
+        help="emu: no timing; the NPU cost model from the AscendC emulation's counters per step",
+    )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.backend == "emu":
+        return emu_cost_view(args.set or ["resnet50", "bert-large"], as_json=args.json == "-")
     try:  # user errors before any timing: one line on stderr, exit status 2
         bounded_int("--repeats", args.repeats, 1, 10_000)
         out = None if args.json == "-" or args.child else writable_file("--json", args.json)

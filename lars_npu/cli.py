@@ -266,6 +266,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         argv.append("--no-numpy")
     if args.same_process:
         argv.append("--same-process")
+    if args.backend:
+        argv += ["--backend", args.backend]
     return bench.main(argv)
 
 
@@ -416,6 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--no-numpy", action="store_true", help="skip the NumPy reference column")
     pb.add_argument(
         "--same-process", action="store_true", help="all sets in this process (default: one each)"
+    )
+    pb.add_argument(
+        "--backend",
+        choices=["emu"],
+        help="emu: no timing; per step, the NPU cost model from the AscendC emulation's counters "
+        "(launches, GM bytes/param, scalar GM reads/core, model time at 1.6 TB/s) — a model, "
+        "not a hardware measurement",
     )
     pb.add_argument(
         "--json",

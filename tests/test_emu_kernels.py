@@ -5,11 +5,16 @@ the kernel ran on Ascend hardware."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from lars_npu import reference
+from lars_npu._backends._ascend import step_args
 from lars_npu._backends._native import native
 
 pytestmark = pytest.mark.skipif(native() is None, reason="lars_npu._C is not built")
@@ -18,13 +23,18 @@ UB_910B = 192 * 1024
 CHUNK = 16384
 
 
-def launch(plan_args, dtype_code, block_dim, ub, *, run_square_sums=True, run_update=True):
-    """One step of the kernels as the backends run it: host tiling (ascend_plan), the launch on
-    emulated AI cores, and the read-back: (found_inf, lam, w_s, g_s)."""
+# Core orders of the emulation: forward, reverse, and seeded shuffles. Hardware runs the cores
+# concurrently: every kernel must give the same bytes in each.
+ORDERS = [0, -1, 1, 2, 3]
+
+
+def launch(step, block_dim, ub, *, run_square_sums=True, run_update=True, order=0):
+    """One step of the kernels as the backends run it: host tiling (ascend_plan of the struct
+    `step`), the launch on emulated AI cores, and the read-back: (found_inf, lam, w_s, g_s)."""
     C = native()
-    blob, layout = C.ascend_plan(*plan_args)
+    blob, layout = C.ascend_plan(step)
     n, nc = layout["n"], layout["num_chunks"]
-    C.emu_launch(blob, n, nc, dtype_code, run_square_sums, run_update, block_dim, ub)
+    C.emu_launch(blob, n, nc, step.dtype, run_square_sums, run_update, block_dim, ub, False, order)
     return C.ascend_read_back(blob, n, nc)
 
 
@@ -38,12 +48,13 @@ def run(ws, gs, dtype_code, block_dim=8, ub=UB_910B, tile=4096, chunk=CHUNK):
     adapt = [w is not None for w in ws]
     zf, z8 = np.zeros(n), np.zeros(n, dtype=np.uint8)
     present = [g if w is None else w for w, g in zip(ws, gs, strict=True)]  # never read if absent
-    args = (
-        ptrs(present), ptrs(gs), ptrs([None] * n),
-        np.array([g.numel() for g in gs], dtype=np.int64), np.array(adapt, dtype=np.uint8),
-        z8, z8, z8, zf, zf, zf, 1e-5, 1e-3, False, False, dtype_code, 0, tile, 2048, chunk,
+    step = step_args(
+        w=ptrs(present), g=ptrs(gs), m=ptrs([None] * n),
+        numel=np.array([g.numel() for g in gs], dtype=np.int64),
+        adapt=np.array(adapt, dtype=np.uint8), has_m=z8, first=z8, nesterov=z8, wd=zf, lr=zf,
+        mu=zf, dtype=dtype_code, mode=0, tile_sq=tile, tile_up=2048, chunk_elems=chunk,
     )  # fmt: skip
-    _, _, w_s, g_s = launch(args, dtype_code, block_dim, ub, run_update=False)
+    _, _, w_s, g_s = launch(step, block_dim, ub, run_update=False)
     return w_s, g_s
 
 
@@ -128,6 +139,160 @@ def test_emulation_refuses_queue_and_buffer_misuse(case, message):
         native().emu_selftest(case)
 
 
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        # the previous emulation wrote per-repeat partials into the work tensor and summed
+        # sequentially, so both of these kernels passed on it; A2 does neither
+        ("reduce_sum_work_holds_partials", "work tensor holds no partials"),
+        ("reduce_sum_sequential_bits", "not a sequential sum"),
+    ],
+)
+def test_kernels_relying_on_a_naive_reduce_sum_fail(case, message):
+    """ReduceSum as on A2 (dav_c220): the work tensor is never written, and the sum is a pairwise
+    tree per 64-lane repeat: a kernel that reads partials from the work tensor, or expects the
+    bits of a sequential sum, gets wrong results. The "ok" case uses ReduceSum into a VECOUT
+    buffer and copies it out with no sync of its own (the call orders S -> MTE3 itself), and
+    reduces into a buffer MTE3 was copying out after an MTE3 -> S wait only (dst is the scalar
+    unit's store on A2; the previous emulation wrote it on V and refused that right kernel)."""
+    native().emu_selftest("ok")
+    with pytest.raises(RuntimeError, match=message):
+        native().emu_selftest(case)
+
+
+FREE_TENSOR_KERNEL = """
+#include "kernel_operator.h"
+void kernel() {
+  AscendC::TPipe pipe;
+  AscendC::TQue<AscendC::TPosition::VECIN, 2> que;
+  pipe.InitBuffer(que, 2, 32);
+  %s
+}
+"""
+
+
+@pytest.mark.parametrize(
+    ("body", "compiles"),
+    [
+        ("AscendC::LocalTensor<float> t = que.AllocTensor<float>(); que.FreeTensor(t);", True),
+        # wrong: the real FreeTensor(LocalTensor<T>&) takes neither a const tensor...
+        (
+            "const AscendC::LocalTensor<float> t = que.AllocTensor<float>(); que.FreeTensor(t);",
+            False,
+        ),
+        # ...nor a temporary
+        ("que.FreeTensor(que.AllocTensor<float>());", False),
+    ],
+    ids=["lvalue", "const", "temporary"],
+)
+def test_free_tensor_takes_a_non_const_reference_as_the_real_api(tmp_path, body, compiles):
+    """A kernel the real AscendC headers reject must not compile against the emulation either."""
+    cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    src = tmp_path / "k.cpp"
+    src.write_text(FREE_TENSOR_KERNEL % body)
+    emu = Path(__file__).resolve().parents[1] / "csrc" / "emu"
+    res = subprocess.run(
+        [cxx, "-std=c++17", "-fsyntax-only", f"-I{emu}", str(src)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (res.returncode == 0) == compiles, res.stderr[-2000:]
+    if not compiles:
+        assert "FreeTensor" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("gm_read_without_dcci", "without a DataCacheCleanAndInvalid first"),
+        ("gm_read_after_dma_without_dcci", "written by DMA in this launch after the last"),
+        ("single_line_dcci_elsewhere", "without a DataCacheCleanAndInvalid first"),
+    ],
+)
+def test_scalar_reads_of_global_memory_need_data_cache_maintenance(case, message):
+    """A scalar GetValue of global memory goes through the core's data cache: the host's tables,
+    an earlier launch's partials and this launch's DMA writes need a DataCacheCleanAndInvalid
+    first (the "ok" case reads after one, whole cache and single line). The previous emulation
+    had no such rule: all three wrong kernels ran on it."""
+    native().emu_selftest("ok")
+    with pytest.raises(RuntimeError, match=message):
+        native().emu_selftest(case)
+
+
+def test_atlas_a2_reserves_the_top_8_kib_of_unified_buffer():
+    """On 2201, TPipe gets 184 KiB of the 192 (TMP_UB_OFFSET): 184 KiB in all is accepted,
+    185 KiB refused (the previous emulation gave a kernel all 192)."""
+    native().emu_selftest("ub_184k")
+    with pytest.raises(RuntimeError, match=r"a kernel may use 188416 .*top 8 KiB are reserved"):
+        native().emu_selftest("ub_185k")
+
+
+def test_dma_from_a_misaligned_global_address_is_refused():
+    native().emu_selftest("ok")
+    with pytest.raises(RuntimeError, match="global memory address not 32-byte aligned"):
+        native().emu_selftest("misaligned_gm")
+
+
+def test_odd_offset_views_are_refused_by_the_host_plan():
+    """The kernels need each tensor's base 32-byte aligned; a view from element 1 is refused,
+    naming the tensor and its role, before anything runs (the backends stage such views)."""
+    base = torch.randn(101)
+    ok, odd = base[:100], base[1:]
+    assert ok.data_ptr() % 32 == 0 and odd.data_ptr() % 32 == 4
+    for ws, gs, role in ([ok, ok], [ok, odd], "gradient"), ([ok, odd], [ok, ok], "weight"):
+        with pytest.raises(ValueError, match=f"tensor 1: the {role}'s data address is not 32"):
+            run(ws, gs, 0)
+
+
+def test_a_kernel_that_depends_on_another_cores_progress_gives_different_results():
+    """The deliberately wrong kernel (core b reads what core b - 1 wrote in the same launch)
+    looks right in forward order only; the core orders expose it."""
+    results = {tuple(native().emu_cross_core_probe(8, order)) for order in ORDERS}
+    assert (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0) in results  # forward
+    assert len(results) > 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("mode", [0, 1], ids=["rewrite", "fused"])
+@pytest.mark.parametrize("block_dim", [3, 40])
+def test_kernels_give_the_same_bytes_in_every_core_order(dtype, mode, block_dim):
+    gen = torch.Generator().manual_seed(5)
+    k = len(SIZES)
+    w0 = [torch.randn(n, generator=gen).to(dtype) for n in SIZES]
+    g0 = [(torch.randn(n, generator=gen) * 0.01).to(dtype) for n in SIZES]
+    m0 = [(torch.randn(n, generator=gen) * 0.01).to(dtype) for n in SIZES]
+    outs = []
+    for order in ORDERS:
+        ws, gs, ms = [t.clone() for t in w0], [t.clone() for t in g0], [t.clone() for t in m0]
+        step = step_args(
+            w=ptrs(ws), g=ptrs(gs), m=ptrs(ms), numel=np.array(SIZES, dtype=np.int64),
+            adapt=np.array([i % 4 != 3 for i in range(k)], dtype=np.uint8),
+            has_m=np.ones(k, dtype=np.uint8), first=np.array([i % 2 for i in range(k)]),
+            nesterov=np.zeros(k, dtype=np.uint8), wd=np.full(k, 1e-3), lr=np.full(k, 0.1),
+            mu=np.full(k, 0.9), dtype=0 if dtype == torch.float32 else 1, mode=mode,
+            tile_sq=4096, tile_up=2048, chunk_elems=CHUNK,
+        )  # fmt: skip
+        found, lam, w_s, g_s = launch(step, block_dim, UB_910B, order=order)
+        assert not found
+        outs.append(
+            b"".join(t.numpy().tobytes() for t in ws + gs + ms)
+            + lam.tobytes()
+            + w_s.tobytes()
+            + g_s.tobytes()
+        )
+    assert all(o == outs[0] for o in outs[1:])
+
+
+def test_block_count_is_at_most_the_workspaces_flag_slots():
+    x = [torch.ones(100)]
+    run(x, x, 0, block_dim=256)
+    with pytest.raises(ValueError, match="block_dim: at most 256"):
+        run(x, x, 0, block_dim=257)
+
+
 def test_emulation_refuses_unified_buffer_overflow():
     x = [torch.ones(100)]
     with pytest.raises(RuntimeError, match="Unified Buffer overflow"):
@@ -156,15 +321,15 @@ def step(
     tile=2048,
 ):
     n = len(gs)
-    args = (
-        ptrs(ws), ptrs(gs), ptrs(ms), np.array([g.numel() for g in gs], dtype=np.int64),
-        np.array(adapt, dtype=np.uint8), np.array([m is not None for m in ms], dtype=np.uint8),
-        np.array(first, dtype=np.uint8), np.array([nesterov] * n, dtype=np.uint8),
-        np.array(wd, dtype=np.float64), np.array(lr, dtype=np.float64),
-        np.array(mu, dtype=np.float64), 1e-5, 1e-3, use_clip, guard, dtype_code, mode, 4096,
-        tile, CHUNK,
+    step = step_args(
+        w=ptrs(ws), g=ptrs(gs), m=ptrs(ms), numel=np.array([g.numel() for g in gs]),
+        adapt=np.array(adapt, dtype=np.uint8), has_m=np.array([m is not None for m in ms]),
+        first=np.array(first, dtype=np.uint8), nesterov=np.array([nesterov] * n, dtype=np.uint8),
+        wd=np.array(wd), lr=np.array(lr), mu=np.array(mu), use_clip=use_clip,
+        guard_zero_norm=guard, dtype=dtype_code, mode=mode, tile_sq=4096, tile_up=tile,
+        chunk_elems=CHUNK,
     )  # fmt: skip
-    found, lam, _, _ = launch(args, dtype_code, block_dim, UB_910B)
+    found, lam, _, _ = launch(step, block_dim, UB_910B)
     return found, lam
 
 

@@ -11,8 +11,9 @@
 //   params[n * kTensorParams]                       fp32 {wd, lr, mu, flags} per tensor
 //   hyper[8]                                        fp32 {epsilon, coefficient, use_clip, guard}
 //   sq_tiling[8], up_tiling[8]                      uint32: SquareSumTiling, UpdateTiling
-//   partials[nc * kPartialStride]                   fp32 {Σw², 0 x7, Σg², 0 x7} per chunk, written
-//                                                   by the square-sums kernel
+//   results[(2 nc + kMaxCoreFlags + n) * kBlock]    fp32 blocks: Σw² and Σg² per chunk, a
+//                                                   non-finite flag per core, λ per tensor
+//                                                   (lars_tiling.h); written by the kernels
 //
 // Every region starts on a 32-byte boundary. The layout is a pure function of (n, nc), so a
 // launcher needs only the buffer's address, n and nc.
@@ -23,6 +24,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../common/lars_trust.h"
@@ -61,7 +63,7 @@ inline Layout make_layout(uint64_t n, uint64_t nc) {
   L.hyper = take(sizeof(float) * 8);
   L.sq_tiling = take(sizeof(uint32_t) * 8);
   L.up_tiling = take(sizeof(uint32_t) * 8);
-  L.partials = take(sizeof(float) * kPartialStride * nc);
+  L.partials = take(sizeof(float) * kBlock * (2 * nc + kMaxCoreFlags + n));
   L.bytes = at;
   return L;
 }
@@ -86,12 +88,23 @@ struct StepArgs {
 
 inline size_t dtype_bytes(int dtype) { return dtype == 0 ? 4 : 2; }
 
+// Alignment of every tensor's base address in global memory (and of the workspace).
+constexpr uint64_t kGmAlign = 32;
+
 // Refuses what the kernels cannot take, with the reason; call before anything runs.
 inline void validate(const StepArgs& a) {
   const size_t n = a.numel.size();
-  for (size_t len : {a.w.size(), a.g.size(), a.m.size(), a.adapt.size(), a.has_m.size(),
-                     a.first.size(), a.nesterov.size(), a.wd.size(), a.lr.size(), a.mu.size()}) {
-    if (len != n) throw std::invalid_argument("per-tensor arguments: lengths differ");
+  const std::pair<const char*, size_t> fields[] = {
+      {"w", a.w.size()},         {"g", a.g.size()},         {"m", a.m.size()},
+      {"adapt", a.adapt.size()}, {"has_m", a.has_m.size()}, {"first", a.first.size()},
+      {"nesterov", a.nesterov.size()}, {"wd", a.wd.size()}, {"lr", a.lr.size()},
+      {"mu", a.mu.size()}};
+  for (const auto& [name, len] : fields) {
+    if (len != n) {
+      throw std::invalid_argument(std::string("per-tensor field ") + name + ": " +
+                                  std::to_string(len) + " values for " + std::to_string(n) +
+                                  " tensors (numel)");
+    }
   }
   if (a.dtype != 0 && a.dtype != 1) throw std::invalid_argument("dtype: fp32 (0) or fp16 (1)");
   if (a.mode != 0 && a.mode != 1) throw std::invalid_argument("mode: rewrite (0) or fused (1)");
@@ -111,6 +124,18 @@ inline void validate(const StepArgs& a) {
     if (a.numel[i] == 0) continue;
     if (a.w[i] == 0 || a.g[i] == 0 || (a.mode == 1 && a.has_m[i] && a.m[i] == 0)) {
       throw std::invalid_argument("null data pointer for tensor " + std::to_string(i));
+    }
+    // Every DMA of the kernels starts 32-byte aligned in global memory: chunk and tile offsets
+    // are multiples of 16 elements, so the tensor's base address must be (a torch view can start
+    // at any element: the backends stage such a tensor into an aligned copy).
+    const char* role = a.w[i] % kGmAlign ? "weight"
+                       : a.g[i] % kGmAlign ? "gradient"
+                       : (a.mode == 1 && a.has_m[i] && a.m[i] % kGmAlign) ? "momentum buffer"
+                                                                           : nullptr;
+    if (role != nullptr) {
+      throw std::invalid_argument(std::string("tensor ") + std::to_string(i) + ": the " + role +
+                                  "'s data address is not 32-byte aligned (the AscendC "
+                                  "kernels' DMA needs it; pass an aligned copy)");
     }
   }
 }
@@ -182,55 +207,60 @@ inline void fill(uint8_t* ws, const Layout& L, const StepArgs& a) {
   up[1] = static_cast<uint32_t>(L.num_chunks);
   up[2] = a.tile_up;
   up[3] = static_cast<uint32_t>(a.mode);
+  float* part = at<float>(ws, L.partials);
+  float* flags = part + 2 * L.num_chunks * kBlock;
+  float* lam = flags + kMaxCoreFlags * kBlock;
+  for (size_t t = 0; t < n; ++t) {
+    // λ of a tensor without chunks (no element), which no kernel writes: that of zero sums
+    lam[t * kBlock] =
+        !a.adapt[t] ? 1.0f
+                    : lars::trust_ratio_from_norms<float>(0.0f, 0.0f, a.wd[t], a.lr[t], a.epsilon,
+                                                          a.coefficient, a.use_clip,
+                                                          a.guard_zero_norm);
+  }
   if (!a.given_ws.empty()) {  // a tensor's sums go to its first chunk; an empty one has none
-    float* part = at<float>(ws, L.partials);
+    bool bad = false;
     for (size_t t = 0; t < n; ++t) {
+      const float gs = a.given_gs[t];
+      if (gs - gs != 0.0f) bad = true;  // inf or nan
       if (tc[t] == tc[t + 1]) continue;
-      part[tc[t] * kPartialStride] = a.given_ws[t];
-      part[tc[t] * kPartialStride + kPartialG] = a.given_gs[t];
+      part[tc[t] * kBlock] = a.given_ws[t];
+      part[(L.num_chunks + tc[t]) * kBlock] = gs;
     }
+    // what the square-sums kernel would have flagged (it does not run with given sums)
+    if (bad) flags[0] = std::nanf("");
   }
 }
 
 struct Outcome {
   bool found_inf = false;
-  std::vector<double> lam;       // λ per tensor as the update kernel computed it (1: not adapted)
+  std::vector<double> lam;       // λ per tensor as the update kernel applied it (1: not adapted)
   std::vector<double> w_s, g_s;  // per-tensor sums of the chunk partials, in chunk order
 };
 
-// What the kernels decided, from the workspace after the launch (host copy): found_inf by the
-// same scan and λ by the same formula, inputs and order as KernelUpdate::Lambda.
+// What the kernels decided, from the workspace after the launch (host copy): found_inf from the
+// cores' flags, λ from the table the update kernel wrote (NaN when the step was skipped), and the
+// per-tensor sums (in double, chunk order) for callers that combine them across processes.
 inline Outcome read_back(const uint8_t* ws, const Layout& L) {
   const uint64_t n = L.n, nc = L.num_chunks;
   const float* part = at<float>(ws, L.partials);
+  const float* flags = part + 2 * nc * kBlock;
+  const float* lam = flags + kMaxCoreFlags * kBlock;
   const uint64_t* tc = at<uint64_t>(ws, L.tensor_chunks);
-  const float* params = at<float>(ws, L.params);
-  const float* hyper = at<float>(ws, L.hyper);
   Outcome r;
   r.lam.assign(n, 1.0);
   r.w_s.assign(n, 0.0);
   r.g_s.assign(n, 0.0);
-  for (uint64_t c = 0; c < nc; ++c) {
-    const float gs = part[c * kPartialStride + kPartialG];
-    if (gs - gs != 0.0f) r.found_inf = true;
+  for (uint64_t b = 0; b < kMaxCoreFlags; ++b) {
+    const float f = flags[b * kBlock];
+    if (f - f != 0.0f) r.found_inf = true;
   }
   for (uint64_t t = 0; t < n; ++t) {
-    float ws_f = 0.0f, gs_f = 0.0f;
     for (uint64_t c = tc[t]; c < tc[t + 1]; ++c) {
-      ws_f += part[c * kPartialStride];
-      gs_f += part[c * kPartialStride + kPartialG];
-      r.w_s[t] += part[c * kPartialStride];
-      r.g_s[t] += part[c * kPartialStride + kPartialG];
+      r.w_s[t] += part[c * kBlock];
+      r.g_s[t] += part[(nc + c) * kBlock];
     }
-    const float* p = params + t * kTensorParams;
-    const bool adapt = static_cast<uint32_t>(p[3]) & 1u;
-    if (r.found_inf) {
-      r.lam[t] = std::nan("");
-    } else if (adapt) {
-      r.lam[t] = lars::trust_ratio_from_norms<float>(std::sqrt(ws_f), std::sqrt(gs_f), p[0], p[1],
-                                                     hyper[0], hyper[1], hyper[2] != 0.0f,
-                                                     hyper[3] != 0.0f);
-    }
+    r.lam[t] = r.found_inf ? std::nan("") : static_cast<double>(lam[t * kBlock]);
   }
   return r;
 }

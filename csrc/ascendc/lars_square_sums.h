@@ -5,17 +5,25 @@
 // Work: a flat list of chunks over all tensors (lars_tiling.h). Every AI core takes the chunks
 // blockIdx, blockIdx + blockNum, ...; per chunk it streams w and g through UB in tiles
 // (CopyIn → Compute stages joined by a TQue, BUFFER_NUM = 2 for double buffering), accumulates
-// x*x in fp32 lanes and reduces them with ReduceSum straight into a 64-byte partials block
-// [sum(w^2), 0 x7 | sum(g^2), 0 x7], which one DataCopy writes to the workspace. No scalar touches
-// UB, so the only cross-pipe hand-offs are the queues'. A tensor's last tile may be ragged: it is
+// x*x in fp32 lanes and reduces them with ReduceSum straight into a 64-byte UB block
+// [sum(w^2), 0 x7 | sum(g^2), 0 x7], whose halves two DataCopy write to the chunk's Σw² and Σg²
+// blocks of the workspace's results region (lars_tiling.h). Each core also keeps, in vector
+// lanes, 0·Σg² summed over its chunks (0 while every Σg² is finite, NaN once one is inf/nan) and
+// writes it as its non-finite flag at the end, so the update kernel decides found_inf from
+// O(cores) flags. The only scalar access to UB is ReduceSum's own store of its result, which the
+// call orders itself; every other cross-pipe hand-off is a queue's. A tensor's last tile may be ragged: it is
 // moved with DataCopyPad and computed on exactly its elements (the pad lanes are never read). The
 // host (or the update kernel) adds a tensor's chunk partials in chunk order, so the result does
 // not depend on the block count.
 //
+// ReduceSum on A2 (dav_c220) is one vcadd whose accumulator the scalar unit stores to dst after
+// its own V->S sync, then it syncs S->V and S->MTE3 itself; it never touches its work tensor, so
+// none is budgeted (the accumulator tile is passed in that place).
 // UB budget per core with tile_elems = 4096 (fp32): input queue 2 x 16 KiB + fp32 work tile
-// 16 KiB + accumulator 16 KiB + reduce scratch 256 B + out block 64 B ≈ 64.3 KiB, within the
-// 192 KiB of Atlas A2 (910B); 910A / 310P have 256 KiB, but no DataCopyPad (the ragged tail would
-// need another path there). tile_elems = 8192 doubles it (≈ 128.4 KiB), still inside 192 KiB.
+// 16 KiB + accumulator 16 KiB + out and flag blocks 160 B ≈ 64.2 KiB, within the 184 KiB that Atlas A2
+// (910B) leaves to a kernel (192 KiB, the top 8 KiB reserved as API scratch); 910A / 310P have
+// 256 KiB, but no DataCopyPad (the ragged tail would need another path there). tile_elems = 8192
+// doubles it (≈ 128.1 KiB), still inside 184 KiB.
 #pragma once
 
 #include "lars_tiling.h"
@@ -42,18 +50,19 @@ class KernelSquareSums {
     chunks_.SetGlobalBuffer(reinterpret_cast<__gm__ uint64_t*>(chunks),
                             uint64_t{tiling.num_chunks} * 3);
     partials_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(partials),
-                              uint64_t{tiling.num_chunks} * kPartialStride);
+                              (uint64_t{2} * tiling.num_chunks + kMaxCoreFlags) * kBlock);
     const uint32_t tile = tiling.tile_elems;
     pipe_.InitBuffer(inQueue_, BUFFER_NUM, tile * sizeof(T));
-    pipe_.InitBuffer(outQueue_, 1, kPartialStride * sizeof(float));
+    pipe_.InitBuffer(outQueue_, 1, 2 * kBlock * sizeof(float));
+    pipe_.InitBuffer(flagOut_, 1, kBlock * sizeof(float));
+    pipe_.InitBuffer(flagBuf_, 2 * kBlock * sizeof(float));
     pipe_.InitBuffer(workBuf_, tile * sizeof(float));
     pipe_.InitBuffer(accBuf_, tile * sizeof(float));
-    // ReduceSum's work tensor: at least RoundUp(max(ceil(tile / 64), 1), 8) fp32
-    const uint32_t repeats = (tile + 63) / 64;
-    pipe_.InitBuffer(reduceBuf_, ((repeats > 0 ? repeats : 1) + 7) / 8 * 8 * sizeof(float));
   }
 
   __aicore__ inline void Process() {
+    AscendC::LocalTensor<float> flag = flagBuf_.Get<float>();  // [0·Σg² so far | scratch]
+    AscendC::Duplicate(flag, 0.0f, 2 * kBlock);
     const int64_t step = AscendC::GetBlockNum();
     for (int64_t c = AscendC::GetBlockIdx(); c < static_cast<int64_t>(tiling_.num_chunks);
          c += step) {
@@ -61,11 +70,25 @@ class KernelSquareSums {
       const uint64_t offset = chunks_.GetValue(3 * c + 1);
       const uint64_t length = chunks_.GetValue(3 * c + 2);
       AscendC::LocalTensor<float> out = outQueue_.template AllocTensor<float>();
-      AscendC::Duplicate(out, 0.0f, kPartialStride);
+      AscendC::Duplicate(out, 0.0f, 2 * kBlock);
       SumSquares(wAddr_.GetValue(tensor), offset, length, out);
-      SumSquares(gAddr_.GetValue(tensor), offset, length, out[kPartialG]);
+      SumSquares(gAddr_.GetValue(tensor), offset, length, out[kBlock]);
+      // 0·Σg²: 0 for a finite sum, NaN for inf/nan; added up, the core's flag
+      AscendC::Muls(flag[kBlock], out[kBlock], 0.0f, kBlock);
+      AscendC::Add(flag, flag, flag[kBlock], kBlock);
       outQueue_.EnQue(out);
       CopyOut(c);
+    }
+    // every core writes its flag (one with no chunk: 0), so no stale flag survives
+    const int64_t core = AscendC::GetBlockIdx();
+    if (core < static_cast<int64_t>(kMaxCoreFlags)) {
+      AscendC::LocalTensor<float> f = flagOut_.template AllocTensor<float>();
+      AscendC::Muls(f, flag, 1.0f, kBlock);
+      flagOut_.EnQue(f);
+      f = flagOut_.template DeQue<float>();
+      const uint64_t at = (uint64_t{2} * tiling_.num_chunks + uint64_t(core)) * kBlock;
+      AscendC::DataCopy(partials_[at], f, kBlock);
+      flagOut_.FreeTensor(f);
     }
   }
 
@@ -85,8 +108,8 @@ class KernelSquareSums {
       CopyIn(x, done, n);
       Compute(acc, n);
     }
-    AscendC::LocalTensor<float> red = reduceBuf_.Get<float>();
-    AscendC::ReduceSum(dst, acc, red, tiling_.tile_elems);
+    // the work-tensor argument is ignored on A2 (see the header comment): acc stands in for it
+    AscendC::ReduceSum(dst, acc, acc, static_cast<int32_t>(tiling_.tile_elems));
   }
 
   // n elements from x[start]: whole 32-byte blocks with DataCopy, a ragged tail with DataCopyPad.
@@ -114,7 +137,9 @@ class KernelSquareSums {
 
   __aicore__ inline void CopyOut(int64_t chunk) {
     AscendC::LocalTensor<float> out = outQueue_.template DeQue<float>();
-    AscendC::DataCopy(partials_[uint64_t(chunk) * kPartialStride], out, kPartialStride);
+    AscendC::DataCopy(partials_[uint64_t(chunk) * kBlock], out, kBlock);  // Σw²
+    AscendC::DataCopy(partials_[(tiling_.num_chunks + uint64_t(chunk)) * kBlock], out[kBlock],
+                      kBlock);  // Σg²
     outQueue_.FreeTensor(out);
   }
 
@@ -131,9 +156,10 @@ class KernelSquareSums {
   AscendC::TPipe pipe_;
   AscendC::TQue<AscendC::TPosition::VECIN, BUFFER_NUM> inQueue_;
   AscendC::TQue<AscendC::TPosition::VECOUT, 1> outQueue_;
+  AscendC::TQue<AscendC::TPosition::VECOUT, 1> flagOut_;
+  AscendC::TBuf<AscendC::TPosition::VECCALC> flagBuf_;
   AscendC::TBuf<AscendC::TPosition::VECCALC> workBuf_;
   AscendC::TBuf<AscendC::TPosition::VECCALC> accBuf_;
-  AscendC::TBuf<AscendC::TPosition::VECCALC> reduceBuf_;  // ReduceSum's work tensor
   AscendC::GlobalTensor<uint64_t> wAddr_;
   AscendC::GlobalTensor<uint64_t> gAddr_;
   AscendC::GlobalTensor<uint64_t> chunks_;

@@ -18,11 +18,19 @@ struct Chunk {
   uint64_t length;
 };
 
-// Each chunk's result occupies two 32-byte blocks of the partials workspace (fp32):
-// [sum(w^2), 0 x7 | sum(g^2), 0 x7]. ReduceSum writes each sum to the start of its own
-// 32-byte-aligned block in UB, and one DataCopy moves both to GM.
-constexpr uint32_t kPartialStride = 16;
-constexpr uint32_t kPartialG = 8;  // offset of sum(g^2) in a chunk's partials
+// The results region of the workspace (fp32, every entry one 32-byte block [value, 0 x7], so each
+// is written by one DataCopy), for nc chunks and n tensors, in blocks of kBlock floats:
+//   [0, nc)                       Σw² of chunk c            (square-sums kernel)
+//   [nc, 2 nc)                    Σg² of chunk c            (square-sums kernel)
+//   [2 nc, 2 nc + kMaxCoreFlags)  core b's non-finite flag: 0, or NaN when one of its chunks'
+//                                 Σg² is inf/nan (square-sums kernel; the host for given sums)
+//   [2 nc + kMaxCoreFlags, + n)   λ of tensor t as the update kernel applied it
+// The Σw² and Σg² blocks of a tensor's chunks are contiguous, so the update kernel moves them
+// into UB with DataCopy and adds them with vector instructions (no scalar scan), and reads the
+// flags the same way: O(cores) bytes, no scalar read of global memory.
+constexpr uint32_t kBlock = 8;
+constexpr uint32_t kMaxCoreFlags = 256;  // blockDim of a launch is at most this (launchers clamp)
+constexpr uint32_t kPartialTile = 2048;  // floats of partial blocks per UB tile (256 chunks)
 
 struct SquareSumTiling {
   uint32_t num_tensors;

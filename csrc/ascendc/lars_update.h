@@ -2,14 +2,17 @@
 // Same source for CANN and for lars_npu's host emulation (csrc/emu/). Needs DataCopyPad and
 // DataCacheCleanAndInvalid: Atlas A2 / A3.
 //
-// Reads the per-chunk partials written by KernelSquareSums (an earlier launch, other cores: the
-// data cache is invalidated first, so scalar reads see them, as they see the host's tables). Every core first scans all Σg²
-// partials: if one is inf/nan, the core returns without writing (the step is skipped with no
-// host synchronisation; the host reads the same flag from the partials afterwards). Then, for
-// its chunks (blockIdx, blockIdx + blockNum, ...), it takes λ of the chunk's tensor — the sum of
-// the tensor's partials in chunk order (so every core gets the same λ), the norms by the vector
+// Reads what KernelSquareSums wrote (an earlier launch, other cores) by DMA only: first the
+// cores' non-finite flags (O(cores) bytes, one DataCopy, added by ReduceSum): if one is NaN, the
+// core returns without writing (the step is skipped on the device, with no host
+// synchronisation; the host reads the same flags when it asks). Then, for its chunks (blockIdx,
+// blockIdx + blockNum, ...), it takes λ of the chunk's tensor — the tensor's Σw² and Σg² chunk
+// blocks moved into UB tile by tile and added by vector instructions, the same instructions on
+// every core (so every core gets the same λ, whatever the block count), the norms by the vector
 // Sqrt, lars::trust_ratio_from_norms (csrc/common/lars_trust.h, the one C++ transcription of the
-// reference); computed once per tensor per core — and streams the chunk through UB:
+// reference); computed once per tensor per core — writes λ to the tensor's block of the results
+// region when the chunk is the tensor's first (for the host to read back, lazily), and streams
+// the chunk through UB:
 //   mode 0 (LARSUpdate):  g  <- λ(g + wd·w)
 //   mode 1 (fused step):  g' = λ(g + wd·w) (g' = g where not adapted); m <- g' (first step) or
 //                         μ·m + g'; d = g' + μ·m (nesterov) or m (μ = 0: no buffer, d = g');
@@ -17,9 +20,12 @@
 // A tensor's last tile may be ragged: DataCopyPad moves exactly its elements in and out and the
 // vector instructions run on exactly those (no scalar access to tensor data, whose cache lines
 // could be shared with data DMA writes).
+// Scalar reads of global memory per core: the tiling, and per chunk its descriptor, the tensor's
+// parameters and addresses; per tensor touched its chunk range and the hyper-parameters: O(chunks
+// it updates + tensors it touches), never O(all chunks).
 // UB budget per core, tile_elems = 2048 fp32: 3 input queues x 2 x 8 KiB + 2 output queues x 8 KiB
-// + 3 fp32 work tiles x 8 KiB + 32 B ≈ 88 KiB (192 KiB on 910B; 256 KiB on 910A, which has no
-// DataCopyPad).
+// + 3 fp32 work tiles x 8 KiB + partials queue 8 KiB + 2 partial accumulators x 8 KiB + 128 B
+// ≈ 112 KiB (184 KiB usable on 910B; 256 KiB on 910A, which has no DataCopyPad).
 #pragma once
 
 #define LARS_DEVICE __aicore__
@@ -51,7 +57,7 @@ class KernelUpdate {
                             uint64_t{tiling_.num_chunks} * 3);
     tensorChunks_.SetGlobalBuffer(reinterpret_cast<__gm__ uint64_t*>(tensor_chunks), n + 1);
     partials_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(partials),
-                              uint64_t{tiling_.num_chunks} * kPartialStride);
+                              (uint64_t{2} * tiling_.num_chunks + kMaxCoreFlags + n) * kBlock);
     params_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(params), n * kTensorParams);
     hyper_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(hyper), 4);
     const uint32_t tile = tiling_.tile_elems;
@@ -64,13 +70,15 @@ class KernelUpdate {
     pipe_.InitBuffer(bufG_, tile * sizeof(float));
     pipe_.InitBuffer(bufM_, tile * sizeof(float));
     pipe_.InitBuffer(bufNorm_, 8 * sizeof(float));
+    pipe_.InitBuffer(inP_, 1, kPartialTile * sizeof(float));
+    pipe_.InitBuffer(accW_, kPartialTile * sizeof(float));
+    pipe_.InitBuffer(accG_, kPartialTile * sizeof(float));
+    pipe_.InitBuffer(bufSums_, 2 * kBlock * sizeof(float));
+    pipe_.InitBuffer(outLam_, 1, kBlock * sizeof(float));
   }
 
   __aicore__ inline void Process() {
-    for (uint32_t c = 0; c < tiling_.num_chunks; ++c) {  // every core decides the same way
-      const float gs = partials_.GetValue(uint64_t{c} * kPartialStride + kPartialG);
-      if (gs - gs != 0.0f) return;  // inf or nan: write nothing
-    }
+    if (AnyNonFinite()) return;  // every core decides the same way: write nothing
     const int64_t step = AscendC::GetBlockNum();
     for (int64_t c = AscendC::GetBlockIdx(); c < static_cast<int64_t>(tiling_.num_chunks);
          c += step) {
@@ -90,15 +98,53 @@ class KernelUpdate {
     AscendC::WaitFlag<event>(id);
   }
 
+  // The square-sums launch's flags, one block per core (NaN: a non-finite Σg²), by DMA and a
+  // vector sum: NaN when any is. The flags of cores beyond this launch's block count are 0 (the
+  // host zeroes the region; both launches of a step have the same block count).
+  __aicore__ inline bool AnyNonFinite() {
+    int64_t cores = AscendC::GetBlockNum();
+    if (cores > static_cast<int64_t>(kMaxCoreFlags)) cores = kMaxCoreFlags;
+    const uint32_t count = static_cast<uint32_t>(cores) * kBlock;
+    AscendC::LocalTensor<float> in = inP_.template AllocTensor<float>();
+    AscendC::DataCopy(in, partials_[uint64_t{2} * tiling_.num_chunks * kBlock], count);
+    inP_.EnQue(in);
+    in = inP_.template DeQue<float>();
+    AscendC::LocalTensor<float> sums = bufSums_.Get<float>();
+    AscendC::ReduceSum(sums, in, in, static_cast<int32_t>(count));  // stored by the scalar unit
+    inP_.FreeTensor(in);
+    const float total = sums.GetValue(0);  // UB: the scalar unit's own store
+    return total - total != 0.0f;
+  }
+
+  // Σ over chunks [c0, c1) of the results blocks starting at block `base`, added into acc
+  // (kPartialTile lanes, zeroed first) tile by tile by DMA and vector Add.
+  __aicore__ inline void AddBlocks(const AscendC::LocalTensor<float>& acc, uint64_t base,
+                                   uint64_t c0, uint64_t c1) {
+    AscendC::Duplicate(acc, 0.0f, kPartialTile);
+    for (uint64_t c = c0; c < c1; c += kPartialTile / kBlock) {
+      const uint64_t k = c1 - c < kPartialTile / kBlock ? c1 - c : kPartialTile / kBlock;
+      const uint32_t count = static_cast<uint32_t>(k) * kBlock;
+      AscendC::LocalTensor<float> in = inP_.template AllocTensor<float>();
+      AscendC::DataCopy(in, partials_[(base + c) * kBlock], count);
+      inP_.EnQue(in);
+      in = inP_.template DeQue<float>();
+      AscendC::Add(acc, acc, in, count);
+      inP_.FreeTensor(in);
+    }
+  }
+
   __aicore__ inline float Lambda(uint64_t tensor, float wd, float lr, bool adapt) {
     if (!adapt) return 1.0f;
     if (tensor == lamTensor_) return lam_;  // a core meets a tensor's chunks one after another
-    float ws = 0.0f, gs = 0.0f;  // chunk order: the same λ on every core
-    for (uint64_t c = tensorChunks_.GetValue(tensor); c < tensorChunks_.GetValue(tensor + 1);
-         ++c) {
-      ws += partials_.GetValue(c * kPartialStride);
-      gs += partials_.GetValue(c * kPartialStride + kPartialG);
-    }
+    // The same DMA and vector instructions on every core: the same λ on every core.
+    const uint64_t c0 = tensorChunks_.GetValue(tensor), c1 = tensorChunks_.GetValue(tensor + 1);
+    AscendC::LocalTensor<float> aw = accW_.Get<float>(), ag = accG_.Get<float>();
+    AddBlocks(aw, 0, c0, c1);
+    AddBlocks(ag, tiling_.num_chunks, c0, c1);
+    AscendC::LocalTensor<float> sums = bufSums_.Get<float>();
+    AscendC::ReduceSum(sums, aw, aw, static_cast<int32_t>(kPartialTile));
+    AscendC::ReduceSum(sums[kBlock], ag, ag, static_cast<int32_t>(kPartialTile));
+    const float ws = sums.GetValue(0), gs = sums.GetValue(kBlock);
     // The norms by the vector Sqrt, whose result for a non-positive input is undefined: a zero
     // sum (zero weights, an unused parameter) never reaches it, its norm is 0 exactly.
     AscendC::LocalTensor<float> nrm = bufNorm_.Get<float>();
@@ -125,6 +171,7 @@ class KernelUpdate {
     const uint32_t flags = static_cast<uint32_t>(params_.GetValue(p + 3));
     const bool adapt = flags & 1u, has_m = flags & 2u, first = flags & 4u, nesterov = flags & 8u;
     const float lam = Lambda(tensor, wd, lr, adapt);
+    if (offset == 0) WriteLambda(tensor, lam);  // the tensor's first chunk: one writer
     const float wde = adapt ? wd : 0.0f;
     AscendC::GlobalTensor<T> w, g, m;
     w.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(wAddr_.GetValue(tensor)) + offset, length);
@@ -141,6 +188,17 @@ class KernelUpdate {
       Compute(n, lam, wde, lr, mu, fused, use_m, first, nesterov);
       CopyOut(w, g, m, done, n, fused, use_m);
     }
+  }
+
+  // λ of `tensor` to its block of the results region: what the host reads back as the λ applied.
+  __aicore__ inline void WriteLambda(uint64_t tensor, float lam) {
+    AscendC::LocalTensor<float> out = outLam_.template AllocTensor<float>();
+    AscendC::Duplicate(out, lam, kBlock);
+    outLam_.EnQue(out);
+    out = outLam_.template DeQue<float>();
+    const uint64_t at = (uint64_t{2} * tiling_.num_chunks + kMaxCoreFlags + tensor) * kBlock;
+    AscendC::DataCopy(partials_[at], out, kBlock);
+    outLam_.FreeTensor(out);
   }
 
   // GM -> UB of n elements: DataCopy for whole 32-byte blocks, DataCopyPad for a ragged tail.
@@ -266,6 +324,9 @@ class KernelUpdate {
   AscendC::TQue<AscendC::TPosition::VECIN, BUFFER_NUM> inW_, inG_, inM_;
   AscendC::TQue<AscendC::TPosition::VECOUT, 1> outA_, outB_;
   AscendC::TBuf<AscendC::TPosition::VECCALC> bufW_, bufG_, bufM_, bufNorm_;
+  AscendC::TQue<AscendC::TPosition::VECIN, 1> inP_;      // partial or flag blocks from GM
+  AscendC::TQue<AscendC::TPosition::VECOUT, 1> outLam_;  // λ block to GM
+  AscendC::TBuf<AscendC::TPosition::VECCALC> accW_, accG_, bufSums_;
   AscendC::GlobalTensor<uint64_t> wAddr_, gAddr_, mAddr_, chunks_, tensorChunks_;
   AscendC::GlobalTensor<float> partials_, params_, hyper_;
   uint64_t lamTensor_ = ~uint64_t{0};  // the tensor whose λ is in lam_

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <memory>
 #include <stdexcept>
+#include <string>
 
 #include "../npu/lars_staging.h"
 #include "kernel_operator.h"
@@ -18,9 +19,34 @@ extern "C" void lars_update_fp16(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM
 
 namespace lars_emu {
 
+namespace {
+// Sets the emulation's launch options for this thread, and puts the previous ones back.
+class ScopedOptions {
+ public:
+  ScopedOptions(int64_t order, std::vector<AscendC::emu::Counters>* counters)
+      : saved_(AscendC::emu::launch_options()) {
+    AscendC::emu::launch_options() = {order, counters};
+  }
+  ~ScopedOptions() { AscendC::emu::launch_options() = saved_; }
+  ScopedOptions(const ScopedOptions&) = delete;
+  ScopedOptions& operator=(const ScopedOptions&) = delete;
+
+ private:
+  AscendC::emu::LaunchOptions saved_;
+};
+}  // namespace
+
 void launch(uint8_t* ws, const Layout& L, int dtype, bool run_sq, bool run_update,
-            int64_t block_dim, int64_t ub_bytes) {
+            int64_t block_dim, int64_t ub_bytes, int64_t core_order,
+            std::vector<uint64_t>* counters) {
   if (dtype != 0 && dtype != 1) throw std::invalid_argument("dtype: fp32 (0) or fp16 (1)");
+  if (block_dim > int64_t{lars_ascendc::kMaxCoreFlags}) {
+    throw std::invalid_argument("block_dim: at most " +
+                                std::to_string(lars_ascendc::kMaxCoreFlags) +
+                                " (one non-finite flag slot per core in the workspace)");
+  }
+  std::vector<AscendC::emu::Counters> per_core;
+  ScopedOptions options(core_order, counters != nullptr ? &per_core : nullptr);
   auto gm = [ws](uint64_t offset) { return reinterpret_cast<GM_ADDR>(ws + offset); };
   auto* sq = dtype == 0 ? &lars_square_sums_fp32 : &lars_square_sums_fp16;
   auto* up = dtype == 0 ? &lars_update_fp32 : &lars_update_fp16;
@@ -37,6 +63,12 @@ void launch(uint8_t* ws, const Layout& L, int dtype, bool run_sq, bool run_updat
          gm(L.partials), gm(L.params), gm(L.hyper), gm(L.up_tiling));
     });
   }
+  if (counters != nullptr) {
+    for (const auto& c : per_core) {
+      counters->insert(counters->end(), {c.gm_to_ub_bytes, c.ub_to_gm_bytes, c.scalar_gm_reads,
+                                         c.vector_instrs, c.queue_waits, c.flag_waits});
+    }
+  }
 }
 
 namespace {
@@ -45,7 +77,8 @@ namespace {
 // allocations, so the address rewriting and the copies in and out are real.
 class EmuMemory {
  public:
-  EmuMemory(int64_t block_dim, int64_t ub_bytes) : block_dim_(block_dim), ub_bytes_(ub_bytes) {}
+  EmuMemory(int64_t block_dim, int64_t ub_bytes, int64_t order)
+      : block_dim_(block_dim), ub_bytes_(ub_bytes), order_(order) {}
   uint64_t alloc(uint64_t bytes) {
     buffers_.push_back(std::make_unique<uint8_t[]>(bytes + 32));
     // 32-byte aligned, as device allocations are
@@ -61,19 +94,20 @@ class EmuMemory {
   }
   void run(uint64_t ws, const Layout& L, int dtype, bool run_sq, bool run_update,
            uint32_t /*block_dim*/) {
-    launch(reinterpret_cast<uint8_t*>(ws), L, dtype, run_sq, run_update, block_dim_, ub_bytes_);
+    launch(reinterpret_cast<uint8_t*>(ws), L, dtype, run_sq, run_update, block_dim_, ub_bytes_,
+           order_);
   }
 
  private:
-  int64_t block_dim_, ub_bytes_;
+  int64_t block_dim_, ub_bytes_, order_;
   std::vector<std::unique_ptr<uint8_t[]>> buffers_;
 };
 
 }  // namespace
 
 void launch_staged(uint8_t* ws, const Layout& L, int dtype, bool run_sq, bool run_update,
-                   int64_t block_dim, int64_t ub_bytes) {
-  EmuMemory mem(block_dim, ub_bytes);
+                   int64_t block_dim, int64_t ub_bytes, int64_t core_order) {
+  EmuMemory mem(block_dim, ub_bytes, core_order);
   lars_npu_host::run_staged(mem, ws, L, dtype, run_sq, run_update,
                             static_cast<uint32_t>(block_dim));
 }

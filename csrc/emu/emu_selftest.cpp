@@ -2,13 +2,33 @@
 // hardware refuses (tests/test_emu_kernels.py). Each case throws AscendC::emu::Violation.
 #include <stdexcept>
 #include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "kernel_operator.h"
 
 namespace lars_emu {
 
+namespace {
+// FreeTensor takes LocalTensor<T>& (non-const) as in the real AscendC headers: the emulation
+// must not accept a call that CANN's compiler rejects (tests/test_emu_kernels.py also compiles
+// such calls and expects the compiler to refuse them).
+template <typename Arg, typename = void>
+struct can_free : std::false_type {};
+template <typename Arg>
+struct can_free<Arg, std::void_t<decltype(std::declval<AscendC::TQue<AscendC::TPosition::VECIN, 2>&>()
+                                              .FreeTensor(std::declval<Arg>()))>>
+    : std::true_type {};
+static_assert(can_free<AscendC::LocalTensor<float>&>::value, "FreeTensor(LocalTensor&)");
+static_assert(!can_free<const AscendC::LocalTensor<float>&>::value,
+              "FreeTensor must not take a const LocalTensor (the real signature does not)");
+static_assert(!can_free<AscendC::LocalTensor<float>&&>::value,
+              "FreeTensor must not take a temporary (the real signature does not)");
+}  // namespace
+
 void selftest(const std::string& which) {
-  float gm_data[64] = {};
+  alignas(64) float gm_data[64] = {};
   AscendC::emu::Launch(1, 192 * 1024, [&] {
     AscendC::TPipe pipe;
     AscendC::TQue<AscendC::TPosition::VECIN, 2> que;
@@ -86,6 +106,73 @@ void selftest(const std::string& which) {
       AscendC::LocalTensor<float> t = buf.Get<float>();
       AscendC::Duplicate(t, 0.0f, 8);
       AscendC::Sqrt(t, t, 8);
+    } else if (which == "gm_read_without_dcci") {
+      // WRONG: a scalar read of global memory (the host's table, an earlier launch's output)
+      // with no DataCacheCleanAndInvalid first: the core's data cache may hold a stale line
+      (void)gm.GetValue(0);
+    } else if (which == "gm_read_after_dma_without_dcci") {
+      // WRONG: DCCI, then a DMA write to GM, then a scalar read of it: the line is stale again
+      AscendC::DataCacheCleanAndInvalid<float, AscendC::CacheLine::ENTIRE_DATA_CACHE,
+                                        AscendC::DcciDst::CACHELINE_OUT>(gm);
+      AscendC::TQue<AscendC::TPosition::VECOUT, 1> out;
+      pipe.InitBuffer(out, 1, 32);
+      AscendC::LocalTensor<float> t = out.AllocTensor<float>();
+      AscendC::Duplicate(t, 1.0f, 8);
+      out.EnQue(t);
+      t = out.DeQue<float>();
+      AscendC::DataCopy(gm[8], t, 8);
+      out.FreeTensor(t);
+      AscendC::SetFlag<AscendC::HardEvent::MTE3_S>(0);
+      AscendC::WaitFlag<AscendC::HardEvent::MTE3_S>(0);
+      (void)gm.GetValue(9);
+    } else if (which == "single_line_dcci_elsewhere") {
+      // WRONG: the one cache line invalidated is not the one read
+      AscendC::DataCacheCleanAndInvalid<float, AscendC::CacheLine::SINGLE_CACHE_LINE,
+                                        AscendC::DcciDst::CACHELINE_OUT>(gm);
+      (void)gm.GetValue(40);  // 160 bytes on: another 64-byte line
+    } else if (which == "ub_185k") {
+      // WRONG on A2: 185 KiB for the kernel, but the top 8 KiB of 192 are the APIs' scratch
+      AscendC::TBuf<AscendC::TPosition::VECCALC> big;
+      pipe.InitBuffer(big, 185 * 1024 - 2 * 32 * sizeof(float));
+    } else if (which == "ub_184k") {
+      AscendC::TBuf<AscendC::TPosition::VECCALC> big;  // everything A2 leaves to a kernel
+      pipe.InitBuffer(big, 184 * 1024 - 2 * 32 * sizeof(float));
+    } else if (which == "misaligned_gm") {
+      // WRONG for lars_npu's kernels: a DMA from a global address that is not 32-byte aligned
+      AscendC::LocalTensor<float> t = que.AllocTensor<float>();
+      AscendC::DataCopy(t, gm[3], 8);
+    } else if (which == "reduce_sum_work_holds_partials") {
+      // WRONG: takes ReduceSum's work tensor for per-repeat partial sums. A2 never writes it.
+      AscendC::TBuf<AscendC::TPosition::VECCALC> buf;
+      pipe.InitBuffer(buf, 256 * sizeof(float));
+      AscendC::LocalTensor<float> all = buf.Get<float>();
+      AscendC::LocalTensor<float> src = all, work = all[128], dst = all[192];
+      AscendC::Duplicate(all, 0.0f, 256);
+      AscendC::Duplicate(src, 1.0f, 128);
+      AscendC::ReduceSum(dst, src, work, 128);
+      AscendC::SetFlag<AscendC::HardEvent::V_S>(0);
+      AscendC::WaitFlag<AscendC::HardEvent::V_S>(0);
+      if (work.GetValue(0) != 64.0f) {
+        throw std::logic_error("kernel result wrong: ReduceSum's work tensor holds no partials");
+      }
+    } else if (which == "reduce_sum_sequential_bits") {
+      // WRONG: expects the bits of a sequential fp32 sum. 1 + 63 x 2^-24: sequentially every
+      // 2^-24 rounds away; A2's pairwise tree adds them first.
+      AscendC::TBuf<AscendC::TPosition::VECCALC> buf;
+      pipe.InitBuffer(buf, 128 * sizeof(float));
+      AscendC::LocalTensor<float> src = buf.Get<float>(), dst = src[64];
+      AscendC::Duplicate(src, 5.9604645e-8f, 64);
+      AscendC::SetFlag<AscendC::HardEvent::V_S>(0);
+      AscendC::WaitFlag<AscendC::HardEvent::V_S>(0);
+      src.SetValue(0, 1.0f);
+      float sequential = 0.0f;
+      for (int i = 0; i < 64; ++i) sequential += src.GetValue(i);
+      AscendC::SetFlag<AscendC::HardEvent::S_V>(0);
+      AscendC::WaitFlag<AscendC::HardEvent::S_V>(0);
+      AscendC::ReduceSum(dst, src, src, 64);
+      if (dst.GetValue(0) != sequential) {
+        throw std::logic_error("kernel result wrong: ReduceSum is not a sequential sum");
+      }
     } else if (which == "ok") {
       // the same moves, each ordered as the hardware needs
       AscendC::LocalTensor<float> t = que.AllocTensor<float>();
@@ -143,10 +230,87 @@ void selftest(const std::string& which) {
       if (gm_data[16] != 3.0f || gm_data[24] != 4.0f) {
         throw std::logic_error("selftest ok: wrong data (second part)");
       }
+      // ReduceSum into a VECOUT buffer, copied out at once: the call orders its scalar store
+      // before MTE3 itself (A2)
+      AscendC::TQue<AscendC::TPosition::VECOUT, 1> red;
+      pipe.InitBuffer(red, 1, 96 * sizeof(float));
+      AscendC::LocalTensor<float> r = red.AllocTensor<float>();
+      AscendC::Duplicate(r, 0.5f, 96);
+      AscendC::ReduceSum(r[88], r, r, 80);  // work ignored: the source stands in for it
+      red.EnQue(r);
+      r = red.DeQue<float>();
+      AscendC::DataCopy(gm[32], r[88], 8);
+      red.FreeTensor(r);
+      if (gm_data[32] != 40.0f || gm_data[33] != 0.5f) {
+        throw std::logic_error("selftest ok: wrong data (ReduceSum)");
+      }
+      // ReduceSum's dst is written by the scalar unit only (vcadd reads src; the accumulator is
+      // stored by S): reducing into a buffer that MTE3 is copying out needs MTE3 -> S, not
+      // MTE3 -> V (the previous emulation, which wrote dst on V, refused this right kernel)
+      AscendC::TQue<AscendC::TPosition::VECOUT, 1> red2;
+      pipe.InitBuffer(red2, 1, 64 * sizeof(float));
+      AscendC::LocalTensor<float> r2 = red2.AllocTensor<float>();
+      AscendC::Duplicate(r2, 1.0f, 64);
+      red2.EnQue(r2);
+      r2 = red2.DeQue<float>();
+      AscendC::DataCopy(gm[40], r2, 8);  // MTE3 reads r2 ...
+      AscendC::SetFlag<AscendC::HardEvent::MTE3_S>(0);
+      AscendC::WaitFlag<AscendC::HardEvent::MTE3_S>(0);
+      AscendC::ReduceSum(r2, r2[8], r2, 56);  // ... and only then the scalar store into it
+      if (r2.GetValue(0) != 56.0f) throw std::logic_error("selftest ok: wrong data (ReduceSum 2)");
+      red2.FreeTensor(r2);
+      // scalar reads of GM after the data cache maintenance they need: the entire cache after
+      // the DMA writes, and a single line
+      AscendC::SetFlag<AscendC::HardEvent::MTE3_S>(0);
+      AscendC::WaitFlag<AscendC::HardEvent::MTE3_S>(0);
+      AscendC::DataCacheCleanAndInvalid<float, AscendC::CacheLine::ENTIRE_DATA_CACHE,
+                                        AscendC::DcciDst::CACHELINE_OUT>(gm);
+      AscendC::DataCacheCleanAndInvalid<float, AscendC::CacheLine::SINGLE_CACHE_LINE,
+                                        AscendC::DcciDst::CACHELINE_OUT>(gm[48]);
+      if (gm.GetValue(32) != 40.0f || gm.GetValue(48) != gm_data[48]) {
+        throw std::logic_error("selftest ok: wrong data (GetValue)");
+      }
     } else {
       throw std::invalid_argument("unknown selftest case " + which);
     }
   });
+}
+
+std::vector<float> cross_core_probe(int64_t block_dim, int64_t core_order) {
+  if (block_dim <= 0 || block_dim > 64) throw std::invalid_argument("block_dim: 1..64");
+  struct alignas(32) Block {  // 8 floats: one 32-byte block per core
+    float v[8];
+  };
+  std::vector<Block> gm_data(static_cast<size_t>(block_dim), Block{});
+  AscendC::emu::LaunchOptions saved = AscendC::emu::launch_options();
+  AscendC::emu::launch_options() = {core_order, nullptr};
+  try {
+    AscendC::emu::Launch(block_dim, 192 * 1024, [&] {
+      // WRONG: core b waits for nothing, yet takes what core b - 1 wrote in this launch
+      const int64_t b = AscendC::GetBlockIdx();
+      AscendC::GlobalTensor<float> gm;
+      gm.SetGlobalBuffer(gm_data[0].v, static_cast<uint64_t>(block_dim) * 8);
+      AscendC::DataCacheCleanAndInvalid<float, AscendC::CacheLine::ENTIRE_DATA_CACHE,
+                                        AscendC::DcciDst::CACHELINE_OUT>(gm);
+      const float prev = b > 0 ? gm.GetValue(static_cast<uint64_t>(b - 1) * 8) : 0.0f;
+      AscendC::TPipe pipe;
+      AscendC::TQue<AscendC::TPosition::VECOUT, 1> out;
+      pipe.InitBuffer(out, 1, 32);
+      AscendC::LocalTensor<float> t = out.AllocTensor<float>();
+      AscendC::Duplicate(t, prev + 1.0f, 8);
+      out.EnQue(t);
+      t = out.DeQue<float>();
+      AscendC::DataCopy(gm[static_cast<uint64_t>(b) * 8], t, 8);
+      out.FreeTensor(t);
+    });
+  } catch (...) {
+    AscendC::emu::launch_options() = saved;
+    throw;
+  }
+  AscendC::emu::launch_options() = saved;
+  std::vector<float> r;
+  for (const Block& blk : gm_data) r.push_back(blk.v[0]);
+  return r;
 }
 
 }  // namespace lars_emu

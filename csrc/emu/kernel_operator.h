@@ -15,7 +15,15 @@
 //     (V->MTE3) queue for what was issued before the EnQue, or FreeTensor -> AllocTensor
 //     (V->MTE2 for VECIN, MTE3->V for VECOUT). Hardware runs the pipes concurrently; this
 //     catches the races the in-order emulation would otherwise hide (e.g. a scalar SetValue
-//     copied out to GM without an S->MTE3 wait). Global memory is not tracked;
+//     copied out to GM without an S->MTE3 wait). The queues' events are pipe barriers, as on
+//     hardware, and order transitively like SetFlag/WaitFlag;
+//   - a scalar GetValue of global memory without a DataCacheCleanAndInvalid in this launch after
+//     every DMA write to it (the host's tables, an earlier launch's output, this launch's copies);
+//   - a DMA whose global-memory address is not 32-byte aligned (lars_npu's rule, see
+//     check_gm_alignment);
+//   - UB use beyond 184 KiB of A2's 192 (the top 8 KiB are API scratch on 2201);
+//   - FreeTensor of a const LocalTensor or a temporary (a compile error: the real signature takes
+//     LocalTensor<T>&);
 //   - WaitFlag of an event that was not set, SetFlag of one already set, a SetFlag never
 //     waited for by the end of the kernel;
 //   - DataCopyPad to or from a buffer that is not VECIN / VECOUT (Atlas A2/A3);
@@ -24,17 +32,25 @@
 // refuses it instead (use DataCopyPad for a ragged tail). DataCopyPad GM->UB fills the rest of
 // the last 32-byte block with NaN bytes unless padding is asked for, so a kernel that reads
 // those lanes shows it.
-// AI cores run one after another over the block index (emu::Launch), each with its own UB, so
-// per-core partials handed over through global memory are real.
+// ReduceSum follows A2's implementation (see its comment): scalar store of dst, syncs by the
+// call, work tensor untouched, a pairwise (not sequential) summation order.
+// AI cores run one after another (emu::Launch), forward, reversed or shuffled as the caller asks
+// (a kernel's results must not depend on it), each with its own UB, so per-core partials handed
+// over through global memory are real. Per core and launch the emulation counts bytes moved
+// GM->UB and UB->GM, scalar GM reads, vector instructions and waits (emu::Counters).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <algorithm>
 #include <functional>
+#include <map>
 #include <memory>
+#include <random>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../cpu/dtypes.h"
@@ -78,6 +94,10 @@ namespace emu {
 
 enum Pipe : int { NONE = 0, S, V, MTE2, MTE3, NUM_PIPES };
 
+// Atlas A2 (__NPU_ARCH__ 2201): 192 KiB of UB per vector core (TOTAL_UB_SIZE in asc-devkit's
+// impl/basic_api/utils/kernel_utils_constants.h).
+constexpr uint64_t kUbTotalA2 = 192 * 1024;
+
 inline const char* pipe_name(int p) {
   static const char* names[] = {"none", "S (scalar)", "V (vector)", "MTE2 (GM->UB)",
                                 "MTE3 (UB->GM)"};
@@ -109,12 +129,32 @@ class Violation : public std::runtime_error {
   explicit Violation(const std::string& what) : std::runtime_error("AscendC emulation: " + what) {}
 };
 
+// What the emulated cores did, per core and per launch: the inputs of lars_npu's NPU cost model
+// (counted, never timed; see README "AscendC kernels").
+struct Counters {
+  uint64_t gm_to_ub_bytes = 0;   // DataCopy / DataCopyPad GM -> UB
+  uint64_t ub_to_gm_bytes = 0;   // DataCopy / DataCopyPad UB -> GM
+  uint64_t scalar_gm_reads = 0;  // GlobalTensor::GetValue
+  uint64_t vector_instrs = 0;    // vector API calls (each one instruction stream of `count`)
+  uint64_t queue_waits = 0;      // DeQue, and AllocTensor of a freed buffer (the queues' events)
+  uint64_t flag_waits = 0;       // WaitFlag, and the syncs API calls perform themselves
+};
+
+// State shared by the cores of one launch: global-memory writes by DMA, numbered with the data
+// cache maintenance of every core (gm_seq), for the DataCacheCleanAndInvalid rule.
+struct LaunchState {
+  uint64_t gm_seq = 0;
+  std::map<uintptr_t, std::pair<uintptr_t, uint64_t>> dma_writes;  // start -> (end, gm_seq)
+  uintptr_t longest_write = 0;
+};
+
 // The core being emulated: its block index, the launch's block count and its Unified Buffer.
 struct Core {
   int64_t block_idx = 0;
   int64_t block_num = 1;
   std::vector<uint8_t> ub;  // UB bytes of the SoC (e.g. 192 KiB on Atlas A2 / 910B)
   size_t ub_used = 0;
+  size_t ub_usable = 0;     // what TPipe may allocate: 184 KiB of A2's 192 (see Launch)
   uint64_t seq = 0;  // count of UB accesses, for the pipe-order checks
   // waited[x][y] = k: every use of UB by pipe x numbered below k is done before pipe y goes on
   uint64_t waited[NUM_PIPES][NUM_PIPES] = {};
@@ -124,6 +164,12 @@ struct Core {
     uint64_t before[NUM_PIPES];   // waited[x][from] at the SetFlag: what `from` had waited for
   };
   std::vector<Flag> flags_set;  // set and not yet waited for
+  // Data cache: gm_seq of this core's last DataCacheCleanAndInvalid of the entire cache, and of
+  // single lines (64-byte line index -> gm_seq); 0: none in this launch.
+  uint64_t dcci_all = 0;
+  std::map<uintptr_t, uint64_t> dcci_lines;
+  LaunchState* launch = nullptr;
+  Counters count;
 };
 
 inline Core*& current() {
@@ -137,14 +183,57 @@ inline Core& core() {
   return *c;
 }
 
-// Runs `kernel` once per block index 0..block_dim-1, each on a fresh core with `ub_bytes` of UB.
+// How emu::Launch runs the cores of the next launches (set by the caller, per thread): the
+// order, and where the per-core counters go.
+//   order 0: block index 0, 1, ... (forward); -1: reverse; k > 0: a shuffle seeded with k.
+// Hardware runs the cores concurrently, so a kernel's results must not depend on the order: the
+// tests run every kernel in several orders and require identical bytes.
+struct LaunchOptions {
+  int64_t order = 0;
+  std::vector<Counters>* counters = nullptr;  // per core, appended per launch when set
+};
+
+inline LaunchOptions& launch_options() {
+  thread_local LaunchOptions options;
+  return options;
+}
+
+inline std::vector<int64_t> core_order(int64_t block_dim, int64_t order) {
+  std::vector<int64_t> idx(static_cast<size_t>(block_dim));
+  for (int64_t b = 0; b < block_dim; ++b) idx[static_cast<size_t>(b)] = b;
+  if (order == -1) {
+    std::reverse(idx.begin(), idx.end());
+  } else if (order > 0) {  // Fisher-Yates with a fixed generator: the same order on every host
+    std::mt19937_64 gen(static_cast<uint64_t>(order));
+    for (size_t i = idx.size(); i > 1; --i) {
+      std::swap(idx[i - 1], idx[static_cast<size_t>(gen() % i)]);
+    }
+  } else if (order != 0) {
+    throw Violation("core order: 0 (forward), -1 (reverse) or a positive shuffle seed");
+  }
+  return idx;
+}
+
+// On Atlas A2 (2201) the top 8 KiB of the 192 KiB UB are scratch of some APIs (TMP_UB_OFFSET =
+// TOTAL_VEC_LOCAL_SIZE = 184 KiB in asc-devkit's kernel_utils_constants.h): a kernel's TPipe
+// gets 184 KiB. The emulation models A2: of any `ub_bytes`, the top 8 KiB are reserved.
+constexpr size_t kUbReservedA2 = 8 * 1024;
+
+// Runs `kernel` once per block index 0..block_dim-1, in the order of launch_options(), each on a
+// fresh core with `ub_bytes` of UB (of which ub_bytes - 8 KiB are usable).
 inline void Launch(int64_t block_dim, size_t ub_bytes, const std::function<void()>& kernel) {
   if (block_dim <= 0) throw Violation("blockDim must be positive");
-  for (int64_t b = 0; b < block_dim; ++b) {
+  if (ub_bytes <= kUbReservedA2) throw Violation("Unified Buffer smaller than A2's reserve");
+  const LaunchOptions opts = launch_options();
+  LaunchState state;
+  std::vector<Counters> counts(static_cast<size_t>(block_dim));
+  for (int64_t b : core_order(block_dim, opts.order)) {
     Core c;
     c.block_idx = b;
     c.block_num = block_dim;
     c.ub.assign(ub_bytes, 0);
+    c.ub_usable = ub_bytes - kUbReservedA2;
+    c.launch = &state;
     current() = &c;
     try {
       kernel();
@@ -156,8 +245,59 @@ inline void Launch(int64_t block_dim, size_t ub_bytes, const std::function<void(
       throw;
     }
     current() = nullptr;
+    counts[static_cast<size_t>(b)] = c.count;
+  }
+  if (opts.counters != nullptr) {
+    opts.counters->insert(opts.counters->end(), counts.begin(), counts.end());
   }
 }
+
+// Global memory [addr, addr + bytes) written by DMA (UB -> GM) in this launch.
+inline void dma_wrote(const void* addr, uint64_t bytes) {
+  Core& c = core();
+  const auto start = reinterpret_cast<uintptr_t>(addr);
+  c.launch->dma_writes[start] = {start + bytes, ++c.launch->gm_seq};
+  if (bytes > c.launch->longest_write) c.launch->longest_write = bytes;
+  c.count.ub_to_gm_bytes += bytes;
+}
+
+// A scalar read of global memory goes through the core's data cache, which may hold a line from
+// before (an earlier launch on this core, the host's copy of the tables, this launch's DMA
+// writes): refused unless a DataCacheCleanAndInvalid covering it came after every DMA write to
+// it in this launch (and at all in this launch).
+inline void scalar_gm_read(const void* addr, size_t bytes) {
+  Core& c = core();
+  ++c.count.scalar_gm_reads;
+  const auto a = reinterpret_cast<uintptr_t>(addr);
+  uint64_t dcci = c.dcci_all;
+  for (uintptr_t line = a / 64; line <= (a + bytes - 1) / 64; ++line) {
+    auto it = c.dcci_lines.find(line);
+    const uint64_t seen = it == c.dcci_lines.end() ? 0 : it->second;
+    if (seen > dcci) dcci = seen;  // (one line covers every read the kernels make)
+  }
+  if (dcci == 0) {
+    throw Violation("GlobalTensor::GetValue without a DataCacheCleanAndInvalid first in this "
+                    "launch: the data cache may hold a stale line (host copy, earlier launch)");
+  }
+  const auto& writes = c.launch->dma_writes;
+  auto it = writes.upper_bound(a + bytes - 1);
+  while (it != writes.begin()) {
+    --it;
+    if (it->first + c.launch->longest_write <= a) break;  // no earlier write reaches `a`
+    if (it->second.first > a && it->second.second > dcci) {
+      throw Violation("GlobalTensor::GetValue of global memory written by DMA in this launch "
+                      "after the last DataCacheCleanAndInvalid (a stale cache line)");
+    }
+  }
+}
+
+// A pipe event: `from` -> `to`, set when `from` had issued the UB accesses numbered up to `seq`.
+struct Event {
+  bool set = false;
+  int from = NONE, to = NONE;
+  uint64_t seq = 0;
+  uint64_t before[NUM_PIPES] = {};  // waited[x][from] at the set: what `from` had waited for
+};
 
 // Liveness of one queue/buffer slot, shared by the LocalTensors handed out for it, and what the
 // pipe-order checks need: the last write, the reads since, and the queue edges.
@@ -171,19 +311,46 @@ struct Slot {
   int writer = NONE;        // the pipe that wrote the buffer last
   uint64_t write_seq = 0;
   uint64_t read_seq[NUM_PIPES] = {};  // last read by each pipe since that write (0: none)
-  uint64_t enq_seq = 0;     // EnQue: the queue's flag covers accesses up to here
-  int handed_from = NONE, handed_to = NONE;  // DeQue: the queue ordered from -> to
-  uint64_t handed_seq = 0;
-  int freed_from = NONE, freed_to = NONE;    // FreeTensor -> AllocTensor ordered from -> to
-  uint64_t freed_seq = 0;
+  // A queue's own events: EnQue sets one (producer -> consumer) that DeQue waits for, and
+  // FreeTensor sets one (consumer -> next producer) that the next AllocTensor waits for.
+  Event enqueued, freed;
 };
 
-// Whether pipe a's use of `slot` numbered `seq` is ordered before pipe b's next use.
-inline bool ordered(const Slot& slot, int a, int b, uint64_t seq) {
+// The queue-event counterpart of SetFlag: what `from` issued so far, and what it had waited for.
+inline Event set_event(int from, int to) {
   const Core& c = core();
-  if (a == b || c.waited[a][b] > seq) return true;
-  if (slot.handed_from == a && slot.handed_to == b && seq <= slot.handed_seq) return true;
-  return slot.freed_from == a && slot.freed_to == b && seq <= slot.freed_seq;
+  Event e{true, from, to, c.seq, {}};
+  for (int x = 0; x < NUM_PIPES; ++x) e.before[x] = c.waited[x][from];
+  return e;
+}
+
+// ... and of WaitFlag: pipe `to` goes on only after everything `from` issued before the set
+// (and, transitively, what `from` had waited for). A queue's event is a pipe barrier on
+// hardware, not a per-buffer one.
+inline void wait_event(Event& e) {
+  if (!e.set) return;
+  Core& c = core();
+  ++c.count.queue_waits;
+  uint64_t& w = c.waited[e.from][e.to];
+  if (e.seq + 1 > w) w = e.seq + 1;
+  for (int x = 0; x < NUM_PIPES; ++x) {
+    if (e.before[x] > c.waited[x][e.to]) c.waited[x][e.to] = e.before[x];
+  }
+  e.set = false;
+}
+
+// A synchronisation an API call performs itself (SetFlag immediately followed by WaitFlag).
+inline void implied_sync(int from, int to) {
+  Event e = set_event(from, to);
+  wait_event(e);
+  --core().count.queue_waits;  // a flag wait, not a queue's
+  ++core().count.flag_waits;
+}
+
+// Whether pipe a's use numbered `seq` is ordered before pipe b's next use.
+inline bool ordered(const Slot&, int a, int b, uint64_t seq) {
+  const Core& c = core();
+  return a == b || c.waited[a][b] > seq;
 }
 
 // Pipe `p` reads (or writes) the buffer of `slot`. Refused when another pipe wrote it last (or,
@@ -235,6 +402,7 @@ class GlobalTensor {
   }
   T GetValue(uint64_t i) const {
     if (i >= size_) throw emu::Violation("GlobalTensor::GetValue out of range");
+    emu::scalar_gm_read(base_ + i, sizeof(T));
     return base_[i];
   }
   void SetValue(uint64_t i, T v) {
@@ -317,6 +485,7 @@ class TQue {
       if (!s->allocated) {
         s->allocated = true;
         ++s->generation;
+        emu::wait_event(s->freed);  // the FreeTensor's event: consumer before next producer
         return LocalTensor<T>(s, 0, s->bytes / sizeof(T));
       }
     }
@@ -328,7 +497,10 @@ class TQue {
     if (static_cast<int32_t>(queued_.size()) >= depth) {
       throw emu::Violation("EnQue: queue depth exceeded");
     }
-    t.slot()->enq_seq = emu::core().seq;
+    // The queue's event orders its producer before its consumer, for what was issued before
+    // the EnQue: MTE2 -> V for VECIN, V -> MTE3 for VECOUT. Nothing else (not a scalar write).
+    t.slot()->enqueued = pos == TPosition::VECIN ? emu::set_event(emu::MTE2, emu::V)
+                                                 : emu::set_event(emu::V, emu::MTE3);
     queued_.push_back(t.slot());
   }
   template <typename T>
@@ -336,24 +508,21 @@ class TQue {
     if (queued_.empty()) throw emu::Violation("DeQue of an empty queue");
     auto s = queued_.front();
     queued_.erase(queued_.begin());
-    // The queue's own flag orders its producer before its consumer, for what was issued before
-    // the EnQue: MTE2 -> V for VECIN, V -> MTE3 for VECOUT. Nothing else (not a scalar write).
-    s->handed_from = pos == TPosition::VECIN ? emu::MTE2 : emu::V;
-    s->handed_to = pos == TPosition::VECIN ? emu::V : emu::MTE3;
-    s->handed_seq = s->enq_seq;
+    emu::wait_event(s->enqueued);
     return LocalTensor<T>(s, 0, s->bytes / sizeof(T), s->generation);
   }
+  // Non-const, as the real signature (kernel_tpipe.h: FreeTensor(LocalTensor<T>&)): a const
+  // tensor or a temporary is refused at compile time, as CANN's compiler refuses it.
   template <typename T>
-  void FreeTensor(const LocalTensor<T>& t) {
+  void FreeTensor(LocalTensor<T>& t) {
     t.check_count(0, "FreeTensor");
     emu::Slot& s = *t.slot();
     s.allocated = false;
     ++s.generation;
     // FreeTensor -> AllocTensor orders the consumer before the next producer: V -> MTE2 for
     // VECIN, MTE3 -> V for VECOUT.
-    s.freed_from = pos == TPosition::VECIN ? emu::V : emu::MTE3;
-    s.freed_to = pos == TPosition::VECIN ? emu::MTE2 : emu::V;
-    s.freed_seq = emu::core().seq;
+    s.freed = pos == TPosition::VECIN ? emu::set_event(emu::V, emu::MTE2)
+                                      : emu::set_event(emu::MTE3, emu::V);
   }
 
  private:
@@ -395,9 +564,11 @@ class TPipe {
   std::shared_ptr<emu::Slot> take(uint32_t bytes, TPosition pos) {
     emu::Core& c = emu::core();
     const uint32_t aligned = (bytes + ONE_BLK_SIZE - 1) / ONE_BLK_SIZE * ONE_BLK_SIZE;
-    if (c.ub_used + aligned > c.ub.size()) {
+    if (c.ub_used + aligned > c.ub_usable) {
       throw emu::Violation("Unified Buffer overflow: " + std::to_string(c.ub_used + aligned) +
-                           " bytes requested, the SoC has " + std::to_string(c.ub.size()));
+                           " bytes requested, a kernel may use " + std::to_string(c.ub_usable) +
+                           " (of " + std::to_string(c.ub.size()) +
+                           "; on Atlas A2 the top 8 KiB are reserved)");
     }
     auto s = std::make_shared<emu::Slot>();
     s->data = c.ub.data() + c.ub_used;
@@ -429,6 +600,7 @@ void WaitFlag(TEventID id) {
   emu::Core& c = emu::core();
   for (auto it = c.flags_set.begin(); it != c.flags_set.end(); ++it) {
     if (it->event == static_cast<int>(event) && it->id == static_cast<int>(id)) {
+      ++c.count.flag_waits;
       const int from = emu::event_from(event), to = emu::event_to(event);
       uint64_t& w = c.waited[from][to];
       if (it->seq + 1 > w) w = it->seq + 1;
@@ -442,13 +614,32 @@ void WaitFlag(TEventID id) {
   throw emu::Violation("WaitFlag of an event that was not set (SetFlag first)");
 }
 
-// Data-cache maintenance for scalar access to global memory written by DMA or by other cores:
-// the emulation has no data cache, so there is nothing to do.
+// Data-cache maintenance before scalar reads of global memory that DMA, the host or an earlier
+// launch wrote: the emulation has no cache, but records it (emu::scalar_gm_read checks it).
 template <typename T, CacheLine line, DcciDst dst>
-void DataCacheCleanAndInvalid(const GlobalTensor<T>&) {}
+void DataCacheCleanAndInvalid(const GlobalTensor<T>& g) {
+  emu::Core& c = emu::core();
+  const uint64_t seq = ++c.launch->gm_seq;
+  if (line == CacheLine::ENTIRE_DATA_CACHE) {
+    c.dcci_all = seq;
+  } else {
+    c.dcci_lines[reinterpret_cast<uintptr_t>(g.address()) / 64] = seq;
+  }
+}
 
 // ---- data movement --------------------------------------------------------------------------
 namespace emu {
+// lars_npu's rule for the global-memory side of every DMA: a 32-byte aligned address. A2's MTE
+// takes other addresses for DataCopyPad, but a misaligned start splits every 32-byte block over
+// two and plain DataCopy is documented for aligned data only; the host plan therefore refuses
+// tensors whose base is not 32-byte aligned (the backends stage those into aligned copies), and
+// chunk and tile offsets keep every copy aligned from there.
+inline void check_gm_alignment(const void* gm, const char* op) {
+  if (reinterpret_cast<uintptr_t>(gm) % ONE_BLK_SIZE != 0) {
+    throw Violation(std::string(op) + ": global memory address not 32-byte aligned");
+  }
+}
+
 template <typename T>
 void check_copy(const LocalTensor<T>& local, uint64_t gm_size, uint32_t count, const char* op) {
   local.check_count(count, op);
@@ -466,14 +657,18 @@ void check_copy(const LocalTensor<T>& local, uint64_t gm_size, uint32_t count, c
 template <typename T>
 void DataCopy(const LocalTensor<T>& dst, const GlobalTensor<T>& src, uint32_t count) {
   emu::check_copy(dst, src.size(), count, "DataCopy GM->UB");
+  emu::check_gm_alignment(src.address(), "DataCopy GM->UB");
   dst.use(emu::MTE2, true, "DataCopy GM->UB");
+  emu::core().count.gm_to_ub_bytes += uint64_t{count} * sizeof(T);
   std::memcpy(dst.ptr(), src.address(), count * sizeof(T));
 }
 
 template <typename T>
 void DataCopy(const GlobalTensor<T>& dst, const LocalTensor<T>& src, uint32_t count) {
   emu::check_copy(src, dst.size(), count, "DataCopy UB->GM");
+  emu::check_gm_alignment(dst.address(), "DataCopy UB->GM");
   src.use(emu::MTE3, false, "DataCopy UB->GM");
+  emu::dma_wrote(dst.address(), uint64_t{count} * sizeof(T));
   std::memcpy(dst.address(), src.ptr(), count * sizeof(T));
 }
 
@@ -530,7 +725,9 @@ void DataCopyPad(const LocalTensor<T>& dst, const GlobalTensor<T>& src,
                  const DataCopyExtParams& params, const DataCopyPadExtParams<T>& pad) {
   const uint32_t count = emu::check_pad_copy(dst, src.size(), params, "DataCopyPad GM->UB");
   emu::check_pad_position(dst, "DataCopyPad GM->UB");
+  emu::check_gm_alignment(src.address(), "DataCopyPad GM->UB");
   dst.use(emu::MTE2, true, "DataCopyPad GM->UB");
+  emu::core().count.gm_to_ub_bytes += params.blockLen;
   const uint32_t padded = (params.blockLen + ONE_BLK_SIZE - 1) / ONE_BLK_SIZE * ONE_BLK_SIZE;
   std::memset(reinterpret_cast<uint8_t*>(dst.ptr()) + params.blockLen, 0xFF,
               padded - params.blockLen);  // hardware: the block's first element; NaN here,
@@ -548,7 +745,9 @@ void DataCopyPad(const GlobalTensor<T>& dst, const LocalTensor<T>& src,
                  const DataCopyExtParams& params) {
   emu::check_pad_copy(src, dst.size(), params, "DataCopyPad UB->GM");
   emu::check_pad_position(src, "DataCopyPad UB->GM");
+  emu::check_gm_alignment(dst.address(), "DataCopyPad UB->GM");
   src.use(emu::MTE3, false, "DataCopyPad UB->GM");
+  emu::dma_wrote(dst.address(), params.blockLen);
   std::memcpy(dst.address(), src.ptr(), params.blockLen);  // exactly blockLen bytes
 }
 
@@ -557,6 +756,7 @@ namespace emu {
 // A vector instruction: reads its sources, then writes its destination, on the V pipe.
 template <typename D, typename... Srcs>
 void vector_op(const char* op, const LocalTensor<D>& dst, const Srcs&... srcs) {
+  ++core().count.vector_instrs;
   (srcs.use(V, false, op), ...);
   dst.use(V, true, op);
 }
@@ -610,26 +810,43 @@ void Duplicate(const LocalTensor<T>& dst, T scalar, uint32_t count) {
   for (uint32_t i = 0; i < count; ++i) dst.ptr()[i] = scalar;
 }
 
-// dst[0] = sum(src[0:count]); `work` is the scratch the real instruction needs (checked for size).
-// Summation order here: sequential within and across 64-element repeats, fixed, so results are
-// reproducible (hardware adds within a repeat as a binary tree: last bits may differ).
-inline void ReduceSum(const LocalTensor<float>& dst, const LocalTensor<float>& src,
-                      const LocalTensor<float>& work, uint32_t count) {
-  dst.check_count(1, "ReduceSum");
-  src.check_count(count, "ReduceSum");
-  // the documented minimum of the work tensor: RoundUp(max(ceil(count / 64), 1), 8) fp32
-  const uint32_t repeats = (count + 63) / 64;
-  work.check_count(((repeats > 1 ? repeats : 1) + 7) / 8 * 8, "ReduceSum work");
-  emu::vector_op("ReduceSum", work, src);
-  emu::vector_op("ReduceSum", dst);
-  float total = 0.0f;
-  for (uint32_t r = 0; r < count; r += 64) {
-    float part = 0.0f;
-    for (uint32_t i = r; i < count && i < r + 64; ++i) part += src.ptr()[i];
-    work.ptr()[r / 64] = part;
-    total += part;
+// ReduceSum, count form, as Atlas A2 implements it (asc-devkit impl/basic_api/dav_c220/
+// kernel_operator_vec_reduce_impl.h, ReduceSumImpl): ONE vcadd over `count` elements in counter
+// mode; a V->S sync; the scalar unit reads the accumulator and stores it to dst[0] (a scalar
+// write of UB); then S->V and S->MTE3 syncs, so what follows may use dst on any pipe. The work
+// tensor is not touched at all (not even checked), and count must be in [1, UB bytes / 4]
+// (ASCENDC_CHECK_VALUE_RANGE in the interface). Summation order: a pairwise tree over adjacent
+// lanes within each 64-lane (256-byte) repeat, the repeats accumulated in order — not the naive
+// sequential sum, so a kernel or test cannot depend on bit-equality with one (the hardware's
+// exact tree is not documented: claim a tolerance, never bits).
+template <typename T>
+void ReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src, const LocalTensor<T>& work,
+               const int32_t count) {
+  static_assert(std::is_same<T, float>::value, "the emulation's ReduceSum takes float");
+  (void)work;  // A2 ignores it
+  if (count < 1 || static_cast<uint64_t>(count) * sizeof(T) > emu::kUbTotalA2) {
+    throw emu::Violation("ReduceSum: count " + std::to_string(count) +
+                         " outside [1, UB size / element size]");
   }
+  const auto n = static_cast<uint32_t>(count);
+  dst.check_count(1, "ReduceSum");
+  src.check_count(n, "ReduceSum");
+  ++emu::core().count.vector_instrs;
+  src.use(emu::V, false, "ReduceSum (vcadd)");
+  float total = 0.0f;
+  for (uint32_t r = 0; r < n; r += 64) {
+    float lane[64];
+    for (uint32_t i = 0; i < 64; ++i) lane[i] = r + i < n ? src.ptr()[r + i] : 0.0f;
+    for (uint32_t width = 32; width >= 1; width /= 2) {
+      for (uint32_t i = 0; i < width; ++i) lane[i] = lane[2 * i] + lane[2 * i + 1];
+    }
+    total += lane[0];
+  }
+  emu::implied_sync(emu::V, emu::S);
+  dst.use(emu::S, true, "ReduceSum (scalar store of the accumulator)");
   dst.ptr()[0] = total;
+  emu::implied_sync(emu::S, emu::V);
+  emu::implied_sync(emu::S, emu::MTE3);
 }
 
 enum class RoundMode { CAST_NONE, CAST_RINT };

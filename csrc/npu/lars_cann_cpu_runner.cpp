@@ -71,7 +71,9 @@ void cann_host_launch(uint8_t* ws, const lars_ascendc::host::Layout& L, int dtyp
   if (dtype != 0 && dtype != 1) throw std::invalid_argument("dtype: fp32 (0) or fp16 (1)");
   if (L.num_chunks == 0) return;
   CpuDebugMemory mem;
-  run_staged(mem, ws, L, dtype, run_sq, run_update, block_dim == 0 ? 8u : block_dim);
+  uint32_t dim = block_dim == 0 ? 8u : block_dim;
+  if (dim > lars_ascendc::kMaxCoreFlags) dim = lars_ascendc::kMaxCoreFlags;  // one flag slot each
+  run_staged(mem, ws, L, dtype, run_sq, run_update, dim);
 }
 
 }  // namespace lars_npu_host

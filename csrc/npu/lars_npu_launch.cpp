@@ -60,7 +60,10 @@ void launch_on_stream(uint64_t stream, uint64_t ws, const lars_ascendc::host::La
   if (dtype != 0 && dtype != 1) throw std::invalid_argument("dtype: fp32 (0) or fp16 (1)");
   if (L.num_chunks == 0) return;  // nothing to do; a launch with no work is still a launch
   auto s = reinterpret_cast<aclrtStream>(stream);
-  const uint32_t dim = block_dim != 0 ? block_dim : vector_cores();
+  // at most kMaxCoreFlags blocks: one non-finite flag slot each in the workspace (a block count
+  // beyond the vector cores buys nothing: the kernels loop over their chunks)
+  uint32_t dim = block_dim != 0 ? block_dim : vector_cores();
+  if (dim > lars_ascendc::kMaxCoreFlags) dim = lars_ascendc::kMaxCoreFlags;
   if (run_sq) {
     const uint32_t rc =
         dtype == 0 ? ACLRT_LAUNCH_KERNEL(lars_square_sums_fp32)(

@@ -15,11 +15,15 @@ the kernels, it takes fp32 and fp16 tensors.
 - ``cann``: the kernels as CANN built them with ``RUN_MODE=cpu`` (tikicpulib) or ``sim`` — only in
   an extension built with CANN (``lars-npu info`` says); this is what docker/cann-emulator-ci.sh
   runs the emu test-suite against.
+
+``LARS_NPU_EMU_CORE_ORDER`` (``forward``, ``reverse``, ``shuffle:<seed>``) picks the order in
+which the emulation runs a launch's cores; results must not depend on it.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,6 +37,26 @@ UB_BYTES = 192 * 1024
 
 RUNNER_ENV = "LARS_NPU_EMU_RUNNER"
 RUNNERS = ("emulation", "staged", "cann")
+
+# The order in which the emulation runs the cores of a launch (hardware runs them concurrently;
+# the tests require identical results in every order): forward (default), reverse, or
+# shuffle:<seed> (a positive integer).
+CORE_ORDER_ENV = "LARS_NPU_EMU_CORE_ORDER"
+
+
+def core_order() -> int:
+    """``LARS_NPU_EMU_CORE_ORDER`` as the emulation's code: 0 forward, -1 reverse, k > 0 the
+    seed of a shuffle (ValueError for anything else)."""
+    raw = os.environ.get(CORE_ORDER_ENV, "").strip() or "forward"
+    if raw == "forward":
+        return 0
+    if raw == "reverse":
+        return -1
+    if raw.startswith("shuffle:") and raw[8:].isdigit() and int(raw[8:]) > 0:
+        return int(raw[8:])
+    raise ValueError(
+        f"{CORE_ORDER_ENV}={raw!r}: expected forward, reverse or shuffle:<positive seed>"
+    )
 
 
 def runner() -> str:
@@ -79,5 +103,138 @@ class EmuBackend(AscendKernelBackend):
             C.cann_host_launch(blob, n, nc, code, run_square_sums, run_update, BLOCK_DIM)
             return
         C.emu_launch(
-            blob, n, nc, code, run_square_sums, run_update, BLOCK_DIM, UB_BYTES, how == "staged"
+            blob,
+            n,
+            nc,
+            code,
+            run_square_sums,
+            run_update,
+            BLOCK_DIM,
+            UB_BYTES,
+            how == "staged",
+            core_order(),
         )
+
+
+# -- the NPU cost model: counters of the emulation, never a hardware measurement ---------------
+
+# Atlas 910B: HBM bandwidth (~1.6 TB/s) and vector cores (AIV) a launch spreads over (Ascend910B2:
+# 24 AI cores x 2 vector cores). Inputs of the model, stated; nothing here was measured on one.
+HBM_BYTES_PER_S = 1.6e12
+CORES_910B = 48
+IDEAL_FP32_BYTES_PER_PARAM = 28  # pass 1 reads w, g; pass 2 reads w, g, m and writes m, w
+
+
+@dataclass
+class StepCost:
+    """One fused fp32 LARS + momentum step of the AscendC kernels, as the emulation counts it."""
+
+    name: str
+    tensors: int
+    params: int
+    cores: int
+    launches: int
+    dma_bytes: int  # GM <-> UB over every core and launch
+    workspace_bytes: int  # the host plan's workspace (one host-to-device copy per step)
+    scalar_reads_max_core: int  # scalar GM reads of the busiest core, summed over the launches
+    vector_instrs_max_core: int
+    queue_waits_max_core: int
+    flag_waits_max_core: int
+    model_seconds: float  # sum over launches of the busiest core's bytes at its bandwidth share
+    scalar_reads_by_launch: tuple[int, ...] = ()  # the busiest core's, per launch
+
+    @property
+    def bytes_per_param(self) -> float:
+        return self.dma_bytes / max(self.params, 1)
+
+    @property
+    def excess_bytes(self) -> int:
+        return self.dma_bytes - IDEAL_FP32_BYTES_PER_PARAM * self.params
+
+
+def step_cost(
+    name: str, numels: list[int], *, cores: int = CORES_910B, first: bool = False
+) -> StepCost:
+    """Runs one fused fp32 step (momentum 0.9, every tensor adapted) of the kernels on the
+    emulation over tensors of these sizes and returns what the counters say. What the kernels
+    move and issue does not depend on the values, so every tensor is backed by the same
+    zero-filled buffers (w, g, m: one each, as long as the largest tensor): the real shapes at a
+    fraction of their memory. The tensors' values after the step are meaningless."""
+    from ._ascend import CHUNK, TILE_SQUARE_SUMS, TILE_UPDATE, step_args
+
+    C = native()
+    n = len(numels)
+    biggest = max(numels, default=0)
+    w, g, m = (torch.zeros(max(biggest, 1)) for _ in range(3))
+    ones = np.ones(n, dtype=np.uint8)
+    step = step_args(
+        w=np.full(n, w.data_ptr(), dtype=np.int64),
+        g=np.full(n, g.data_ptr(), dtype=np.int64),
+        m=np.full(n, m.data_ptr(), dtype=np.int64),
+        numel=np.asarray(numels, dtype=np.int64),
+        adapt=ones,
+        has_m=ones,
+        first=ones if first else np.zeros(n, dtype=np.uint8),
+        nesterov=np.zeros(n, dtype=np.uint8),
+        wd=np.full(n, 5e-5),
+        lr=np.full(n, 0.1),
+        mu=np.full(n, 0.9),
+        dtype=0,
+        mode=1,
+        tile_sq=TILE_SQUARE_SUMS,
+        tile_up=TILE_UPDATE,
+        chunk_elems=CHUNK,
+    )
+    blob, layout = C.ascend_plan(step)
+    counts = C.emu_launch(
+        blob, layout["n"], layout["num_chunks"], 0, True, True, cores, UB_BYTES, False, 0, True
+    )  # (launches, cores, fields)
+    f = {k: i for i, k in enumerate(C.emu_counter_fields)}
+    dma = counts[:, :, f["gm_to_ub_bytes"]] + counts[:, :, f["ub_to_gm_bytes"]]
+    share = HBM_BYTES_PER_S / cores  # each core's share of HBM when all stream at once
+
+    def busiest(field: str) -> int:
+        return int(counts[:, :, f[field]].max(axis=1).sum())
+
+    return StepCost(
+        name=name,
+        tensors=n,
+        params=int(sum(numels)),
+        cores=cores,
+        launches=int(counts.shape[0]),
+        dma_bytes=int(dma.sum()),
+        workspace_bytes=int(layout["bytes"]),
+        scalar_reads_max_core=busiest("scalar_gm_reads"),
+        vector_instrs_max_core=busiest("vector_instrs"),
+        queue_waits_max_core=busiest("queue_waits"),
+        flag_waits_max_core=busiest("flag_waits"),
+        model_seconds=float(dma.max(axis=1).sum()) / share,
+        scalar_reads_by_launch=tuple(
+            int(x) for x in counts[:, :, f["scalar_gm_reads"]].max(axis=1)
+        ),
+    )
+
+
+def format_costs(costs: list[StepCost]) -> str:
+    """The cost table (README "AscendC kernels"): a model from the emulation's counters."""
+    head = (
+        "| set | tensors | params | launches | GM bytes/param | above 28 B/param | workspace "
+        "(H2D) | scalar GM reads/core | vector instrs/core | queue+flag waits/core | model "
+        "step at 1.6 TB/s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    rows = [
+        f"| {c.name} | {c.tensors:,} | {c.params:,} | {c.launches} | {c.bytes_per_param:.3f} | "
+        f"{c.excess_bytes:,} B | {c.workspace_bytes:,} B | {c.scalar_reads_max_core:,} | "
+        f"{c.vector_instrs_max_core:,} | {c.queue_waits_max_core + c.flag_waits_max_core:,} | "
+        f"{c.model_seconds * 1e6:,.0f} µs |"
+        for c in costs
+    ]
+    cores = costs[0].cores if costs else CORES_910B
+    note = (
+        f"\nA MODEL from lars_npu's AscendC emulation counters (one fused fp32 momentum step, "
+        f"{cores} vector cores; per core: the busiest core, summed over the launches), not a "
+        "hardware measurement. Model step = the busiest core's DMA bytes per launch at "
+        f"{HBM_BYTES_PER_S / 1e12:.1f} TB/s / {cores}; scalar reads, launch overheads and the "
+        "workspace copy are not in it."
+    )
+    return "\n".join([head, *rows]) + note

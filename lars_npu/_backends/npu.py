@@ -3,12 +3,14 @@ CANN, RUN_MODE=npu) on torch_npu's current stream, with the tensors' device poin
 
 Per step: the host builds the kernels' workspace (``_ascend.py``), one host-to-device copy moves
 it, the square-sums and update kernels run back to back on the current stream (the update kernel
-finds a non-finite Σg² on the device and then writes nothing), and one device-to-host copy of the
-partials (64 bytes per 16384 elements) returns found_inf and λ for the optimizer. That copy waits
-for the kernels: one host synchronisation per step (the optimizer decides on the host whether the
-inner optimizer steps, so it would wait for found_inf anyway).
+finds a core's non-finite flag on the device and then writes nothing), and the backend returns
+found_inf and λ as tensors on the device, computed there from the workspace: nothing waits for
+the kernels in the backend (except to copy staged views back, which needs the decision). A host
+wait comes when someone reads them — today the optimizer does, ``bool(found_inf)`` in
+``LARS._finish``, to decide whether the inner optimizer steps.
 
-Tensors the kernels do not take (bfloat16, float64, or fp32 and fp16 mixed in one call) run on
+Lists that mix fp32 and fp16 are grouped by dtype, one launch pair per group (as apex's fused
+optimizers group per dtype). Calls with tensors the kernels do not take (bfloat16, float64) run on
 the ``torch`` backend's ops on the same device instead: correct everywhere, not fused.
 
 Written for CANN and torch_npu, and tested on lars_npu's CI only through the shared code path on
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ._ascend import AscendKernelBackend, kernel_dtypes_ok
+from ._ascend import AscendKernelBackend, kernel_dtypes_ok, kernel_pairs_ok
 from ._native import native, native_error, torch_npu, torch_npu_error
 from .base import Hyper, MultiResult
 from .torch_ import TorchBackend
@@ -87,7 +89,7 @@ class NpuBackend(AscendKernelBackend):
         run_square_sums: bool,
         run_update: bool,
         device: torch.device,
-    ) -> None:
+    ) -> torch.Tensor:
         npu = torch_npu()
         # ACL launches on the current device's context: make it the tensors' device
         with npu.npu.device(device):
@@ -104,10 +106,10 @@ class NpuBackend(AscendKernelBackend):
                 run_update,
                 block_dim(),
             )
-            # stream-ordered after the kernels: returns when they are done (a host
-            # synchronisation, which also keeps `ws` alive until then)
-            p = layout["partials"]
-            blob[p:] = ws[p:].cpu().numpy()
+            # No copy back here: found_inf and λ are read from `ws` on the device when someone
+            # asks (_ascend._lazy_outcome); torch_npu's caching allocator keeps `ws` for the
+            # stream's work while the tensors derived from it live.
+            return ws
 
     # Tensors the kernels do not take go to torch ops on the same device.
     def square_sum_all(
@@ -140,11 +142,12 @@ class NpuBackend(AscendKernelBackend):
         lrs: list[float],
         hyper: Hyper,
     ) -> MultiResult:
-        if not kernel_dtypes_ok([*weights, *grads]):
+        # fp32 and fp16 (mixed too: one launch pair per dtype group) on the kernels
+        if not kernel_pairs_ok(weights, grads):
             return self._torch.multi_lars_(weights, grads, adapt, weight_decays, lrs, hyper)
         return super().multi_lars_(weights, grads, adapt, weight_decays, lrs, hyper)
 
     def fused_sgd_(self, call: FusedCall) -> MultiResult:
-        if not kernel_dtypes_ok([*call.params, *call.grads]):
+        if not kernel_pairs_ok(call.params, call.grads, cast_grads=True):
             return self._torch.fused_sgd_(call)
         return super().fused_sgd_(call)

@@ -7,9 +7,15 @@ if(NOT TARGET ascendcl)
   add_library(ascendcl INTERFACE)
 endif()
 
+# Like newer CANN rules, RUN_MODE=cpu is built here too (linked to tikicpulib, found through
+# tools/cpudebug/cmake/tikicpulib-config.cmake in this tree).
 function(ascendc_library name type)
   add_library(${name} ${type} ${ARGN})
   target_include_directories(${name} PRIVATE ${lars_npu_SOURCE_DIR}/csrc/emu)
+  if(RUN_MODE STREQUAL "cpu")
+    find_package(tikicpulib REQUIRED)
+    target_link_libraries(${name} PUBLIC tikicpulib::${SOC_VERSION})
+  endif()
   set(gen "${CMAKE_CURRENT_BINARY_DIR}/${name}_aclrtlaunch")
   file(MAKE_DIRECTORY "${gen}")
   foreach(src IN LISTS ARGN)

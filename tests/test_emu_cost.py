@@ -1,0 +1,91 @@
+"""The emulation's counters and the NPU cost model built on them (`lars-npu bench --backend
+emu`). Counted on lars_npu's own AscendC emulation: a model, never a hardware measurement."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lars_npu import bench
+from lars_npu._backends import emu
+from lars_npu._backends._ascend import step_args
+from lars_npu._backends._native import native
+
+from .conftest import ALL_BACKENDS
+
+pytestmark = pytest.mark.skipif("emu" not in ALL_BACKENDS, reason="no AscendC emulation built")
+
+CHUNK = 16384
+
+
+def overhead(chunks: int, cores: int, touching: int, tensors: int = 1) -> int:
+    """Bytes beyond the elements' own, in a step over `chunks` chunks on `cores` cores:
+    Σw² and Σg² blocks written (64 B a chunk); each core writes its flag (32 B) and reads every
+    core's (32 B each); each core touching a tensor reads its chunks' blocks (64 B a chunk);
+    one λ block written per tensor."""
+    return 64 * chunks + 32 * cores + 32 * cores * cores + 64 * chunks * touching + 32 * tensors
+
+
+@pytest.mark.parametrize("first", [False, True])
+def test_dma_bytes_are_exactly_the_two_pass_traffic(first):
+    """Pass 1 reads w and g (8 B/param); pass 2 reads w, g and m (no m on a buffer's first step)
+    and writes m and w: 28 B/param (24 on a first step), plus O(chunks + cores) of results."""
+    n = 3 * CHUNK
+    cost = emu.step_cost("t", [n], cores=4, first=first)
+    assert cost.launches == 2
+    assert cost.dma_bytes == (24 if first else 28) * n + overhead(3, 4, touching=3)
+    assert cost.excess_bytes == (-4 * n if first else 0) + overhead(3, 4, touching=3)
+
+
+def test_ragged_tensors_count_their_exact_bytes():
+    """A ragged tail moves exactly its elements (DataCopyPad): 28 bytes per parameter."""
+    sizes = [1, 7, 5000, CHUNK + 3]
+    cost = emu.step_cost("t", sizes, cores=8)  # 5 chunks: one per core, cores 0..4
+    assert cost.dma_bytes - 28 * sum(sizes) == (
+        64 * 5 + 32 * 8 + 32 * 64 + 64 * (1 + 1 + 1 + 2 * 2) + 32 * 4
+    )
+
+
+def test_model_time_is_the_busiest_cores_bytes_at_its_bandwidth_share():
+    """One chunk: one core does all the work while the others idle, so the model charges its
+    bytes at 1/cores of the bandwidth (not the whole chip's)."""
+    cost = emu.step_cost("t", [CHUNK], cores=48)
+    # core 0: pass 1 8 B/param + its blocks and flag; pass 2 20 B/param + 48 flags read + the
+    # tensor's blocks + λ
+    busiest = 8 * CHUNK + 64 + 32 + 20 * CHUNK + 48 * 32 + 64 + 32
+    assert cost.model_seconds == pytest.approx(busiest / (emu.HBM_BYTES_PER_S / 48))
+    spread = emu.step_cost("t", [CHUNK] * 48, cores=48)
+    assert spread.model_seconds == pytest.approx(spread.dma_bytes / emu.HBM_BYTES_PER_S)
+
+
+def test_counters_do_not_depend_on_the_core_order():
+    C = native()
+    w, g = torch.randn(40000), torch.randn(40000)
+    totals = []
+    for order in (0, -1, 3):
+        step = step_args(
+            w=np.array([w.data_ptr()]), g=np.array([g.data_ptr()]), m=np.zeros(1, np.int64),
+            numel=np.array([40000]), adapt=np.ones(1), has_m=np.zeros(1), first=np.zeros(1),
+            nesterov=np.zeros(1), wd=np.zeros(1), lr=np.full(1, 0.1), mu=np.zeros(1),
+        )  # fmt: skip
+        blob, layout = C.ascend_plan(step)
+        counts = C.emu_launch(blob, 1, layout["num_chunks"], 0, True, False, 5, 192 * 1024,
+                              False, order, True)  # fmt: skip
+        assert counts.shape == (1, 5, len(C.emu_counter_fields))
+        totals.append(counts.sum(axis=1).tolist())
+    assert totals[0] == totals[1] == totals[2]
+    f = C.emu_counter_fields.index("gm_to_ub_bytes")
+    assert totals[0][0][f] == 2 * 4 * 40000  # w and g, once
+
+
+def test_bench_cost_view_prints_the_model_table(capsys):
+    assert bench.main(["--set", "tiny", "--backend", "emu"]) == 0
+    out = capsys.readouterr().out
+    assert "| tiny | 10,000 | 640,000 | 2 |" in out
+    assert "not a hardware measurement" in out
+    assert bench.main(["--set", "tiny", "--backend", "emu", "--json", "-"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["launches"] == 2 and row["params"] == 640_000
