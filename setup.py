@@ -119,4 +119,5 @@ def fresh_build_dir(build_temp: Path, key: dict[str, object]) -> Callable[[], No
     stamp.unlink(missing_ok=True)
     return lambda: stamp.write_text(text)
 
+
 setup(ext_modules=[CMakeExtension("lars_npu._C")], cmdclass={"build_ext": CMakeBuild})
