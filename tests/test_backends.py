@@ -256,3 +256,47 @@ def test_backends_agree_on_a_list(dtype):
 def test_get_backend_errors():
     with pytest.raises(ValueError, match="unknown lars_npu backend"):
         get_backend("tpu")
+
+
+SUMS_BACKENDS = [*BACKENDS, *(["emu"] if "emu" in lars_npu.available_backends() else [])]
+
+
+@pytest.mark.parametrize("name", SUMS_BACKENDS)
+@pytest.mark.parametrize("mixed", [False, True], ids=["fp32", "fp32+fp16"])
+def test_square_sums_and_rewrite_given_sums_match_the_reference(name, mixed):
+    """The backend protocol's two pieces for sharded steps (issue 13): every backend has them
+    (natively on cpu, one launch per dtype on the AscendC kernels, per tensor elsewhere); the
+    results equal the reference's, including λ as applied, with an excluded tensor and a
+    non-contiguous gradient among them."""
+    backend = get_backend(name)
+    shapes = [(7,), (31, 33), (16385,), (3, 5)]
+    ws, gs = [], []
+    for i, s in enumerate(shapes):
+        w, g = make(s, torch.float16 if mixed and i % 2 else torch.float32, seed=i)
+        ws.append(w)
+        gs.append(g)
+    gs[1] = gs[1].t().contiguous().t()  # non-contiguous (a transposed view)
+    adapt = [True, True, False, True]
+    w_s, g_s = backend.square_sums(ws, gs, adapt)
+    for i, (w, g) in enumerate(zip(ws, gs, strict=True)):
+        want_w = float(np.sum(np64(w) ** 2)) if adapt[i] else 0.0
+        want_g = float(np.sum(np64(g) ** 2))
+        tol = 1e-5 if w.dtype == torch.float32 else 2e-3
+        assert float(w_s[i]) == pytest.approx(want_w, rel=tol, abs=1e-12), (i, "w")
+        assert float(g_s[i]) == pytest.approx(want_g, rel=tol, abs=1e-12), (i, "g")
+    hyper = Hyper(coefficient=0.01, use_clip=True)
+    # sums "from other ranks": the local ones doubled
+    tw, tg = 2 * w_s.double().cpu().numpy(), 2 * g_s.double().cpu().numpy()
+    sel = [i for i in range(4) if adapt[i]]
+    wds, lrs = [1e-3, 0.0, 5e-4], [0.1, 0.1, 0.0]
+    want = []
+    for j, i in enumerate(sel):
+        lam = reference.trust_ratio(tw[i], tg[i], wds[j], lrs[j], epsilon=hyper.epsilon,
+                                    coefficient=hyper.coefficient, use_clip=True)  # fmt: skip
+        want.append((lam, (np64(gs[i]) + wds[j] * np64(ws[i])) * lam))
+    lam = backend.rewrite_given_sums_([ws[i] for i in sel], [gs[i] for i in sel], tw[sel], tg[sel],
+                                      wds, lrs, hyper)  # fmt: skip
+    for j, i in enumerate(sel):
+        tol = 1e-5 if ws[i].dtype == torch.float32 else 2e-3
+        assert lam[j] == pytest.approx(want[j][0], rel=tol), (i, "λ")
+        np.testing.assert_allclose(np64(gs[i]), want[j][1], rtol=tol * 10, atol=1e-6)

@@ -26,7 +26,7 @@ import torch
 from ._native import native
 from ._staging import ptrs as _ptrs
 from ._staging import stage_step, unstage_grads, unstage_step
-from .base import Hyper, MultiResult
+from .base import Hyper, MultiResult, per_tensor_rewrite_given_sums_, per_tensor_square_sums
 
 if TYPE_CHECKING:
     from .._fused import FusedCall
@@ -386,7 +386,7 @@ class AscendKernelBackend:
         whether any group may write needs every group's sums, so mixed lists wait here)."""
         w_s, g_s = np.zeros(len(gs)), np.zeros(len(gs))
         for idx in groups:
-            sums = self.square_sums(
+            sums = self._square_sums_launch(
                 [ws[i] for i in idx], [gs[i] for i in idx], [adapt[i] for i in idx]
             )
             assert sums is not None  # one dtype per group
@@ -405,7 +405,7 @@ class AscendKernelBackend:
             )
         lam = np.ones(len(grads))
         for idx in groups:  # the update kernel per group, with the sums as given
-            res = self.lars_rewrite_given_(
+            res = self._rewrite_launch(
                 [weights[i] for i in idx], [grads[i] for i in idx], [adapt[i] for i in idx],
                 w_s[idx], g_s[idx], [weight_decays[i] for i in idx], [lrs[i] for i in idx],
                 hyper,
@@ -437,7 +437,7 @@ class AscendKernelBackend:
         return MultiResult(torch.tensor(False, device=device), torch.from_numpy(lam))
 
     # -- multi-tensor pieces, for callers that combine the sums across processes (ShardedLARS) --
-    def square_sums(
+    def _square_sums_launch(
         self, weights: list[torch.Tensor], grads: list[torch.Tensor], adapt: list[bool]
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """Σw² (0 where not adapted) and Σg² of every tensor from ONE square-sums launch (fp32
@@ -454,7 +454,7 @@ class AscendKernelBackend:
         )  # fmt: skip
         return np.asarray(w_s, dtype=np.float64), np.asarray(g_s, dtype=np.float64)
 
-    def lars_rewrite_given_(
+    def _rewrite_launch(
         self,
         weights: list[torch.Tensor],
         grads: list[torch.Tensor],
@@ -484,3 +484,44 @@ class AscendKernelBackend:
         if not found:
             unstage_grads(grads, gs)
         return bool(found), np.asarray(lam, dtype=np.float64)
+
+    # -- the sharded step's pieces (lars_npu.distributed): one launch per dtype group --
+    def square_sums(
+        self, weights: list[torch.Tensor], grads: list[torch.Tensor], adapt: list[bool]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One square-sums launch per dtype group (fp32, fp16); tensors the kernels do not take
+        (bf16, fp64, mixed pairs) go tensor by tensor (the per-tensor default)."""
+        if not grads or not kernel_pairs_ok(weights, grads):
+            return per_tensor_square_sums(self, weights, grads, adapt)
+        groups = dtype_groups(weights, grads, self.name)
+        w_s, g_s = self._sums_of_groups(weights, grads, adapt, groups)
+        return torch.from_numpy(w_s), torch.from_numpy(g_s)
+
+    def rewrite_given_sums_(
+        self,
+        weights: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        w_s: np.ndarray,
+        g_s: np.ndarray,
+        weight_decays: list[float],
+        lrs: list[float],
+        hyper: Hyper,
+    ) -> np.ndarray:
+        """One update launch per dtype group with the given sums; λ as the kernel applied it."""
+        if not grads or not kernel_pairs_ok(weights, grads):
+            return per_tensor_rewrite_given_sums_(
+                self, weights, grads, w_s, g_s, weight_decays, lrs, hyper
+            )
+        lam = np.ones(len(grads))
+        for idx in dtype_groups(weights, grads, self.name):
+            res = self._rewrite_launch(
+                [weights[i] for i in idx], [grads[i] for i in idx], [True] * len(idx),
+                np.asarray(w_s)[idx], np.asarray(g_s)[idx], [weight_decays[i] for i in idx],
+                [lrs[i] for i in idx], hyper,
+            )  # fmt: skip
+            if res is None or res[0]:  # one dtype per group; the sums were checked finite
+                raise RuntimeError(
+                    f"{self.name}: the update kernel refused sums the host found finite"
+                )
+            lam[idx] = res[1]
+        return lam

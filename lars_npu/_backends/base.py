@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from .._fused import FusedCall
 
+import numpy as np
 import torch
 
 
@@ -87,3 +88,68 @@ class Backend(Protocol):
         momentum buffers updated in place, gradients left as they are; nothing written when a
         gradient holds inf/nan."""
         ...
+
+    # -- for callers that combine the sums across processes (lars_npu.distributed) --
+    def square_sums(
+        self, weights: list[torch.Tensor], grads: list[torch.Tensor], adapt: list[bool]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """1-D tensors (Σw² of every tensor, 0 where not adapted; Σg² of every tensor), fp32 or
+        fp64, on the host or the tensors' device. Default: :func:`per_tensor_square_sums`."""
+        ...
+
+    def rewrite_given_sums_(
+        self,
+        weights: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        w_s: np.ndarray,
+        g_s: np.ndarray,
+        weight_decays: list[float],
+        lrs: list[float],
+        hyper: Hyper,
+    ) -> np.ndarray:
+        """In place, grads[i] ← λ_i·(g_i + wd_i·w_i), λ from the GIVEN finite sums of squares
+        (e.g. all-reduced over ranks); returns λ as applied. Default:
+        :func:`per_tensor_rewrite_given_sums_`."""
+        ...
+
+
+def per_tensor_square_sums(
+    backend: Backend, weights: list[torch.Tensor], grads: list[torch.Tensor], adapt: list[bool]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The default ``square_sums``: the backend's SquareSumAll once per tensor, stacked where the
+    tensors are (no host round trip per tensor)."""
+    if not grads:
+        empty = torch.zeros(0, dtype=torch.float32)
+        return empty, empty
+    device = grads[0].device
+    pairs = [backend.square_sum_all(w, g) for w, g in zip(weights, grads, strict=True)]
+    w_s = torch.stack([x.float().to(device) for x, _ in pairs])
+    g_s = torch.stack([y.float().to(device) for _, y in pairs])
+    keep = torch.tensor(adapt, dtype=torch.bool, device=device)
+    return torch.where(keep, w_s, torch.zeros_like(w_s)), g_s
+
+
+def per_tensor_rewrite_given_sums_(
+    backend: Backend,
+    weights: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    w_s: np.ndarray,
+    g_s: np.ndarray,
+    weight_decays: list[float],
+    lrs: list[float],
+    hyper: Hyper,
+) -> np.ndarray:
+    """The default ``rewrite_given_sums_``: one ``lars_update`` per tensor, copied into the
+    gradient; λ as the reference computes it from the same sums."""
+    from .. import reference
+
+    lam = np.ones(len(grads))
+    for i, (w, g) in enumerate(zip(weights, grads, strict=True)):
+        lam[i] = reference.trust_ratio(
+            float(w_s[i]), float(g_s[i]), weight_decays[i], lrs[i], epsilon=hyper.epsilon,
+            coefficient=hyper.coefficient, use_clip=hyper.use_clip,
+            guard_zero_norm=hyper.guard_zero_norm,
+        )  # fmt: skip
+        if g.numel():
+            g.copy_(backend.lars_update(w, g, w_s[i], g_s[i], weight_decays[i], lrs[i], hyper))
+    return lam

@@ -16,6 +16,7 @@ import torch.utils.dlpack
 
 from ._native import kernel_threads, native, native_error
 from ._staging import contig as _contig
+from ._staging import ptrs as _ptrs
 from ._staging import stage_step, unstage_grads, unstage_step
 from .base import Hyper, LayoutMismatch, MultiResult
 
@@ -193,3 +194,59 @@ class CpuBackend:
             call.has_m,
             CACHE_BUDGET_BYTES,
         )
+
+    # -- the sharded step's pieces: one native call each for every tensor --
+    def square_sums(
+        self, weights: list[torch.Tensor], grads: list[torch.Tensor], adapt: list[bool]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One native call (fp64 accumulation) for every tensor's Σw² (adapted ones) and Σg²."""
+        wc = [_contig(w) if a else None for w, a in zip(weights, adapt, strict=True)]
+        gc = [_contig(g) for g in grads]
+        w_s, g_s = native().square_sums(
+            _ptrs(wc),
+            _ptrs(gc),
+            np.fromiter((g.numel() for g in gc), dtype=np.int64, count=len(gc)),
+            np.fromiter((DTYPE_CODES[g.dtype] for g in gc), dtype=np.int64, count=len(gc)),
+            kernel_threads(),
+        )
+        return torch.from_numpy(np.asarray(w_s)), torch.from_numpy(np.asarray(g_s))
+
+    def rewrite_given_sums_(
+        self,
+        weights: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        w_s: np.ndarray,
+        g_s: np.ndarray,
+        weight_decays: list[float],
+        lrs: list[float],
+        hyper: Hyper,
+    ) -> np.ndarray:
+        """λ per tensor on the host (the reference's formula), then one native rewrite of every
+        gradient in place (staged copies of non-contiguous ones written back)."""
+        from .. import reference
+
+        lam = np.asarray([
+            reference.trust_ratio(
+                float(w_s[i]), float(g_s[i]), weight_decays[i], lrs[i], epsilon=hyper.epsilon,
+                coefficient=hyper.coefficient, use_clip=hyper.use_clip,
+                guard_zero_norm=hyper.guard_zero_norm,
+            )
+            for i in range(len(grads))
+        ], dtype=np.float64)  # fmt: skip
+        todo = [i for i, g in enumerate(grads) if g.numel() > 0]
+        if todo:
+            wc = [_contig(weights[i]) for i in todo]
+            gc = [_contig(grads[i]) for i in todo]
+            g_ptr = _ptrs(gc)
+            native().lars_rewrite(
+                _ptrs(wc),
+                g_ptr,
+                g_ptr,  # in place
+                np.fromiter((g.numel() for g in gc), dtype=np.int64, count=len(gc)),
+                np.fromiter((DTYPE_CODES[g.dtype] for g in gc), dtype=np.int64, count=len(gc)),
+                lam[todo],
+                np.asarray([weight_decays[i] for i in todo], dtype=np.float64),
+                kernel_threads(),
+            )
+            unstage_grads([grads[i] for i in todo], gc)
+        return lam

@@ -14,9 +14,6 @@ import torch.distributed as dist
 
 from .. import reference
 from .._backends import MultiResult, resolve
-from .._backends._native import kernel_threads, native
-from .._backends._staging import contig, ptrs, unstage_grads
-from .._backends.cpu import DTYPE_CODES
 from ..optim import save_grads
 from .shards import global_shape, local_of
 
@@ -83,89 +80,30 @@ class ReductionMixin:
             return self._finish(result, names, adapt, plans, loss, inner=True)
         h = self._hyper
         lam = np.ones(k)
-        for i in range(k):
+        for i in range(
+            k
+        ):  # λ of every adapted parameter (the backend re-reports the ones it writes)
             if adapt[i]:
                 s = slots[i]
                 lam[i] = reference.trust_ratio(
-                    w_tot[s],
-                    g_tot[s],
-                    wds[i],
-                    lrs[i],
-                    epsilon=h.epsilon,
-                    coefficient=h.coefficient,
-                    use_clip=h.use_clip,
+                    w_tot[s], g_tot[s], wds[i], lrs[i], epsilon=h.epsilon,
+                    coefficient=h.coefficient, use_clip=h.use_clip,
                     guard_zero_norm=h.guard_zero_norm,
-                )
+                )  # fmt: skip
         todo = [i for i in range(k) if adapt[i] and gs[i].numel() > 0]
         # put back if the inner step raises (every gradient, when unscaling writes them all)
         saved = save_grads(gs, adapt if inv is None else [True] * k, self._undo)
         if inv is not None:
             for g in gs:
                 g.mul_(inv)
-        if todo and backend.name == "cpu":
-            C = native()
-            wc = [contig(ws[i]) for i in todo]
-            gc = [contig(gs[i]) for i in todo]
-            g_ptr = ptrs(gc)
-            C.lars_rewrite(
-                ptrs(wc),
-                g_ptr,
-                g_ptr,  # in place, as the single-process kernel does
-                np.fromiter((g.numel() for g in gc), dtype=np.int64, count=len(gc)),
-                np.fromiter((DTYPE_CODES[g.dtype] for g in gc), dtype=np.int64, count=len(gc)),
-                lam[todo],
-                np.asarray([wds[i] for i in todo], dtype=np.float64),
-                kernel_threads(),
-            )
-            unstage_grads([gs[i] for i in todo], gc)
-        elif todo and self._rewrite_in_one_launch(backend, todo, slots, ws, gs, w_tot, g_tot,
-                                                  wds, lrs, lam):  # fmt: skip
-            pass  # the AscendC kernels (npu, emu): one update launch for every tensor
-        else:  # one lars_update per tensor
-            for i in todo:
-                s = slots[i]
-                out = backend.lars_update(ws[i], gs[i], w_tot[s], g_tot[s], wds[i], lrs[i], h)
-                gs[i].copy_(out)
+        if todo:  # one backend call for every tensor (natively where the backend can)
+            sl = [slots[i] for i in todo]
+            lam[todo] = backend.rewrite_given_sums_(
+                [ws[i] for i in todo], [gs[i] for i in todo], w_tot[sl], g_tot[sl],
+                [wds[i] for i in todo], [lrs[i] for i in todo], h,
+            )  # fmt: skip
         result = MultiResult(torch.tensor(False, device=device), torch.from_numpy(lam))
         return self._finish(result, names, adapt, plans, loss, inner=True, saved=saved)
-
-    def _rewrite_in_one_launch(
-        self,
-        backend: Any,
-        todo: list[int],
-        slots: list[int],
-        ws: list[torch.Tensor],
-        gs: list[torch.Tensor],
-        w_tot: np.ndarray,
-        g_tot: np.ndarray,
-        wds: list[float],
-        lrs: list[float],
-        lam: np.ndarray,
-    ) -> bool:
-        """The rewrite with the global sums in one call of a backend that has it (the AscendC
-        kernels' lars_rewrite_given_); λ as the kernel applied it goes into ``lam``. False when
-        the backend cannot (the caller goes tensor by tensor)."""
-        rewrite = getattr(backend, "lars_rewrite_given_", None)
-        if rewrite is None:
-            return False
-        sl = [slots[i] for i in todo]
-        out = rewrite(
-            [ws[i] for i in todo],
-            [gs[i] for i in todo],
-            [True] * len(todo),
-            w_tot[sl],
-            g_tot[sl],
-            [wds[i] for i in todo],
-            [lrs[i] for i in todo],
-            self._hyper,
-        )
-        if out is None:
-            return False
-        found, applied = out
-        if found:  # cannot happen: the sums were checked finite before
-            raise RuntimeError("ShardedLARS: the kernels found a non-finite sum the host did not")
-        lam[todo] = applied
-        return True
 
     def _prepare(self, g_factor: float = 1.0, unscale: float | None = None) -> tuple[Any, ...]:
         """Validate (LARS's shared gathering, on the local shards), check the parameters against
@@ -202,50 +140,21 @@ class ReductionMixin:
     ) -> torch.Tensor:
         """The buffer to all-reduce: fp32 ``[Σw² of every parameter | Σg² of every parameter]``
         over this rank's elements (Σg² times ``g_factor``, this rank's 1/scale² under a
-        GradScaler), on ``device``; 0 where this rank has no gradient or (Σw²) the
-        filter excludes the parameter. A rank whose copy does not count (replicas) adds 0·x: 0
-        when x is finite, nan when not, so a non-finite gradient anywhere reaches every rank."""
+        GradScaler), on ``device``; 0 where this rank has no gradient or (Σw²) the filter
+        excludes the parameter. A rank whose copy does not count (replicas) adds 0·x: 0 when x
+        is finite, nan when not, so a non-finite gradient anywhere reaches every rank. The sums
+        come from the backend's ``square_sums`` (one native call on ``cpu``, one launch per
+        dtype on the AscendC kernels, else once per tensor)."""
         n = self._n
         if not gs:
             return torch.zeros(2 * n, dtype=torch.float32, device=device)
-        idx = np.asarray(slots, dtype=np.int64)
-        c = self._contrib[idx]
-        if backend.name == "cpu":  # one native call for every tensor (fp64 accumulation)
-            wc = [contig(w) if a else None for w, a in zip(ws, adapt, strict=True)]
-            gc = [contig(g) for g in gs]
-            w_s, g_s = native().square_sums(
-                ptrs(wc),
-                ptrs(gc),
-                np.fromiter((g.numel() for g in gc), dtype=np.int64, count=len(gc)),
-                np.fromiter((DTYPE_CODES[g.dtype] for g in gc), dtype=np.int64, count=len(gc)),
-                kernel_threads(),
-            )
-            vals = np.zeros(2 * n)
-            vals[idx] = w_s * c
-            vals[n + idx] = g_s * c * g_factor
-            with np.errstate(over="ignore"):  # beyond the fp32 range: inf, the step is skipped
-                buf = torch.from_numpy(vals.astype(np.float32))
-            return buf if device.type == "cpu" else buf.to(device)
-        multi = getattr(backend, "square_sums", None)
-        sums = multi(ws, gs, adapt) if multi is not None else None
-        if sums is not None:  # the AscendC kernels (npu, emu): one square-sums launch
-            vals = np.zeros(2 * n)
-            vals[idx] = sums[0] * c
-            vals[n + idx] = sums[1] * c * g_factor
-            with np.errstate(over="ignore"):
-                buf = torch.from_numpy(vals.astype(np.float32))
-            return buf if device.type == "cpu" else buf.to(device)
-        # Other backends (torch ops on an accelerator, the NumPy reference; the kernels with
-        # mixed dtypes): their own SquareSumAll once per tensor, the buffer assembled where the
-        # tensors are.
-        pairs = [backend.square_sum_all(w, g) for w, g in zip(ws, gs, strict=True)]
-        keep = torch.tensor([float(a) for a in adapt], dtype=torch.float32)
-        ct = torch.from_numpy(c.astype(np.float32))
-        w_s = torch.stack([x.float().to(device) for x, _ in pairs])
-        g_s = torch.stack([y.float().to(device) for _, y in pairs])
-        w_s = torch.where(keep.to(device) > 0, w_s, torch.zeros_like(w_s))
-        buf = torch.zeros(2 * n, dtype=torch.float32, device=device)
-        it = torch.from_numpy(idx).to(device)
-        buf[it] = w_s * ct.to(device)
-        buf[it + n] = g_s * (ct * g_factor).to(device)
-        return buf
+        w_s, g_s = backend.square_sums(ws, gs, adapt)
+        at = w_s.device
+        acc = torch.float64 if at.type == "cpu" else torch.float32
+        idx = torch.as_tensor(slots, dtype=torch.int64, device=at)
+        c = torch.from_numpy(self._contrib[np.asarray(slots, dtype=np.int64)]).to(at, acc)
+        vals = torch.zeros(2 * n, dtype=acc, device=at)
+        vals[idx] = w_s.to(acc) * c
+        vals[idx + n] = g_s.to(acc) * c * g_factor
+        buf = vals.to(torch.float32)  # beyond the fp32 range: inf, and the step is skipped
+        return buf if buf.device == device else buf.to(device)
