@@ -224,6 +224,17 @@ class LARS(Optimizer):
         shards marked with their global shape) is a :class:`lars_npu.distributed.ShardedLARS`:
         the same line works on one device and on sharded parameters."""
         inner = args[0] if args else kwargs.get("optimizer")
+        if (
+            issubclass(cls, LARS)
+            and not issubclass(cls, LARSSGD)
+            and ("lr" in kwargs or "params" in kwargs)
+        ):
+            raise TypeError(
+                f"{cls.__name__} wraps an optimizer instance: LARS(torch.optim.SGD(params, "
+                "lr=...)). To build it from parameters and keyword arguments (e.g. "
+                "ZeroRedundancyOptimizer(params, optimizer_class=...), optimizer factories), "
+                "use lars_npu.LARSSGD"
+            )
         if cls is LARS and isinstance(inner, Optimizer) and _has_handled_shards(inner):
             from .distributed import ShardedLARS
 

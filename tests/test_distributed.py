@@ -366,7 +366,22 @@ def check_ddp(rank: int, world: int) -> dict[str, Any]:
 
     counts = train_net(make_opt, ddp, rank, world)
     params = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
-    return {"params": params, "counts": counts}
+
+    # gradient_as_bucket_view (the gradients are views into DDP's buckets, which the fused
+    # step takes as they are) and no_sync (two micro-batches, the first without a reduction)
+    model2 = make_net()
+    ddp2 = DDP(model2, gradient_as_bucket_view=True)
+    opt = make_opt(ddp2)
+    for step in range(4):
+        x, y = batch(step, rank, world)
+        half = len(x) // 2
+        opt.zero_grad()
+        with ddp2.no_sync():
+            (0.5 * nn.functional.cross_entropy(ddp2(x[:half]), y[:half])).backward()
+        (0.5 * nn.functional.cross_entropy(ddp2(x[half:]), y[half:])).backward()
+        opt.step()
+    bucket = {n: p.detach().numpy().copy() for n, p in model2.named_parameters()}
+    return {"params": params, "counts": counts, "bucket_no_sync": bucket}
 
 
 def check_fsdp2(rank: int, world: int) -> dict[str, Any]:
@@ -513,6 +528,9 @@ def check_zero(rank: int, world: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     model = make_net()
     ddp = DDP(model)
+    out["as_class"] = _outcome(
+        lambda: ZeroRedundancyOptimizer(model.parameters(), optimizer_class=LARS, lr=0.1)
+    )
     out["around"] = _outcome(
         lambda: LARS(
             ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.SGD, lr=0.1)
@@ -1068,6 +1086,7 @@ def test_ddp_with_lars_equals_single_process_on_the_concatenated_batch(ranks):
         assert all(c == {"calls": [], "seq": 0} for c in res["counts"]), res["counts"]
         for n, w in want.items():
             assert_close(res["params"][n], w, f"rank {r}, {n}")
+            assert_close(res["bucket_no_sync"][n], w, f"rank {r}, {n} (bucket views, no_sync)")
 
 
 @pytest.mark.parametrize("cfg", ["flat_a", "flat_b"])
@@ -1292,6 +1311,8 @@ def test_zero_redundancy_optimizer_with_larssgd_inside_is_exact(ranks):
         assert "optimizer_class=lars_npu.LARSSGD" in x["around"]["message"], x["around"]
         for n, w in want.items():
             assert_close(x["params"][n], w, f"rank {r}, {n}")
+        assert x["as_class"]["raised"] == "TypeError", x["as_class"]
+        assert "lars_npu.LARSSGD" in x["as_class"]["message"], x["as_class"]
         # the ranks that do not own the poisoned parameter skip too (one agreed flag)
         assert x["nan_found"] and x["nan_unchanged"], f"rank {r}: {x}"
     assert sum(x["owns_fc2_bias"] for x in results_of(ranks, "zero")) == 1

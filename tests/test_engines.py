@@ -227,3 +227,12 @@ def test_load_plans_every_group_before_loading():
     after = opt.state_dict()
     assert after["param_groups"] == before["param_groups"]
     assert after["state"].keys() == before["state"].keys()
+
+
+def test_lars_built_like_an_optimizer_class_says_use_larssgd():
+    """ZeroRedundancyOptimizer(optimizer_class=lars_npu.LARS, lr=...) used to fail with
+    "unexpected keyword argument 'lr'"; the message now names the class to use."""
+    with pytest.raises(TypeError, match=r"use lars_npu\.LARSSGD"):
+        LARS(list(_model().parameters()), lr=0.1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"must be a torch\.optim\.Optimizer"):
+        LARS(list(_model().parameters()))  # type: ignore[arg-type]
