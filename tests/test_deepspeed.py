@@ -1,5 +1,5 @@
 """DeepSpeed (issue 13): ``lars_npu.LARS`` as DeepSpeed's client optimizer, on CPU with gloo,
-launched with torchrun at world sizes 2 and 4 (tests/_deepspeed_worker.py).
+launched with torchrun at world sizes 2 and 4 (tests/_torchrun_worker.py).
 
 - ZeRO stage 0 (plain data parallel) equals one process on the whole batch;
 - ZeRO stages 1 and 2 step the client optimizer on flat fp32 partitions (slices of several
@@ -13,48 +13,21 @@ Skipped where DeepSpeed is not installed (CI installs it: it is in the ``test`` 
 from __future__ import annotations
 
 import importlib.util
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests import _deepspeed_worker as worker
+from tests import _torchrun_worker as worker
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("deepspeed") is None,
     reason="DeepSpeed is not installed (DS_BUILD_OPS=0 pip install deepspeed)",
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module", params=[2, 4], ids=["world2", "world4"])
 def ranks(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> list:
-    world = request.param
-    out = tmp_path_factory.mktemp(f"ds{world}") / "res"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    env.pop("LARS_NPU_BACKEND", None)
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}",
-        "--master-addr=127.0.0.1", f"--master-port={_free_port()}",
-        str(ROOT / "tests" / "_deepspeed_worker.py"), str(out),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        pytest.fail(
-            f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-        )
-    return [torch.load(f"{out}.{r}.pt", weights_only=False) for r in range(world)]
+    return worker.launch("deepspeed", request.param, tmp_path_factory.mktemp("ds") / "res")
 
 
 def _assert_no_setup_error(res: dict) -> None:

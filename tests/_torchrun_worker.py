@@ -1,13 +1,15 @@
-"""One rank of the DeepSpeed check (tests/test_deepspeed.py launches it with torchrun).
+"""One rank of the engine checks that need their own launcher (tests/test_deepspeed.py and
+tests/test_accelerate.py launch it with torchrun: ``_torchrun_worker.py ENGINE OUT``).
 
-Each configuration builds the same small model (a LayerNorm, biases, two Linear layers), wraps
-``lars_npu.LARS(SGD(...))`` as DeepSpeed's client optimizer, and trains four steps on this
-rank's rows of each batch. It records the parameters after training, or the error and whether
-anything changed. Results go to ``<out>.<rank>.pt``.
+Each configuration builds the same small model (a LayerNorm, biases, two Linear layers), gives
+``lars_npu.LARS(SGD(...))`` to the engine (DeepSpeed's client optimizer; HF accelerate's
+``prepare``), and trains four steps on this rank's rows of each batch. It records the parameters
+after training, or the error and whether anything changed. Results go to ``<out>.<rank>.pt``.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 import warnings
@@ -101,24 +103,74 @@ def run(name: str, rank: int, world: int) -> dict[str, Any]:
     return {"raised": None, "params": params}
 
 
-def main(out: str) -> None:
-    import deepspeed
+def run_accelerate(rank: int, world: int) -> dict[str, Any]:
+    """HF accelerate on CPU (its multi-CPU mode is DDP): ``prepare`` wraps LARS in its
+    AcceleratedOptimizer."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    model = make_net()
+    opt = make_opt(model, per_param=False)
+    model, opt = accelerator.prepare(model, opt)
+    for step in range(STEPS):
+        x, y = batch(step, rank, world)
+        loss = nn.functional.cross_entropy(model(x), y)
+        accelerator.backward(loss)
+        opt.step()
+        opt.zero_grad()
+    inner = accelerator.unwrap_model(model)
+    return {"raised": None, "params": {n: p.detach().clone() for n, p in inner.named_parameters()}}
+
+
+def launch(engine: str, world: int, out: Any) -> list[dict[str, Any]]:
+    """Run this file under torchrun with ``world`` CPU processes; every rank's results."""
+    import socket
+    import subprocess
+    from pathlib import Path
+
+    import pytest
+
+    root = Path(__file__).resolve().parent.parent
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    env.pop("LARS_NPU_BACKEND", None)
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}",
+        "--master-addr=127.0.0.1", f"--master-port={port}", __file__, engine, str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        pytest.fail(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                    f"{proc.stderr[-6000:]}")  # fmt: skip
+    return [torch.load(f"{out}.{r}.pt", weights_only=False) for r in range(world)]
+
+
+def main(engine: str, out: str) -> None:
     import torch.distributed as dist
 
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
-    deepspeed.init_distributed(dist_backend="gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    if engine == "deepspeed":
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
+    rank = int(os.environ["RANK"])
+    world = int(os.environ["WORLD_SIZE"])
     results: dict[str, Any] = {}
-    for name in CONFIGS:
+    names = list(CONFIGS) if engine == "deepspeed" else ["accelerate"]
+    for name in names:
         try:
-            results[name] = run(name, rank, world)
+            results[name] = run(name, rank, world) if engine == "deepspeed" else (
+                run_accelerate(rank, world))  # fmt: skip
         except Exception:
             results[name] = {"raised": "setup", "message": traceback.format_exc()}
     torch.save(results, f"{out}.{rank}.pt")
-    dist.barrier()
-    dist.destroy_process_group()
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])
