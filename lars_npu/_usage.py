@@ -12,6 +12,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -115,3 +116,19 @@ def probe_device(flag: str, device: str) -> torch.device:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UsageError(f"{flag} {device!r} cannot run here: {first}") from None
     return dev
+
+
+def progress_flags(p: Any) -> None:
+    """--progress / --no-progress (default: progress bars only on a terminal)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_const",
+        const=True,
+        default=None,
+        help="always show progress bars (default: only on a terminal)",
+    )
+    g.add_argument(
+        "--no-progress", dest="progress", action="store_const", const=False, help="never"
+    )

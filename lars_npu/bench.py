@@ -591,41 +591,49 @@ def emu_cost_view(sets: list[str], *, as_json: bool = False) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+HELP = "time one LARS + momentum-SGD step against timm, torch _foreach, NumPy"
+DESCRIPTION = (
+    "Time one optimizer step (median of --repeats) of lars_npu fused/unfused, timm Lars (if "
+    "installed), a torch _foreach LARS and the NumPy reference, on the parameter shapes of "
+    "ResNet-50, BERT-large and 10,000 tiny tensors; bandwidth vs a STREAM-like triad. Prints a "
+    "table (--json: the JSON instead); writes the JSON to a file only with --out."
+)
+
+
+def add_arguments(p: Any) -> None:
+    """``lars-npu bench`` / ``python benchmarks/bench_step.py``: one definition of the options."""
     import argparse
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--set", action="append", choices=sorted(SETS), help="shape set (repeatable; default: all)"
+    p.add_argument(
+        "--set",
+        action="append",
+        choices=list(SETS),
+        help="shape set (repeatable; default: resnet50, bert-large and tiny)",
     )
-    ap.add_argument("--repeats", type=int, default=7, help="timed steps per method (median)")
-    ap.add_argument("--no-numpy", action="store_true", help="skip the NumPy reference column")
-    ap.add_argument(
-        "--json",
-        metavar="PATH",
-        nargs="?",
-        const="-",
-        default="benchmarks/results/bench_step.json",
-        help="where to write the JSON results ('-' or no PATH: print the JSON instead of the "
-        "table; default: %(default)s)",
+    p.add_argument("--repeats", type=int, default=7, help="timed steps per method (median)")
+    p.add_argument("--no-numpy", action="store_true", help="skip the NumPy reference column")
+    p.add_argument(
+        "--same-process", action="store_true", help="all sets in this process (default: one each)"
     )
-    ap.add_argument(
-        "--same-process",
-        action="store_true",
-        help="run every set in this process (default: one process per set)",
-    )
-    ap.add_argument(
+    p.add_argument(
         "--backend",
         choices=["emu"],
-        help="emu: no timing; the NPU cost model from the AscendC emulation's counters per step",
+        help="emu: no timing; per step, the NPU cost model from the AscendC emulation's counters "
+        "(launches, GM bytes/param, scalar GM reads/core, model time at 1.6 TB/s) — a model, "
+        "not a hardware measurement",
     )
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--out", metavar="PATH", help="also write the JSON results to PATH")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+
+
+def run_cli(args: Any) -> int:
+    """Run ``lars-npu bench`` with parsed arguments (see :func:`add_arguments`)."""
     if args.backend == "emu":
-        return emu_cost_view(args.set or ["resnet50", "bert-large"], as_json=args.json == "-")
+        return emu_cost_view(args.set or ["resnet50", "bert-large"], as_json=args.json)
     try:  # user errors before any timing: one line on stderr, exit status 2
         bounded_int("--repeats", args.repeats, 1, 10_000)
-        out = None if args.json == "-" or args.child else writable_file("--json", args.json)
+        out = writable_file("--out", args.out) if args.out and not args.child else None
     except UsageError as exc:
         print(f"lars-npu bench: error: {exc}", file=sys.stderr)
         return 2
@@ -643,15 +651,21 @@ def main(argv: list[str] | None = None) -> int:
     else:  # one process per set, each with its own bar; here, one line per set
         lines = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
         res = run_isolated(sets, args.repeats, numpy_reference, progress=lines)
-    if args.json == "-":
-        print(json.dumps(to_json(res), indent=2))
-        return 0
-    print(format_table(res))
-    assert out is not None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(to_json(res), indent=2))
-    print(f"\nJSON: {out}")
+    data = json.dumps(to_json(res), indent=2)
+    print(data if args.json else format_table(res))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(data)
+        print(f"\nJSON: {out}", file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=DESCRIPTION)
+    add_arguments(ap)
+    return run_cli(ap.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def test_shape_sets_match_the_models():
 
 def test_bench_produces_table_and_json(mini, tmp_path, capsys):
     out = tmp_path / "r.json"
-    assert bench.main(["--set", "mini", "--repeats", "1", "--json", str(out)]) == 0
+    assert bench.main(["--set", "mini", "--repeats", "1", "--out", str(out)]) == 0
     table = capsys.readouterr().out
     assert "lars_npu fused" in table and "torch _foreach LARS" in table and "triad" in table
     d = json.loads(out.read_text())

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 import torch
 
-from lars_npu import bench, cli
+from lars_npu import bench, cli, info
 from lars_npu._backends import _REGISTRY, numpy_
 from lars_npu.check import cases
 
@@ -43,11 +43,11 @@ def test_info_text_names_versions_threads_and_build(capsys):
 
 
 def test_info_reads_the_cann_version(tmp_path, monkeypatch, capsys):
-    info = tmp_path / "x86_64-linux" / "ascend_toolkit_install.info"
-    info.parent.mkdir()
-    info.write_text("package_name=Ascend-cann-toolkit\nversion=8.0.RC3\ninnerversion=V100R001\n")
+    f = tmp_path / "x86_64-linux" / "ascend_toolkit_install.info"
+    f.parent.mkdir()
+    f.write_text("package_name=Ascend-cann-toolkit\nversion=8.0.RC3\ninnerversion=V100R001\n")
     monkeypatch.setenv("ASCEND_TOOLKIT_HOME", str(tmp_path))
-    assert cli.cann_version() == ("8.0.RC3", str(info))
+    assert info.cann_version() == ("8.0.RC3", str(f))
     assert cli.main(["info"]) == 0
     assert "CANN toolkit: 8.0.RC3" in capsys.readouterr().out
 
@@ -273,8 +273,8 @@ def _file(tmp_path):
         (lambda t: ["demo", "--out", str(_file(t))], "exists and is not a directory"),
         (lambda t: ["demo", "--out", str(_file(t) / "sub")], "is not a directory"),
         (lambda t: ["bench", "--repeats", "0"], "--repeats must be between 1 and"),
-        (lambda t: ["bench", "--json", str(t)], "is a directory, not a file"),
-        (lambda t: ["bench", "--json", str(_file(t) / "x.json")], "is not a directory"),
+        (lambda t: ["bench", "--out", str(t)], "is a directory, not a file"),
+        (lambda t: ["bench", "--out", str(_file(t) / "x.json")], "is not a directory"),
     ],
 )
 def test_user_errors_are_one_line_exit_2_before_any_work(no_work, tmp_path, capsys, argv, says):
@@ -312,6 +312,34 @@ def test_bench_writes_its_json_where_the_probe_removed_the_folder(monkeypatch, t
     triad = bench.triad_gbs
     monkeypatch.setattr(bench, "triad_gbs", lambda repeats: triad(repeats, elements=1 << 16))
     out = tmp_path / "new" / "r.json"
-    argv = ["bench", "--set", "mini", "--repeats", "1", "--no-numpy", "--json", str(out)]
+    argv = ["bench", "--set", "mini", "--repeats", "1", "--no-numpy", "--out", str(out)]
     assert cli.main(argv) == 0
     assert json.loads(out.read_text())["rows"]
+
+
+def test_bench_writes_no_file_without_out_and_json_prints_json(monkeypatch, tmp_path, capsys):
+    """Issue 15: --json prints JSON on every subcommand; only --out writes a file."""
+    monkeypatch.setitem(bench.SETS, "mini", lambda: [("a.weight", (32, 16)), ("a.bias", (32,))])
+    triad = bench.triad_gbs
+    monkeypatch.setattr(bench, "triad_gbs", lambda repeats: triad(repeats, elements=1 << 16))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["bench", "--set", "mini", "--repeats", "1", "--no-numpy"]) == 0
+    assert "lars_npu fused" in capsys.readouterr().out
+    assert list(tmp_path.rglob("*")) == []  # nothing written anywhere under the cwd
+    assert cli.main(["bench", "--set", "mini", "--repeats", "1", "--no-numpy", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"]
+    assert list(tmp_path.rglob("*")) == []
+
+
+def test_every_subcommand_module_owns_its_options():
+    """Issue 15: one definition of each subcommand's options (bench's used to be defined twice
+    and turned back into argv)."""
+    import argparse
+
+    from lars_npu import check, demo
+
+    for mod in (info, check, bench, demo):
+        p = argparse.ArgumentParser()
+        mod.add_arguments(p)
+        assert callable(mod.run_cli) and mod.HELP and mod.DESCRIPTION
+        assert "--json" in p.format_help(), mod.__name__

@@ -86,6 +86,6 @@ def test_bench_cost_view_prints_the_model_table(capsys):
     out = capsys.readouterr().out
     assert "| tiny | 10,000 | 640,000 | 2 |" in out
     assert "not a hardware measurement" in out
-    assert bench.main(["--set", "tiny", "--backend", "emu", "--json", "-"]) == 0
+    assert bench.main(["--set", "tiny", "--backend", "emu", "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["launches"] == 2 and row["params"] == 640_000
