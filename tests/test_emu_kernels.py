@@ -293,6 +293,30 @@ def test_block_count_is_at_most_the_workspaces_flag_slots():
         run(x, x, 0, block_dim=257)
 
 
+def test_lambda_of_a_tensor_with_hundreds_of_chunks():
+    """The λ kernel adds a tensor's chunk blocks 256 at a time: a tensor of 600 chunks (three UB
+    tiles of blocks) gets the reference λ, with the same bits on 1, 7 and 48 cores."""
+    gen = torch.Generator().manual_seed(9)
+    w = torch.randn(600 * 16, generator=gen)
+    g = torch.randn(600 * 16, generator=gen) * 0.01
+    lams = []
+    for block_dim in (1, 7, 48):
+        out = g.clone()
+        step = step_args(
+            w=ptrs([w]), g=ptrs([out]), m=ptrs([None]), numel=np.array([w.numel()]),
+            adapt=np.ones(1), has_m=np.zeros(1), first=np.zeros(1), nesterov=np.zeros(1),
+            wd=np.full(1, 1e-3), lr=np.full(1, 0.1), mu=np.zeros(1), mode=0, tile_up=16,
+            chunk_elems=16,
+        )  # fmt: skip
+        found, lam, _, _ = launch(step, block_dim, UB_910B)
+        assert not found
+        lams.append(lam[0])
+    wn, gn = w.double().numpy(), g.double().numpy()
+    ref = reference.trust_ratio((wn * wn).sum(), (gn * gn).sum(), 1e-3, 0.1)
+    assert lams[0] == pytest.approx(ref, rel=1e-5)
+    assert lams[0] == lams[1] == lams[2]
+
+
 def test_emulation_refuses_unified_buffer_overflow():
     x = [torch.ones(100)]
     with pytest.raises(RuntimeError, match="Unified Buffer overflow"):

@@ -3,6 +3,7 @@
 // csrc/emu/kernel_operator.h: the same file in both builds. Vector-only kernels (AIV on Atlas
 // A2 / A3): blockDim counts vector cores, and GetBlockNum() is that blockDim.
 #include "kernel_operator.h"
+#include "lars_lambda.h"
 #include "lars_square_sums.h"
 #include "lars_update.h"
 
@@ -24,24 +25,31 @@ extern "C" __global__ __aicore__ void lars_square_sums_fp16(GM_ADDR w_addrs, GM_
   op.Process();
 }
 
+// λ of every tensor (fp32 partials whatever the tensors' dtype): between the two passes.
+extern "C" __global__ __aicore__ void lars_lambda(GM_ADDR tensor_chunks, GM_ADDR partials,
+                                                 GM_ADDR params, GM_ADDR hyper, GM_ADDR tiling) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
+  lars_ascendc::KernelLambda op;
+  op.Init(tensor_chunks, partials, params, hyper, tiling);
+  op.Process();
+}
+
 extern "C" __global__ __aicore__ void lars_update_fp32(GM_ADDR w_addrs, GM_ADDR g_addrs,
                                                       GM_ADDR m_addrs, GM_ADDR chunks,
-                                                      GM_ADDR tensor_chunks, GM_ADDR partials,
-                                                      GM_ADDR params, GM_ADDR hyper,
+                                                      GM_ADDR partials, GM_ADDR params,
                                                       GM_ADDR tiling) {
   KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
   lars_ascendc::KernelUpdate<float> op;
-  op.Init(w_addrs, g_addrs, m_addrs, chunks, tensor_chunks, partials, params, hyper, tiling);
+  op.Init(w_addrs, g_addrs, m_addrs, chunks, partials, params, tiling);
   op.Process();
 }
 
 extern "C" __global__ __aicore__ void lars_update_fp16(GM_ADDR w_addrs, GM_ADDR g_addrs,
                                                       GM_ADDR m_addrs, GM_ADDR chunks,
-                                                      GM_ADDR tensor_chunks, GM_ADDR partials,
-                                                      GM_ADDR params, GM_ADDR hyper,
+                                                      GM_ADDR partials, GM_ADDR params,
                                                       GM_ADDR tiling) {
   KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
   lars_ascendc::KernelUpdate<half> op;
-  op.Init(w_addrs, g_addrs, m_addrs, chunks, tensor_chunks, partials, params, hyper, tiling);
+  op.Init(w_addrs, g_addrs, m_addrs, chunks, partials, params, tiling);
   op.Process();
 }

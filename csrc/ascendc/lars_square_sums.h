@@ -10,11 +10,11 @@
 // blocks of the workspace's results region (lars_tiling.h). Each core also keeps, in vector
 // lanes, 0·Σg² summed over its chunks (0 while every Σg² is finite, NaN once one is inf/nan) and
 // writes it as its non-finite flag at the end, so the update kernel decides found_inf from
-// O(cores) flags. The only scalar access to UB is ReduceSum's own store of its result, which the
-// call orders itself; every other cross-pipe hand-off is a queue's. A tensor's last tile may be ragged: it is
-// moved with DataCopyPad and computed on exactly its elements (the pad lanes are never read). The
-// host (or the update kernel) adds a tensor's chunk partials in chunk order, so the result does
-// not depend on the block count.
+// O(cores) flags. (λ per tensor: csrc/ascendc/lars_lambda.h, the next launch.) The only scalar access to UB is ReduceSum's own store of its result, which the
+// call orders itself; every other cross-pipe hand-off is a queue's. A tensor's last tile may be
+// ragged: it is moved with DataCopyPad and computed on exactly its elements (the pad lanes are
+// never read). The λ kernel (and the host) add a tensor's chunk partials the same way whatever
+// the block count, so the result does not depend on it.
 //
 // ReduceSum on A2 (dav_c220) is one vcadd whose accumulator the scalar unit stores to dst after
 // its own V->S sync, then it syncs S->V and S->MTE3 itself; it never touches its work tensor, so
@@ -71,8 +71,13 @@ class KernelSquareSums {
       const uint64_t length = chunks_.GetValue(3 * c + 2);
       AscendC::LocalTensor<float> out = outQueue_.template AllocTensor<float>();
       AscendC::Duplicate(out, 0.0f, 2 * kBlock);
-      SumSquares(wAddr_.GetValue(tensor), offset, length, out);
-      SumSquares(gAddr_.GetValue(tensor), offset, length, out[kBlock]);
+      if (tensor != curTensor_) {  // a core meets a tensor's chunks one after another
+        curTensor_ = tensor;
+        curW_ = wAddr_.GetValue(tensor);
+        curG_ = gAddr_.GetValue(tensor);
+      }
+      SumSquares(curW_, offset, length, out);
+      SumSquares(curG_, offset, length, out[kBlock]);
       // 0·Σg²: 0 for a finite sum, NaN for inf/nan; added up, the core's flag
       AscendC::Muls(flag[kBlock], out[kBlock], 0.0f, kBlock);
       AscendC::Add(flag, flag, flag[kBlock], kBlock);
@@ -164,6 +169,7 @@ class KernelSquareSums {
   AscendC::GlobalTensor<uint64_t> gAddr_;
   AscendC::GlobalTensor<uint64_t> chunks_;
   AscendC::GlobalTensor<float> partials_;
+  uint64_t curTensor_ = ~uint64_t{0}, curW_ = 0, curG_ = 0;  // addresses of the current tensor
 };
 
 }  // namespace lars_ascendc

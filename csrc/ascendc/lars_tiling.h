@@ -25,9 +25,10 @@ struct Chunk {
 //   [2 nc, 2 nc + kMaxCoreFlags)  core b's non-finite flag: 0, or NaN when one of its chunks'
 //                                 Σg² is inf/nan (square-sums kernel; the host for given sums)
 //   [2 nc + kMaxCoreFlags, + n)   λ of tensor t as the update kernel applied it
-// The Σw² and Σg² blocks of a tensor's chunks are contiguous, so the update kernel moves them
-// into UB with DataCopy and adds them with vector instructions (no scalar scan), and reads the
-// flags the same way: O(cores) bytes, no scalar read of global memory.
+// The Σw² and Σg² blocks of a tensor's chunks are contiguous, so the λ kernel moves them into UB
+// with DataCopy and adds them with vector instructions (no scalar scan); the update kernel reads
+// the flags the same way (O(cores) bytes, no scalar read of global memory) and each tensor's λ
+// by one scalar read.
 constexpr uint32_t kBlock = 8;
 constexpr uint32_t kMaxCoreFlags = 256;  // blockDim of a launch is at most this (launchers clamp)
 constexpr uint32_t kPartialTile = 2048;  // floats of partial blocks per UB tile (256 chunks)
@@ -39,10 +40,11 @@ struct SquareSumTiling {
   uint32_t dtype;       // 0 fp32, 1 fp16
 };
 
-// Per-tensor parameters of the update kernel, fp32 in GM: [wd, lr, mu, flags] with flags bit 0
+// Per-tensor parameters of the λ and update kernels, fp32 in GM: [wd, lr, mu, flags] with flags bit 0
 // adapt, bit 1 has momentum, bit 2 first step, bit 3 nesterov.
 constexpr uint32_t kTensorParams = 4;
 
+// Tiling of the λ kernel (it uses num_tensors, num_chunks) and the update kernel.
 struct UpdateTiling {
   uint32_t num_tensors;
   uint32_t num_chunks;

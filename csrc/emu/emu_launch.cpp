@@ -12,10 +12,9 @@
 // (emu_lars_square_sums_fp32, ...), so they never collide with a CANN build's symbols.
 extern "C" void lars_square_sums_fp32(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR);
 extern "C" void lars_square_sums_fp16(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR);
-extern "C" void lars_update_fp32(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR,
-                                 GM_ADDR, GM_ADDR);
-extern "C" void lars_update_fp16(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR,
-                                 GM_ADDR, GM_ADDR);
+extern "C" void lars_lambda(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR);
+extern "C" void lars_update_fp32(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR);
+extern "C" void lars_update_fp16(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR);
 
 namespace lars_emu {
 
@@ -56,11 +55,15 @@ void launch(uint8_t* ws, const Layout& L, int dtype, bool run_sq, bool run_updat
       sq(gm(L.wsq_addrs), gm(L.g_addrs), gm(L.chunks), gm(L.partials), gm(L.sq_tiling));
     });
   }
-  // (on the NPU: the second launch on the same stream; no host synchronisation in between)
+  // (on the NPU: the next launches on the same stream; no host synchronisation in between)
   if (run_update) {
     AscendC::emu::Launch(block_dim, ub, [&] {
-      up(gm(L.w_addrs), gm(L.g_addrs), gm(L.m_addrs), gm(L.chunks), gm(L.tensor_chunks),
-         gm(L.partials), gm(L.params), gm(L.hyper), gm(L.up_tiling));
+      lars_lambda(gm(L.tensor_chunks), gm(L.partials), gm(L.params), gm(L.hyper),
+                  gm(L.up_tiling));
+    });
+    AscendC::emu::Launch(block_dim, ub, [&] {
+      up(gm(L.w_addrs), gm(L.g_addrs), gm(L.m_addrs), gm(L.chunks), gm(L.partials),
+         gm(L.params), gm(L.up_tiling));
     });
   }
   if (counters != nullptr) {

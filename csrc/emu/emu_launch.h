@@ -13,9 +13,9 @@ namespace lars_emu {
 
 using lars_ascendc::host::Layout;
 
-// Runs the square-sums kernel (run_sq) and then the update kernel (run_update) on `block_dim`
-// emulated AI cores with `ub_bytes` of Unified Buffer each. `ws` is the workspace in host memory
-// (its address tables hold host addresses); the kernels write the partials into it.
+// Runs the square-sums kernel (run_sq) and then the λ and update kernels (run_update) on
+// `block_dim` emulated AI cores with `ub_bytes` of Unified Buffer each. `ws` is the workspace in
+// host memory (its address tables hold host addresses); the kernels write their results into it.
 // core_order: 0 forward, -1 reverse, k > 0 a shuffle seeded with k (AscendC::emu::LaunchOptions).
 // counters, when given, receive the per-core counters of each launch that ran (6 per core, in
 // the order of kCounterFields), block_dim rows per launch.

@@ -14,12 +14,11 @@ extern "C" __global__ __aicore__ void lars_square_sums_fp32(GM_ADDR, GM_ADDR, GM
                                                            GM_ADDR);
 extern "C" __global__ __aicore__ void lars_square_sums_fp16(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR,
                                                            GM_ADDR);
+extern "C" __global__ __aicore__ void lars_lambda(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR);
 extern "C" __global__ __aicore__ void lars_update_fp32(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR,
-                                                      GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR,
-                                                      GM_ADDR);
+                                                      GM_ADDR, GM_ADDR, GM_ADDR);
 extern "C" __global__ __aicore__ void lars_update_fp16(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR,
-                                                      GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR,
-                                                      GM_ADDR);
+                                                      GM_ADDR, GM_ADDR, GM_ADDR);
 
 namespace lars_npu_host {
 
@@ -51,14 +50,14 @@ class CpuDebugMemory {
       }
     }
     if (run_update) {
+      ICPU_RUN_KF(lars_lambda, block_dim, gm(L.tensor_chunks), gm(L.partials), gm(L.params),
+                  gm(L.hyper), gm(L.up_tiling));
       if (dtype == 0) {
         ICPU_RUN_KF(lars_update_fp32, block_dim, gm(L.w_addrs), gm(L.g_addrs), gm(L.m_addrs),
-                    gm(L.chunks), gm(L.tensor_chunks), gm(L.partials), gm(L.params),
-                    gm(L.hyper), gm(L.up_tiling));
+                    gm(L.chunks), gm(L.partials), gm(L.params), gm(L.up_tiling));
       } else {
         ICPU_RUN_KF(lars_update_fp16, block_dim, gm(L.w_addrs), gm(L.g_addrs), gm(L.m_addrs),
-                    gm(L.chunks), gm(L.tensor_chunks), gm(L.partials), gm(L.params),
-                    gm(L.hyper), gm(L.up_tiling));
+                    gm(L.chunks), gm(L.partials), gm(L.params), gm(L.up_tiling));
       }
     }
   }

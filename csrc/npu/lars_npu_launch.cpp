@@ -10,6 +10,7 @@
 #include <string>
 
 #include "acl/acl.h"
+#include "aclrtlaunch_lars_lambda.h"
 #include "aclrtlaunch_lars_square_sums_fp16.h"
 #include "aclrtlaunch_lars_square_sums_fp32.h"
 #include "aclrtlaunch_lars_update_fp16.h"
@@ -74,19 +75,24 @@ void launch_on_stream(uint64_t stream, uint64_t ws, const lars_ascendc::host::La
                          at(ws, L.partials), at(ws, L.sq_tiling));
     if (rc != 0) throw std::runtime_error("lars_npu: launch of lars_square_sums failed");
   }
-  // Same stream: the update kernel starts after the square sums are in the workspace, and reads
-  // found_inf from them on the device; no host synchronisation in between.
+  // Same stream: λ and then the update kernel start after the square sums are in the workspace,
+  // and the update kernel reads found_inf from it on the device; no host synchronisation.
   if (run_update) {
+    if (ACLRT_LAUNCH_KERNEL(lars_lambda)(dim, s, at(ws, L.tensor_chunks), at(ws, L.partials),
+                                         at(ws, L.params), at(ws, L.hyper),
+                                         at(ws, L.up_tiling)) != 0) {
+      throw std::runtime_error("lars_npu: launch of lars_lambda failed");
+    }
     const uint32_t rc =
         dtype == 0
-            ? ACLRT_LAUNCH_KERNEL(lars_update_fp32)(
-                  dim, s, at(ws, L.w_addrs), at(ws, L.g_addrs), at(ws, L.m_addrs),
-                  at(ws, L.chunks), at(ws, L.tensor_chunks), at(ws, L.partials),
-                  at(ws, L.params), at(ws, L.hyper), at(ws, L.up_tiling))
-            : ACLRT_LAUNCH_KERNEL(lars_update_fp16)(
-                  dim, s, at(ws, L.w_addrs), at(ws, L.g_addrs), at(ws, L.m_addrs),
-                  at(ws, L.chunks), at(ws, L.tensor_chunks), at(ws, L.partials),
-                  at(ws, L.params), at(ws, L.hyper), at(ws, L.up_tiling));
+            ? ACLRT_LAUNCH_KERNEL(lars_update_fp32)(dim, s, at(ws, L.w_addrs), at(ws, L.g_addrs),
+                                                    at(ws, L.m_addrs), at(ws, L.chunks),
+                                                    at(ws, L.partials), at(ws, L.params),
+                                                    at(ws, L.up_tiling))
+            : ACLRT_LAUNCH_KERNEL(lars_update_fp16)(dim, s, at(ws, L.w_addrs), at(ws, L.g_addrs),
+                                                    at(ws, L.m_addrs), at(ws, L.chunks),
+                                                    at(ws, L.partials), at(ws, L.params),
+                                                    at(ws, L.up_tiling));
     if (rc != 0) throw std::runtime_error("lars_npu: launch of lars_update failed");
   }
 }

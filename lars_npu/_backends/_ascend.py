@@ -3,14 +3,20 @@ torch_npu's current stream) and ``emu`` (the same kernels on lars_npu's host emu
 
 One step, whatever runs the kernels:
 
-1. ``_C.ascend_plan`` builds the whole workspace on the host as one byte array (address tables of
-   the tensors, the flat work list, per-tensor parameters, tiling structs, room for the partials;
-   csrc/ascendc/lars_host_plan.h), with the addresses the kernels will read;
-2. ``_launch`` (the only part that differs) runs the square-sums and update kernels on it and
-   leaves the partials in the host array: the emulation works on the array in place, the NPU
-   backend copies it to the device, launches on the stream and copies the partials back;
-3. ``_C.ascend_read_back`` reads what the kernels decided: found_inf (the update kernel already
-   skipped every write on the device) and λ per tensor, by the kernel's formula and order.
+1. ``_C.ascend_plan`` takes the step as one struct (``_C.AscendStep``, ``step_args``) and builds
+   the whole workspace on the host as one byte array (address tables of the tensors, the flat work
+   list, per-tensor parameters, tiling structs, room for the results: partials, the cores'
+   non-finite flags, λ; csrc/ascendc/lars_host_plan.h), with the addresses the kernels will read;
+   every tensor contiguous with its base 32-byte aligned (``aligned`` stages the others);
+2. ``_launch`` (the only part that differs) runs the square-sums, λ and update kernels on it: the
+   emulation works on the array in place; the NPU backend copies it to the device and launches on
+   the stream, and nothing waits;
+3. the outcome: for the optimizer's calls (``multi_lars_``, ``fused_sgd_``), found_inf and λ as
+   tensors computed where the workspace is (``_lazy_outcome``: the cores' flags, the λ table the
+   kernels wrote), read when someone asks; for calls that need the sums on the host (square
+   sums, given-sum rewrites), ``_C.ascend_read_back`` on the results copied back.
+
+Lists mixing fp32 and fp16 run as one launch set per dtype group.
 
 So the ``npu`` backend's Python code is the ``emu`` backend's, tested in every CI run, plus the
 device copies and the launch on the stream.

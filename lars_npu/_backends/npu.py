@@ -2,7 +2,7 @@
 CANN, RUN_MODE=npu) on torch_npu's current stream, with the tensors' device pointers.
 
 Per step: the host builds the kernels' workspace (``_ascend.py``), one host-to-device copy moves
-it, the square-sums and update kernels run back to back on the current stream (the update kernel
+it, the square-sums, λ and update kernels run back to back on the current stream (the update kernel
 finds a core's non-finite flag on the device and then writes nothing), and the backend returns
 found_inf and λ as tensors on the device, computed there from the workspace: nothing waits for
 the kernels in the backend (except to copy staged views back, which needs the decision). A host

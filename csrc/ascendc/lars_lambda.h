@@ -1,0 +1,133 @@
+// AscendC kernel: λ of every tensor, once, between the square-sums kernel (pass 1) and the update
+// kernel (pass 2). Same source for CANN and for lars_npu's host emulation (csrc/emu/). Needs
+// DataCacheCleanAndInvalid: Atlas A2 / A3.
+//
+// Core b takes tensors b, b + blockNum, ...; for each it moves the tensor's Σw² and Σg² chunk
+// blocks (written by the square-sums launch, or by the host for given sums) into UB tile by tile
+// and adds them with vector instructions — the same instructions whatever the block count, so λ
+// does not depend on it —, takes the norms by the vector Sqrt and λ by
+// lars::trust_ratio_from_norms (csrc/common/lars_trust.h, the one C++ transcription of the
+// reference), and writes λ to the tensor's block of the results region (lars_tiling.h). The
+// update kernel reads it there (one scalar read per tensor it touches) and the host reads it back
+// as the λ applied. Each chunk block is read once in the whole step: 64 bytes per 16,384
+// elements. A tensor that LARS does not adapt gets λ = 1.
+// UB budget per core: partials queue 8 KiB + 2 accumulators x 8 KiB + 128 B ≈ 24 KiB.
+#pragma once
+
+#define LARS_DEVICE __aicore__
+#include "../common/lars_trust.h"
+#include "lars_tiling.h"
+
+namespace lars_ascendc {
+
+class KernelLambda {
+ public:
+  __aicore__ inline KernelLambda() {}
+
+  __aicore__ inline void Init(GM_ADDR tensor_chunks, GM_ADDR partials, GM_ADDR params,
+                              GM_ADDR hyper, GM_ADDR tiling_gm) {
+    AscendC::GlobalTensor<uint32_t> t;
+    t.SetGlobalBuffer(reinterpret_cast<__gm__ uint32_t*>(tiling_gm), 4);
+    // the host's tables are read by scalar loads through the data cache: drop stale lines first
+    AscendC::DataCacheCleanAndInvalid<uint32_t, AscendC::CacheLine::ENTIRE_DATA_CACHE,
+                                      AscendC::DcciDst::CACHELINE_OUT>(t);
+    tiling_ = UpdateTiling{t.GetValue(0), t.GetValue(1), t.GetValue(2), t.GetValue(3)};
+    const uint64_t n = tiling_.num_tensors;
+    tensorChunks_.SetGlobalBuffer(reinterpret_cast<__gm__ uint64_t*>(tensor_chunks), n + 1);
+    partials_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(partials),
+                              (uint64_t{2} * tiling_.num_chunks + kMaxCoreFlags + n) * kBlock);
+    params_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(params), n * kTensorParams);
+    hyper_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(hyper), 4);
+    pipe_.InitBuffer(inP_, 1, kPartialTile * sizeof(float));
+    pipe_.InitBuffer(accW_, kPartialTile * sizeof(float));
+    pipe_.InitBuffer(accG_, kPartialTile * sizeof(float));
+    pipe_.InitBuffer(bufSums_, 2 * kBlock * sizeof(float));
+    pipe_.InitBuffer(bufNorm_, kBlock * sizeof(float));
+    pipe_.InitBuffer(outLam_, 1, kBlock * sizeof(float));
+  }
+
+  __aicore__ inline void Process() {
+    const int64_t step = AscendC::GetBlockNum();
+    for (int64_t t = AscendC::GetBlockIdx(); t < static_cast<int64_t>(tiling_.num_tensors);
+         t += step) {
+      WriteLambda(uint64_t(t), Lambda(uint64_t(t)));
+    }
+  }
+
+ private:
+  // Orders everything pipe X issued so far before what pipe Y issues next.
+  template <AscendC::HardEvent event>
+  __aicore__ inline void Sync() {
+    const auto id = static_cast<event_t>(pipe_.FetchEventID(event));
+    AscendC::SetFlag<event>(id);
+    AscendC::WaitFlag<event>(id);
+  }
+
+  // Σ over chunks [c0, c1) of the results blocks starting at block `base`, added into acc
+  // (kPartialTile lanes, zeroed first) tile by tile by DMA and vector Add.
+  __aicore__ inline void AddBlocks(const AscendC::LocalTensor<float>& acc, uint64_t base,
+                                   uint64_t c0, uint64_t c1) {
+    AscendC::Duplicate(acc, 0.0f, kPartialTile);
+    for (uint64_t c = c0; c < c1; c += kPartialTile / kBlock) {
+      const uint64_t k = c1 - c < kPartialTile / kBlock ? c1 - c : kPartialTile / kBlock;
+      const uint32_t count = static_cast<uint32_t>(k) * kBlock;
+      AscendC::LocalTensor<float> in = inP_.template AllocTensor<float>();
+      AscendC::DataCopy(in, partials_[(base + c) * kBlock], count);
+      inP_.EnQue(in);
+      in = inP_.template DeQue<float>();
+      AscendC::Add(acc, acc, in, count);
+      inP_.FreeTensor(in);
+    }
+  }
+
+  __aicore__ inline float Lambda(uint64_t tensor) {
+    const uint64_t p = tensor * kTensorParams;
+    const float wd = params_.GetValue(p), lr = params_.GetValue(p + 1);
+    if ((static_cast<uint32_t>(params_.GetValue(p + 3)) & 1u) == 0) return 1.0f;  // not adapted
+    const uint64_t c0 = tensorChunks_.GetValue(tensor), c1 = tensorChunks_.GetValue(tensor + 1);
+    AscendC::LocalTensor<float> aw = accW_.Get<float>(), ag = accG_.Get<float>();
+    AddBlocks(aw, 0, c0, c1);
+    AddBlocks(ag, tiling_.num_chunks, c0, c1);
+    AscendC::LocalTensor<float> sums = bufSums_.Get<float>();
+    AscendC::ReduceSum(sums, aw, aw, static_cast<int32_t>(kPartialTile));  // scalar stores
+    AscendC::ReduceSum(sums[kBlock], ag, ag, static_cast<int32_t>(kPartialTile));
+    const float ws = sums.GetValue(0), gs = sums.GetValue(kBlock);
+    // The norms by the vector Sqrt, whose result for a non-positive input is undefined: a zero
+    // sum (zero weights, an unused parameter) never reaches it, its norm is 0 exactly.
+    AscendC::LocalTensor<float> nrm = bufNorm_.Get<float>();
+    Sync<AscendC::HardEvent::S_V>();  // the previous tensor's scalar reads of nrm come first
+    AscendC::Duplicate(nrm, 1.0f, kBlock);
+    Sync<AscendC::HardEvent::V_S>();
+    nrm.SetValue(0, ws == 0.0f ? 1.0f : ws);
+    nrm.SetValue(1, gs == 0.0f ? 1.0f : gs);
+    Sync<AscendC::HardEvent::S_V>();
+    AscendC::Sqrt(nrm, nrm, kBlock);
+    Sync<AscendC::HardEvent::V_S>();
+    const float wn = ws == 0.0f ? 0.0f : nrm.GetValue(0);
+    const float gn = gs == 0.0f ? 0.0f : nrm.GetValue(1);
+    return lars::trust_ratio_from_norms<float>(wn, gn, wd, lr, hyper_.GetValue(0),
+                                               hyper_.GetValue(1), hyper_.GetValue(2) != 0.0f,
+                                               hyper_.GetValue(3) != 0.0f);
+  }
+
+  // λ of `tensor` to its block of the results region.
+  __aicore__ inline void WriteLambda(uint64_t tensor, float lam) {
+    AscendC::LocalTensor<float> out = outLam_.template AllocTensor<float>();
+    AscendC::Duplicate(out, lam, kBlock);
+    outLam_.EnQue(out);
+    out = outLam_.template DeQue<float>();
+    const uint64_t at = (uint64_t{2} * tiling_.num_chunks + kMaxCoreFlags + tensor) * kBlock;
+    AscendC::DataCopy(partials_[at], out, kBlock);
+    outLam_.FreeTensor(out);
+  }
+
+  UpdateTiling tiling_{};
+  AscendC::TPipe pipe_;
+  AscendC::TQue<AscendC::TPosition::VECIN, 1> inP_;      // partial blocks from GM
+  AscendC::TQue<AscendC::TPosition::VECOUT, 1> outLam_;  // λ block to GM
+  AscendC::TBuf<AscendC::TPosition::VECCALC> accW_, accG_, bufSums_, bufNorm_;
+  AscendC::GlobalTensor<uint64_t> tensorChunks_;
+  AscendC::GlobalTensor<float> partials_, params_, hyper_;
+};
+
+}  // namespace lars_ascendc
