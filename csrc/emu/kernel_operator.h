@@ -63,11 +63,9 @@
 
 using GM_ADDR = uint8_t*;
 
-// The emulated kernels get their own symbol names, so a CANN build of the same source can be
-// linked into the same module without a clash: CMakeLists.txt renames the square-sums and
-// update entry points for the lars_emu target; the λ kernel's is renamed here (only this header
-// is included by the emulated build, first).
-#define lars_lambda lars_emu_lambda
+// The emulated kernels get their own symbol names (lars_emu_*), so a CANN build of the same
+// source can be linked into the same module without a clash: CMakeLists.txt renames every entry
+// point for the lars_emu target.
 
 // fp16 storage type of the kernels (the compiler's `half` on Ascend), converted with
 // round-to-nearest-even.
