@@ -254,7 +254,11 @@ class FusedDriver:
             call.checked = True
             result = backend.fused_sgd_(call)
             self.stats["checked"] += 1
-        if not bool(result.found_inf) and new_bufs:
+        # New momentum buffers join the state when the step ran. On an accelerator the host
+        # does not wait to find out: they join anyway, as zeros when the kernels skipped the
+        # step, which the next step's m = μ·0 + g' makes the same as a first step (dampening 0).
+        flag = result.found_inf
+        if new_bufs and (flag.device.type != "cpu" or not bool(flag)):
             for i in new_bufs:
                 state[sub.params[i]]["momentum_buffer"] = bufs[i]
         return result, sub.names, sub.adapt

@@ -301,6 +301,7 @@ class LARS(Optimizer):
         self._warned_names = False
         self._warned_inf = False
         self._found_inf = torch.tensor(False)
+        self._found_unread = False  # a device-side found_inf not read on the host yet
         self._given_found_inf: torch.Tensor | None = None  # set by GradScaler (sharded steps)
         # ZeroRedundancyOptimizer(optimizer_class=LARSSGD): the group over which every rank's
         # local optimizer must agree to skip a step (LARSSGD finds it; see _skip_agreed)
@@ -321,8 +322,23 @@ class LARS(Optimizer):
     @property
     def found_inf(self) -> torch.Tensor:
         """0-dim bool tensor: True when the last step was skipped because a gradient held
-        inf/nan (nothing was written)."""
+        inf/nan (nothing was written). After a fused step on an NPU it is the kernels' own flag,
+        on the device; reading it here is the first time the host looks at it."""
+        if self._found_unread:
+            self._found_unread = False
+            if bool(self._found_inf):
+                self._warn_skipped(stacklevel=3)
         return self._found_inf
+
+    def _warn_skipped(self, stacklevel: int) -> None:
+        if not self._warned_inf:
+            self._warned_inf = True
+            warnings.warn(
+                "LARS: a gradient holds inf/nan; the step was skipped (weights, gradients and "
+                "optimizer state untouched). opt.found_inf records it on every step.",
+                RuntimeWarning,
+                stacklevel=stacklevel,
+            )
 
     @found_inf.setter
     def found_inf(self, value: torch.Tensor) -> None:
@@ -388,6 +404,7 @@ class LARS(Optimizer):
         if "found_inf" in state:  # pickled by an earlier version
             state["_found_inf"] = state.pop("found_inf")
         state.setdefault("_given_found_inf", None)
+        state.setdefault("_found_unread", False)
         state.setdefault("_agree_group", None)
         self.__dict__.update(state)
         self._driver = FusedDriver()
@@ -615,21 +632,24 @@ class LARS(Optimizer):
         inner: bool,
         saved: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> Any:
-        found = bool(result.found_inf)
-        device = result.found_inf.device
-        self._found_inf = torch.tensor(found, device=device)
         self._last_lam = result.trust_ratio
         self._last_names = names
         self._last_adapt = adapt
+        flag = result.found_inf
+        if not inner and flag.device.type != "cpu":
+            # A fused step on an accelerator (the AscendC kernels on an NPU): the kernels made
+            # the skip decision on the device and skipped their own writes, so the host does
+            # not wait for them here; found_inf is read when someone asks (the property).
+            self._found_inf = flag
+            self._found_unread = True
+            for group, plan in zip(self.param_groups, plans, strict=True):
+                self._commit_group(group, plan)
+            return loss
+        found = bool(flag)
+        self._found_inf = torch.tensor(found, device=flag.device)
+        self._found_unread = False
         if found:
-            if not self._warned_inf:
-                self._warned_inf = True
-                warnings.warn(
-                    "LARS: a gradient holds inf/nan; the step was skipped (weights, gradients and "
-                    "optimizer state untouched). opt.found_inf records it on every step.",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
+            self._warn_skipped(stacklevel=5)
             return loss
         for group, plan in zip(self.param_groups, plans, strict=True):
             self._commit_group(group, plan)

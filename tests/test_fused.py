@@ -573,3 +573,61 @@ def test_nan_trust_ratio_stays_nan_with_clip(backend):
     p.grad = torch.tensor([0.5, 0.5])
     opt.step()
     assert np.isnan(opt.trust_ratios()["w"])
+
+
+class _OnDevice(torch.Tensor):
+    """A found_inf flag that lives on an accelerator (as the npu backend returns it): reading it
+    on the host is the wait the fused step must not do; it counts the reads."""
+
+    reads = 0
+
+    @property
+    def device(self):  # type: ignore[override]
+        return torch.device("meta")
+
+    def __bool__(self) -> bool:
+        type(self).reads += 1
+        return bool(torch.Tensor(self).as_subclass(torch.Tensor).item())
+
+
+@pytest.mark.parametrize("skipped", [False, True])
+def test_fused_step_does_not_read_a_device_side_found_inf(monkeypatch, skipped):
+    """Issue 14 item 4, the optimizer's side: after a fused step whose backend decided the skip on
+    the device, LARS neither waits for the flag nor drops new momentum buffers; the flag is read
+    when the user reads opt.found_inf (and the skip warning comes then)."""
+    from lars_npu._backends import MultiResult
+    from lars_npu._backends import cpu as cpu_mod
+
+    real = cpu_mod.CpuBackend.fused_sgd_
+
+    def on_device(self, call):
+        res = real(self, call)
+        return MultiResult(res.found_inf.as_subclass(_OnDevice), res.trust_ratio)
+
+    monkeypatch.setattr(cpu_mod.CpuBackend, "fused_sgd_", on_device)
+    _OnDevice.reads = 0
+    p = nn.Parameter(torch.randn(4, 3))
+    opt = LARS(torch.optim.SGD([("w", p)], lr=0.1, momentum=0.9), fused=True)
+    p.grad = torch.randn(4, 3)
+    if skipped:
+        p.grad[0, 0] = float("inf")
+    before = p.detach().clone()
+    opt.step()
+    assert _OnDevice.reads == 0  # no host read during the step
+    assert "momentum_buffer" in opt.state[p]  # zeros if skipped: the same as no buffer yet
+    if skipped:
+        assert torch.equal(p, before) and not opt.state[p]["momentum_buffer"].any()
+        with pytest.warns(RuntimeWarning, match="inf/nan"):
+            assert bool(opt.found_inf)
+    else:
+        assert not bool(opt.found_inf)
+    assert _OnDevice.reads >= 1
+    # a skipped first step then a good one equals one good first step (m = 0·μ + g' = g')
+    p.grad = torch.ones(4, 3)
+    q = nn.Parameter(before.clone())
+    ref = LARS(torch.optim.SGD([("w", q)], lr=0.1, momentum=0.9), fused=False)
+    q.grad = torch.ones(4, 3)
+    if skipped:
+        opt.step()
+        ref.step()
+        torch.testing.assert_close(p, q)
