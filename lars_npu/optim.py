@@ -7,6 +7,7 @@ registry picks.
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -490,7 +491,16 @@ class LARS(Optimizer):
         """Keep the filter's result (the weight decay stays where it is: see the class doc), and
         which tensors the group held when it was checked (:meth:`_check_members`)."""
         group[MASK_KEY] = plan[1]
-        params = list(group["params"])
+        params = group["params"]
+        rec = self._members.get(id(group))
+        if (
+            rec is not None
+            and rec[0] is group
+            and len(rec[1]) == len(params)
+            and all(map(operator.is_, params, rec[1]))
+        ):
+            return  # the same tensors: nothing to record (a shape read costs ~3 µs a Parameter)
+        params = list(params)
         self._members[id(group)] = (group, params, [p.shape for p in params])
 
     def _refuse_shards(self, index: int, group: dict[str, Any]) -> None:
