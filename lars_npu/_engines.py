@@ -1,4 +1,4 @@
-"""Which distributed engine made a parameter a shard (docs: DESIGN §5, "no silent wrong λ").
+"""Which distributed engine made a parameter a shard (docs/distributed.md, "no silent wrong λ").
 
 Plain :class:`lars_npu.LARS` never computes a norm from a shard. A parameter is looked at here
 before any write, and falls in one of these kinds:

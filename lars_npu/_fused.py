@@ -299,11 +299,17 @@ def refuse_shard(p: torch.Tensor, name: str) -> None:
 def check_storage(t: torch.Tensor, label: str) -> None:
     """The elements ``t`` addresses lie inside its storage (a storage resized under a tensor,
     e.g. freed by ``untyped_storage().resize_(0)``, is refused)."""
-    if t.numel() == 0:
+    n = t.numel()
+    if n == 0:
         return
-    last = t.storage_offset() + sum((d - 1) * st for d, st in zip(t.shape, t.stride(), strict=True))
+    if t.is_contiguous():  # the common case, without a Python loop over dimensions
+        need = (t.storage_offset() + n) * t.element_size()
+        if t.untyped_storage().nbytes() >= need:
+            return
+    stride = t.stride()
+    last = t.storage_offset() + sum((d - 1) * st for d, st in zip(t.shape, stride, strict=True))
     need = (last + 1) * t.element_size()
-    if min(t.stride(), default=0) < 0 or t.untyped_storage().nbytes() < need:
+    if min(stride, default=0) < 0 or t.untyped_storage().nbytes() < need:
         raise ValueError(
             f"{label}: its storage holds {t.untyped_storage().nbytes()} bytes, fewer than the "
             f"{need} its shape {tuple(t.shape)} addresses (storage freed or resized?)"

@@ -1,4 +1,4 @@
-"""``lars_npu.LARS``: MindSpore's ``nn.LARS`` as a torch optimizer wrapper (DESIGN.md §1).
+"""``lars_npu.LARS``: MindSpore's ``nn.LARS`` as a torch optimizer wrapper (docs/semantics.md).
 
 The class does validation, bookkeeping and the take-over of the inner optimizer's weight decay;
 the math runs in one call of :func:`lars_npu.functional.lars_` per step, on the backend the
@@ -18,7 +18,7 @@ import torch
 from torch.optim import Optimizer
 
 from ._backends import Hyper, get_backend, resolve, warn_reference_fallback
-from ._engines import HANDLED, is_dtensor, refusal, shard_kind
+from ._engines import HANDLED, dtensor_type, is_dtensor, refusal, shard_kind
 from ._fused import (
     FUSED_REQUIREMENTS,
     FusedDriver,
@@ -152,6 +152,10 @@ class StepInputs:
     lrs: list[float] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 class _Skipped:
@@ -704,11 +708,14 @@ class LARS(Optimizer):
         self,
         params: list[torch.Tensor],
         names: list[str],
-        local: Callable[[torch.Tensor], torch.Tensor] = torch.Tensor.detach,
+        local: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         """Before any write of the unfused step: each parameter can be written in place, and
         each of its state tensors (momentum buffer, ...) has its shape and lies in its storage.
-        ``local``: the tensor holding this rank's elements (a DTensor's local shard)."""
+        ``local``: the tensor holding this rank's elements (a DTensor's local shard; None: the
+        tensor itself)."""
+        if local is None:
+            local = _same
         state = self.state
         for p, name in zip(params, names, strict=True):
             w = local(p)
@@ -731,7 +738,7 @@ class LARS(Optimizer):
     def _gather(
         self,
         *,
-        local: Callable[[torch.Tensor], torch.Tensor] = torch.Tensor.detach,
+        local: Callable[[torch.Tensor], torch.Tensor] | None = None,
         unscale: bool = False,
     ) -> StepInputs:
         """Everything a rewrite + inner step reads, checked before anything is written: the
@@ -741,6 +748,8 @@ class LARS(Optimizer):
         ``unscale``: every gradient will be multiplied in place, for GradScaler)."""
         out = StepInputs()
         slot = 0
+        sharded = local is not None  # plain tensors: lars_ checks the pairs itself, by name
+        dtensors = dtensor_type() is not None  # none can exist before their module is loaded
         for gi, group in enumerate(self.param_groups):
             wd, mask = self._plan_group(gi, group)
             out.plans.append((wd, mask))
@@ -766,18 +775,21 @@ class LARS(Optimizer):
                             "(exclude it with lars_filter to let the inner optimizer handle it)"
                         )
                     continue  # excluded: LARS leaves it to the inner optimizer, unchecked
-                if is_dtensor(p) != is_dtensor(g):
+                if dtensors and is_dtensor(p) != is_dtensor(g):
                     raise TypeError(
                         f"parameter {name!r}: a DTensor parameter needs a DTensor gradient and a "
                         "plain one a plain gradient"
                     )
-                if is_dtensor(g) and tuple(g.placements) != tuple(p.placements):
+                if dtensors and is_dtensor(g) and tuple(g.placements) != tuple(p.placements):
                     raise ValueError(
                         f"gradient of parameter {name!r} has placements {tuple(g.placements)}, "
                         f"the parameter {tuple(p.placements)}; redistribute it first"
                     )
-                w, gl = local(p), local(g)
-                check_pair(w, gl, f"parameter {name!r}", f"gradient of parameter {name!r}")
+                if sharded:
+                    w, gl = local(p), local(g)  # type: ignore[misc]
+                    check_pair(w, gl, f"parameter {name!r}", f"gradient of parameter {name!r}")
+                else:
+                    w, gl = p, g
                 if mask[j] or unscale:  # rewritten (or unscaled) in place
                     check_written(gl, f"gradient of parameter {name!r}")
                 out.params.append(p)

@@ -1,4 +1,4 @@
-"""NumPy reference of LARS: the spec (DESIGN.md section 1) in code.
+"""NumPy reference of LARS: the spec (docs/semantics.md, "The math") in code.
 
 Every other backend is tested against these functions. They compute in float64 and round the
 result to the input's dtype once, so they are the most accurate implementation in the package;

@@ -1,4 +1,4 @@
-"""LARS across processes (DESIGN.md §5), with real gloo process groups on this machine.
+"""LARS across processes (docs/distributed.md), with real gloo process groups on this machine.
 
 One spawn per world size (2 and 4) runs every multi-process check in the same process group (spawn
 costs seconds); the tests below then judge each check's results against a single-process run of

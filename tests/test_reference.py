@@ -1,4 +1,5 @@
-"""The NumPy reference against DESIGN.md §1 worked by hand: the oracle must itself be right."""
+"""The NumPy reference against docs/semantics.md's formula worked by hand: the oracle must be
+right itself."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 // The LARS trust ratio, written once for every C++ kernel (CPU and AscendC host side).
-// It is a transcription of lars_npu/reference.py::trust_ratio (DESIGN.md section 1):
+// It is a transcription of lars_npu/reference.py::trust_ratio (docs/semantics.md, "The math"):
 //
 //   lambda = coefficient * sqrt(w_s) / (sqrt(g_s) + wd * sqrt(w_s) + epsilon)
 //   guard_zero_norm and (sqrt(w_s) == 0 or sqrt(g_s) == 0)  ->  lambda = 1   (before clipping)

@@ -2,7 +2,7 @@
 // LARS(torch.optim.SGD(momentum=mu, dampening=0)) does, in one call over all parameters.
 //
 // Stage A (pre-sweep): sum(g^2) of every tensor, and sum(w^2) of the adapted tensors too big to
-//   batch. If any sum(g^2) is inf/nan the call returns true and writes nothing (DESIGN.md section 6).
+//   batch. If any sum(g^2) is inf/nan the call returns true and writes nothing (docs/semantics.md).
 // Stage B (cache batches): tensors are grouped, in order, into batches whose weights fit in the
 //   cache budget. Per batch: sum(w^2) of its adapted tensors, lambda per tensor, then the update
 //       g' = lambda * (g + wd * w)            (g' = g for tensors the filter excludes)

@@ -1,6 +1,6 @@
 """The backend registry: the one place that decides which implementation runs.
 
-Choice, per call (DESIGN.md §1): an explicit ``backend=`` name wins; with ``"auto"`` the
+Choice, per call (docs/semantics.md): an explicit ``backend=`` name wins; with ``"auto"`` the
 environment variable ``LARS_NPU_BACKEND`` (read at call time) decides when set; otherwise the
 tensors' device does: ``cpu`` → the C++ kernels (NumPy reference when ``_C`` is absent), ``npu`` →
 the AscendC kernels when ``_C`` was built with CANN and torch_npu imports, any other device (or an

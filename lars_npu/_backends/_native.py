@@ -47,7 +47,7 @@ FALLBACK_COST = (
 
 @cache
 def _load_torch_npu() -> tuple[ModuleType | None, str]:
-    # torch_npu needs CANN; on a host without it, importing fails in several ways (DESIGN.md §2).
+    # torch_npu needs CANN; without it, importing fails in several ways (docs/architecture.md).
     try:
         mod = importlib.import_module("torch_npu")
     except (ImportError, OSError, RuntimeError) as exc:

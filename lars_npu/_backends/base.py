@@ -19,7 +19,7 @@ class LayoutMismatch(Exception):
 
 @dataclass(frozen=True)
 class Hyper:
-    """LARS hyper-parameters shared by every tensor of a call (DESIGN.md §1)."""
+    """LARS hyper-parameters shared by every tensor of a call (docs/semantics.md)."""
 
     epsilon: float = 1e-5
     coefficient: float = 1e-3
@@ -84,7 +84,7 @@ class Backend(Protocol):
         ...
 
     def fused_sgd_(self, call: FusedCall) -> MultiResult:
-        """The whole LARS + momentum-SGD step (DESIGN.md §1, fused path): parameters and
+        """The whole LARS + momentum-SGD step (docs/semantics.md, "The fused step"): parameters and
         momentum buffers updated in place, gradients left as they are; nothing written when a
         gradient holds inf/nan."""
         ...

@@ -98,7 +98,7 @@ class EmuBackend(AscendKernelBackend):
             if not hasattr(C, "cann_host_launch"):
                 raise RuntimeError(
                     f"{RUNNER_ENV}=cann: this lars_npu._C was built without CANN "
-                    "(build with RUN_MODE=cpu or sim; see README 'Ascend NPU')"
+                    "(build with RUN_MODE=cpu or sim; see docs/ascend.md)"
                 )
             C.cann_host_launch(blob, n, nc, code, run_square_sums, run_update, BLOCK_DIM)
             return

@@ -64,7 +64,7 @@ class NpuBackend(AscendKernelBackend):
         if not hasattr(C, "npu_launch"):
             return False, (
                 "lars_npu._C was built without CANN (set ASCEND_CANN_PACKAGE_PATH and "
-                "SOC_VERSION and reinstall; see README 'Ascend NPU')"
+                "SOC_VERSION and reinstall; see docs/ascend.md)"
             )
         npu = torch_npu()
         if npu is None:

@@ -1,4 +1,5 @@
-"""LARS across processes (DESIGN.md §5): data parallel as is; sharded parameters, one all-reduce.
+"""LARS across processes (docs/distributed.md): data parallel as is; sharded parameters, one
+all-reduce.
 
 Data parallel (``DistributedDataParallel``): use :class:`lars_npu.LARS` unchanged. DDP averages the
 gradients before ``step``, so every rank holds the full gradient and computes the same λ.
