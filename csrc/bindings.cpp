@@ -450,6 +450,18 @@ py::dict build_info() {
   d["openmp"] = lars::has_openmp();
   d["default_threads"] = lars::default_threads();
   d["chunk_elements"] = lars::kChunk;
+  // Constants the C++ defines once and Python reads from here (lars_npu._backends._native).
+  static_assert(lars::kChunk == lars_ascendc::kChunkElements, "one chunk size for every kernel");
+  py::dict codes;
+  codes["float32"] = static_cast<int>(lars::kFloat32);
+  codes["float16"] = static_cast<int>(lars::kFloat16);
+  codes["bfloat16"] = static_cast<int>(lars::kBFloat16);
+  codes["float64"] = static_cast<int>(lars::kFloat64);
+  d["dtype_codes"] = codes;
+  d["ascend_tile_square_sums"] = lars_ascendc::kTileSquareSums;
+  d["ascend_tile_update"] = lars_ascendc::kTileUpdate;
+  d["ascend_flag_slots"] = lars_ascendc::kMaxCoreFlags;
+  d["ascend_gm_align"] = lars_ascendc::host::kGmAlign;
 #if defined(__clang__)
   d["compiler"] = std::string("clang ") + __clang_version__;
 #elif defined(__GNUC__)
@@ -541,8 +553,11 @@ PYBIND11_MODULE(_C, m) {
         "Run the kernels as built by CANN with RUN_MODE=" LARS_NPU_RUN_MODE
         " on host tensors (staged), in place on a host workspace.");
 #endif
-  m.def("emu_selftest", &lars_emu::selftest, py::arg("case"),
-        "Run a deliberately broken mini-kernel on the AscendC emulation (raises RuntimeError).");
+  // Hooks for lars_npu's own tests, kept out of the module's public surface.
+  py::module_ testing = m.def_submodule("_testing", "lars_npu's test hooks; not an API.");
+  testing.def("emu_selftest", &lars_emu::selftest, py::arg("case"),
+              "Run a deliberately broken mini-kernel on the AscendC emulation (raises "
+              "RuntimeError).");
   // The type lives as long as the process (never destroyed with the module's statics).
   static PyObject* layout_error =
       PyErr_NewException("lars_npu._C.LayoutError", PyExc_ValueError, nullptr);

@@ -134,9 +134,9 @@ def test_tiles_that_are_not_whole_blocks_are_refused_on_the_host():
     ],
 )
 def test_emulation_refuses_queue_and_buffer_misuse(case, message):
-    native().emu_selftest("ok")  # the same mini-kernel, used correctly, passes
+    native()._testing.emu_selftest("ok")  # the same mini-kernel, used correctly, passes
     with pytest.raises(RuntimeError, match=message):
-        native().emu_selftest(case)
+        native()._testing.emu_selftest(case)
 
 
 @pytest.mark.parametrize(
@@ -155,9 +155,9 @@ def test_kernels_relying_on_a_naive_reduce_sum_fail(case, message):
     buffer and copies it out with no sync of its own (the call orders S -> MTE3 itself), and
     reduces into a buffer MTE3 was copying out after an MTE3 -> S wait only (dst is the scalar
     unit's store on A2; the previous emulation wrote it on V and refused that right kernel)."""
-    native().emu_selftest("ok")
+    native()._testing.emu_selftest("ok")
     with pytest.raises(RuntimeError, match=message):
-        native().emu_selftest(case)
+        native()._testing.emu_selftest(case)
 
 
 FREE_TENSOR_KERNEL = """
@@ -217,23 +217,23 @@ def test_scalar_reads_of_global_memory_need_data_cache_maintenance(case, message
     an earlier launch's partials and this launch's DMA writes need a DataCacheCleanAndInvalid
     first (the "ok" case reads after one, whole cache and single line). The previous emulation
     had no such rule: all three wrong kernels ran on it."""
-    native().emu_selftest("ok")
+    native()._testing.emu_selftest("ok")
     with pytest.raises(RuntimeError, match=message):
-        native().emu_selftest(case)
+        native()._testing.emu_selftest(case)
 
 
 def test_atlas_a2_reserves_the_top_8_kib_of_unified_buffer():
     """On 2201, TPipe gets 184 KiB of the 192 (TMP_UB_OFFSET): 184 KiB in all is accepted,
     185 KiB refused (the previous emulation gave a kernel all 192)."""
-    native().emu_selftest("ub_184k")
+    native()._testing.emu_selftest("ub_184k")
     with pytest.raises(RuntimeError, match=r"a kernel may use 188416 .*top 8 KiB are reserved"):
-        native().emu_selftest("ub_185k")
+        native()._testing.emu_selftest("ub_185k")
 
 
 def test_dma_from_a_misaligned_global_address_is_refused():
-    native().emu_selftest("ok")
+    native()._testing.emu_selftest("ok")
     with pytest.raises(RuntimeError, match="global memory address not 32-byte aligned"):
-        native().emu_selftest("misaligned_gm")
+        native()._testing.emu_selftest("misaligned_gm")
 
 
 def test_odd_offset_views_are_refused_by_the_host_plan():

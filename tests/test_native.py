@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from lars_npu._backends import Hyper
-from lars_npu._backends._native import native
-from lars_npu._backends.cpu import DTYPE_CODES
+from lars_npu._backends._native import constants, native
 from lars_npu.functional import lars_
 
 pytestmark = pytest.mark.skipif(native() is None, reason="lars_npu._C is not built")
@@ -21,7 +20,7 @@ def ptrs(ts):
 def meta(ts):
     return (
         np.array([t.numel() for t in ts], dtype=np.int64),
-        np.array([DTYPE_CODES[t.dtype] for t in ts], dtype=np.int64),
+        np.array([constants().dtype_codes[t.dtype] for t in ts], dtype=np.int64),
     )
 
 
@@ -120,3 +119,24 @@ def test_trust_ratio_matches_reference_formula():
                 got = C.trust_ratio(*args, 1e-5, 1e-3, clip, guard)
                 ref = reference.trust_ratio(*args, use_clip=clip, guard_zero_norm=guard)
                 assert got == pytest.approx(ref, rel=1e-15, abs=0)
+
+
+def test_shared_constants_are_defined_once_in_cpp_and_read_from_build_info():
+    """Issue 15: the chunk size, dtype codes and AscendC tiling live in the C++ headers; Python
+    reads them from _C.build_info() (no copies in lars_npu's sources)."""
+    from pathlib import Path
+
+    import lars_npu
+    from lars_npu._backends import _ascend
+
+    b = dict(native().build_info())
+    k = constants()
+    assert k.chunk == b["chunk_elements"] == 16384
+    assert k.dtype_codes == {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2,
+                             torch.float64: 3}  # fmt: skip
+    assert (k.tile_square_sums, k.tile_update, k.flag_slots, k.gm_align) == (4096, 2048, 256, 32)
+    assert _ascend.CHUNK == k.chunk and _ascend.CODES == {torch.float32: 0, torch.float16: 1}
+    for f in Path(lars_npu.__file__).parent.rglob("*.py"):
+        text = f.read_text()
+        for literal in ("16384", "= 4096", "= 2048"):
+            assert literal not in text, f"{f.name} holds a copy of a C++ constant ({literal})"

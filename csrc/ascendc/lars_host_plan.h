@@ -79,8 +79,8 @@ struct StepArgs {
   bool use_clip = false, guard_zero_norm = false;
   int dtype = 0;  // 0 fp32, 1 fp16
   int mode = 0;   // 0 LARSUpdate rewrite of g, 1 fused momentum-SGD step
-  uint32_t tile_sq = 4096, tile_up = 2048;
-  int64_t chunk_elems = 16384;
+  uint32_t tile_sq = kTileSquareSums, tile_up = kTileUpdate;
+  int64_t chunk_elems = kChunkElements;
   // MindSpore LARSUpdate takes the sums of squares as inputs: when given (one per tensor), they
   // are written to the partials instead of running the square-sums kernel.
   std::vector<float> given_ws, given_gs;

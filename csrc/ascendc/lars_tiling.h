@@ -33,6 +33,14 @@ constexpr uint32_t kBlock = 8;
 constexpr uint32_t kMaxCoreFlags = 256;  // blockDim of a launch is at most this (launchers clamp)
 constexpr uint32_t kPartialTile = 2048;  // floats of partial blocks per UB tile (256 chunks)
 
+// The host's default tiling (the one source of these numbers: Python reads them from
+// lars_npu._C.build_info()). UB per core: ≈ 64 KiB (square sums) and ≈ 88 KiB (update) of the
+// 184 KiB an Atlas A2 kernel may use. Chunks of the flat work list have kChunkElements elements,
+// the CPU kernels' chunk too (bindings.cpp asserts it).
+constexpr uint32_t kTileSquareSums = 4096;
+constexpr uint32_t kTileUpdate = 2048;
+constexpr int64_t kChunkElements = 16384;
+
 struct SquareSumTiling {
   uint32_t num_tensors;
   uint32_t num_chunks;

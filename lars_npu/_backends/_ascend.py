@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ._native import native
+from ._native import constants, native
 from ._staging import ptrs as _ptrs
 from ._staging import stage_step, unstage_grads, unstage_step
 from .base import Hyper, MultiResult, per_tensor_rewrite_given_sums_, per_tensor_square_sums
@@ -37,29 +37,38 @@ from .base import Hyper, MultiResult, per_tensor_rewrite_given_sums_, per_tensor
 if TYPE_CHECKING:
     from .._fused import FusedCall
 
-# Host tiling: elements per UB tile of each kernel and per chunk of the flat work list. UB use per
-# core: ≈ 64 KiB (square sums, 4096) and ≈ 88 KiB (update, 2048) of the 192 KiB of Atlas A2
-# (910B); see the kernel headers in csrc/ascendc/.
-TILE_SQUARE_SUMS = 4096
-TILE_UPDATE = 2048
-CHUNK = 16384
+# The kernels' numbers (tiles, chunk, dtype codes, flag slots, GM alignment) are defined once, in
+# csrc/ascendc/lars_tiling.h and lars_host_plan.h, and read from _C.build_info()
+# (lars_npu._backends._native.constants); the kernels take fp32 and fp16.
+_KERNEL_DTYPES = (torch.float32, torch.float16)
 
-CODES = {torch.float32: 0, torch.float16: 1}
 
-# The workspace's results region, in 32-byte blocks (csrc/ascendc/lars_tiling.h): Σw² per chunk,
-# Σg² per chunk, FLAG_SLOTS core flags (kMaxCoreFlags), λ per tensor.
-FLAG_SLOTS = 256
+def kernel_codes() -> dict[torch.dtype, int]:
+    """The kernels' dtype codes (fp32, fp16), from the loaded ``_C``."""
+    codes = constants().dtype_codes
+    return {d: codes[d] for d in _KERNEL_DTYPES}
 
-# Every tensor's base address in global memory, as the kernels need it (lars_host_plan.h: each
-# DMA starts 32-byte aligned; chunk and tile offsets keep it so from the base).
-GM_ALIGN = 32
+
+def __getattr__(name: str) -> object:  # the old module constants, read from _C
+    fields = {
+        "CHUNK": "chunk",
+        "TILE_SQUARE_SUMS": "tile_square_sums",
+        "TILE_UPDATE": "tile_update",
+        "FLAG_SLOTS": "flag_slots",
+        "GM_ALIGN": "gm_align",
+    }
+    if name in fields:
+        return getattr(constants(), fields[name])
+    if name == "CODES":
+        return kernel_codes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def aligned(t: torch.Tensor) -> torch.Tensor:
     """``t`` when the kernels can take it as it is (contiguous, base address 32-byte aligned), else
     a contiguous copy in a fresh allocation (torch's allocators align those to ≥ 64 bytes): a view
     that starts at an odd element, e.g. ``x[1:]``, is staged, never given to the kernels."""
-    if t.is_contiguous() and (t.numel() == 0 or t.data_ptr() % GM_ALIGN == 0):
+    if t.is_contiguous() and (t.numel() == 0 or t.data_ptr() % constants().gm_align == 0):
         return t
     return t.clone(memory_format=torch.contiguous_format)
 
@@ -68,7 +77,7 @@ def dtype_code(ts: list[torch.Tensor], backend: str) -> int:
     """0 (fp32) or 1 (fp16) for a list of tensors of one of those dtypes; TypeError otherwise."""
     codes = set()
     for t in ts:
-        code = CODES.get(t.dtype)
+        code = kernel_codes().get(t.dtype)
         if code is None:
             raise TypeError(
                 f"the {backend} backend (AscendC kernels) takes float32 and float16 tensors, "
@@ -122,7 +131,7 @@ def dtype_groups(ws: list[torch.Tensor], gs: list[torch.Tensor], backend: str) -
     every weight and gradient is fp32 or fp16 with the two alike; TypeError otherwise."""
     groups: dict[int, list[int]] = {}
     for i, (w, g) in enumerate(zip(ws, gs, strict=True)):
-        code = CODES.get(w.dtype)
+        code = kernel_codes().get(w.dtype)
         if code is None or g.dtype != w.dtype:
             raise TypeError(
                 f"the {backend} backend (AscendC kernels) takes float32 and float16 tensors, each "
@@ -138,14 +147,15 @@ def kernel_pairs_ok(
     """Whether the kernels can take these (weight, gradient) pairs, in dtype groups: every weight
     fp32 or fp16, each gradient of its weight's dtype (any of the two with ``cast_grads``)."""
     return all(
-        w.dtype in CODES and (g.dtype == w.dtype or (cast_grads and g.dtype in CODES))
+        w.dtype in _KERNEL_DTYPES
+        and (g.dtype == w.dtype or (cast_grads and g.dtype in _KERNEL_DTYPES))
         for w, g in zip(ws, gs, strict=True)
     )
 
 
 def kernel_dtypes_ok(ts: list[torch.Tensor]) -> bool:
     """Whether one kernel launch can take these tensors (all fp32 or all fp16)."""
-    return len({t.dtype for t in ts}) <= 1 and all(t.dtype in CODES for t in ts)
+    return len({t.dtype for t in ts}) <= 1 and all(t.dtype in _KERNEL_DTYPES for t in ts)
 
 
 class AscendKernelBackend:
@@ -193,9 +203,10 @@ class AscendKernelBackend:
             return torch.tensor(bool(found)), torch.from_numpy(np.asarray(lam, dtype=np.float64))
         n, nc = layout["n"], layout["num_chunks"]
         blocks = dev_ws[layout["partials"] :].view(torch.float32).view(-1, 8)[:, 0]
-        flags = blocks[2 * nc : 2 * nc + FLAG_SLOTS]  # 0, or NaN for a core that met inf/nan
+        slots = constants().flag_slots
+        flags = blocks[2 * nc : 2 * nc + slots]  # 0, or NaN for a core that met inf/nan
         found = torch.isnan(flags).any()
-        lam = blocks[2 * nc + FLAG_SLOTS : 2 * nc + FLAG_SLOTS + n].double()
+        lam = blocks[2 * nc + slots : 2 * nc + slots + n].double()
         return found, torch.where(found, torch.full_like(lam, float("nan")), lam)
 
     def _plan(
@@ -219,9 +230,9 @@ class AscendKernelBackend:
             guard_zero_norm=hyper.guard_zero_norm,
             dtype=code,
             mode=mode,
-            tile_sq=TILE_SQUARE_SUMS,
-            tile_up=TILE_UPDATE,
-            chunk_elems=CHUNK,
+            tile_sq=constants().tile_square_sums,
+            tile_up=constants().tile_update,
+            chunk_elems=constants().chunk,
         )
         if given is not None:
             step.given_ws, step.given_gs = given

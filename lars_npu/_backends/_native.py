@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
+from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
 
@@ -34,6 +35,48 @@ def native() -> ModuleType | None:
 def native_error() -> str:
     """Why :func:`native` is ``None`` ('' when it is available)."""
     return _load_C()[1]
+
+
+@dataclass(frozen=True)
+class BuildConstants:
+    """Numbers the C++ defines once (csrc/cpu/lars_cpu.h, csrc/cpu/dtypes.h,
+    csrc/ascendc/lars_tiling.h, lars_host_plan.h), as ``_C.build_info()`` reports them."""
+
+    chunk: int  # elements per chunk of every kernel's work list
+    dtype_codes: dict[torch.dtype, int]  # the kernels' dtype codes
+    tile_square_sums: int  # AscendC: elements per UB tile of the square-sums kernel
+    tile_update: int  # AscendC: elements per UB tile of the update kernel
+    flag_slots: int  # AscendC: non-finite flag slots in the workspace (max cores per launch)
+    gm_align: int  # AscendC: byte alignment of every tensor's base address
+
+
+_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+
+
+def constants() -> BuildConstants:
+    """The :class:`BuildConstants` of the loaded ``_C`` (every user of them needs ``_C``)."""
+    C = native()
+    if C is None:
+        raise RuntimeError(f"lars_npu._C is not available: {native_error()}")
+    return _constants(C)
+
+
+@cache
+def _constants(C: ModuleType) -> BuildConstants:
+    b = dict(C.build_info())
+    return BuildConstants(
+        chunk=int(b["chunk_elements"]),
+        dtype_codes={_DTYPES[k]: int(v) for k, v in dict(b["dtype_codes"]).items()},
+        tile_square_sums=int(b["ascend_tile_square_sums"]),
+        tile_update=int(b["ascend_tile_update"]),
+        flag_slots=int(b["ascend_flag_slots"]),
+        gm_align=int(b["ascend_gm_align"]),
+    )
 
 
 # What running CPU tensors without ``_C`` costs, said wherever that happens (bench: 30–100× the

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.utils.dlpack
 
-from ._native import kernel_threads, native, native_error
+from ._native import constants, kernel_threads, native, native_error
 from ._staging import contig as _contig
 from ._staging import ptrs as _ptrs
 from ._staging import stage_step, unstage_grads, unstage_step
@@ -26,12 +26,16 @@ if TYPE_CHECKING:
 # Bytes of parameters per cache batch of the fused step; 0: half the last-level cache.
 CACHE_BUDGET_BYTES = 0
 
-DTYPE_CODES: dict[torch.dtype, int] = {
-    torch.float32: 0,
-    torch.float16: 1,
-    torch.bfloat16: 2,
-    torch.float64: 3,
-}
+
+def _code(dtype: torch.dtype) -> int:
+    """The kernels' code of ``dtype`` (defined once in csrc/cpu/dtypes.h; from build_info)."""
+    return constants().dtype_codes[dtype]
+
+
+def __getattr__(name: str) -> object:
+    if name == "DTYPE_CODES":  # read from the loaded _C, not a copy
+        return dict(constants().dtype_codes)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # One capsule per tensor exposes pointer, shape, strides, dtype and device together (and keeps
@@ -55,7 +59,7 @@ def _arrays(
     w_ptr = np.fromiter((w.data_ptr() for w in ws), dtype=np.int64, count=len(ws))
     g_ptr = np.fromiter((g.data_ptr() for g in gs), dtype=np.int64, count=len(gs))
     numel = np.fromiter((g.numel() for g in gs), dtype=np.int64, count=len(gs))
-    dtype = np.fromiter((DTYPE_CODES[g.dtype] for g in gs), dtype=np.int64, count=len(gs))
+    dtype = np.fromiter((_code(g.dtype) for g in gs), dtype=np.int64, count=len(gs))
     return w_ptr, g_ptr, numel, dtype
 
 
@@ -188,8 +192,8 @@ class CpuBackend:
         n = len(ws)
         return C.FusedPlan(
             [tuple(w.shape) for w in ws],
-            np.fromiter((DTYPE_CODES[w.dtype] for w in ws), dtype=np.int64, count=n),
-            np.fromiter((DTYPE_CODES[g.dtype] for g in gs), dtype=np.int64, count=n),
+            np.fromiter((_code(w.dtype) for w in ws), dtype=np.int64, count=n),
+            np.fromiter((_code(g.dtype) for g in gs), dtype=np.int64, count=n),
             call.adapt,
             call.has_m,
             CACHE_BUDGET_BYTES,
@@ -206,7 +210,7 @@ class CpuBackend:
             _ptrs(wc),
             _ptrs(gc),
             np.fromiter((g.numel() for g in gc), dtype=np.int64, count=len(gc)),
-            np.fromiter((DTYPE_CODES[g.dtype] for g in gc), dtype=np.int64, count=len(gc)),
+            np.fromiter((_code(g.dtype) for g in gc), dtype=np.int64, count=len(gc)),
             kernel_threads(),
         )
         return torch.from_numpy(np.asarray(w_s)), torch.from_numpy(np.asarray(g_s))
@@ -243,7 +247,7 @@ class CpuBackend:
                 g_ptr,
                 g_ptr,  # in place
                 np.fromiter((g.numel() for g in gc), dtype=np.int64, count=len(gc)),
-                np.fromiter((DTYPE_CODES[g.dtype] for g in gc), dtype=np.int64, count=len(gc)),
+                np.fromiter((_code(g.dtype) for g in gc), dtype=np.int64, count=len(gc)),
                 lam[todo],
                 np.asarray([weight_decays[i] for i in todo], dtype=np.float64),
                 kernel_threads(),

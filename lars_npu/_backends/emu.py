@@ -160,7 +160,10 @@ def step_cost(
     move and issue does not depend on the values, so every tensor is backed by the same
     zero-filled buffers (w, g, m: one each, as long as the largest tensor): the real shapes at a
     fraction of their memory. The tensors' values after the step are meaningless."""
-    from ._ascend import CHUNK, TILE_SQUARE_SUMS, TILE_UPDATE, step_args
+    from ._ascend import step_args
+    from ._native import constants
+
+    k = constants()
 
     C = native()
     n = len(numels)
@@ -181,9 +184,9 @@ def step_cost(
         mu=np.full(n, 0.9),
         dtype=0,
         mode=1,
-        tile_sq=TILE_SQUARE_SUMS,
-        tile_up=TILE_UPDATE,
-        chunk_elems=CHUNK,
+        tile_sq=k.tile_square_sums,
+        tile_up=k.tile_update,
+        chunk_elems=k.chunk,
     )
     blob, layout = C.ascend_plan(step)
     counts = C.emu_launch(
