@@ -18,31 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
+try:  # run as a script by torchrun (tests/ on sys.path), or imported as tests._torchrun_worker
+    from _problem import ROWS, batch, make_net
+except ImportError:
+    from tests._problem import ROWS, batch, make_net
+
 STEPS = 4
-ROWS = 16
-
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(6, 16)
-        self.LayerNorm = nn.LayerNorm(16)
-        self.fc2 = nn.Linear(16, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.tanh(self.LayerNorm(self.fc1(x))))
-
-
-def make_net() -> Net:
-    torch.manual_seed(0)
-    return Net()
-
-
-def batch(step: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(step)
-    x, y = torch.randn(ROWS, 6, generator=gen), torch.randint(0, 3, (ROWS,), generator=gen)
-    lo, hi = rank * ROWS // world, (rank + 1) * ROWS // world
-    return x[lo:hi], y[lo:hi]
 
 
 def make_opt(model: nn.Module, per_param: bool) -> Any:

@@ -41,6 +41,7 @@ from lars_npu.distributed import (
     global_shape,
     mark_flat_shard,
 )
+from tests._problem import batch, make_net
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"
@@ -134,30 +135,6 @@ def reference_run(
         m = momentum_of(opt, p)
         out[n] = (p.detach().numpy().copy(), None if m is None else m.numpy().copy())
     return out
-
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(6, 16)
-        self.LayerNorm = nn.LayerNorm(16)
-        self.fc2 = nn.Linear(16, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.tanh(self.LayerNorm(self.fc1(x))))
-
-
-def make_net() -> Net:
-    torch.manual_seed(0)
-    return Net()
-
-
-def batch(step: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows [rank·16/world, (rank+1)·16/world) of step's 16-row batch."""
-    gen = torch.Generator().manual_seed(step)
-    x, y = torch.randn(16, 6, generator=gen), torch.randint(0, 3, (16,), generator=gen)
-    lo, hi = rank * 16 // world, (rank + 1) * 16 // world
-    return x[lo:hi], y[lo:hi]
 
 
 def train_net(

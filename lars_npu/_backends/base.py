@@ -153,3 +153,28 @@ def per_tensor_rewrite_given_sums_(
         if g.numel():
             g.copy_(backend.lars_update(w, g, w_s[i], g_s[i], weight_decays[i], lrs[i], hyper))
     return lam
+
+
+class PerTensorShardedOps:
+    """The sharded step's two pieces as the per-tensor defaults, for backends without a native
+    multi-tensor path (numpy, torch)."""
+
+    def square_sums(
+        self, weights: list[torch.Tensor], grads: list[torch.Tensor], adapt: list[bool]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return per_tensor_square_sums(self, weights, grads, adapt)  # type: ignore[arg-type]
+
+    def rewrite_given_sums_(
+        self,
+        weights: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        w_s: np.ndarray,
+        g_s: np.ndarray,
+        weight_decays: list[float],
+        lrs: list[float],
+        hyper: Hyper,
+    ) -> np.ndarray:
+        return per_tensor_rewrite_given_sums_(
+            self,  # type: ignore[arg-type]
+            weights, grads, w_s, g_s, weight_decays, lrs, hyper,
+        )  # fmt: skip

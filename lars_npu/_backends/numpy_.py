@@ -15,7 +15,7 @@ from .. import reference
 
 if TYPE_CHECKING:
     from .._fused import FusedCall
-from .base import Hyper, MultiResult, per_tensor_rewrite_given_sums_, per_tensor_square_sums
+from .base import Hyper, MultiResult, PerTensorShardedOps
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -65,7 +65,7 @@ def reference_fused_step(call: FusedCall) -> tuple[bool, list[float]]:
     return False, lams
 
 
-class NumpyBackend:
+class NumpyBackend(PerTensorShardedOps):
     name = "numpy"
 
     def available(self) -> tuple[bool, str]:
@@ -148,23 +148,3 @@ class NumpyBackend:
         found, lams = reference_fused_step(call)
         dev = call.params[0].device if call.params else torch.device("cpu")
         return MultiResult(torch.tensor(found, device=dev), torch.tensor(lams, dtype=torch.float64))
-
-    # -- the sharded step's pieces: the per-tensor defaults (lars_npu._backends.base) --
-    def square_sums(
-        self, weights: list[torch.Tensor], grads: list[torch.Tensor], adapt: list[bool]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return per_tensor_square_sums(self, weights, grads, adapt)
-
-    def rewrite_given_sums_(
-        self,
-        weights: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        w_s: np.ndarray,
-        g_s: np.ndarray,
-        weight_decays: list[float],
-        lrs: list[float],
-        hyper: Hyper,
-    ) -> np.ndarray:
-        return per_tensor_rewrite_given_sums_(
-            self, weights, grads, w_s, g_s, weight_decays, lrs, hyper
-        )

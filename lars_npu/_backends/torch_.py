@@ -6,10 +6,9 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
-from .base import Hyper, MultiResult, per_tensor_rewrite_given_sums_, per_tensor_square_sums
+from .base import Hyper, MultiResult, PerTensorShardedOps
 
 if TYPE_CHECKING:
     from .._fused import FusedCall
@@ -40,7 +39,7 @@ def trust_ratio_t(
     return lam
 
 
-class TorchBackend:
+class TorchBackend(PerTensorShardedOps):
     name = "torch"
 
     def available(self) -> tuple[bool, str]:
@@ -138,23 +137,3 @@ class TorchBackend:
                 d = gp + mu * buf.to(a) if call.nesterov[i] else buf.to(a)
             p.detach().copy_(p.to(a) - float(call.lr[i]) * d)
         return MultiResult(found_inf, lam_all)
-
-    # -- the sharded step's pieces: the per-tensor defaults (lars_npu._backends.base) --
-    def square_sums(
-        self, weights: list[torch.Tensor], grads: list[torch.Tensor], adapt: list[bool]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return per_tensor_square_sums(self, weights, grads, adapt)
-
-    def rewrite_given_sums_(
-        self,
-        weights: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        w_s: np.ndarray,
-        g_s: np.ndarray,
-        weight_decays: list[float],
-        lrs: list[float],
-        hyper: Hyper,
-    ) -> np.ndarray:
-        return per_tensor_rewrite_given_sums_(
-            self, weights, grads, w_s, g_s, weight_decays, lrs, hyper
-        )
