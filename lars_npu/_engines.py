@@ -107,8 +107,10 @@ def refusal(kind: str, name: str) -> str:
         )
     if kind in HANDLED:
         return (
-            f"parameter {name!r} is a shard ({kind}): build the optimizer with the sharded "
-            "parameters (lars_npu.LARS then reduces the norms over the ranks), or use "
-            "lars_npu.ShardedLARS"
+            f"parameter {name!r} is a shard ({kind}), but this optimizer was built for whole "
+            "tensors (the parameters became shards after it was built, e.g. by fully_shard or by "
+            "accelerate's FSDP2 preparing it with the model): build "
+            "lars_npu.LARS(torch.optim.SGD(params, ...)) on the sharded parameters, after "
+            "sharding the model; it then sums the norms over the ranks"
         )
     raise ValueError(f"unknown shard kind {kind!r}")

@@ -73,6 +73,12 @@ def save_grads(
 __all__ = ["LARS", "LARSSGD"]
 
 LarsFilter = Callable[[ParamInfo], bool]
+# Filters by name (lars_filter="exclude_bias_and_norm"): what ZeroRedundancyOptimizer stores in
+# its param groups must load with torch.load(weights_only=True), so no function there.
+FILTERS: dict[str, LarsFilter] = {
+    "default": default_lars_filter,
+    "exclude_bias_and_norm": exclude_bias_and_norm,
+}
 
 # Group keys LARS adds: the filter's result per parameter (and, in checkpoints of earlier
 # versions, the weight decay it took over), and its own entry in the state dict.
@@ -209,6 +215,9 @@ class LARS(Optimizer):
         use_clip: clip λ/lr to [0, 1] (at lr = 0, its limit: 1 if λ > 0 else 0).
         lars_filter: ``f(ParamInfo) -> bool``; True adapts the parameter. Default: MindSpore's
             (no ``"LayerNorm"``, no ``"bias"`` in the name); see :func:`exclude_bias_and_norm`.
+            Also by name: ``"default"`` or ``"exclude_bias_and_norm"`` (what optimizer
+            factories that store their kwargs in checkpoints, like ZeroRedundancyOptimizer,
+            should get).
         guard_zero_norm: λ = 1 (before clipping) for a tensor whose ‖w‖ or ‖g‖ is 0.
         backend: ``"auto"`` (``LARS_NPU_BACKEND`` if set, else by device) or a backend name.
         fused: ``None`` (default) runs LARS + momentum + weight update as one backend call when
@@ -252,7 +261,7 @@ class LARS(Optimizer):
         epsilon: float = 1e-5,
         coefficient: float = 0.001,
         use_clip: bool = False,
-        lars_filter: LarsFilter = default_lars_filter,
+        lars_filter: LarsFilter | str = default_lars_filter,
         *,
         guard_zero_norm: bool = False,
         backend: str = "auto",
@@ -275,9 +284,16 @@ class LARS(Optimizer):
         for gi, group in enumerate(optimizer.param_groups):
             self._refuse_shards(gi, group)
         self._hyper = check_hyper(epsilon, coefficient, use_clip, guard_zero_norm)
+        if isinstance(lars_filter, str):  # by name: keeps functions out of checkpoints (ZeRO's)
+            if lars_filter not in FILTERS:
+                raise ValueError(
+                    f"lars_filter {lars_filter!r} is not a known filter name; known: "
+                    f"{sorted(FILTERS)} (or pass a callable)"
+                )
+            lars_filter = FILTERS[lars_filter]
         if not callable(lars_filter):
             raise TypeError(
-                "lars_filter must be callable (ParamInfo -> bool), got "
+                "lars_filter must be callable (ParamInfo -> bool) or a filter name, got "
                 f"{type(lars_filter).__name__}"
             )
         if not isinstance(backend, str):
@@ -315,6 +331,7 @@ class LARS(Optimizer):
         self._last_names: list[str] = []
         self._last_adapt: Any = []
         self._members: dict[int, tuple[dict[str, Any], list[torch.Tensor], list[torch.Size]]] = {}
+        self._masks: dict[int, tuple[dict[str, Any], list[bool]]] = {}  # the masks LARS committed
         plans = [self._plan_group(i, g) for i, g in enumerate(self.param_groups)]
         for group, plan in zip(self.param_groups, plans, strict=True):
             self._commit_group(group, plan)
@@ -322,6 +339,7 @@ class LARS(Optimizer):
             p.device.type == "cpu" for g in self.param_groups for p in g["params"]
         ):
             warn_reference_fallback()  # said here, once, not only at the first step
+        self._agree_group = _zero_process_group()
 
     # -- found_inf: LARS's record of the last step; GradScaler may set it before a step --
     @property
@@ -402,6 +420,7 @@ class LARS(Optimizer):
         state.pop("_driver", None)  # native caches are rebuilt, never pickled
         state.pop("_undo", None)
         state.pop("_members", None)  # identities: meaningless in a copy; re-recorded on commit
+        state.pop("_masks", None)
         state.pop("_agree_group", None)  # a process group: not picklable, and not the copy's
         return state
 
@@ -415,6 +434,7 @@ class LARS(Optimizer):
         self._driver = FusedDriver()
         self._undo = []
         self._members = {}
+        self._masks = {}
         self._patch_step_function()
 
     def __repr__(self) -> str:
@@ -428,14 +448,25 @@ class LARS(Optimizer):
 
     # -- weight-decay take-over and the filter --
     def _plan_group(self, index: int, group: dict[str, Any]) -> tuple[float, list[bool]]:
-        """(weight decay LARS applies, filter result per parameter) for a group, read-only."""
+        """(weight decay LARS applies, filter result per parameter) for a group, read-only.
+
+        The group's ``lars_mask`` is used when LARS put it there (a commit, or a checkpoint LARS
+        loaded; in-place edits of it are followed); one that arrived another way (e.g.
+        ZeroRedundancyOptimizer copies every group key between the ranks' optimizers, masks
+        included, when it loads a checkpoint) is not trusted: the filter runs again."""
         self._check_members(index, group)
-        self._check_saved_group(index, group)
+        committed = self._masks.get(id(group))
+        foreign = (
+            committed is not None
+            and committed[0] is group
+            and group.get(MASK_KEY) is not committed[1]
+        )
+        self._check_saved_group(index, group, check_mask=not foreign)
         wd = to_float(
             group.get("weight_decay", 0.0), f"param_groups[{index}]['weight_decay']", minimum=0.0
         )
         params = group["params"]
-        mask = group.get(MASK_KEY)
+        mask = None if foreign else group.get(MASK_KEY)
         if not isinstance(mask, list) or len(mask) != len(params):
             names = group.get("param_names")
             needs_names = self.lars_filter is not exclude_bias_and_norm
@@ -462,7 +493,7 @@ class LARS(Optimizer):
         return ParamInfo(name, param)
 
     @staticmethod
-    def _check_saved_group(index: int, group: dict[str, Any]) -> None:
+    def _check_saved_group(index: int, group: dict[str, Any], check_mask: bool = True) -> None:
         """Checks that need no tensors (shared by steps and load_state_dict)."""
         if group.get("maximize", False):
             raise ValueError(
@@ -481,7 +512,7 @@ class LARS(Optimizer):
         for key in ("momentum", "dampening"):  # the inner SGD's, checked on every path
             if key in group:
                 to_float(group[key], f"param_groups[{index}]['{key}']", minimum=0.0)
-        mask = group.get(MASK_KEY)
+        mask = group.get(MASK_KEY) if check_mask else None
         if mask is not None and (
             not isinstance(mask, list)
             or len(mask) != len(group["params"])
@@ -495,6 +526,7 @@ class LARS(Optimizer):
         """Keep the filter's result (the weight decay stays where it is: see the class doc), and
         which tensors the group held when it was checked (:meth:`_check_members`)."""
         group[MASK_KEY] = plan[1]
+        self._masks[id(group)] = (group, plan[1])
         params = group["params"]
         rec = self._members.get(id(group))
         if (
@@ -506,6 +538,10 @@ class LARS(Optimizer):
             return  # the same tensors: nothing to record (a shape read costs ~3 µs a Parameter)
         params = list(params)
         self._members[id(group)] = (group, params, [p.shape for p in params])
+        live = {id(g) for g in self.param_groups}  # groups a load replaced: forget them
+        for records in (self._members, self._masks):
+            for key in [k for k in records if k not in live]:
+                del records[key]
 
     def _refuse_shards(self, index: int, group: dict[str, Any]) -> None:
         """A parameter that is a shard LARS would take a slice's norm of: refused by engine, with
@@ -517,6 +553,15 @@ class LARS(Optimizer):
             if kind is None or (kind in HANDLED and self._takes_shards):
                 continue
             name = names[j] if names and j < len(names) else f"param_groups[{index}][{j}]"
+            if kind in HANDLED:
+                raise ValueError(
+                    f"{type(self).__name__}: parameter {name!r} is a shard ({kind}), and this "
+                    f"{type(self).__name__} was built for whole tensors (it is not lars_npu.LARS "
+                    "itself, or the parameters became shards after it was built, as accelerate's "
+                    "FSDP2 does to an optimizer prepared with the model): build "
+                    "lars_npu.LARS(torch.optim.SGD(params, ...)) on the sharded parameters, after "
+                    "sharding the model; it then sums the norms over the ranks"
+                )
             raise ValueError(f"LARS: {refusal(kind, name)}")
 
     def _check_members(self, index: int, group: dict[str, Any]) -> None:
@@ -739,13 +784,11 @@ class LARS(Optimizer):
         self,
         *,
         local: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        unscale: bool = False,
     ) -> StepInputs:
         """Everything a rewrite + inner step reads, checked before anything is written: the
         groups' plans, and per parameter with a gradient its (local) weight and gradient, filter
         result, weight decay, lr and name; its state must fit it. Shared by the unfused step and
-        :class:`lars_npu.distributed.ShardedLARS` (``local``: a DTensor's local shard;
-        ``unscale``: every gradient will be multiplied in place, for GradScaler)."""
+        :class:`lars_npu.distributed.ShardedLARS` (``local``: a DTensor's local shard)."""
         out = StepInputs()
         slot = 0
         sharded = local is not None  # plain tensors: lars_ checks the pairs itself, by name
@@ -764,11 +807,6 @@ class LARS(Optimizer):
                 if not self._takes_shards:
                     refuse_shard(p, name)
                 if g.is_sparse or g.layout != torch.strided:
-                    if unscale:
-                        raise ValueError(
-                            f"parameter {name!r} has a sparse gradient, which LARS cannot "
-                            "unscale for GradScaler; use dense gradients"
-                        )
                     if mask[j]:
                         raise ValueError(
                             f"parameter {name!r} has a sparse gradient; LARS cannot adapt it "
@@ -790,7 +828,7 @@ class LARS(Optimizer):
                     check_pair(w, gl, f"parameter {name!r}", f"gradient of parameter {name!r}")
                 else:
                     w, gl = p, g
-                if mask[j] or unscale:  # rewritten (or unscaled) in place
+                if mask[j]:  # rewritten in place
                     check_written(gl, f"gradient of parameter {name!r}")
                 out.params.append(p)
                 out.weights.append(w)
@@ -1008,7 +1046,7 @@ class LARSSGD(LARS):
         epsilon: float = 1e-5,
         coefficient: float = 0.001,
         use_clip: bool = False,
-        lars_filter: LarsFilter = default_lars_filter,
+        lars_filter: LarsFilter | str = default_lars_filter,
         guard_zero_norm: bool = False,
         backend: str = "auto",
         fused: bool | None = None,
@@ -1033,7 +1071,6 @@ class LARSSGD(LARS):
             backend=backend,
             fused=fused,
         )
-        self._agree_group = _zero_process_group()
 
     def __repr__(self) -> str:
         return "LARSSGD" + super().__repr__()[len("LARS") :]
@@ -1041,8 +1078,9 @@ class LARSSGD(LARS):
 
 def _zero_process_group() -> Any:
     """The process group of the ``ZeroRedundancyOptimizer`` constructing this optimizer as its
-    local one (``optimizer_class=LARSSGD``), else None. ZeRO calls the class from its own method
-    ``_init_local_optimizer``; a few frames up holds that ZeRO as ``self``. (Tested in CI
+    local one (``optimizer_class=LARSSGD``, or any factory that builds a LARS), else None. ZeRO
+    calls the class from its own method ``_init_local_optimizer``; a few frames up holds that
+    ZeRO as ``self``. (Tested in CI
     against torch's ZeRO: if that ever stops holding, the ZeRO test of a non-finite gradient
     fails.)"""
     import sys
@@ -1052,11 +1090,11 @@ def _zero_process_group() -> Any:
     if zero_type is None:
         return None
     frame = sys._getframe(2)
-    for _ in range(4):
+    for _ in range(8):  # LARS.__init__ <- (LARSSGD.__init__ | a factory) <- ZeRO
         if frame is None:
             break
         owner = frame.f_locals.get("self")
-        if isinstance(owner, zero_type):
+        if frame.f_code.co_name == "_init_local_optimizer" and isinstance(owner, zero_type):
             import torch.distributed as dist
 
             group = owner.process_group

@@ -276,10 +276,13 @@ def check_flat(
     """ShardedLARS on flat shards for STEPS steps. ``poison``: at that step the LAST rank puts
     inf into one of its gradients (no scheduler then; the reference skips that step).
     ``scaler``: the gradients are scaled as by ``scaler.scale(loss).backward()`` and the step is
-    ``scaler.step(opt); scaler.update()`` (a torch.amp.GradScaler on CPU)."""
+    the documented recipe, ``scaler.unscale_(opt); scaler.step(opt); scaler.update()`` with torch's
+    ShardedGradScaler on CPU (its unscale_ all-reduces the inf check)."""
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
     params = {n: flat_shard(nn.Parameter(init_value(n))) for n in SHAPES}
     opt = ShardedLARS(make_inner(params), **CONFIGS[cfg])
-    gs = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=1000) if scaler else None
+    gs = ShardedGradScaler("cpu", init_scale=2.0**8, growth_interval=1000) if scaler else None
     if gs is not None:
         gs.scale(torch.ones(()))  # initialises the scale, as the first scale(loss) does
     sch = torch.optim.lr_scheduler.StepLR(opt, 2, 0.5) if poison is None else None
@@ -294,10 +297,11 @@ def check_flat(
         if step == poison:
             if rank == world - 1:
                 params["fc1.weight"].grad[-1] = math.inf
+            # (under a GradScaler, its unscale_ rewrites the gradients: not LARS's write)
             snapshot = [
                 t.clone()
                 for p in params.values()
-                for t in (p.detach(), p.grad, momentum_of(opt, p))
+                for t in (p.detach(), p.grad if gs is None else None, momentum_of(opt, p))
                 if t is not None
             ]
         with CollectiveCounter() as cc, warnings.catch_warnings(record=True) as caught:
@@ -305,16 +309,26 @@ def check_flat(
             if gs is None:
                 opt.step()
             else:
+                gs.unscale_(opt)
                 gs.step(opt)
                 gs.update()
-        res["counts"].append(cc.summary())
+        if gs is not None:  # unscale_'s own all-reduce of the inf flags comes first
+            res["scales"] = [*res.get("scales", []), float(gs.get_scale())]
+            cc_summary = cc.summary()
+            cc_summary["calls"] = [
+                c for c in cc_summary["calls"] if c[0] != "all_reduce" or c[1] != 1
+            ]
+            cc_summary["seq"] = 1
+            res["counts"].append(cc_summary)
+        else:
+            res["counts"].append(cc.summary())
         res["found_inf"].append(bool(opt.found_inf))
         res["warnings"].append([str(w.message) for w in caught])
         if snapshot is not None:
             now = [
                 t
                 for p in params.values()
-                for t in (p.detach(), p.grad, momentum_of(opt, p))
+                for t in (p.detach(), p.grad if gs is None else None, momentum_of(opt, p))
                 if t is not None
             ]
             res["untouched"] = len(now) == len(snapshot) and all(
@@ -541,6 +555,43 @@ def check_zero(rank: int, world: int) -> dict[str, Any]:
     out["nan_unchanged"] = all(torch.equal(before[n], p) for n, p in model.named_parameters())
     out["owns_fc2_bias"] = any(p is model.fc2.bias for g in zero.optim.param_groups
                                for p in g["params"])  # fmt: skip
+
+    # a checkpoint round trip (the filter by name: it loads with weights_only=True); ZeRO copies
+    # every group key into each rank's local optimizer, masks included: each rank must keep the
+    # filter results of ITS parameters
+    import io
+
+    from lars_npu.filters import ParamInfo
+
+    zero = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=LARSSGD, lr=0.1,
+                                   momentum=0.9, lars_filter="exclude_bias_and_norm")  # fmt: skip
+    x, y = batch(1, rank, world)
+    zero.zero_grad()
+    nn.functional.cross_entropy(ddp(x), y).backward()
+    zero.step()
+    zero.consolidate_state_dict(to=0)
+    blob = [None]
+    if rank == 0:
+        buf = io.BytesIO()
+        torch.save(zero.state_dict(), buf)
+        blob = [buf.getvalue()]
+    dist.broadcast_object_list(blob, src=0)
+    sd = torch.load(io.BytesIO(blob[0]), weights_only=True)
+    zero.load_state_dict(sd)
+    zero.zero_grad()
+    nn.functional.cross_entropy(ddp(x), y).backward()
+    zero.step()
+    own = [p for g in zero.optim.param_groups for p in g["params"]]
+    want_mask = [exclude_bias_and_norm(ParamInfo("", p)) for p in own]
+    got_mask = [b for g in zero.optim.param_groups for b in g["lars_mask"]]
+    out["mask_after_load"] = (got_mask, want_mask)
+
+    # a factory building LARS(SGD) (not LARSSGD): the ranks still agree on skipping
+    def factory(params: Any, **kw: Any) -> LARS:
+        return LARS(torch.optim.SGD(params, **kw), lars_filter="exclude_bias_and_norm")
+
+    zero = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=factory, lr=0.1)
+    out["factory_agrees"] = zero.optim._agree_group is not None
     return out
 
 
@@ -790,6 +841,44 @@ def check_local_failures(rank: int, world: int) -> dict[str, Any]:
     return out
 
 
+def check_scaler_misuse(rank: int, world: int) -> dict[str, Any]:
+    """GradScaler recipes that would let the ranks' loss scales diverge are refused on every
+    rank at once, nothing written, no GradScaler state left behind: a plain GradScaler whose inf
+    check differs across ranks, and scaler.step without unscale_ first."""
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    out: dict[str, Any] = {}
+    cases = {
+        "plain_disagree": (lambda: torch.amp.GradScaler("cpu", init_scale=256.0), True, True),
+        "no_unscale": (lambda: ShardedGradScaler("cpu", init_scale=256.0), False, False),
+    }
+    for name, (make, unscale_first, poison) in cases.items():
+        params = {n: flat_shard(nn.Parameter(init_value(n))) for n in SHAPES}
+        opt = ShardedLARS(make_inner(params), **CONFIGS["a"])
+        sc = make()
+        sc.scale(torch.ones(()))
+        for n, p in params.items():
+            g = grad_value(0, n)
+            p.grad = None if g is None else flat_shard(g * 256.0)
+        if poison and rank == world - 1:
+            params["fc1.weight"].grad[-1] = math.inf
+        before = {n: (p.detach().clone(), None if p.grad is None else p.grad.clone())
+                  for n, p in params.items()}  # fmt: skip
+
+        def go(sc=sc, opt=opt, unscale_first=unscale_first) -> None:
+            if unscale_first:
+                sc.unscale_(opt)
+            sc.step(opt)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = _outcome(go)
+        res["params_unchanged"] = all(torch.equal(before[n][0], p) for n, p in params.items())
+        res["stale"] = "grad_scale" in opt.__dict__ or opt._given_found_inf is not None
+        out[name] = res
+    return out
+
+
 def check_transactions(rank: int, world: int) -> dict[str, Any]:
     """Issue 12 on ShardedLARS: a refused step or load changes nothing on any rank (parameters,
     gradients, momentum buffers, groups); afterwards the optimizer equals a twin that never saw
@@ -920,6 +1009,7 @@ def _suite(rank: int, world: int, port: int) -> dict[str, Any]:
         "layouts": lambda: check_layouts(rank, world),
         "local_failures": lambda: check_local_failures(rank, world),
         "transactions": lambda: check_transactions(rank, world),
+        "scaler_misuse": lambda: check_scaler_misuse(rank, world),
         "dtensor": lambda: check_dtensor(rank, world),
         "fsdp2": lambda: check_fsdp2(rank, world),
         "fsdp1": lambda: check_fsdp1(rank, world),
@@ -1098,7 +1188,11 @@ def test_non_finite_gradient_on_one_rank_skips_the_step_on_every_rank(ranks, che
     unscales its own sums and gradients, so the run equals the unscaled reference."""
     res = results_of(ranks, check)
     for r, x in enumerate(res):
-        assert_one_collective(x["counts"], len(SHAPES), f"rank {r}, {check}")
+        # under a GradScaler the step's one all-reduce also carries each rank's inf flag
+        assert_one_collective(x["counts"], None if check == "scaler" else len(SHAPES), f"rank {r}")
+        if check == "scaler":
+            assert all(c["calls"][0][1] == 2 * len(SHAPES) + 1 for c in x["counts"]), x["counts"]
+            assert len(set(x["scales"])) <= 2 and x["scales"] == res[0]["scales"], x["scales"]
         assert x["found_inf"] == [False, True, False, False, False], f"rank {r}"
         assert x["untouched"], f"rank {r}: the skipped step wrote something"
         assert [len(w) for w in x["warnings"]] == [0, 1, 0, 0, 0], f"rank {r}"
@@ -1167,6 +1261,22 @@ def test_local_failure_on_one_rank_is_the_same_error_everywhere_at_once(ranks, c
         assert x["unchanged"], f"rank {r}: {case} changed the optimizer"
         # no rank waited for the others' collective timeout (60 s)
         assert x["seconds"] < 10.0, f"rank {r}: {case} took {x['seconds']:.1f} s"
+
+
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [("plain_disagree", "GradScalers disagree"), ("no_unscale", "without unscale_")],
+)
+def test_gradscaler_recipes_that_would_diverge_are_refused_everywhere(ranks, case, needle):
+    """Review finding: ShardedGradScaler checks inf across ranks only in unscale_, and a plain
+    GradScaler never does, so the ranks' loss scales could diverge (then FSDP reduces gradients
+    scaled differently). Refused on every rank, with the recipe; nothing written; no stale
+    grad_scale / found_inf left for the next step (which would unscale twice)."""
+    res = [x[case] for x in results_of(ranks, "scaler_misuse")]
+    for r, x in enumerate(res):
+        assert x["raised"] == "ValueError" and needle in x["message"], (r, x)
+        assert "ShardedGradScaler" in x["message"] and "unscale_" in x["message"], x
+        assert x["params_unchanged"] and not x["stale"], (r, x)
 
 
 def test_sharded_step_and_load_are_transactions_on_every_rank(ranks):
@@ -1293,6 +1403,10 @@ def test_zero_redundancy_optimizer_with_larssgd_inside_is_exact(ranks):
         # the ranks that do not own the poisoned parameter skip too (one agreed flag)
         assert x["nan_found"] and x["nan_unchanged"], f"rank {r}: {x}"
     assert sum(x["owns_fc2_bias"] for x in results_of(ranks, "zero")) == 1
+    for r, x in enumerate(results_of(ranks, "zero")):
+        got, want = x["mask_after_load"]
+        assert got == want, f"rank {r}: another rank's filter results after a ZeRO load"
+        assert x["factory_agrees"], f"rank {r}: a LARS built by a factory under ZeRO"
 
 
 # -- in this process: argument checks, and a one-rank group for the non-native paths -------------

@@ -236,3 +236,48 @@ def test_lars_built_like_an_optimizer_class_says_use_larssgd():
         LARS(list(_model().parameters()), lr=0.1)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match=r"must be a torch\.optim\.Optimizer"):
         LARS(list(_model().parameters()))  # type: ignore[arg-type]
+
+
+def test_filters_by_name_keep_functions_out_of_checkpoints():
+    """Review finding: ZeroRedundancyOptimizer stores its kwargs (lars_filter included) in its
+    param groups, so a filter given as a function made the checkpoint unloadable with
+    torch.load(weights_only=True). A filter by name is a string there."""
+    import io
+
+    m = _model()
+    opt = LARSSGD(m.named_parameters(), lr=0.1, lars_filter="exclude_bias_and_norm")
+    assert opt.lars_filter is exclude_bias_and_norm
+    assert opt.param_groups[0]["lars_mask"] == [True, False, False, False, True, False]
+    with pytest.raises(ValueError, match=r"not a known filter name.*exclude_bias_and_norm"):
+        LARSSGD(m.parameters(), lr=0.1, lars_filter="no_such_filter")
+    buf = io.BytesIO()
+    torch.save({"param_groups": [{"lars_filter": "exclude_bias_and_norm"}]}, buf)
+    buf.seek(0)
+    torch.load(buf, weights_only=True)
+
+
+def test_larssgd_on_sharded_parameters_says_what_to_build():
+    model = _model()
+    model[0].weight._lars_global_shape = torch.Size([12, 4])  # a flat shard, marked
+    with pytest.raises(ValueError, match=r"LARSSGD: parameter '0\.weight' is a shard \(flat\)"):
+        LARSSGD(model.named_parameters(), lr=0.1)
+
+
+def test_a_mask_lars_did_not_put_there_is_recomputed():
+    """Review finding: ZeroRedundancyOptimizer's load copies every group key into each rank's
+    local optimizer, masks included, so a rank got another rank's filter results (by position:
+    LARS on a bias, none on a weight). A mask LARS did not commit or load is not trusted."""
+    m = _model()
+    opt = LARS(torch.optim.SGD(m.named_parameters(), lr=0.1, momentum=0.9),
+               lars_filter=exclude_bias_and_norm)  # fmt: skip
+    mine = opt.param_groups[0]["lars_mask"]
+    assert mine == [True, False, False, False, True, False]
+    opt.param_groups[0]["lars_mask"] = [False, True, True, True, False, True]  # another rank's
+    _grads(m, 0)
+    opt.step()
+    assert opt.param_groups[0]["lars_mask"] == mine  # the filter ran again
+    assert set(opt.trust_ratios()) == {"0.weight", "2.weight"}
+    opt.param_groups[0]["lars_mask"][4] = False  # an in-place edit of LARS's own mask: followed
+    _grads(m, 1)
+    opt.step()
+    assert set(opt.trust_ratios()) == {"0.weight"}

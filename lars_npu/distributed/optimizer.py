@@ -85,7 +85,7 @@ class ShardedLARS(LayoutMixin, ReductionMixin, LARS):
         epsilon: float = 1e-5,
         coefficient: float = 0.001,
         use_clip: bool = False,
-        lars_filter: LarsFilter = default_lars_filter,
+        lars_filter: LarsFilter | str = default_lars_filter,
         *,
         guard_zero_norm: bool = False,
         backend: str = "auto",

@@ -17,6 +17,13 @@ from .._backends import MultiResult, resolve
 from ..optim import save_grads
 from .shards import global_shape, local_of
 
+_SCALER_RECIPE = (
+    "ShardedLARS under a GradScaler: {}. With sharded parameters the ranks must agree on every "
+    "step's inf check and keep one loss scale: use "
+    "torch.distributed.fsdp.sharded_grad_scaler.ShardedGradScaler (its unscale_ all-reduces the "
+    "check) and call scaler.unscale_(opt) before scaler.step(opt)"
+)
+
 
 class ReductionMixin:
     """ShardedLARS's step. Needs, on the optimizer: the layout the ranks agreed on (``_n``,
@@ -47,32 +54,56 @@ class ReductionMixin:
         return self._device
 
     def _sharded_step(self, loss: Any) -> Any:
-        # GradScaler (this class has _step_supports_amp_scaling): it sets grad_scale (None when
-        # the user already unscaled) and found_inf before calling step() on EVERY rank, so that
-        # a rank whose scaled gradients overflowed still joins the all-reduce, poisoned, and
-        # every rank skips the step together (instead of that rank skipping alone and the
-        # others waiting in the collective). Each rank unscales its own sums and gradients.
-        scale = self.__dict__.get("grad_scale")
-        inv = None if scale is None else 1.0 / float(scale)
-        overflowed = self._given_found_inf is not None and bool(self._given_found_inf)
         try:
-            prep = self._prepare(g_factor=1.0 if inv is None else inv * inv, unscale=inv)
+            return self._sharded_step_checked(loss)
+        except BaseException:
+            # GradScaler deletes what it set (grad_scale, found_inf) only after a step returns:
+            # a refused step must not leave them for the next one.
+            self.__dict__.pop("grad_scale", None)
+            self._given_found_inf = None
+            raise
+
+    def _sharded_step_checked(self, loss: Any) -> Any:
+        # GradScaler (this class has _step_supports_amp_scaling) calls step() on EVERY rank,
+        # with found_inf set (and grad_scale: None when the user already unscaled). Each rank's
+        # flag joins the step's one all-reduce, so every rank skips together, and scalers that
+        # disagree (their scales would diverge) are a clear error on every rank.
+        scaled = self._given_found_inf is not None
+        local_inf = scaled and bool(self._given_found_inf)
+        extra = 1 if scaled else 0
+        try:
+            if scaled and self.__dict__.get("grad_scale") is not None:
+                raise ValueError(_SCALER_RECIPE.format(
+                    "the gradients are still scaled: GradScaler.step without unscale_"
+                ))  # fmt: skip
+            prep = self._prepare()
         except Exception:
             # Join the step's one collective with NaN sums, so the other ranks skip this step
             # instead of waiting for us; then report (the original error, not a later one).
             device = self._step_device()
-            poison = torch.full((2 * self._n,), math.nan, dtype=torch.float32, device=device)
+            poison = torch.full(
+                (2 * self._n + extra,), math.nan, dtype=torch.float32, device=device
+            )
             with contextlib.suppress(Exception):
                 dist.all_reduce(poison, group=self.process_group)
             raise
         buf, plans, slots, ws, gs, adapt, wds, lrs, names, backend, device = prep
-        if overflowed:
-            buf[self._n :] = math.nan  # this rank's share says: skip, on every rank
+        if scaled:
+            flag = torch.tensor([1.0 if local_inf else 0.0], dtype=buf.dtype, device=buf.device)
+            buf = torch.cat([buf, flag])
         dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=self.process_group)
         total = buf.to(device="cpu", dtype=torch.float64).numpy()
         n = self._n
-        w_tot, g_tot = total[:n], total[n:]
-        found = not bool(np.isfinite(g_tot).all())
+        w_tot, g_tot = total[:n], total[n : 2 * n]
+        found = not bool(np.isfinite(total).all())  # a NaN flag: a rank's checks failed
+        if scaled and math.isfinite(total[-1]):
+            flags = round(total[-1])
+            if 0 < flags < self.world_size:  # whatever the sums say: the scales would diverge
+                raise ValueError(_SCALER_RECIPE.format(
+                    f"the ranks' GradScalers disagree ({flags} of {self.world_size} found inf; "
+                    "every rank skipped this step)"
+                ))  # fmt: skip
+            found = found or flags > 0
         k = len(gs)
         if found:
             nan = torch.full((k,), math.nan, dtype=torch.float64)
@@ -80,9 +111,7 @@ class ReductionMixin:
             return self._finish(result, names, adapt, plans, loss, inner=True)
         h = self._hyper
         lam = np.ones(k)
-        for i in range(
-            k
-        ):  # λ of every adapted parameter (the backend re-reports the ones it writes)
+        for i in range(k):  # λ of every adapted one (backends re-report those they write)
             if adapt[i]:
                 s = slots[i]
                 lam[i] = reference.trust_ratio(
@@ -91,11 +120,7 @@ class ReductionMixin:
                     guard_zero_norm=h.guard_zero_norm,
                 )  # fmt: skip
         todo = [i for i in range(k) if adapt[i] and gs[i].numel() > 0]
-        # put back if the inner step raises (every gradient, when unscaling writes them all)
-        saved = save_grads(gs, adapt if inv is None else [True] * k, self._undo)
-        if inv is not None:
-            for g in gs:
-                g.mul_(inv)
+        saved = save_grads(gs, adapt, self._undo)  # put back if the inner step raises
         if todo:  # one backend call for every tensor (natively where the backend can)
             sl = [slots[i] for i in todo]
             lam[todo] = backend.rewrite_given_sums_(
@@ -105,11 +130,11 @@ class ReductionMixin:
         result = MultiResult(torch.tensor(False, device=device), torch.from_numpy(lam))
         return self._finish(result, names, adapt, plans, loss, inner=True, saved=saved)
 
-    def _prepare(self, g_factor: float = 1.0, unscale: float | None = None) -> tuple[Any, ...]:
+    def _prepare(self) -> tuple[Any, ...]:
         """Validate (LARS's shared gathering, on the local shards), check the parameters against
-        the layout the ranks agreed on, and compute the local sums into the buffer to all-reduce
-        (Σg² times ``g_factor``: 1/scale² under a GradScaler). Writes nothing."""
-        inp = self._gather(local=local_of, unscale=unscale is not None)
+        the layout the ranks agreed on, and compute the local sums into the buffer to all-reduce.
+        Writes nothing."""
+        inp = self._gather(local=local_of)
         key: list[Any] = []
         for group, (_, mask) in zip(self.param_groups, inp.plans, strict=True):
             key.append((len(group["params"]), tuple(mask)))
@@ -124,7 +149,7 @@ class ReductionMixin:
         device = self._step_device()  # one device: verified
         backend = resolve(device, self.backend)
         ws, gs, adapt = inp.weights, inp.grads, inp.adapt
-        sums = self._local_sums(backend, device, inp.slots, ws, gs, adapt, g_factor)
+        sums = self._local_sums(backend, device, inp.slots, ws, gs, adapt)
         return (sums, inp.plans, inp.slots, ws, gs,
                 adapt, inp.wds, inp.lrs, inp.names, backend, device)  # fmt: skip
 
@@ -136,15 +161,13 @@ class ReductionMixin:
         ws: list[torch.Tensor],
         gs: list[torch.Tensor],
         adapt: list[bool],
-        g_factor: float = 1.0,
     ) -> torch.Tensor:
         """The buffer to all-reduce: fp32 ``[Σw² of every parameter | Σg² of every parameter]``
-        over this rank's elements (Σg² times ``g_factor``, this rank's 1/scale² under a
-        GradScaler), on ``device``; 0 where this rank has no gradient or (Σw²) the filter
-        excludes the parameter. A rank whose copy does not count (replicas) adds 0·x: 0 when x
-        is finite, nan when not, so a non-finite gradient anywhere reaches every rank. The sums
-        come from the backend's ``square_sums`` (one native call on ``cpu``, one launch per
-        dtype on the AscendC kernels, else once per tensor)."""
+        over this rank's elements, on ``device``; 0 where this rank has no gradient or (Σw²) the
+        filter excludes the parameter. A rank whose copy does not count (replicas) adds 0·x: 0
+        when x is finite, nan when not, so a non-finite gradient anywhere reaches every rank.
+        The sums come from the backend's ``square_sums`` (one native call on ``cpu``, one
+        launch per dtype on the AscendC kernels, else once per tensor)."""
         n = self._n
         if not gs:
             return torch.zeros(2 * n, dtype=torch.float32, device=device)
@@ -155,6 +178,6 @@ class ReductionMixin:
         c = torch.from_numpy(self._contrib[np.asarray(slots, dtype=np.int64)]).to(at, acc)
         vals = torch.zeros(2 * n, dtype=acc, device=at)
         vals[idx] = w_s.to(acc) * c
-        vals[idx + n] = g_s.to(acc) * c * g_factor
+        vals[idx + n] = g_s.to(acc) * c
         buf = vals.to(torch.float32)  # beyond the fp32 range: inf, and the step is skipped
         return buf if buf.device == device else buf.to(device)
