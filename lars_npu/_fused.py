@@ -31,7 +31,7 @@ import torch
 
 from ._backends.base import Backend, Hyper, LayoutMismatch, MultiResult
 from ._engines import refusal, shard_kind
-from .functional import check_pair, to_float
+from .functional import FP32_MAX, check_pair, to_float
 
 _GRAD = operator.attrgetter("grad")
 
@@ -202,7 +202,7 @@ class FusedDriver:
         mu_g = np.empty(len(groups))
         nest_g = np.empty(len(groups), dtype=np.uint8)
         for gi, g in enumerate(groups):
-            lr_g[gi] = to_float(g["lr"], f"param_groups[{gi}]['lr']", minimum=0.0)
+            lr_g[gi] = to_float(g["lr"], f"param_groups[{gi}]['lr']", minimum=0.0, maximum=FP32_MAX)
             mu_g[gi] = to_float(
                 g.get("momentum", 0.0), f"param_groups[{gi}]['momentum']", minimum=0.0
             )

@@ -18,8 +18,18 @@ __all__ = ["SUPPORTED_DTYPES", "check_hyper", "lars_", "lars_update", "square_su
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
+# The largest finite float32: group hyper-parameters beyond it would overflow the fp32 tensors
+# they scale (and the AscendC kernels take them in fp32), so they are refused, by name.
+FP32_MAX = 3.4028234663852886e38
+
+
 def to_float(
-    x: object, name: str, *, minimum: float | None = None, positive: bool = False
+    x: object,
+    name: str,
+    *,
+    minimum: float | None = None,
+    positive: bool = False,
+    maximum: float | None = None,
 ) -> float:
     """A finite Python float from a number or a one-element tensor, or a TypeError/ValueError
     naming ``name``."""
@@ -36,6 +46,8 @@ def to_float(
         raise ValueError(f"{name} must be > 0, got {v}")
     if minimum is not None and v < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise ValueError(f"{name} must be <= {maximum:g}, got {v:g}")
     return v
 
 

@@ -30,7 +30,7 @@ from ._fused import (
     unsupported_reason,
 )
 from .filters import ParamInfo, default_lars_filter, exclude_bias_and_norm
-from .functional import all_finite, check_hyper, check_pair, lars_, to_float
+from .functional import FP32_MAX, all_finite, check_hyper, check_pair, lars_, to_float
 
 
 def _migrate_group(group: Any) -> Any:
@@ -463,7 +463,10 @@ class LARS(Optimizer):
         )
         self._check_saved_group(index, group, check_mask=not foreign)
         wd = to_float(
-            group.get("weight_decay", 0.0), f"param_groups[{index}]['weight_decay']", minimum=0.0
+            group.get("weight_decay", 0.0),
+            f"param_groups[{index}]['weight_decay']",
+            minimum=0.0,
+            maximum=FP32_MAX,
         )
         params = group["params"]
         mask = None if foreign else group.get(MASK_KEY)
@@ -502,7 +505,10 @@ class LARS(Optimizer):
                 "into weight growth; minimise the negated loss instead"
             )
         to_float(
-            group.get("weight_decay", 0.0), f"param_groups[{index}]['weight_decay']", minimum=0.0
+            group.get("weight_decay", 0.0),
+            f"param_groups[{index}]['weight_decay']",
+            minimum=0.0,
+            maximum=FP32_MAX,
         )
         if group.get("differentiable", False):
             raise ValueError(
@@ -511,7 +517,9 @@ class LARS(Optimizer):
             )
         for key in ("momentum", "dampening"):  # the inner SGD's, checked on every path
             if key in group:
-                to_float(group[key], f"param_groups[{index}]['{key}']", minimum=0.0)
+                to_float(
+                    group[key], f"param_groups[{index}]['{key}']", minimum=0.0, maximum=FP32_MAX
+                )
         mask = group.get(MASK_KEY) if check_mask else None
         if mask is not None and (
             not isinstance(mask, list)
@@ -796,7 +804,7 @@ class LARS(Optimizer):
         for gi, group in enumerate(self.param_groups):
             wd, mask = self._plan_group(gi, group)
             out.plans.append((wd, mask))
-            lr = to_float(group["lr"], f"param_groups[{gi}]['lr']", minimum=0.0)
+            lr = to_float(group["lr"], f"param_groups[{gi}]['lr']", minimum=0.0, maximum=FP32_MAX)
             pnames = group.get("param_names")
             for j, p in enumerate(group["params"]):
                 here, slot = slot, slot + 1

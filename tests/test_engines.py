@@ -281,3 +281,21 @@ def test_a_mask_lars_did_not_put_there_is_recomputed():
     _grads(m, 1)
     opt.step()
     assert set(opt.trust_ratios()) == {"0.weight"}
+
+
+@pytest.mark.parametrize("fused", [None, False])
+@pytest.mark.parametrize("key", ["lr", "weight_decay", "momentum"])
+def test_hyper_parameters_beyond_fp32_are_refused_by_name(fused, key):
+    """Review finding: lr or weight decay of 1e39 turned the fp32 weights into inf on the cpu
+    backend without an error (the AscendC backends refused them already)."""
+    m = _model()
+    opt = LARS(torch.optim.SGD(m.named_parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4),
+               fused=fused)  # fmt: skip
+    _grads(m, 0)
+    opt.step()
+    opt.param_groups[0][key] = 1e39
+    _grads(m, 1)
+    before = [p.detach().clone() for p in m.parameters()]
+    with pytest.raises(ValueError, match=rf"param_groups\[0\]\['{key}'\] must be <="):
+        opt.step()
+    assert all(torch.equal(a, p) for a, p in zip(before, m.parameters(), strict=True))
