@@ -129,6 +129,22 @@ def per_tensor_square_sums(
     return torch.where(keep, w_s, torch.zeros_like(w_s)), g_s
 
 
+def lambdas_from_sums(
+    w_s: np.ndarray, g_s: np.ndarray, weight_decays: list[float], lrs: list[float], hyper: Hyper
+) -> np.ndarray:
+    """λ per tensor from given sums of squares, as the NumPy reference computes it."""
+    from .. import reference
+
+    return np.asarray([
+        reference.trust_ratio(
+            float(w_s[i]), float(g_s[i]), weight_decays[i], lrs[i], epsilon=hyper.epsilon,
+            coefficient=hyper.coefficient, use_clip=hyper.use_clip,
+            guard_zero_norm=hyper.guard_zero_norm,
+        )
+        for i in range(len(weight_decays))
+    ], dtype=np.float64)  # fmt: skip
+
+
 def per_tensor_rewrite_given_sums_(
     backend: Backend,
     weights: list[torch.Tensor],
@@ -141,15 +157,8 @@ def per_tensor_rewrite_given_sums_(
 ) -> np.ndarray:
     """The default ``rewrite_given_sums_``: one ``lars_update`` per tensor, copied into the
     gradient; λ as the reference computes it from the same sums."""
-    from .. import reference
-
-    lam = np.ones(len(grads))
+    lam = lambdas_from_sums(w_s, g_s, weight_decays, lrs, hyper)
     for i, (w, g) in enumerate(zip(weights, grads, strict=True)):
-        lam[i] = reference.trust_ratio(
-            float(w_s[i]), float(g_s[i]), weight_decays[i], lrs[i], epsilon=hyper.epsilon,
-            coefficient=hyper.coefficient, use_clip=hyper.use_clip,
-            guard_zero_norm=hyper.guard_zero_norm,
-        )  # fmt: skip
         if g.numel():
             g.copy_(backend.lars_update(w, g, w_s[i], g_s[i], weight_decays[i], lrs[i], hyper))
     return lam

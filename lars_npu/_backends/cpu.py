@@ -18,7 +18,7 @@ from ._native import constants, kernel_threads, native, native_error
 from ._staging import contig as _contig
 from ._staging import ptrs as _ptrs
 from ._staging import stage_step, unstage_grads, unstage_step
-from .base import Hyper, LayoutMismatch, MultiResult
+from .base import Hyper, LayoutMismatch, MultiResult, lambdas_from_sums
 
 if TYPE_CHECKING:
     from .._fused import FusedCall
@@ -227,16 +227,7 @@ class CpuBackend:
     ) -> np.ndarray:
         """λ per tensor on the host (the reference's formula), then one native rewrite of every
         gradient in place (staged copies of non-contiguous ones written back)."""
-        from .. import reference
-
-        lam = np.asarray([
-            reference.trust_ratio(
-                float(w_s[i]), float(g_s[i]), weight_decays[i], lrs[i], epsilon=hyper.epsilon,
-                coefficient=hyper.coefficient, use_clip=hyper.use_clip,
-                guard_zero_norm=hyper.guard_zero_norm,
-            )
-            for i in range(len(grads))
-        ], dtype=np.float64)  # fmt: skip
+        lam = lambdas_from_sums(w_s, g_s, weight_decays, lrs, hyper)
         todo = [i for i, g in enumerate(grads) if g.numel() > 0]
         if todo:
             wc = [_contig(weights[i]) for i in todo]

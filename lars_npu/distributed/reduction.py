@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .. import reference
 from .._backends import MultiResult, resolve
+from .._backends.base import lambdas_from_sums
 from ..optim import save_grads
 from .shards import global_shape, local_of
 
@@ -111,15 +111,13 @@ class ReductionMixin:
             return self._finish(result, names, adapt, plans, loss, inner=True)
         h = self._hyper
         lam = np.ones(k)
-        for i in range(k):  # λ of every adapted one (backends re-report those they write)
-            if adapt[i]:
-                s = slots[i]
-                lam[i] = reference.trust_ratio(
-                    w_tot[s], g_tot[s], wds[i], lrs[i], epsilon=h.epsilon,
-                    coefficient=h.coefficient, use_clip=h.use_clip,
-                    guard_zero_norm=h.guard_zero_norm,
-                )  # fmt: skip
         todo = [i for i in range(k) if adapt[i] and gs[i].numel() > 0]
+        # λ of adapted parameters with no elements here (the backend reports the rest)
+        empty = [i for i in range(k) if adapt[i] and gs[i].numel() == 0]
+        if empty:
+            se = [slots[i] for i in empty]
+            lam[empty] = lambdas_from_sums(w_tot[se], g_tot[se], [wds[i] for i in empty],
+                                           [lrs[i] for i in empty], h)  # fmt: skip
         saved = save_grads(gs, adapt, self._undo)  # put back if the inner step raises
         if todo:  # one backend call for every tensor (natively where the backend can)
             sl = [slots[i] for i in todo]
