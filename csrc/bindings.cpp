@@ -4,12 +4,14 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "cpu/fused.h"
+#include "cpu/overlap.h"
 #include "dlpack_view.h"
 #include "emu/emu_launch.h"
 #if defined(LARS_NPU_NPU_LAUNCHER) || defined(LARS_NPU_CANN_HOST_RUNNER)
@@ -121,6 +123,9 @@ double trust_ratio(double w_s, double g_s, double weight_decay, double lr, doubl
 struct CheckedPlan {
   std::shared_ptr<lars::FusedPlan> plan;
   std::vector<std::vector<int64_t>> shapes;
+  // The pointers (parameters, gradients, buffers) of the last step whose tensors were proven not
+  // to share memory: the same pointers with the plan's fixed sizes need no new proof.
+  std::vector<int64_t> disjoint;
 };
 
 // A tensor that does not fit the plan (raised before anything is written); Python type
@@ -225,6 +230,47 @@ std::vector<int64_t> pointers(const CheckedPlan& cp, const py::list& obj, const 
   return out;
 }
 
+// Refuses (LayoutError, before any write) a step where a parameter or momentum buffer, which it
+// writes, shares a byte with any other of its tensors (csrc/cpu/overlap.h). Gradients, only read,
+// may share memory with each other.
+void check_disjoint(CheckedPlan& cp, const std::vector<int64_t>& w, const std::vector<int64_t>& g,
+                    const std::vector<int64_t>& m) {
+  const lars::FusedPlan& plan = *cp.plan;
+  const size_t n = static_cast<size_t>(plan.size());
+  if (cp.disjoint.size() == 3 * n && std::equal(w.begin(), w.end(), cp.disjoint.begin()) &&
+      std::equal(g.begin(), g.end(), cp.disjoint.begin() + static_cast<std::ptrdiff_t>(n)) &&
+      std::equal(m.begin(), m.end(), cp.disjoint.begin() + static_cast<std::ptrdiff_t>(2 * n))) {
+    return;  // the tensors of the last proven step, at the same addresses and sizes
+  }
+  std::vector<lars::ByteRange> ranges;
+  ranges.reserve(3 * n);
+  for (size_t i = 0; i < n; ++i) {
+    const lars::FusedTensorSpec& s = plan.spec(static_cast<int64_t>(i));
+    if (s.numel == 0) continue;
+    const auto wb = static_cast<uint64_t>(s.numel) * lars::dtype_size(s.w_dtype);
+    const auto gb = static_cast<uint64_t>(s.numel) * lars::dtype_size(s.g_dtype);
+    const auto id = static_cast<int64_t>(i);
+    ranges.push_back({static_cast<uint64_t>(w[i]), static_cast<uint64_t>(w[i]) + wb, true, id});
+    ranges.push_back(
+        {static_cast<uint64_t>(g[i]), static_cast<uint64_t>(g[i]) + gb, false, id + 1 * plan.size()});
+    if (s.momentum && m[i] != 0) {
+      ranges.push_back(
+          {static_cast<uint64_t>(m[i]), static_cast<uint64_t>(m[i]) + wb, true, id + 2 * plan.size()});
+    }
+  }
+  const auto hit = lars::find_conflict(ranges);
+  if (hit.first >= 0) {
+    static const char* const roles[] = {"parameter", "gradient", "momentum_buffer"};
+    const int64_t size = plan.size();
+    throw LayoutError(roles[hit.second / size], hit.second % size,
+                      std::string("shares memory with ") + roles[hit.first / size] + " " +
+                          std::to_string(hit.first % size) + ", and the step writes one of them");
+  }
+  cp.disjoint.assign(w.begin(), w.end());
+  cp.disjoint.insert(cp.disjoint.end(), g.begin(), g.end());
+  cp.disjoint.insert(cp.disjoint.end(), m.begin(), m.end());
+}
+
 py::tuple plan_step(CheckedPlan& cp, const py::list& w_obj, const py::list& g_obj,
                     const py::list& m_obj, const U8& first, const F64& wd, const F64& lr,
                     const F64& mu, const U8& nesterov, double epsilon, double coefficient,
@@ -249,6 +295,7 @@ py::tuple plan_step(CheckedPlan& cp, const py::list& w_obj, const py::list& g_ob
       throw std::invalid_argument("null data pointer for tensor " + std::to_string(i));
     }
   }
+  check_disjoint(cp, w_ptr, g_ptr, m_ptr);
   const lars::Hyper h{epsilon, coefficient, use_clip, guard_zero_norm};
   F64 lam(n), w_s(n), g_s(n);
   double* l = lam.mutable_data();
@@ -555,6 +602,23 @@ PYBIND11_MODULE(_C, m) {
 #endif
   // Hooks for lars_npu's own tests, kept out of the module's public surface.
   py::module_ testing = m.def_submodule("_testing", "lars_npu's test hooks; not an API.");
+  testing.def(
+      "find_conflict",
+      [](const I64& begin, const I64& end, const U8& written) {
+        const py::ssize_t n = begin.shape(0);
+        check_len(end, n, "end");
+        check_len(written, n, "written");
+        std::vector<lars::ByteRange> r(static_cast<size_t>(n));
+        for (py::ssize_t i = 0; i < n; ++i) {
+          r[static_cast<size_t>(i)] = {static_cast<uint64_t>(begin.data()[i]),
+                                       static_cast<uint64_t>(end.data()[i]),
+                                       written.data()[i] != 0, static_cast<int64_t>(i)};
+        }
+        const auto hit = lars::find_conflict(r);
+        return py::make_tuple(hit.first, hit.second);
+      },
+      py::arg("begin"), py::arg("end"), py::arg("written"),
+      "csrc/cpu/overlap.h's find_conflict on byte ranges: (i, j) or (-1, -1).");
   testing.def("emu_selftest", &lars_emu::selftest, py::arg("case"),
               "Run a deliberately broken mini-kernel on the AscendC emulation (raises "
               "RuntimeError).");

@@ -21,6 +21,7 @@ What is cached, and why that is safe (the invariants, all here):
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -30,7 +31,8 @@ import numpy as np
 import torch
 
 from ._backends.base import Backend, Hyper, LayoutMismatch, MultiResult
-from ._engines import refusal, shard_kind
+from ._engines import is_dtensor, refusal, shard_kind
+from ._sharing import check_disjoint
 from .functional import FP32_MAX, check_pair, to_float
 
 _GRAD = operator.attrgetter("grad")
@@ -287,6 +289,15 @@ class FusedDriver:
                 "the fused step needs every parameter on one device; "
                 "use LARS(..., fused=False) for a model split across devices"
             )
+        # the fused step writes parameters and buffers and reads gradients
+        check_disjoint(
+            [
+                ("parameter {}", params, True),
+                ("gradient of parameter {}", grads, False),
+                ("momentum_buffer of parameter {}", bufs, True),
+            ],
+            names,
+        )
 
 
 def refuse_shard(p: torch.Tensor, name: str) -> None:
@@ -340,4 +351,38 @@ def check_buffer(p: torch.Tensor, b: Any, name: str) -> None:
         raise ValueError(f"momentum_buffer of parameter {name!r} is on {b.device}")
     if not b.is_floating_point():
         raise TypeError(f"momentum_buffer of parameter {name!r} has dtype {b.dtype}")
+    if b.layout != torch.strided:  # torch SGD keeps a sparse buffer for sparse gradients
+        raise SparseGradientError(f"momentum_buffer of parameter {name!r} is sparse")
     check_written(b, f"momentum_buffer of parameter {name!r}")
+
+
+MOMENTUM = "momentum_buffer"  # torch SGD's state key, the one state entry the fused step uses
+
+
+def check_state_entry(
+    key: str, v: Any, p: torch.Tensor, name: str, *, finite: bool, loaded: bool = False
+) -> None:
+    """One entry of a parameter's optimizer state, as the inner optimizer will read it: SGD's
+    ``momentum_buffer`` is None or a floating tensor of the parameter's shape (0-dim only for a
+    0-dim parameter); any other tensor with dimensions has the parameter's shape (0-dim ones are
+    counters or scalars, such as ``step``). With ``finite`` (checkpoint loads), floating tensors
+    and Python floats must hold no inf/nan. (Per-step paths add the storage checks.)"""
+    what = f"{'loaded ' if loaded else ''}state[{key!r}] of parameter {name!r}"
+    misfit = "; this checkpoint does not fit the model" if loaded else ""
+    if key == MOMENTUM and v is not None:
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"{what} must be a tensor or None, got {type(v).__name__}{misfit}")
+        if not v.is_floating_point():
+            raise TypeError(f"{what} has dtype {v.dtype}; a floating dtype is needed{misfit}")
+    if isinstance(v, torch.Tensor) and (key == MOMENTUM or v.dim() > 0) and v.shape != p.shape:
+        raise ValueError(
+            f"{what} has shape {tuple(v.shape)}, the parameter {tuple(p.shape)}{misfit}"
+        )
+    if not finite:
+        return
+    if isinstance(v, torch.Tensor) and v.layout == torch.strided:
+        t = v.to_local() if is_dtensor(v) else v  # this rank's elements: no collective here
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{what} holds inf/nan")
+    elif isinstance(v, float) and not math.isfinite(v):
+        raise ValueError(f"{what} is {v}")

@@ -13,7 +13,14 @@ import torch
 
 from ._backends import Hyper, MultiResult, resolve
 
-__all__ = ["SUPPORTED_DTYPES", "check_hyper", "lars_", "lars_update", "square_sum_all"]
+__all__ = [
+    "SUPPORTED_DTYPES",
+    "check_hyper",
+    "lars_",
+    "lars_update",
+    "sparse_values",
+    "square_sum_all",
+]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -92,10 +99,22 @@ def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
     """True when no tensor holds inf/nan. Uses max|x| (the inf-norm), which is finite exactly
     when every element is: a 2-norm in the tensor's dtype would overflow for large finite fp16
     values (above 65504) and skip a good step."""
+    tensors = [t for t in tensors if t.numel()]  # the inf-norm of nothing is undefined
     if not tensors:
         return True
-    norms = torch._foreach_norm(list(tensors), float("inf"))
+    norms = torch._foreach_norm(tensors, float("inf"))
     return all(bool(torch.isfinite(x)) for x in norms)
+
+
+def sparse_values(g: torch.Tensor) -> torch.Tensor:
+    """The stored values of a sparse gradient (COO, CSR, CSC, BSR, BSC), for the inf/nan check.
+    An uncoalesced fp16 COO gradient is coalesced first (as GradScaler does): duplicates that
+    sum beyond fp16's range become inf, as the inner optimizer would see them."""
+    if g.layout == torch.sparse_coo:
+        if g.dtype == torch.float16 and not g.is_coalesced():
+            g = g.coalesce()
+        return g._values()
+    return g.values()
 
 
 def square_sum_all(

@@ -7,6 +7,7 @@ registry picks.
 
 from __future__ import annotations
 
+import math
 import operator
 import warnings
 from collections import OrderedDict
@@ -17,20 +18,31 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from ._backends import Hyper, get_backend, resolve, warn_reference_fallback
+from ._backends import Hyper, MultiResult, get_backend, resolve, warn_reference_fallback
 from ._engines import HANDLED, dtensor_type, is_dtensor, refusal, shard_kind
 from ._fused import (
     FUSED_REQUIREMENTS,
+    MOMENTUM,
     FusedDriver,
     MixedDevicesError,
     SparseGradientError,
     check_buffer,
+    check_state_entry,
     check_written,
     refuse_shard,
     unsupported_reason,
 )
+from ._sharing import check_disjoint
 from .filters import ParamInfo, default_lars_filter, exclude_bias_and_norm
-from .functional import FP32_MAX, all_finite, check_hyper, check_pair, lars_, to_float
+from .functional import (
+    FP32_MAX,
+    all_finite,
+    check_hyper,
+    check_pair,
+    lars_,
+    sparse_values,
+    to_float,
+)
 
 
 def _migrate_group(group: Any) -> Any:
@@ -144,6 +156,24 @@ def _check_inner_kind(optimizer: Optimizer) -> None:
             return
 
 
+def _refuse_duplicates(groups: list[dict[str, Any]]) -> None:
+    """One Parameter listed twice (``named_parameters(remove_duplicate=False)``; torch's SGD
+    only warns) would be stepped twice, differently on each path: refused, naming it."""
+    seen: dict[int, tuple[int, int]] = {}
+    for gi, group in enumerate(groups):
+        names = group.get("param_names")
+        for j, p in enumerate(group.get("params", [])):
+            first = seen.setdefault(id(p), (gi, j))
+            if first != (gi, j):
+                name = names[j] if names and j < len(names) else f"param_groups[{gi}][{j}]"
+                raise ValueError(
+                    f"LARS: parameter {name!r} appears twice in the optimizer (param_groups"
+                    f"[{first[0]}][{first[1]}] and param_groups[{gi}][{j}]; e.g. from "
+                    "named_parameters(remove_duplicate=False)): it would be updated twice per "
+                    "step. List each parameter once"
+                )
+
+
 @dataclass
 class StepInputs:
     """What :meth:`LARS._gather` collects for a step (one entry per parameter with a dense
@@ -158,6 +188,12 @@ class StepInputs:
     lrs: list[float] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)
+    # (parameter, sparse gradient, name) of excluded parameters with a sparse gradient
+    sparse: list[tuple[torch.Tensor, torch.Tensor, str]] = field(default_factory=list)
+
+    def sparse_finite(self) -> bool:
+        """No sparse gradient holds inf/nan."""
+        return all_finite([sparse_values(g) for _, g, _ in self.sparse])
 
 
 def _same(t: torch.Tensor) -> torch.Tensor:
@@ -238,11 +274,15 @@ class LARS(Optimizer):
         shards marked with their global shape) is a :class:`lars_npu.distributed.ShardedLARS`:
         the same line works on one device and on sharded parameters."""
         inner = args[0] if args else kwargs.get("optimizer")
-        if (
-            issubclass(cls, LARS)
-            and not issubclass(cls, LARSSGD)
-            and ("lr" in kwargs or "params" in kwargs)
-        ):
+        unexpected = [k for k in ("lr", "params") if k in kwargs]
+        if not issubclass(cls, LARSSGD) and unexpected and isinstance(inner, Optimizer):
+            raise TypeError(
+                f"{cls.__name__}() got an unexpected keyword argument {unexpected[0]!r}: the "
+                "inner optimizer holds the parameters and their lr (torch.optim.SGD(params, "
+                f"lr=...)); {cls.__name__}'s own arguments are epsilon, coefficient, use_clip, "
+                "lars_filter, guard_zero_norm, backend and fused"
+            )
+        if not issubclass(cls, LARSSGD) and unexpected:
             raise TypeError(
                 f"{cls.__name__} wraps an optimizer instance: LARS(torch.optim.SGD(params, "
                 "lr=...)). To build it from parameters and keyword arguments (e.g. "
@@ -281,6 +321,7 @@ class LARS(Optimizer):
                 "use momentum SGD as the inner optimizer"
             )
         _check_inner_kind(optimizer)
+        _refuse_duplicates(optimizer.param_groups)
         for gi, group in enumerate(optimizer.param_groups):
             self._refuse_shards(gi, group)
         self._hyper = check_hyper(epsilon, coefficient, use_clip, guard_zero_norm)
@@ -605,6 +646,7 @@ class LARS(Optimizer):
         self._driver.invalidate()
         group = self.param_groups[-1]
         try:
+            _refuse_duplicates(self.param_groups)
             self._refuse_shards(len(self.param_groups) - 1, group)
             self._commit_group(group, self._plan_group(len(self.param_groups) - 1, group))
         except BaseException:  # whatever the filter raised: the group is not added
@@ -656,10 +698,10 @@ class LARS(Optimizer):
         import torch.distributed as dist
 
         grads = [
-            p.grad
+            p.grad if p.grad.layout == torch.strided else sparse_values(p.grad)
             for g in self.param_groups
             for p in g["params"]
-            if p.grad is not None and p.grad.layout == torch.strided
+            if p.grad is not None
         ]
         device = grads[0].device if grads else torch.device("cpu")
         if dist.get_backend(self._agree_group) == "gloo":
@@ -762,31 +804,38 @@ class LARS(Optimizer):
         params: list[torch.Tensor],
         names: list[str],
         local: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> None:
+    ) -> dict[str, list[torch.Tensor | None]]:
         """Before any write of the unfused step: each parameter can be written in place, and
-        each of its state tensors (momentum buffer, ...) has its shape and lies in its storage.
-        ``local``: the tensor holding this rank's elements (a DTensor's local shard; None: the
-        tensor itself)."""
+        every entry of its state fits it (:func:`check_state_entry`: SGD's momentum buffer is
+        None or a floating tensor of the parameter's shape, in its storage; any other tensor of
+        one or more dimensions has the parameter's shape). Returns the state tensors the inner
+        step may write, by key, aligned with ``params`` (None where absent), for the sharing
+        check. ``local``: the tensor holding this rank's elements (a DTensor's local shard;
+        None: the tensor itself)."""
         if local is None:
             local = _same
         state = self.state
-        for p, name in zip(params, names, strict=True):
+        written: dict[str, list[torch.Tensor | None]] = {}
+        for k, (p, name) in enumerate(zip(params, names, strict=True)):
             w = local(p)
             check_written(w, f"parameter {name!r}")
             st = state.get(p)
             if not st:
                 continue
             for key, v in st.items():
-                if isinstance(v, torch.Tensor) and v.dim() > 0:
-                    if key == "momentum_buffer":
-                        check_buffer(w, local(v), name)
-                    elif v.shape != p.shape:
-                        raise ValueError(
-                            f"state[{key!r}] of parameter {name!r} has shape {tuple(v.shape)}, "
-                            f"the parameter {tuple(p.shape)}"
-                        )
-                    else:
-                        check_written(local(v), f"state[{key!r}] of parameter {name!r}")
+                check_state_entry(key, v, p, name, finite=False)
+                if (
+                    not isinstance(v, torch.Tensor)
+                    or (key != MOMENTUM and v.dim() == 0)
+                    or v.layout != torch.strided
+                ):
+                    continue  # counters, scalars, sparse buffers: torch's own to write
+                if key == MOMENTUM:
+                    check_buffer(w, local(v), name)
+                else:
+                    check_written(local(v), f"state[{key!r}] of parameter {name!r}")
+                written.setdefault(key, [None] * len(params))[k] = local(v)
+        return written
 
     def _gather(
         self,
@@ -820,7 +869,11 @@ class LARS(Optimizer):
                             f"parameter {name!r} has a sparse gradient; LARS cannot adapt it "
                             "(exclude it with lars_filter to let the inner optimizer handle it)"
                         )
-                    continue  # excluded: LARS leaves it to the inner optimizer, unchecked
+                    # excluded: LARS leaves it to the inner optimizer, which writes the
+                    # parameter (checked below) and reads the gradient (its inf/nan skips the
+                    # step like any other's)
+                    out.sparse.append((p, g, name))
+                    continue
                 if dtensors and is_dtensor(p) != is_dtensor(g):
                     raise TypeError(
                         f"parameter {name!r}: a DTensor parameter needs a DTensor gradient and a "
@@ -846,11 +899,37 @@ class LARS(Optimizer):
                 out.lrs.append(lr)
                 out.names.append(name)
                 out.slots.append(here)
-        self._check_inner_state(out.params, out.names, local)
+        self._check_sharing(out, local)
         return out
+
+    def _check_sharing(
+        self, out: StepInputs, local: Callable[[torch.Tensor], torch.Tensor] | None
+    ) -> None:
+        """The state checks of every parameter the inner step writes (sparse-gradient ones
+        too), then one sharing check over everything the step writes or reads
+        (:mod:`lars_npu._sharing`): parameters and state tensors are written, the gradients
+        LARS rewrites are written, the others read."""
+        sparse_params = [p for p, _, _ in out.sparse]
+        names = out.names + [n for _, _, n in out.sparse]
+        state = self._check_inner_state(out.params + sparse_params, names, local)
+        to_local = local or _same
+        parts: list[Any] = [
+            ("parameter {}", out.weights + [to_local(p) for p in sparse_params], True),
+            ("gradient of parameter {}", out.grads + [None] * len(out.sparse),
+             out.adapt + [False] * len(out.sparse)),
+        ]  # fmt: skip
+        parts += [(f"state[{key!r}] of parameter {{}}", ts, True) for key, ts in state.items()]
+        check_disjoint(parts, names)
 
     def _unfused_step(self, loss: Any) -> Any:
         inp = self._gather()
+        if not inp.sparse_finite():  # the dense gradients are checked by lars_ below
+            device = inp.sparse[0][1].device
+            skipped = MultiResult(
+                torch.tensor(True, device=device),
+                torch.full((len(inp.grads),), math.nan, dtype=torch.float64),
+            )
+            return self._finish(skipped, inp.names, inp.adapt, inp.plans, loss, inner=True)
         saved = save_grads(inp.grads, inp.adapt, self._undo)
         result = lars_(
             inp.weights,
@@ -947,7 +1026,8 @@ class LARS(Optimizer):
 
     def _check_loaded_state(self, sd: dict[str, Any]) -> None:
         """Refuse, before anything changes, state that does not fit the parameters it will be
-        given to: per-parameter tensors of another shape, or holding inf/nan."""
+        given to: every entry is checked as a step checks it (:func:`check_state_entry`), and
+        must hold finite values."""
         saved_groups = sd.get("param_groups")
         state = sd.get("state")
         if not isinstance(saved_groups, list) or not isinstance(state, dict):
@@ -957,22 +1037,16 @@ class LARS(Optimizer):
             pnames = group.get("param_names")
             for j, (pid, p) in enumerate(zip(ids, group["params"], strict=False)):
                 entry = state.get(pid)
-                if not isinstance(entry, dict):
+                if entry is None:
                     continue
                 name = pnames[j] if pnames else f"param_groups[{gi}][{j}]"
+                if not isinstance(entry, dict):
+                    raise TypeError(
+                        f"loaded state of parameter {name!r} must be a dict, got "
+                        f"{type(entry).__name__}"
+                    )
                 for key, v in entry.items():
-                    if not isinstance(v, torch.Tensor) or v.dim() == 0:
-                        continue
-                    if v.shape != p.shape:
-                        raise ValueError(
-                            f"loaded state[{key!r}] of parameter {name!r} has shape "
-                            f"{tuple(v.shape)}, the parameter {tuple(p.shape)}; this checkpoint "
-                            "does not fit the model"
-                        )
-                    if v.is_floating_point() and not bool(torch.isfinite(v).all()):
-                        raise ValueError(
-                            f"loaded state[{key!r}] of parameter {name!r} holds inf/nan"
-                        )
+                    check_state_entry(key, v, p, name, finite=True, loaded=True)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a LARS checkpoint, or one of the plain inner optimizer. Hyper-parameters and

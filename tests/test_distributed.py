@@ -709,23 +709,53 @@ def check_layouts(rank: int, world: int) -> dict[str, Any]:
 
     # A step that fails its checks on one rank: that rank raises, the others skip the step (the
     # failing rank joined the all-reduce with NaN sums) instead of hanging; the next step is fine.
-    params = {n: flat_shard(nn.Parameter(init_value(n))) for n in SHAPES}
-    opt = ShardedLARS(make_inner(params), **CONFIGS["a"])
-    for n, p in params.items():
-        g = grad_value(0, n)
-        p.grad = None if g is None else flat_shard(g)
-    if rank == last:  # LARS refuses a sparse gradient on a parameter it adapts
+    # And a non-finite sparse gradient (of a parameter LARS excludes) on one rank: every rank
+    # skips, none raises.
+    def sparse(params: dict[str, torch.Tensor]) -> None:  # sparse on a parameter LARS adapts
         params["fc1.weight"].grad = params["fc1.weight"].grad.to_sparse()
-    before = {n: p.detach().clone() for n, p in params.items()}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out["local_error"] = _outcome(opt.step)
-    out["local_error"]["found_inf"] = bool(opt.found_inf)
-    out["local_error"]["untouched"] = all(torch.equal(before[n], p) for n, p in params.items())
-    params["fc1.weight"].grad = params["fc1.weight"].grad.to_dense()
-    with CollectiveCounter() as cc:
-        opt.step()
-    out["local_error"]["next"] = (bool(opt.found_inf), cc.summary())
+
+    def aliased(params: dict[str, torch.Tensor]) -> None:  # the gradient is its parameter
+        params["fc1.weight"].grad = params["fc1.weight"].detach()
+
+    def state(params: dict[str, torch.Tensor]) -> None:  # a 0-dim momentum buffer
+        opt.state[params["fc2.weight"]]["momentum_buffer"] = torch.tensor(0.5)
+
+    def sparse_nan(params: dict[str, torch.Tensor]) -> None:
+        g = torch.zeros_like(params["fc1.bias"].grad)
+        g[0] = float("nan")
+        params["fc1.bias"].grad = g.to_sparse()
+
+    for case, edit in [("sparse", sparse), ("aliased", aliased), ("state", state),
+                       ("sparse_nan", sparse_nan)]:  # fmt: skip
+        params = {n: flat_shard(nn.Parameter(init_value(n))) for n in SHAPES}
+        opt = ShardedLARS(make_inner(params), **CONFIGS["a"])
+        for step in (0, 1):
+            for n, p in params.items():
+                g = grad_value(step, n)
+                p.grad = None if g is None else flat_shard(g)
+            if step == 0:
+                opt.step()  # momentum buffers
+        if rank == last:
+            edit(params)
+        before = _opt_snapshot(opt)
+        weights = {n: p.detach().clone() for n, p in params.items()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = _outcome(opt.step)
+        res["found_inf"] = bool(opt.found_inf)
+        res["untouched"] = _same_snapshot(before, _opt_snapshot(opt)) and all(
+            torch.equal(weights[n], p.detach()) for n, p in params.items()
+        )
+        for n, p in params.items():
+            g = grad_value(2, n)
+            p.grad = None if g is None else flat_shard(g)
+        for st in opt.state.values():
+            if st["momentum_buffer"].dim() == 0:
+                del st["momentum_buffer"]
+        with CollectiveCounter() as cc:
+            opt.step()
+        res["next"] = (bool(opt.found_inf), cc.summary())
+        out[f"local_error_{case}"] = res
 
     # A parameter swapped behind the optimizer's back (on every rank; "tiny" becomes a 3x3
     # shard): the step refuses, on every rank, until verify_layout() has checked the new layout.
@@ -1223,12 +1253,21 @@ def test_mismatched_layout_is_the_same_error_on_every_rank(ranks, case, needles)
         assert x["restored"] == [(1e-4, False, False), (1e-3, False, False)]
 
 
-def test_local_error_on_one_rank_skips_the_others_and_does_not_hang(ranks):
-    res = [x["local_error"] for x in results_of(ranks, "layouts")]
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [("sparse", "sparse"), ("aliased", "share memory"), ("state", "has shape ()"),
+     ("sparse_nan", None)],
+)  # fmt: skip
+def test_local_error_on_one_rank_skips_the_others_and_does_not_hang(ranks, case, needle):
+    """One rank's step fails its checks (a sparse gradient LARS would adapt, a gradient sharing
+    its parameter's memory, a momentum buffer that does not fit): that rank raises, the others
+    skip; or one rank's excluded parameter has a NaN sparse gradient: every rank skips. Nothing
+    is written anywhere, and the next step is one collective."""
+    res = [x[f"local_error_{case}"] for x in results_of(ranks, "layouts")]
     last = len(res) - 1
     for r, x in enumerate(res):
-        if r == last:
-            assert x["raised"] == "ValueError" and "sparse" in x["message"], x
+        if r == last and needle is not None:
+            assert x["raised"] == "ValueError" and needle in x["message"], x
         else:
             assert x["raised"] is None and x["found_inf"], f"rank {r}: {x}"
         assert x["untouched"], f"rank {r}"

@@ -8,6 +8,7 @@ a stale pointer shows up as a failed assertion instead of a crash.
 
 from __future__ import annotations
 
+import copy
 import gc
 
 import pytest
@@ -44,6 +45,8 @@ def _clone(t):
     read out of bounds) a marker of that storage's size."""
     if t is None:
         return None
+    if not isinstance(t, torch.Tensor):  # a non-tensor state entry: its value
+        return torch.tensor(t)
     try:
         check_storage(t, "t")
     except ValueError:
@@ -66,7 +69,7 @@ def assert_same(a, b):
             if x is not None:
                 assert x.shape == y.shape, n  # bit patterns: NaN garbage equals itself
                 assert torch.equal(
-                    x.contiguous().view(torch.uint8), y.contiguous().view(torch.uint8)
+                    x.reshape(-1).view(torch.uint8), y.reshape(-1).view(torch.uint8)
                 ), n
 
 
@@ -552,3 +555,172 @@ def test_multi_chunk_tensor_optimizer_step_element_by_element(backend, fused):
             mirror, g.numpy(), buf, lr=0.1, weight_decay=5e-4, momentum=0.9
         )
         np.testing.assert_allclose(w.detach().numpy(), mirror, rtol=1e-12, atol=1e-15)
+
+
+# -- every state entry the inner step reads: type, shape, finiteness ---------------------------
+
+
+def _scalar_model(fused):
+    """A model with a 0-dim parameter, placed last so that a bad entry is met after others."""
+    torch.manual_seed(0)
+    named = [("w", nn.Parameter(torch.randn(4, 3))), ("s", nn.Parameter(torch.tensor(0.7)))]
+    opt = LARS(torch.optim.SGD(named, lr=0.1, momentum=0.9), fused=fused)
+    params = dict(named)
+    for t in range(2):
+        for p in params.values():
+            p.grad = torch.full_like(p, 0.1 * (t + 1))
+        if t == 0:
+            opt.step()
+    return params, opt
+
+
+@pytest.mark.parametrize(
+    ("value", "kind", "pattern"),
+    [
+        (torch.tensor(0.5), ValueError, r"state\['momentum_buffer'\] of parameter 'b\.weight' has "
+                                        r"shape \(\)"),
+        (0.5, TypeError, r"'b\.weight' must be a tensor or None, got float"),
+        (torch.zeros(3, 8, dtype=torch.int64), TypeError, r"'b\.weight' has dtype torch.int64"),
+    ],
+    ids=["0-dim", "float", "integer"],
+)  # fmt: skip
+def test_checkpoint_with_a_misfit_momentum_entry_is_refused_at_load(value, kind, pattern):
+    params, opt = _unfused()
+    sd = copy.deepcopy(opt.state_dict())  # (state_dict shares the live state's entry dicts)
+    sd["state"][2]["momentum_buffer"] = value  # b.weight is (3, 8)
+    before = snapshot(params, opt)
+    with pytest.raises(kind, match=pattern):
+        opt.load_state_dict(sd)
+    assert_same(before, snapshot(params, opt))
+
+
+def test_checkpoint_with_a_nan_0_dim_buffer_of_a_scalar_parameter_is_refused_at_load():
+    params, opt = _scalar_model(False)
+    sd = copy.deepcopy(opt.state_dict())
+    sd["state"][1]["momentum_buffer"] = torch.tensor(float("nan"))
+    with pytest.raises(ValueError, match=r"'s' holds inf/nan"):
+        opt.load_state_dict(sd)
+    sd["state"][1]["momentum_buffer"] = torch.tensor(0.25)  # a fitting 0-dim buffer loads
+    sd["state"][1]["step"] = float("inf")  # but no non-finite entry of any kind does
+    with pytest.raises(ValueError, match=r"state\['step'\] of parameter 's' is inf"):
+        opt.load_state_dict(sd)
+    del sd["state"][1]["step"]
+    opt.load_state_dict(sd)
+    opt.step()
+    assert torch.isfinite(params["s"]).all()
+
+
+@pytest.mark.parametrize("fused", [None, False])
+@pytest.mark.parametrize(
+    "value", [torch.tensor(0.5), 0.5, torch.zeros(3, 8, dtype=torch.int32)],
+    ids=["0-dim", "float", "integer"],
+)  # fmt: skip
+def test_misfit_momentum_entry_in_the_state_is_refused_before_any_write(fused, value):
+    """Set directly between steps (not through a load): every path checks every entry before its
+    first write, so the parameters before b.weight are not stepped either."""
+    params, opt = _stepped(fused)
+    opt.state[params["b.weight"]]["momentum_buffer"] = value
+    before = snapshot(params, opt)
+    with pytest.raises((ValueError, TypeError), match=r"b\.weight"):
+        opt.step()
+    assert_same(before, snapshot(params, opt))
+
+
+# -- non-finite sparse gradients -----------------------------------------------------------------
+
+
+class _Sparse(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(10, 4, sparse=True)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, idx):
+        return self.fc(self.emb(idx)).sum()
+
+
+@pytest.mark.parametrize("fused", [None, False])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_sparse_gradient_skips_the_whole_step(fused, bad):
+    """The sparse-embedding recipe (exclude the embedding with lars_filter): its gradient goes to
+    the inner SGD untouched, and a NaN/inf in it skips the step like a dense one."""
+    model = _Sparse()
+
+    def keep_dense(info):
+        return not info.name.startswith("emb") and info.ndim > 1
+
+    opt = LARS(torch.optim.SGD(model.named_parameters(), lr=0.1, momentum=0.9),
+               lars_filter=keep_dense, fused=fused)  # fmt: skip
+    model(torch.tensor([1, 2, 3])).backward()
+    opt.step()  # a finite step: both kinds of gradient step
+    opt.zero_grad()
+    model(torch.tensor([1, 5])).backward()
+    g = model.emb.weight.grad
+    model.emb.weight.grad = torch.sparse_coo_tensor(
+        g._indices(), torch.full_like(g._values(), bad), g.shape, check_invariants=True
+    )
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    bufs = {n: opt.state[p]["momentum_buffer"].to_dense() for n, p in model.named_parameters()}
+    with pytest.warns(RuntimeWarning, match="inf/nan"):
+        opt.step()
+    assert bool(opt.found_inf)
+    for n, p in model.named_parameters():
+        assert torch.equal(p.detach(), before[n]), n
+        assert torch.equal(opt.state[p]["momentum_buffer"].to_dense(), bufs[n]), n
+
+
+def test_all_finite_ignores_empty_tensors():
+    from lars_npu.functional import all_finite
+
+    assert all_finite([torch.zeros(0), torch.ones(2)])
+    assert not all_finite([torch.zeros(0), torch.tensor([1.0, float("nan")])])
+
+
+# -- smaller defects -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fused", [None, False])
+def test_complex_parameter_is_the_same_named_type_error_on_every_path(fused):
+    p = nn.Parameter(torch.ones(3, dtype=torch.complex64))
+    opt = LARS(torch.optim.SGD([("z", p)], lr=0.1, momentum=0.9), fused=fused)
+    p.grad = torch.ones_like(p)
+    with pytest.raises(TypeError, match=r"parameter 'z' has dtype torch.complex64; supported"):
+        opt.step()
+    assert torch.equal(p.detach(), torch.ones(3, dtype=torch.complex64))
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("fused", [None, False])
+@pytest.mark.parametrize("where", ["gradient", "parameter", "momentum_buffer"])
+def test_negative_bit_tensors_step_by_their_values(backend, fused, where):
+    """torch's negative bit (``x.conj().imag``, ``_neg_view``): the memory holds -value. Every
+    path steps by the values, as with the resolved tensor."""
+    outs = []
+    for lazy in (True, False):
+        params, opt = make(fused, backend=backend)
+        grads(params, 0)
+        opt.step()
+        grads(params, 1)
+        p = params["a.weight"]
+        if where == "gradient":
+            val = p.grad.clone()
+            p.grad = (-val)._neg_view() if lazy else val
+        elif where == "parameter":
+            val = p.detach().clone()
+            p.data = (-val)._neg_view() if lazy else val
+        else:
+            val = opt.state[p]["momentum_buffer"].clone()
+            opt.state[p]["momentum_buffer"] = (-val)._neg_view() if lazy else val
+        opt.step()
+        outs.append({n: q.detach().clone() for n, q in params.items()})
+    for n in outs[0]:
+        assert torch.equal(outs[0][n], outs[1][n]), n
+
+
+def test_unexpected_keyword_with_an_optimizer_instance_is_named():
+    sgd = torch.optim.SGD([("w", nn.Parameter(torch.ones(2, 2)))], lr=0.1)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'lr'"):
+        LARS(sgd, lr=0.1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="LARSSGD"):  # params + kwargs: the factory class
+        LARS([nn.Parameter(torch.ones(2))], lr=0.1)  # type: ignore[call-arg]

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from ._native import constants, native
+from ._staging import has_lazy_bits, stage_step, unstage_grads, unstage_step
 from ._staging import ptrs as _ptrs
-from ._staging import stage_step, unstage_grads, unstage_step
 from .base import Hyper, MultiResult, per_tensor_rewrite_given_sums_, per_tensor_square_sums
 
 if TYPE_CHECKING:
@@ -68,6 +68,8 @@ def aligned(t: torch.Tensor) -> torch.Tensor:
     """``t`` when the kernels can take it as it is (contiguous, base address 32-byte aligned), else
     a contiguous copy in a fresh allocation (torch's allocators align those to ≥ 64 bytes): a view
     that starts at an odd element, e.g. ``x[1:]``, is staged, never given to the kernels."""
+    if has_lazy_bits(t):  # negative/conjugate bit: a copy whose memory holds the values
+        return t.resolve_conj().resolve_neg().clone(memory_format=torch.contiguous_format)
     if t.is_contiguous() and (t.numel() == 0 or t.data_ptr() % constants().gm_align == 0):
         return t
     return t.clone(memory_format=torch.contiguous_format)

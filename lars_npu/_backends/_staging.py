@@ -13,7 +13,18 @@ if TYPE_CHECKING:
     from .._fused import FusedCall
 
 
+def has_lazy_bits(t: torch.Tensor) -> bool:
+    """Whether ``t`` carries torch's negative or conjugate bit: its memory then holds the
+    negated (conjugated) values, and a kernel reading raw memory would see the wrong sign."""
+    return t.is_neg() or t.is_conj()
+
+
 def contig(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a contiguous tensor whose memory holds its values: the tensor itself when it is
+    one, else a copy (views; the negative or conjugate bit resolved), written back by the
+    ``unstage_*`` functions when a kernel wrote it."""
+    if has_lazy_bits(t):
+        return t.resolve_conj().resolve_neg().contiguous()
     return t if t.is_contiguous() else t.contiguous()
 
 

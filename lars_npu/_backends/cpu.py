@@ -46,6 +46,7 @@ _TO_DLPACK = (
     or torch.utils.dlpack.to_dlpack
 )
 _STORAGE = torch.Tensor.untyped_storage
+_IS_NEG = torch.Tensor.is_neg  # (the conjugate bit exists only on complex tensors: refused)
 
 
 def _ptr_list(ts: list[torch.Tensor | None]) -> list[int | None]:
@@ -153,13 +154,22 @@ class CpuBackend:
         C = native()
         h = call.hyper
         if not call.checked:  # zero copy: capsules and storages made now, proven by _C
-            plan = call.cache.get("cpu_plan")
-            if plan is None:  # the plan expects gradients of the parameters' dtype unless a
-                # direct caller opted into mixed dtypes
-                expect = call.grads if call.mixed_grad_dtypes else call.params
-                plan = call.cache["cpu_plan"] = self._plan(C, call.params, expect, call)
+            ps, gs, bs = call.params, call.grads, call.bufs
             try:
-                ps, gs, bs = call.params, call.grads, call.bufs
+                # DLPack does not carry torch's negative bit (a capsule of x._neg_view()
+                # describes x's memory, unnegated): such tensors take the staged path, which
+                # resolves them
+                if (
+                    any(map(_IS_NEG, gs))
+                    or any(map(_IS_NEG, ps))
+                    or any(b is not None and b.is_neg() for b in bs)
+                ):
+                    raise LayoutMismatch("a tensor has the negative bit set")
+                plan = call.cache.get("cpu_plan")
+                if plan is None:  # the plan expects gradients of the parameters' dtype unless
+                    # a direct caller opted into mixed dtypes
+                    expect = gs if call.mixed_grad_dtypes else ps
+                    plan = call.cache["cpu_plan"] = self._plan(C, ps, expect, call)
                 found, lam, _, _ = plan.step(
                     list(map(_TO_DLPACK, ps)), list(map(_TO_DLPACK, gs)),
                     [None if b is None else _TO_DLPACK(b) for b in bs],
@@ -168,9 +178,10 @@ class CpuBackend:
                     list(map(_STORAGE, ps)), list(map(_STORAGE, gs)),
                     [None if b is None else _STORAGE(b) for b in bs],
                 )  # fmt: skip
-            except (C.LayoutError, RuntimeError, TypeError, AttributeError) as exc:
-                # a tensor that no longer fits the plan (or cannot be exported): nothing was
-                # written; the plan is rebuilt from the tensors as they are next time
+            except (C.LayoutError, RuntimeError, TypeError, AttributeError, KeyError) as exc:
+                # a tensor that no longer fits the plan, cannot be exported, or has a dtype the
+                # kernels do not take (KeyError: no code): nothing was written; the driver's
+                # named checks say which, and the plan is rebuilt from the tensors as they are
                 call.cache.pop("cpu_plan", None)
                 raise LayoutMismatch(str(exc)) from exc
             return MultiResult(torch.tensor(bool(found)), torch.from_numpy(lam))

@@ -20,7 +20,7 @@ from .base import Hyper, MultiResult, PerTensorShardedOps
 
 def _np(t: torch.Tensor) -> np.ndarray:
     # NumPy has no bfloat16: bf16 (and fp16, for uniformity) are widened exactly to fp32 first.
-    t = t.detach()
+    t = t.detach().resolve_neg()  # (negative bit: the values, not the memory)
     if t.dtype in (torch.bfloat16, torch.float16):
         t = t.float()
     return t.cpu().numpy()

@@ -15,7 +15,7 @@ from torch.optim import Optimizer
 from .._engines import GLOBAL_SHAPE_ATTR
 from .._engines import is_dtensor as _is_dtensor
 from ..filters import ParamInfo, default_lars_filter
-from ..optim import LARS
+from ..optim import LARS, _refuse_duplicates
 from .layout import Layout, LayoutMixin, Problem, problem
 from .reduction import ReductionMixin
 from .shards import ShardInfo, rank_world
@@ -212,6 +212,7 @@ class ShardedLARS(LayoutMixin, ReductionMixin, LARS):
         trial = dict(param_group)
         stand_in = _GroupsStandIn(self.optimizer.defaults, list(self.param_groups))
         Optimizer.add_param_group(stand_in, trial)  # type: ignore[arg-type]
+        _refuse_duplicates([*self.param_groups, trial])
         return trial
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -148,6 +148,8 @@ class ReductionMixin:
         backend = resolve(device, self.backend)
         ws, gs, adapt = inp.weights, inp.grads, inp.adapt
         sums = self._local_sums(backend, device, inp.slots, ws, gs, adapt)
+        if not inp.sparse_finite() and sums.numel():  # every rank skips, as for a dense one
+            sums[0] = math.nan
         return (sums, inp.plans, inp.slots, ws, gs,
                 adapt, inp.wds, inp.lrs, inp.names, backend, device)  # fmt: skip
 

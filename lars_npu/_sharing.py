@@ -1,0 +1,141 @@
+"""Memory shared between the tensors of one step.
+
+A step writes some tensors (parameters, momentum buffers, and on the unfused path the gradients it
+rewrites) and reads others (gradients). When a tensor it writes shares bytes with any other tensor
+of the step, the result depends on the order of the writes: two parameters that are views of one
+storage lose one update, a gradient that is its own parameter is rewritten before the inner step
+reads the weight, one gradient shared by two parameters is rewritten twice. Every path refuses such
+a step before any write, naming both tensors. Tensors that are only read may share memory (one
+gradient read for two parameters by the fused step, say).
+
+Overlap is judged on byte ranges ``[first byte, last byte]`` of each tensor, so two interleaved
+strided views of one buffer (``x[0::2]``, ``x[1::2]``) count as overlapping: a refusal, never a
+wrong result. The check sorts the ranges once, O(n log n) per step, n the number of tensors.
+(The fused C++ step makes the same check natively: ``csrc/cpu/overlap.h``.)
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["byte_ranges", "check_disjoint", "find_conflict"]
+
+_DATA_PTR = torch.Tensor.data_ptr
+_DEVICE = operator.attrgetter("device")
+
+
+def _extent(t: torch.Tensor) -> int:
+    """Bytes from the first element's address to one past the last element's."""
+    n = t.numel()
+    if n == 0:
+        return 0
+    if t.is_contiguous():
+        return n * t.element_size()
+    last = sum((d - 1) * st for d, st in zip(t.shape, t.stride(), strict=True))
+    return (last + 1) * t.element_size()
+
+
+def byte_ranges(tensors: Sequence[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    """int64 arrays (first byte address, one past the last) per tensor; empty tensors give an
+    empty range."""
+    n = len(tensors)
+    begin = np.fromiter(map(_DATA_PTR, tensors), dtype=np.int64, count=n)
+    end = begin + np.fromiter(map(_extent, tensors), dtype=np.int64, count=n)
+    return begin, end
+
+
+def find_conflict(
+    begin: np.ndarray, end: np.ndarray, written: np.ndarray
+) -> tuple[int, int] | None:
+    """Indices ``(i, j)`` of two ranges that overlap while at least one of them is written, or
+    None. O(n log n): sorted by start, a range conflicts with an earlier one exactly when it
+    starts before the furthest end of the earlier ranges (any of them when it is written, the
+    written ones when it is only read)."""
+    keep = np.flatnonzero(end > begin)  # empty ranges share nothing
+    if keep.size < 2:
+        return None
+    order = keep[np.argsort(begin[keep], kind="stable")]
+    b, e, w = begin[order], end[order], written[order].astype(bool)
+    low = np.iinfo(np.int64).min
+    reach_all = np.empty_like(e)
+    reach_all[0] = low
+    reach_all[1:] = np.maximum.accumulate(e)[:-1]
+    reach_w = np.empty_like(e)
+    reach_w[0] = low
+    reach_w[1:] = np.maximum.accumulate(np.where(w, e, low))[:-1]
+    bad = np.flatnonzero(np.where(w, b < reach_all, b < reach_w))
+    if bad.size == 0:
+        return None
+    k = int(bad[0])
+    for m in range(k - 1, -1, -1):  # its partner: an earlier range reaching past its start
+        if e[m] > b[k] and (w[k] or w[m]):
+            return int(order[m]), int(order[k])
+    raise AssertionError("unreachable: a conflict without a partner")
+
+
+Part = tuple[str, Sequence[torch.Tensor | None], Sequence[bool] | bool]
+
+
+def check_disjoint(parts: Sequence[Part], names: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming both tensors when a written tensor of the step shares memory
+    with another of its tensors. ``parts``: (role, tensors aligned with ``names`` — None where
+    absent —, written: one flag per tensor or one for all); the role is a template such as
+    ``"gradient of parameter {}"``."""
+    tensors: list[torch.Tensor] = []
+    flags: list[bool] = []
+    where: list[tuple[int, int]] = []  # (part, position)
+    for pi, (_, ts, written) in enumerate(parts):
+        each = [written] * len(ts) if isinstance(written, bool) else list(written)
+        for j, (t, f) in enumerate(zip(ts, each, strict=True)):
+            if t is not None:
+                tensors.append(t)
+                flags.append(bool(f))
+                where.append((pi, j))
+    if len(tensors) < 2:
+        return
+    begin, end = byte_ranges(tensors)
+    written_a = np.asarray(flags, dtype=bool)
+    devices = list(map(_DEVICE, tensors))
+    groups: list[np.ndarray]
+    if all(d == devices[0] for d in devices):
+        groups = [np.arange(len(tensors))]
+    else:  # addresses are compared within a device only
+        by: dict[torch.device, list[int]] = {}
+        for i, d in enumerate(devices):
+            by.setdefault(d, []).append(i)
+        groups = [np.asarray(v, dtype=np.int64) for v in by.values()]
+    for idx in groups:
+        hit = find_conflict(begin[idx], end[idx], written_a[idx])
+        if hit is not None:
+            i, j = int(idx[hit[0]]), int(idx[hit[1]])
+            raise ValueError(_message(parts, names, where[i], where[j], flags[i], flags[j]))
+
+
+def _label(parts: Sequence[Part], names: Sequence[str], at: tuple[int, int]) -> str:
+    return parts[at[0]][0].format(repr(names[at[1]]))
+
+
+def _message(
+    parts: Sequence[Part],
+    names: Sequence[str],
+    a: tuple[int, int],
+    b: tuple[int, int],
+    a_written: bool,
+    b_written: bool,
+) -> str:
+    first, second = _label(parts, names, a), _label(parts, names, b)
+    if a == b or (first == second):
+        what = f"{first} appears twice in this step"
+    else:
+        what = f"{first} and {second} share memory"
+    verb = "writes both" if a_written and b_written else "writes one while reading the other"
+    return (
+        f"LARS: {what}: the step {verb}, so the result would depend on the order of the "
+        "writes; the step is refused (nothing written). Give each parameter its own storage "
+        "(tie weights by using one Parameter object), and each gradient and momentum buffer "
+        "memory of its own (e.g. p.grad = g.clone())"
+    )
