@@ -25,27 +25,30 @@ import torch
 __all__ = ["byte_ranges", "check_disjoint", "find_conflict"]
 
 _DATA_PTR = torch.Tensor.data_ptr
+_NBYTES = operator.attrgetter("nbytes")  # numel · element size: the extent of a contiguous one
+_IS_CONTIGUOUS = torch.Tensor.is_contiguous
 _DEVICE = operator.attrgetter("device")
 
 
 def _extent(t: torch.Tensor) -> int:
     """Bytes from the first element's address to one past the last element's."""
-    n = t.numel()
-    if n == 0:
+    if t.numel() == 0:
         return 0
-    if t.is_contiguous():
-        return n * t.element_size()
     last = sum((d - 1) * st for d, st in zip(t.shape, t.stride(), strict=True))
     return (last + 1) * t.element_size()
 
 
 def byte_ranges(tensors: Sequence[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
     """int64 arrays (first byte address, one past the last) per tensor; empty tensors give an
-    empty range."""
+    empty range. (Per tensor three C-level reads; a Python loop only for non-contiguous ones.)"""
     n = len(tensors)
     begin = np.fromiter(map(_DATA_PTR, tensors), dtype=np.int64, count=n)
-    end = begin + np.fromiter(map(_extent, tensors), dtype=np.int64, count=n)
-    return begin, end
+    size = np.fromiter(map(_NBYTES, tensors), dtype=np.int64, count=n)
+    contiguous = np.fromiter(map(_IS_CONTIGUOUS, tensors), dtype=bool, count=n)
+    for i in np.flatnonzero(~contiguous).tolist():
+        size[i] = _extent(tensors[i])
+    size[begin == 0] = 0  # no memory (meta tensors): nothing to share
+    return begin, begin + size
 
 
 def find_conflict(
@@ -84,7 +87,9 @@ def check_disjoint(parts: Sequence[Part], names: Sequence[str]) -> None:
     """Raise ``ValueError`` naming both tensors when a written tensor of the step shares memory
     with another of its tensors. ``parts``: (role, tensors aligned with ``names`` — None where
     absent —, written: one flag per tensor or one for all); the role is a template such as
-    ``"gradient of parameter {}"``."""
+    ``"gradient of parameter {}"``. The first part holds the parameters (no None): the tensors at
+    position j are on parameter j's device (the pair checks refuse them otherwise), and
+    addresses are compared within a device only."""
     tensors: list[torch.Tensor] = []
     flags: list[bool] = []
     where: list[tuple[int, int]] = []  # (part, position)
@@ -99,14 +104,14 @@ def check_disjoint(parts: Sequence[Part], names: Sequence[str]) -> None:
         return
     begin, end = byte_ranges(tensors)
     written_a = np.asarray(flags, dtype=bool)
-    devices = list(map(_DEVICE, tensors))
+    devices = list(map(_DEVICE, parts[0][1]))
     groups: list[np.ndarray]
-    if all(d == devices[0] for d in devices):
+    if len(set(devices)) <= 1:
         groups = [np.arange(len(tensors))]
-    else:  # addresses are compared within a device only
+    else:
         by: dict[torch.device, list[int]] = {}
-        for i, d in enumerate(devices):
-            by.setdefault(d, []).append(i)
+        for i, (_, j) in enumerate(where):
+            by.setdefault(devices[j], []).append(i)
         groups = [np.asarray(v, dtype=np.int64) for v in by.values()]
     for idx in groups:
         hit = find_conflict(begin[idx], end[idx], written_a[idx])
