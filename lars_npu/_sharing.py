@@ -91,33 +91,40 @@ def check_disjoint(parts: Sequence[Part], names: Sequence[str]) -> None:
     position j are on parameter j's device (the pair checks refuse them otherwise), and
     addresses are compared within a device only."""
     tensors: list[torch.Tensor] = []
-    flags: list[bool] = []
-    where: list[tuple[int, int]] = []  # (part, position)
+    flag_parts: list[np.ndarray] = []
+    where_parts: list[np.ndarray] = []  # per tensor: part index, position
     for pi, (_, ts, written) in enumerate(parts):
-        each = [written] * len(ts) if isinstance(written, bool) else list(written)
-        for j, (t, f) in enumerate(zip(ts, each, strict=True)):
-            if t is not None:
-                tensors.append(t)
-                flags.append(bool(f))
-                where.append((pi, j))
+        if any(t is None for t in ts):
+            pos = np.asarray([j for j, t in enumerate(ts) if t is not None], dtype=np.int64)
+            tensors.extend(ts[j] for j in pos.tolist())
+        else:
+            pos = np.arange(len(ts), dtype=np.int64)
+            tensors.extend(ts)  # type: ignore[arg-type]
+        if isinstance(written, bool):
+            flag_parts.append(np.full(len(pos), written, dtype=bool))
+        else:
+            flag_parts.append(np.asarray(written, dtype=bool)[pos])
+        where_parts.append(np.stack([np.full(len(pos), pi, dtype=np.int64), pos], axis=1))
     if len(tensors) < 2:
         return
     begin, end = byte_ranges(tensors)
-    written_a = np.asarray(flags, dtype=bool)
+    flags = np.concatenate(flag_parts)
+    where = np.concatenate(where_parts)
     devices = list(map(_DEVICE, parts[0][1]))
     groups: list[np.ndarray]
     if len(set(devices)) <= 1:
         groups = [np.arange(len(tensors))]
-    else:
+    else:  # addresses are compared within a device only
         by: dict[torch.device, list[int]] = {}
-        for i, (_, j) in enumerate(where):
+        for i, j in enumerate(where[:, 1].tolist()):
             by.setdefault(devices[j], []).append(i)
         groups = [np.asarray(v, dtype=np.int64) for v in by.values()]
     for idx in groups:
-        hit = find_conflict(begin[idx], end[idx], written_a[idx])
+        hit = find_conflict(begin[idx], end[idx], flags[idx])
         if hit is not None:
             i, j = int(idx[hit[0]]), int(idx[hit[1]])
-            raise ValueError(_message(parts, names, where[i], where[j], flags[i], flags[j]))
+            a, b = (int(where[i, 0]), int(where[i, 1])), (int(where[j, 0]), int(where[j, 1]))
+            raise ValueError(_message(parts, names, a, b, bool(flags[i]), bool(flags[j])))
 
 
 def _label(parts: Sequence[Part], names: Sequence[str], at: tuple[int, int]) -> str:

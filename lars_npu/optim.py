@@ -823,18 +823,21 @@ class LARS(Optimizer):
             if not st:
                 continue
             for key, v in st.items():
-                check_state_entry(key, v, p, name, finite=False)
-                if (
-                    not isinstance(v, torch.Tensor)
-                    or (key != MOMENTUM and v.dim() == 0)
-                    or v.layout != torch.strided
-                ):
-                    continue  # counters, scalars, sparse buffers: torch's own to write
-                if key == MOMENTUM:
-                    check_buffer(w, local(v), name)
+                if key == MOMENTUM and isinstance(v, torch.Tensor) and v.layout == torch.strided:
+                    vl = local(v)
+                    check_buffer(w, vl, name)  # tensor, floating, shape, device, storage
                 else:
-                    check_written(local(v), f"state[{key!r}] of parameter {name!r}")
-                written.setdefault(key, [None] * len(params))[k] = local(v)
+                    check_state_entry(key, v, p, name, finite=False)
+                    if not (
+                        isinstance(v, torch.Tensor) and v.dim() > 0 and v.layout == torch.strided
+                    ):
+                        continue  # counters, scalars, sparse buffers: torch's own to write
+                    vl = local(v)
+                    check_written(vl, f"state[{key!r}] of parameter {name!r}")
+                slots = written.get(key)
+                if slots is None:
+                    slots = written[key] = [None] * len(params)
+                slots[k] = vl
         return written
 
     def _gather(
