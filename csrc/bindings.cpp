@@ -428,11 +428,12 @@ py::tuple ascend_read_back(const Blob& blob, uint64_t n, uint64_t nc) {
   return outcome(host::read_back(blob.data(), blob_layout(blob, n, nc)));
 }
 
-// Returns None, or with count=True the emulation's counters: uint64 (launches, block_dim, 6),
-// fields lars_emu::kCounterFields (not with staged, whose copies are not the kernels').
+// Returns None, or with count=True the emulation's counters: uint64 (launches, block_dim,
+// kNumCounterFields), fields lars_emu::kCounterFields (not with staged, whose copies are not the
+// kernels').
 py::object emu_launch(Blob& blob, uint64_t n, uint64_t nc, int dtype, bool run_sq,
                       bool run_update, int64_t block_dim, int64_t ub_bytes, bool staged,
-                      int64_t core_order, bool count) {
+                      int64_t core_order, bool count, bool saturation) {
   const host::Layout L = blob_layout(blob, n, nc);
   if (count && staged) throw std::invalid_argument("count: not with staged=True");
   uint8_t* ws = blob.mutable_data();
@@ -440,16 +441,18 @@ py::object emu_launch(Blob& blob, uint64_t n, uint64_t nc, int dtype, bool run_s
   {
     py::gil_scoped_release release;
     if (staged) {
-      lars_emu::launch_staged(ws, L, dtype, run_sq, run_update, block_dim, ub_bytes, core_order);
+      lars_emu::launch_staged(ws, L, dtype, run_sq, run_update, block_dim, ub_bytes, core_order,
+                              saturation);
     } else {
       lars_emu::launch(ws, L, dtype, run_sq, run_update, block_dim, ub_bytes, core_order,
-                       count ? &counters : nullptr);
+                       count ? &counters : nullptr, saturation);
     }
   }
   if (!count) return py::none();
-  const auto rows = static_cast<py::ssize_t>(counters.size() / 6);
+  constexpr py::ssize_t fields = lars_emu::kNumCounterFields;
+  const auto rows = static_cast<py::ssize_t>(counters.size()) / fields;
   py::array_t<uint64_t> out({rows / static_cast<py::ssize_t>(block_dim),
-                             static_cast<py::ssize_t>(block_dim), py::ssize_t{6}});
+                             static_cast<py::ssize_t>(block_dim), fields});
   std::copy(counters.begin(), counters.end(), out.mutable_data());
   return std::move(out);
 }
@@ -565,16 +568,18 @@ PYBIND11_MODULE(_C, m) {
   m.def("emu_launch", &emu_launch, py::arg("workspace"), py::arg("n"), py::arg("num_chunks"),
         py::arg("dtype"), py::arg("run_square_sums"), py::arg("run_update"),
         py::arg("block_dim"), py::arg("ub_bytes"), py::arg("staged") = false,
-        py::arg("core_order") = 0, py::arg("count") = false,
+        py::arg("core_order") = 0, py::arg("count") = false, py::arg("saturation") = true,
         "Run the AscendC kernels on lars_npu's host emulation (not CANN's simulator), in place "
         "on a host workspace; staged=True goes through the staging runner CANN's cpu/sim "
         "builds use. core_order: 0 forward, -1 reverse, k > 0 a shuffle seeded with k. "
         "count=True returns the per-core counters, uint64 (launches, block_dim, fields), "
-        "fields in emu_counter_fields.");
-  m.attr("emu_counter_fields") =
-      py::tuple(py::make_tuple(lars_emu::kCounterFields[0], lars_emu::kCounterFields[1],
-                               lars_emu::kCounterFields[2], lars_emu::kCounterFields[3],
-                               lars_emu::kCounterFields[4], lars_emu::kCounterFields[5]));
+        "fields in emu_counter_fields. saturation: the floating-point mode each launch starts "
+        "in (the stream's on hardware): True saturation (CTRL[48] = 0), False INF_NAN.");
+  {
+    py::list fields;
+    for (const char* f : lars_emu::kCounterFields) fields.append(f);
+    m.attr("emu_counter_fields") = py::tuple(fields);
+  }
   m.def(
       "emu_cross_core_probe",
       [](int64_t block_dim, int64_t order) {
@@ -619,9 +624,47 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("begin"), py::arg("end"), py::arg("written"),
       "csrc/cpu/overlap.h's find_conflict on byte ranges: (i, j) or (-1, -1).");
-  testing.def("emu_selftest", &lars_emu::selftest, py::arg("case"),
+  testing.def("emu_selftest", &lars_emu::selftest, py::arg("case"), py::arg("saturation") = true,
               "Run a deliberately broken mini-kernel on the AscendC emulation (raises "
-              "RuntimeError).");
+              "RuntimeError), its core starting in saturation (True) or INF_NAN mode.");
+  testing.def(
+      "emu_fp16_probe",
+      [](bool saturation) {
+        py::dict d;
+        for (const auto& [name, values] : lars_emu::fp16_probe(saturation)) {
+          py::list l;
+          for (float v : values) l.append(v);
+          d[py::str(name)] = l;
+        }
+        return d;
+      },
+      py::arg("saturation"),
+      "What the emulated vector unit makes of fp16 inf / NaN / overflow in one floating-point "
+      "mode: Cast half->float of [inf, -inf, nan, 1], Cast float->half of [1e6, -1e6, nan, inf, "
+      "1], fp16 Add of [60000 + 60000, 1 + 1].");
+  testing.def(
+      "ascend_ub_bytes",
+      [](const std::string& kernel, uint32_t tile, int dtype) -> uint64_t {
+        if (dtype != 0 && dtype != 1) throw std::invalid_argument("dtype: fp32 (0) or fp16 (1)");
+        const auto eb = static_cast<uint32_t>(host::dtype_bytes(dtype));
+        if (kernel == "square_sums") return lars_ascendc::SquareSumsUbBytes(tile, eb);
+        if (kernel == "update") return lars_ascendc::UpdateUbBytes(tile, eb);
+        if (kernel == "lambda") return lars_ascendc::LambdaUbBytes();
+        throw std::invalid_argument("kernel: square_sums, update or lambda");
+      },
+      py::arg("kernel"), py::arg("tile"), py::arg("dtype"),
+      "Unified Buffer bytes per core of a kernel at a tile size (lars_tiling.h's formula).");
+  testing.def(
+      "ascend_max_tile",
+      [](const std::string& kernel, int dtype) -> uint32_t {
+        if (dtype != 0 && dtype != 1) throw std::invalid_argument("dtype: fp32 (0) or fp16 (1)");
+        if (kernel == "square_sums") return host::max_tile_sq(dtype);
+        if (kernel == "update") return host::max_tile_up(dtype);
+        throw std::invalid_argument("kernel: square_sums or update");
+      },
+      py::arg("kernel"), py::arg("dtype"),
+      "The largest tile_sq / tile_up the host plan takes for a dtype.");
+  testing.attr("ascend_ub_budget") = lars_ascendc::kUbBudgetBytes;
   // The type lives as long as the process (never destroyed with the module's statics).
   static PyObject* layout_error =
       PyErr_NewException("lars_npu._C.LayoutError", PyExc_ValueError, nullptr);

@@ -512,3 +512,97 @@ def test_ragged_tails_write_exactly_their_elements(dtype, n):
     assert (m != m0).all() and torch.equal(g, g0)
     if dtype == torch.float32:
         assert (w != w0).all()
+
+
+# -- tile sizes at the edge of the Unified Buffer: the kernels' own UB formula (lars_tiling.h)
+
+UB_BUDGET = 184 * 1024  # Atlas A2: 192 KiB less the top 8 KiB of API scratch
+# The largest tiles, worked out by hand from the kernels' Init (32-byte blocks):
+#   square sums: 2 input tiles in the storage type + 2 fp32 tiles + 160 B
+#   update: 3 x 2 input + 2 output tiles in the storage type + 3 fp32 tiles + 8 KiB + 32 B
+MAX_TILES = {
+    ("square_sums", 0): 11760,  # 16 B/element: (188416 - 160) / 16 = 11766.0 -> 11760
+    ("square_sums", 1): 15680,  # 12 B/element: 15688.0 -> 15680
+    ("update", 0): 4080,  # 44 B/element: (188416 - 8224) / 44 = 4095.3 -> 4080
+    ("update", 1): 6432,  # 28 B/element: 6435.4 -> 6432
+}
+
+
+@pytest.mark.parametrize("kernel", ["square_sums", "update"])
+@pytest.mark.parametrize("code", [0, 1], ids=["fp32", "fp16"])
+def test_the_ub_formula_bounds_the_tile_exactly(kernel, code):
+    T = native()._testing
+    top = T.ascend_max_tile(kernel, code)
+    assert top == MAX_TILES[kernel, code]
+    assert T.ascend_ub_budget == UB_BUDGET
+    assert T.ascend_ub_bytes(kernel, top, code) <= UB_BUDGET
+    assert T.ascend_ub_bytes(kernel, top + 16, code) > UB_BUDGET
+
+
+def edge_step(ws, gs, ms, *, code, mode, tile_sq, tile_up):
+    k = len(gs)
+    return step_args(
+        w=ptrs(ws), g=ptrs(gs), m=ptrs(ms), numel=np.array([g.numel() for g in gs]),
+        adapt=np.ones(k, dtype=np.uint8), has_m=np.array([m is not None for m in ms]),
+        first=np.zeros(k, dtype=np.uint8), nesterov=np.zeros(k, dtype=np.uint8),
+        wd=np.full(k, 1e-3), lr=np.full(k, 0.1), mu=np.full(k, 0.9), dtype=code, mode=mode,
+        tile_sq=tile_sq, tile_up=tile_up, chunk_elems=CHUNK,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("mode", [0, 1], ids=["rewrite", "fused"])
+def test_the_largest_legal_tiles_run_and_the_next_ones_are_refused(dtype, mode):
+    """At the largest tiles of the formula, both kernels run on the emulation (which refuses UB
+    beyond 184 KiB on its own) and match the reference, and the emulation's count of the UB each
+    core's TPipe took is the formula's, byte for byte; one multiple of 16 more is refused by the
+    host plan before anything runs, naming the field and the maximum."""
+    C = native()
+    T = C._testing
+    code = 0 if dtype == torch.float32 else 1
+    top_sq, top_up = T.ascend_max_tile("square_sums", code), T.ascend_max_tile("update", code)
+    gen = torch.Generator().manual_seed(code * 2 + mode)
+    sizes = [2 * top_up + 5, 3 * top_sq // 2 + 3, 40]  # whole tiles and ragged tails of both
+    ws = [torch.randn(n, generator=gen).to(dtype) for n in sizes]
+    gs = [(torch.randn(n, generator=gen) * 0.01).to(dtype) for n in sizes]
+    ms = [(torch.randn(n, generator=gen) * 0.01).to(dtype) for n in sizes]
+    refs = []
+    for w, g, m in zip(ws, gs, ms, strict=True):
+        if mode == 0:
+            wn, gn = np64(w), np64(g)
+            refs.append(reference.lars_update(wn, gn, (wn * wn).sum(), (gn * gn).sum(), 1e-3, 0.1))
+        else:
+            refs.append(
+                reference.lars_momentum_step(
+                    np64(w), np64(g), np64(m), lr=0.1, weight_decay=1e-3, momentum=0.9
+                )
+            )
+    w_old, g_old = [np64(w) for w in ws], [np64(g) for g in gs]
+    step = edge_step(ws, gs, ms, code=code, mode=mode, tile_sq=top_sq, tile_up=top_up)
+    blob, layout = C.ascend_plan(step)
+    counts = C.emu_launch(
+        blob, layout["n"], layout["num_chunks"], code, True, True, 3, UB_910B, False, 0, True
+    )
+    ub = counts[:, :, C.emu_counter_fields.index("ub_bytes")]
+    assert (ub[0] == T.ascend_ub_bytes("square_sums", top_sq, code)).all()
+    assert (ub[1] == T.ascend_ub_bytes("lambda", 0, code)).all()
+    assert (ub[2] == T.ascend_ub_bytes("update", top_up, code)).all()
+    assert ub.max() <= UB_BUDGET
+    found, _, _, _ = C.ascend_read_back(blob, layout["n"], layout["num_chunks"])
+    assert not found
+    for i in range(len(sizes)):
+        if mode == 0:
+            scale = np.abs(g_old[i]) * 0.2 + 1e-3 * np.abs(w_old[i]) * 0.2 + np.abs(refs[i])
+            assert np.all(np.abs(np64(gs[i]) - refs[i]) <= RTOL[dtype] * scale + 1e-7), i
+        else:
+            w_ref, m_ref, _, _ = refs[i]
+            scale = np.abs(w_old[i]) + 0.2 * (np.abs(m_ref) + np.abs(g_old[i]) + 1e-3)
+            assert np.all(np.abs(np64(ws[i]) - w_ref) <= RTOL[dtype] * scale), i
+            np.testing.assert_allclose(np64(ms[i]), m_ref, rtol=RTOL[dtype], atol=1e-6)
+    name = "fp32" if code == 0 else "fp16"
+    for field, top in (("tile_sq", top_sq), ("tile_up", top_up)):
+        bad = edge_step(ws, gs, ms, code=code, mode=mode, tile_sq=top_sq, tile_up=top_up)
+        setattr(bad, field, top + 16)
+        with pytest.raises(ValueError, match=f"{field} = {top + 16}: .* at most {top} elements "
+                           f"for {name}"):  # fmt: skip
+            C.ascend_plan(bad)

@@ -88,6 +88,35 @@ struct StepArgs {
 
 inline size_t dtype_bytes(int dtype) { return dtype == 0 ? 4 : 2; }
 
+// The UB bounds of lars_tiling.h, checked once here (host code): each maximum tile fits the
+// budget and the next multiple of 16 does not, the default tiles fit for both dtypes, and so does
+// the λ kernel's fixed UB.
+static_assert(SquareSumsUbBytes(MaxTileSquareSums(4), 4) <= kUbBudgetBytes &&
+                  SquareSumsUbBytes(MaxTileSquareSums(4) + 16, 4) > kUbBudgetBytes &&
+                  SquareSumsUbBytes(MaxTileSquareSums(2), 2) <= kUbBudgetBytes &&
+                  SquareSumsUbBytes(MaxTileSquareSums(2) + 16, 2) > kUbBudgetBytes,
+              "MaxTileSquareSums is the exact bound");
+static_assert(UpdateUbBytes(MaxTileUpdate(4), 4) <= kUbBudgetBytes &&
+                  UpdateUbBytes(MaxTileUpdate(4) + 16, 4) > kUbBudgetBytes &&
+                  UpdateUbBytes(MaxTileUpdate(2), 2) <= kUbBudgetBytes &&
+                  UpdateUbBytes(MaxTileUpdate(2) + 16, 2) > kUbBudgetBytes,
+              "MaxTileUpdate is the exact bound");
+static_assert(MaxTileSquareSums(4) % 16 == 0 && MaxTileUpdate(4) % 16 == 0 &&
+                  MaxTileSquareSums(2) % 16 == 0 && MaxTileUpdate(2) % 16 == 0,
+              "maximum tiles are whole 32-byte blocks of fp16");
+static_assert(kTileSquareSums <= MaxTileSquareSums(4) && kTileUpdate <= MaxTileUpdate(4),
+              "the default tiles fit the UB of an Atlas A2 kernel");
+static_assert(LambdaUbBytes() <= kUbBudgetBytes, "the λ kernel fits the UB of an Atlas A2 kernel");
+
+// The largest tile_sq / tile_up the kernels take for a dtype (0 fp32, 1 fp16): their UB at that
+// tile fits Atlas A2's 184 KiB (lars_tiling.h), at the next multiple of 16 it does not.
+inline uint32_t max_tile_sq(int dtype) {
+  return MaxTileSquareSums(static_cast<uint32_t>(dtype_bytes(dtype)));
+}
+inline uint32_t max_tile_up(int dtype) {
+  return MaxTileUpdate(static_cast<uint32_t>(dtype_bytes(dtype)));
+}
+
 // Alignment of every tensor's base address in global memory (and of the workspace).
 constexpr uint64_t kGmAlign = 32;
 
@@ -115,6 +144,24 @@ inline void validate(const StepArgs& a) {
   // length down to whole blocks.
   if (a.tile_sq == 0 || a.tile_up == 0 || a.tile_sq % 16 != 0 || a.tile_up % 16 != 0) {
     throw std::invalid_argument("tile sizes must be positive multiples of 16 elements");
+  }
+  // ... and small enough that the kernel's buffers fit the Unified Buffer (on hardware a larger
+  // TPipe allocation is not refused: buffers would overlap the API scratch or wrap).
+  const char* type = a.dtype == 0 ? "fp32" : "fp16";
+  const auto eb = static_cast<uint32_t>(dtype_bytes(a.dtype));
+  if (a.tile_sq > max_tile_sq(a.dtype)) {
+    throw std::invalid_argument(
+        "tile_sq = " + std::to_string(a.tile_sq) + ": the square-sums kernel would need " +
+        std::to_string(SquareSumsUbBytes(a.tile_sq, eb)) + " bytes of Unified Buffer, above the " +
+        std::to_string(kUbBudgetBytes) + " an Atlas A2 kernel may use; at most " +
+        std::to_string(max_tile_sq(a.dtype)) + " elements for " + type);
+  }
+  if (a.tile_up > max_tile_up(a.dtype)) {
+    throw std::invalid_argument(
+        "tile_up = " + std::to_string(a.tile_up) + ": the update kernel would need " +
+        std::to_string(UpdateUbBytes(a.tile_up, eb)) + " bytes of Unified Buffer, above the " +
+        std::to_string(kUbBudgetBytes) + " an Atlas A2 kernel may use; at most " +
+        std::to_string(max_tile_up(a.dtype)) + " elements for " + type);
   }
   if (!a.given_ws.empty() && (a.given_ws.size() != n || a.given_gs.size() != n)) {
     throw std::invalid_argument("given sums: one per tensor");

@@ -11,7 +11,8 @@
 // update kernel reads it there (one scalar read per tensor it touches) and the host reads it back
 // as the λ applied. Each chunk block is read once in the whole step: 64 bytes per 16,384
 // elements. A tensor that LARS does not adapt gets λ = 1.
-// UB budget per core: partials queue 8 KiB + 2 accumulators x 8 KiB + 128 B ≈ 24 KiB.
+// UB budget per core (LambdaUbBytes in lars_tiling.h): partials queue 8 KiB + 2 accumulators
+// x 8 KiB + 128 B ≈ 24 KiB, whatever the tiling.
 #pragma once
 
 #define LARS_DEVICE __aicore__
@@ -38,12 +39,13 @@ class KernelLambda {
                               (uint64_t{2} * tiling_.num_chunks + kMaxCoreFlags + n) * kBlock);
     params_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(params), n * kTensorParams);
     hyper_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(hyper), 4);
-    pipe_.InitBuffer(inP_, 1, kPartialTile * sizeof(float));
-    pipe_.InitBuffer(accW_, kPartialTile * sizeof(float));
-    pipe_.InitBuffer(accG_, kPartialTile * sizeof(float));
-    pipe_.InitBuffer(bufSums_, 2 * kBlock * sizeof(float));
-    pipe_.InitBuffer(bufNorm_, kBlock * sizeof(float));
-    pipe_.InitBuffer(outLam_, 1, kBlock * sizeof(float));
+    const LambdaUb ub = LambdaBuffers();  // lars_tiling.h: LambdaUbBytes in all
+    pipe_.InitBuffer(inP_, 1, static_cast<uint32_t>(ub.partials));
+    pipe_.InitBuffer(accW_, static_cast<uint32_t>(ub.acc));
+    pipe_.InitBuffer(accG_, static_cast<uint32_t>(ub.acc));
+    pipe_.InitBuffer(bufSums_, static_cast<uint32_t>(ub.sums));
+    pipe_.InitBuffer(bufNorm_, static_cast<uint32_t>(ub.norm));
+    pipe_.InitBuffer(outLam_, 1, static_cast<uint32_t>(ub.out));
   }
 
   __aicore__ inline void Process() {

@@ -19,11 +19,12 @@
 // ReduceSum on A2 (dav_c220) is one vcadd whose accumulator the scalar unit stores to dst after
 // its own V->S sync, then it syncs S->V and S->MTE3 itself; it never touches its work tensor, so
 // none is budgeted (the accumulator tile is passed in that place).
-// UB budget per core with tile_elems = 4096 (fp32): input queue 2 x 16 KiB + fp32 work tile
-// 16 KiB + accumulator 16 KiB + out and flag blocks 160 B ≈ 64.2 KiB, within the 184 KiB that Atlas A2
-// (910B) leaves to a kernel (192 KiB, the top 8 KiB reserved as API scratch); 910A / 310P have
-// 256 KiB, but no DataCopyPad (the ragged tail would need another path there). tile_elems = 8192
-// doubles it (≈ 128.1 KiB), still inside 184 KiB.
+// UB per core: SquareSumsUbBytes in lars_tiling.h (Init takes its buffers from there) =
+// 2 x tile in the storage type (input queue) + 2 fp32 tiles (work, accumulator) + 160 B of
+// blocks: with tile_elems = 4096, 64.2 KiB (fp32) or 48.2 KiB (fp16), of the 184 KiB that Atlas
+// A2 (910B) leaves to a kernel (192 KiB, the top 8 KiB reserved as API scratch). The host plan
+// refuses a tile above MaxTileSquareSums: 11,760 elements (fp32), 15,680 (fp16). 910A / 310P have
+// 256 KiB, but no DataCopyPad (the ragged tail would need another path there).
 #pragma once
 
 #include "lars_tiling.h"
@@ -51,13 +52,14 @@ class KernelSquareSums {
                             uint64_t{tiling.num_chunks} * 3);
     partials_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(partials),
                               (uint64_t{2} * tiling.num_chunks + kMaxCoreFlags) * kBlock);
-    const uint32_t tile = tiling.tile_elems;
-    pipe_.InitBuffer(inQueue_, BUFFER_NUM, tile * sizeof(T));
-    pipe_.InitBuffer(outQueue_, 1, 2 * kBlock * sizeof(float));
-    pipe_.InitBuffer(flagOut_, 1, kBlock * sizeof(float));
-    pipe_.InitBuffer(flagBuf_, 2 * kBlock * sizeof(float));
-    pipe_.InitBuffer(workBuf_, tile * sizeof(float));
-    pipe_.InitBuffer(accBuf_, tile * sizeof(float));
+    // the sizes of lars_tiling.h's formula, which the host plan bounds the tile by
+    const SquareSumsUb ub = SquareSumsBuffers(tiling.tile_elems, sizeof(T));
+    pipe_.InitBuffer(inQueue_, BUFFER_NUM, static_cast<uint32_t>(ub.in));
+    pipe_.InitBuffer(outQueue_, 1, static_cast<uint32_t>(ub.out));
+    pipe_.InitBuffer(flagOut_, 1, static_cast<uint32_t>(ub.flag_out));
+    pipe_.InitBuffer(flagBuf_, static_cast<uint32_t>(ub.flag));
+    pipe_.InitBuffer(workBuf_, static_cast<uint32_t>(ub.work));
+    pipe_.InitBuffer(accBuf_, static_cast<uint32_t>(ub.acc));
   }
 
   __aicore__ inline void Process() {

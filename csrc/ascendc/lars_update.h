@@ -18,9 +18,11 @@
 // could be shared with data DMA writes).
 // Scalar reads of global memory per core: the tiling, per chunk its descriptor, per tensor it
 // touches its parameters, addresses and λ: O(chunks it updates), never O(all chunks).
-// UB budget per core, tile_elems = 2048 fp32: 3 input queues x 2 x 8 KiB + 2 output queues x 8 KiB
-// + 3 fp32 work tiles x 8 KiB + flags queue 8 KiB + 32 B ≈ 96 KiB (184 KiB usable on 910B;
-// 256 KiB on 910A, which has no DataCopyPad).
+// UB per core: UpdateUbBytes in lars_tiling.h (Init takes its buffers from there), the same in
+// both modes = 3 input queues x 2 tiles + 2 output queues x 1 tile in the storage type + 3 fp32
+// work tiles + the flags queue 8 KiB + 32 B: with tile_elems = 2048, 96.0 KiB (fp32) or 64.0 KiB
+// (fp16), of the 184 KiB usable on 910B (256 KiB on 910A, which has no DataCopyPad). The host
+// plan refuses a tile above MaxTileUpdate: 4,080 elements (fp32), 6,432 (fp16).
 #pragma once
 
 #include "lars_tiling.h"
@@ -50,17 +52,18 @@ class KernelUpdate {
     partials_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(partials),
                               (uint64_t{2} * tiling_.num_chunks + kMaxCoreFlags + n) * kBlock);
     params_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(params), n * kTensorParams);
-    const uint32_t tile = tiling_.tile_elems;
-    pipe_.InitBuffer(inW_, BUFFER_NUM, tile * sizeof(T));
-    pipe_.InitBuffer(inG_, BUFFER_NUM, tile * sizeof(T));
-    pipe_.InitBuffer(inM_, BUFFER_NUM, tile * sizeof(T));
-    pipe_.InitBuffer(outA_, 1, tile * sizeof(T));
-    pipe_.InitBuffer(outB_, 1, tile * sizeof(T));
-    pipe_.InitBuffer(bufW_, tile * sizeof(float));
-    pipe_.InitBuffer(bufG_, tile * sizeof(float));
-    pipe_.InitBuffer(bufM_, tile * sizeof(float));
-    pipe_.InitBuffer(inP_, 1, kMaxCoreFlags * kBlock * sizeof(float));
-    pipe_.InitBuffer(bufSums_, kBlock * sizeof(float));
+    // the sizes of lars_tiling.h's formula, which the host plan bounds the tile by
+    const UpdateUb ub = UpdateBuffers(tiling_.tile_elems, sizeof(T));
+    pipe_.InitBuffer(inW_, BUFFER_NUM, static_cast<uint32_t>(ub.in));
+    pipe_.InitBuffer(inG_, BUFFER_NUM, static_cast<uint32_t>(ub.in));
+    pipe_.InitBuffer(inM_, BUFFER_NUM, static_cast<uint32_t>(ub.in));
+    pipe_.InitBuffer(outA_, 1, static_cast<uint32_t>(ub.out));
+    pipe_.InitBuffer(outB_, 1, static_cast<uint32_t>(ub.out));
+    pipe_.InitBuffer(bufW_, static_cast<uint32_t>(ub.work));
+    pipe_.InitBuffer(bufG_, static_cast<uint32_t>(ub.work));
+    pipe_.InitBuffer(bufM_, static_cast<uint32_t>(ub.work));
+    pipe_.InitBuffer(inP_, 1, static_cast<uint32_t>(ub.flags));
+    pipe_.InitBuffer(bufSums_, static_cast<uint32_t>(ub.sums));
   }
 
   __aicore__ inline void Process() {

@@ -22,9 +22,9 @@ namespace {
 // Sets the emulation's launch options for this thread, and puts the previous ones back.
 class ScopedOptions {
  public:
-  ScopedOptions(int64_t order, std::vector<AscendC::emu::Counters>* counters)
+  ScopedOptions(int64_t order, std::vector<AscendC::emu::Counters>* counters, bool saturation)
       : saved_(AscendC::emu::launch_options()) {
-    AscendC::emu::launch_options() = {order, counters};
+    AscendC::emu::launch_options() = {order, counters, saturation};
   }
   ~ScopedOptions() { AscendC::emu::launch_options() = saved_; }
   ScopedOptions(const ScopedOptions&) = delete;
@@ -37,7 +37,7 @@ class ScopedOptions {
 
 void launch(uint8_t* ws, const Layout& L, int dtype, bool run_sq, bool run_update,
             int64_t block_dim, int64_t ub_bytes, int64_t core_order,
-            std::vector<uint64_t>* counters) {
+            std::vector<uint64_t>* counters, bool saturation) {
   if (dtype != 0 && dtype != 1) throw std::invalid_argument("dtype: fp32 (0) or fp16 (1)");
   if (block_dim > int64_t{lars_ascendc::kMaxCoreFlags}) {
     throw std::invalid_argument("block_dim: at most " +
@@ -45,7 +45,7 @@ void launch(uint8_t* ws, const Layout& L, int dtype, bool run_sq, bool run_updat
                                 " (one non-finite flag slot per core in the workspace)");
   }
   std::vector<AscendC::emu::Counters> per_core;
-  ScopedOptions options(core_order, counters != nullptr ? &per_core : nullptr);
+  ScopedOptions options(core_order, counters != nullptr ? &per_core : nullptr, saturation);
   auto gm = [ws](uint64_t offset) { return reinterpret_cast<GM_ADDR>(ws + offset); };
   auto* sq = dtype == 0 ? &lars_square_sums_fp32 : &lars_square_sums_fp16;
   auto* up = dtype == 0 ? &lars_update_fp32 : &lars_update_fp16;
@@ -69,7 +69,8 @@ void launch(uint8_t* ws, const Layout& L, int dtype, bool run_sq, bool run_updat
   if (counters != nullptr) {
     for (const auto& c : per_core) {
       counters->insert(counters->end(), {c.gm_to_ub_bytes, c.ub_to_gm_bytes, c.scalar_gm_reads,
-                                         c.vector_instrs, c.queue_waits, c.flag_waits});
+                                         c.vector_instrs, c.queue_waits, c.flag_waits,
+                                         c.ub_bytes});
     }
   }
 }
@@ -80,8 +81,8 @@ namespace {
 // allocations, so the address rewriting and the copies in and out are real.
 class EmuMemory {
  public:
-  EmuMemory(int64_t block_dim, int64_t ub_bytes, int64_t order)
-      : block_dim_(block_dim), ub_bytes_(ub_bytes), order_(order) {}
+  EmuMemory(int64_t block_dim, int64_t ub_bytes, int64_t order, bool saturation)
+      : block_dim_(block_dim), ub_bytes_(ub_bytes), order_(order), saturation_(saturation) {}
   uint64_t alloc(uint64_t bytes) {
     buffers_.push_back(std::make_unique<uint8_t[]>(bytes + 32));
     // 32-byte aligned, as device allocations are
@@ -98,19 +99,20 @@ class EmuMemory {
   void run(uint64_t ws, const Layout& L, int dtype, bool run_sq, bool run_update,
            uint32_t /*block_dim*/) {
     launch(reinterpret_cast<uint8_t*>(ws), L, dtype, run_sq, run_update, block_dim_, ub_bytes_,
-           order_);
+           order_, nullptr, saturation_);
   }
 
  private:
   int64_t block_dim_, ub_bytes_, order_;
+  bool saturation_;
   std::vector<std::unique_ptr<uint8_t[]>> buffers_;
 };
 
 }  // namespace
 
 void launch_staged(uint8_t* ws, const Layout& L, int dtype, bool run_sq, bool run_update,
-                   int64_t block_dim, int64_t ub_bytes, int64_t core_order) {
-  EmuMemory mem(block_dim, ub_bytes, core_order);
+                   int64_t block_dim, int64_t ub_bytes, int64_t core_order, bool saturation) {
+  EmuMemory mem(block_dim, ub_bytes, core_order, saturation);
   lars_npu_host::run_staged(mem, ws, L, dtype, run_sq, run_update,
                             static_cast<uint32_t>(block_dim));
 }

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../ascendc/lars_host_plan.h"
@@ -17,24 +18,34 @@ using lars_ascendc::host::Layout;
 // `block_dim` emulated AI cores with `ub_bytes` of Unified Buffer each. `ws` is the workspace in
 // host memory (its address tables hold host addresses); the kernels write their results into it.
 // core_order: 0 forward, -1 reverse, k > 0 a shuffle seeded with k (AscendC::emu::LaunchOptions).
-// counters, when given, receive the per-core counters of each launch that ran (6 per core, in
-// the order of kCounterFields), block_dim rows per launch.
+// counters, when given, receive the per-core counters of each launch that ran
+// (kNumCounterFields per core, in the order of kCounterFields), block_dim rows per launch.
+// saturation: the floating-point mode every launch starts in, as the stream's mode on hardware
+// (true saturation, false INF_NAN; AscendC::emu::LaunchOptions).
 void launch(uint8_t* ws, const Layout& L, int dtype, bool run_sq, bool run_update,
             int64_t block_dim, int64_t ub_bytes, int64_t core_order = 0,
-            std::vector<uint64_t>* counters = nullptr);
+            std::vector<uint64_t>* counters = nullptr, bool saturation = true);
 
-constexpr const char* kCounterFields[6] = {"gm_to_ub_bytes", "ub_to_gm_bytes",
-                                           "scalar_gm_reads", "vector_instrs",
-                                           "queue_waits", "flag_waits"};
+constexpr int kNumCounterFields = 7;
+constexpr const char* kCounterFields[kNumCounterFields] = {
+    "gm_to_ub_bytes", "ub_to_gm_bytes", "scalar_gm_reads", "vector_instrs",
+    "queue_waits",    "flag_waits",     "ub_bytes"};
 
 // The same launch through the staging runner of csrc/npu/lars_staging.h (every tensor copied
 // into one separate "device" buffer, address tables rewritten, results copied back): the path
 // CANN's RUN_MODE cpu / sim builds take, exercised here on the emulation.
 void launch_staged(uint8_t* ws, const Layout& L, int dtype, bool run_sq, bool run_update,
-                   int64_t block_dim, int64_t ub_bytes, int64_t core_order = 0);
+                   int64_t block_dim, int64_t ub_bytes, int64_t core_order = 0,
+                   bool saturation = true);
 
-// Runs a deliberately broken mini-kernel (or "ok") on the emulation; see emu_selftest.cpp.
-void selftest(const std::string& which);
+// Runs a deliberately broken mini-kernel (or "ok") on the emulation, its core starting in
+// saturation or INF_NAN mode; see emu_selftest.cpp.
+void selftest(const std::string& which, bool saturation = true);
+
+// What the emulated vector unit makes of fp16 specials in one floating-point mode (a direct probe
+// of the emulation, for the tests): {name: [results]} for Cast half->float of {+inf, -inf, NaN,
+// 1}, Cast float->half of {1e6, -1e6, NaN, +inf, 1}, and fp16 Add of 60000 + 60000 and 1 + 1.
+std::vector<std::pair<std::string, std::vector<float>>> fp16_probe(bool saturation);
 
 // A deliberately wrong kernel that depends on another core's progress (core b reads what core
 // b - 1 wrote in the same launch), run in `core_order`: its result depends on the order.

@@ -1,5 +1,6 @@
 // Deliberately broken mini-kernels, run on the emulation to prove that it refuses what the
 // hardware refuses (tests/test_emu_kernels.py). Each case throws AscendC::emu::Violation.
+#include <cmath>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -7,6 +8,8 @@
 #include <vector>
 
 #include "kernel_operator.h"
+// (after kernel_operator.h, as in lars_kernels.cpp)
+#include "../ascendc/lars_float_mode.h"
 
 namespace lars_emu {
 
@@ -25,9 +28,47 @@ static_assert(!can_free<const AscendC::LocalTensor<float>&>::value,
               "FreeTensor must not take a const LocalTensor (the real signature does not)");
 static_assert(!can_free<AscendC::LocalTensor<float>&&>::value,
               "FreeTensor must not take a temporary (the real signature does not)");
+// Sets the emulation's launch options (core order, counters, floating-point mode) for this
+// thread and puts the previous ones back.
+class WithOptions {
+ public:
+  explicit WithOptions(AscendC::emu::LaunchOptions o) : saved_(AscendC::emu::launch_options()) {
+    AscendC::emu::launch_options() = o;
+  }
+  ~WithOptions() { AscendC::emu::launch_options() = saved_; }
+  WithOptions(const WithOptions&) = delete;
+  WithOptions& operator=(const WithOptions&) = delete;
+
+ private:
+  AscendC::emu::LaunchOptions saved_;
+};
+
+// Σx² in fp32 of 16 fp16 values, 1 but for x[3] = `special`, widened by Cast as the fp16 kernels
+// widen a gradient tile (the scalar stores of the specials ordered before the vector unit).
+float sum_squares_fp16(AscendC::TPipe& pipe, float special) {
+  AscendC::TBuf<AscendC::TPosition::VECCALC> hb, fb, sb;
+  pipe.InitBuffer(hb, 16 * sizeof(half));
+  pipe.InitBuffer(fb, 16 * sizeof(float));
+  pipe.InitBuffer(sb, 8 * sizeof(float));
+  AscendC::LocalTensor<half> h = hb.Get<half>();
+  AscendC::LocalTensor<float> f = fb.Get<float>(), sum = sb.Get<float>();
+  AscendC::Duplicate(h, half(1.0f), 16);
+  AscendC::SetFlag<AscendC::HardEvent::V_S>(0);
+  AscendC::WaitFlag<AscendC::HardEvent::V_S>(0);
+  h.SetValue(3, half(special));
+  AscendC::SetFlag<AscendC::HardEvent::S_V>(0);
+  AscendC::WaitFlag<AscendC::HardEvent::S_V>(0);
+  AscendC::Cast(f, h, AscendC::RoundMode::CAST_NONE, 16);
+  AscendC::Mul(f, f, f, 16);
+  AscendC::ReduceSum(sum, f, f, 16);  // stored by the scalar unit, read by it
+  return sum.GetValue(0);
+}
 }  // namespace
 
-void selftest(const std::string& which) {
+void selftest(const std::string& which, bool saturation) {
+  AscendC::emu::LaunchOptions options;
+  options.saturation = saturation;
+  WithOptions with(options);
   alignas(64) float gm_data[64] = {};
   AscendC::emu::Launch(1, 192 * 1024, [&] {
     AscendC::TPipe pipe;
@@ -173,6 +214,28 @@ void selftest(const std::string& which) {
       if (dst.GetValue(0) != sequential) {
         throw std::logic_error("kernel result wrong: ReduceSum is not a sequential sum");
       }
+    } else if (which == "fp16_inf_without_mode") {
+      // WRONG: takes an inf / NaN fp16 gradient to reach Σg² through the widening Cast, in
+      // whatever mode the stream gave the core. In saturation mode (CTRL[48] = 0) the Cast gives
+      // 65504 and 0: Σg² is finite, the step would not be skipped.
+      const float inf_sum = sum_squares_fp16(pipe, INFINITY);
+      const float nan_sum = sum_squares_fp16(pipe, NAN);
+      if (inf_sum - inf_sum == 0.0f || nan_sum - nan_sum == 0.0f) {
+        throw std::logic_error("kernel result wrong: an inf / NaN fp16 value gave a finite "
+                               "sum of squares (the Cast saturated it)");
+      }
+    } else if (which == "fp16_inf_in_inf_nan_mode") {
+      // right: the fp16 kernels' InfNanMode (lars_float_mode.h) around the same computation
+      const lars_ascendc::InfNanMode inf_nan;
+      const float inf_sum = sum_squares_fp16(pipe, INFINITY);
+      const float nan_sum = sum_squares_fp16(pipe, NAN);
+      if (inf_sum != INFINITY || nan_sum == nan_sum) {
+        throw std::logic_error("selftest fp16: inf / NaN did not reach the sum in INF_NAN mode");
+      }
+    } else if (which == "mode_not_restored") {
+      // WRONG: switches the core's floating-point mode and leaves it switched for what runs next
+      AscendC::SetSaturationFlag<AscendC::SaturationMode::FLOAT>(
+          !AscendC::GetSaturationFlag<AscendC::SaturationMode::FLOAT>());
     } else if (which == "ok") {
       // the same moves, each ordered as the hardware needs
       AscendC::LocalTensor<float> t = que.AllocTensor<float>();
@@ -274,6 +337,41 @@ void selftest(const std::string& which) {
       throw std::invalid_argument("unknown selftest case " + which);
     }
   });
+}
+
+std::vector<std::pair<std::string, std::vector<float>>> fp16_probe(bool saturation) {
+  AscendC::emu::LaunchOptions options;
+  options.saturation = saturation;
+  WithOptions with(options);
+  const float widen_in[4] = {INFINITY, -INFINITY, NAN, 1.0f};
+  const float narrow_in[5] = {1e6f, -1e6f, NAN, INFINITY, 1.0f};
+  const float add_in[2] = {60000.0f, 1.0f};
+  std::vector<std::pair<std::string, std::vector<float>>> out;
+  AscendC::emu::Launch(1, 192 * 1024, [&] {
+    AscendC::TPipe pipe;
+    AscendC::TBuf<AscendC::TPosition::VECCALC> hb, fb, ab;
+    pipe.InitBuffer(hb, 16 * sizeof(half));
+    pipe.InitBuffer(fb, 16 * sizeof(float));
+    pipe.InitBuffer(ab, 16 * sizeof(half));
+    AscendC::LocalTensor<half> h = hb.Get<half>(), a = ab.Get<half>();
+    AscendC::LocalTensor<float> f = fb.Get<float>();
+    for (int i = 0; i < 4; ++i) h.SetValue(i, half(widen_in[i]));  // scalar stores: exact
+    for (int i = 0; i < 5; ++i) f.SetValue(i, narrow_in[i]);
+    for (int i = 0; i < 2; ++i) a.SetValue(i, half(add_in[i]));
+    AscendC::SetFlag<AscendC::HardEvent::S_V>(0);
+    AscendC::WaitFlag<AscendC::HardEvent::S_V>(0);
+    AscendC::Cast(f[8], h, AscendC::RoundMode::CAST_NONE, 4);  // half -> float
+    AscendC::Cast(h[8], f, AscendC::RoundMode::CAST_RINT, 5);  // float -> half
+    AscendC::Add(a[8], a, a, 2);                                // fp16 arithmetic
+    AscendC::SetFlag<AscendC::HardEvent::V_S>(0);
+    AscendC::WaitFlag<AscendC::HardEvent::V_S>(0);
+    std::vector<float> widened, narrowed, added;
+    for (uint32_t i = 0; i < 4; ++i) widened.push_back(f.GetValue(8 + i));
+    for (uint32_t i = 0; i < 5; ++i) narrowed.push_back(static_cast<float>(h.GetValue(8 + i)));
+    for (uint32_t i = 0; i < 2; ++i) added.push_back(static_cast<float>(a.GetValue(8 + i)));
+    out = {{"cast_half_to_float", widened}, {"cast_float_to_half", narrowed}, {"add_half", added}};
+  });
+  return out;
 }
 
 std::vector<float> cross_core_probe(int64_t block_dim, int64_t core_order) {

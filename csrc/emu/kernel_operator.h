@@ -34,6 +34,11 @@
 // those lanes shows it.
 // ReduceSum follows A2's implementation (see its comment): scalar store of dst, syncs by the
 // call, work tensor untouched, a pairwise (not sequential) summation order.
+// A2's two floating-point modes (CTRL[48], see emu::saturating): every launch starts in the mode
+// the caller asks for (LaunchOptions::saturation; the stream's mode on hardware), a kernel may
+// switch with SetSaturationFlag<SaturationMode::FLOAT> and must put back what it found. In
+// saturation mode every fp16 result of a vector instruction or conversion that would be ±inf is
+// ±65504 and every NaN is 0 (fp16 inputs of a conversion to fp32 included); fp32 stays IEEE.
 // AI cores run one after another (emu::Launch), forward, reversed or shuffled as the caller asks
 // (a kernel's results must not depend on it), each with its own UB, so per-core partials handed
 // over through global memory are real. Per core and launch the emulation counts bytes moved
@@ -94,6 +99,10 @@ enum class HardEvent { MTE2_V, V_MTE2, MTE2_S, S_MTE2, V_MTE3, MTE3_V, V_S, S_V,
 enum class CacheLine { SINGLE_CACHE_LINE, ENTIRE_DATA_CACHE };
 enum class DcciDst { CACHELINE_ALL, CACHELINE_UB, CACHELINE_OUT, CACHELINE_ATOMIC };
 
+// The saturation switches of the CTRL register (AscendC's SaturationMode): FLOAT is CTRL[48], the
+// only one the emulation models (SetSaturationFlag / GetSaturationFlag).
+enum class SaturationMode : uint8_t { FLOAT, FLOAT8, INT, CAST };
+
 namespace emu {
 
 enum Pipe : int { NONE = 0, S, V, MTE2, MTE3, NUM_PIPES };
@@ -142,6 +151,7 @@ struct Counters {
   uint64_t vector_instrs = 0;    // vector API calls (each one instruction stream of `count`)
   uint64_t queue_waits = 0;      // DeQue, and AllocTensor of a freed buffer (the queues' events)
   uint64_t flag_waits = 0;       // WaitFlag, and the syncs API calls perform themselves
+  uint64_t ub_bytes = 0;         // Unified Buffer the core's TPipe took (32-byte blocks)
 };
 
 // State shared by the cores of one launch: global-memory writes by DMA, numbered with the data
@@ -174,6 +184,8 @@ struct Core {
   std::map<uintptr_t, uint64_t> dcci_lines;
   LaunchState* launch = nullptr;
   Counters count;
+  // CTRL[48] as a flag: true = 0, saturation mode; false = 1, INF_NAN (IEEE) mode.
+  bool saturating = true;
 };
 
 inline Core*& current() {
@@ -192,9 +204,14 @@ inline Core& core() {
 //   order 0: block index 0, 1, ... (forward); -1: reverse; k > 0: a shuffle seeded with k.
 // Hardware runs the cores concurrently, so a kernel's results must not depend on the order: the
 // tests run every kernel in several orders and require identical bytes.
+// saturation: the floating-point mode every core starts a launch in, as the runtime sets CTRL[48]
+// from the stream's mode on hardware (aclrtSetDeviceSatMode; torch_npu's INF_NAN_MODE_ENABLE):
+// true saturation, false INF_NAN. Saturation by default: the register's reset value, and the mode
+// in which a kernel that relies on fp16 inf/NaN fails.
 struct LaunchOptions {
   int64_t order = 0;
   std::vector<Counters>* counters = nullptr;  // per core, appended per launch when set
+  bool saturation = true;
 };
 
 inline LaunchOptions& launch_options() {
@@ -238,17 +255,25 @@ inline void Launch(int64_t block_dim, size_t ub_bytes, const std::function<void(
     c.ub.assign(ub_bytes, 0);
     c.ub_usable = ub_bytes - kUbReservedA2;
     c.launch = &state;
+    c.saturating = opts.saturation;
     current() = &c;
     try {
       kernel();
       if (!c.flags_set.empty()) {
         throw Violation("a SetFlag was never waited for (SetFlag and WaitFlag come in pairs)");
       }
+      // lars_npu's rule: the register outlives the kernel on its core, so a kernel that changes
+      // the floating-point mode puts back the one its stream gave it
+      if (c.saturating != opts.saturation) {
+        throw Violation("the kernel ended in another floating-point mode than it started in "
+                        "(SetSaturationFlag<SaturationMode::FLOAT> without restoring CTRL[48])");
+      }
     } catch (...) {
       current() = nullptr;
       throw;
     }
     current() = nullptr;
+    c.count.ub_bytes = c.ub_used;
     counts[static_cast<size_t>(b)] = c.count;
   }
   if (opts.counters != nullptr) {
@@ -631,6 +656,21 @@ void DataCacheCleanAndInvalid(const GlobalTensor<T>& g) {
   }
 }
 
+// CTRL[48], the floating-point saturation mode (Atlas A2: SetSaturationFlag / GetSaturationFlag
+// in basic_api/kernel_operator_common_intf.h; a scalar write of the core's control register).
+// enableSat true: saturation mode (CTRL[48] = 0); false: INF_NAN mode (CTRL[48] = 1).
+template <SaturationMode mode>
+void SetSaturationFlag(bool enableSat) {
+  static_assert(mode == SaturationMode::FLOAT, "the emulation models SaturationMode::FLOAT only");
+  emu::core().saturating = enableSat;
+}
+
+template <SaturationMode mode>
+bool GetSaturationFlag() {
+  static_assert(mode == SaturationMode::FLOAT, "the emulation models SaturationMode::FLOAT only");
+  return emu::core().saturating;
+}
+
 // ---- data movement --------------------------------------------------------------------------
 namespace emu {
 // lars_npu's rule for the global-memory side of every DMA: a 32-byte aligned address. A2's MTE
@@ -757,6 +797,40 @@ void DataCopyPad(const GlobalTensor<T>& dst, const LocalTensor<T>& src,
 
 // ---- vector computation (elementwise over `count` elements) --------------------------------------
 namespace emu {
+constexpr float kHalfMax = 65504.0f;
+
+// Whether the core runs in saturation mode (CTRL[48] = 0). What A2 documents for it (asc-devkit
+// docs, SetCtrlSpr / SetSaturationFlag; CANN's aclrtFloatOverflowMode): an inf result of fp16 /
+// bf16 arithmetic or precision conversion becomes ±MAX and a NaN result 0; fp32 arithmetic is
+// IEEE in both modes. Whether an inf fp16 SOURCE of a conversion to fp32 survives is not
+// documented: the emulation takes the reading a kernel cannot get wrong by relying on, that it
+// does not (±inf -> ±65504, NaN -> 0), as CANN's PyTorch guide describes the mode ("Inf and NaN
+// become the data type's maximum and 0").
+inline bool saturating() { return core().saturating; }
+
+inline float saturate_half_value(float v) {
+  if (v != v) return 0.0f;
+  if (v > kHalfMax) return kHalfMax;
+  if (v < -kHalfMax) return -kHalfMax;
+  return v;
+}
+
+// An element as the vector unit computes it (fp32), and a result stored in the destination type:
+// fp16 rounded to nearest even once, then saturated in saturation mode.
+inline float in(float v) { return v; }
+inline float in(half v) { return static_cast<float>(v); }
+template <typename T>
+T out(float v);
+template <>
+inline float out<float>(float v) {
+  return v;
+}
+template <>
+inline half out<half>(float v) {
+  half h(v);
+  return saturating() ? half(saturate_half_value(static_cast<float>(h))) : h;
+}
+
 // A vector instruction: reads its sources, then writes its destination, on the V pipe.
 template <typename D, typename... Srcs>
 void vector_op(const char* op, const LocalTensor<D>& dst, const Srcs&... srcs) {
@@ -773,7 +847,9 @@ void Mul(const LocalTensor<T>& dst, const LocalTensor<T>& a, const LocalTensor<T
   a.check_count(count, "Mul");
   b.check_count(count, "Mul");
   emu::vector_op("Mul", dst, a, b);
-  for (uint32_t i = 0; i < count; ++i) dst.ptr()[i] = a.ptr()[i] * b.ptr()[i];
+  for (uint32_t i = 0; i < count; ++i) {
+    dst.ptr()[i] = emu::out<T>(emu::in(a.ptr()[i]) * emu::in(b.ptr()[i]));
+  }
 }
 
 template <typename T>
@@ -783,7 +859,9 @@ void Add(const LocalTensor<T>& dst, const LocalTensor<T>& a, const LocalTensor<T
   a.check_count(count, "Add");
   b.check_count(count, "Add");
   emu::vector_op("Add", dst, a, b);
-  for (uint32_t i = 0; i < count; ++i) dst.ptr()[i] = a.ptr()[i] + b.ptr()[i];
+  for (uint32_t i = 0; i < count; ++i) {
+    dst.ptr()[i] = emu::out<T>(emu::in(a.ptr()[i]) + emu::in(b.ptr()[i]));
+  }
 }
 
 template <typename T>
@@ -791,7 +869,9 @@ void Muls(const LocalTensor<T>& dst, const LocalTensor<T>& src, T scalar, uint32
   dst.check_count(count, "Muls");
   src.check_count(count, "Muls");
   emu::vector_op("Muls", dst, src);
-  for (uint32_t i = 0; i < count; ++i) dst.ptr()[i] = src.ptr()[i] * scalar;
+  for (uint32_t i = 0; i < count; ++i) {
+    dst.ptr()[i] = emu::out<T>(emu::in(src.ptr()[i]) * emu::in(scalar));
+  }
 }
 
 template <typename T>
@@ -804,7 +884,9 @@ void Sqrt(const LocalTensor<T>& dst, const LocalTensor<T>& src, uint32_t count) 
       throw emu::Violation("Sqrt of a non-positive value (undefined on hardware)");
     }
   }
-  for (uint32_t i = 0; i < count; ++i) dst.ptr()[i] = std::sqrt(src.ptr()[i]);
+  for (uint32_t i = 0; i < count; ++i) {
+    dst.ptr()[i] = emu::out<T>(std::sqrt(emu::in(src.ptr()[i])));
+  }
 }
 
 template <typename T>
@@ -855,12 +937,19 @@ void ReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src, const Local
 
 enum class RoundMode { CAST_NONE, CAST_RINT };
 
+// half -> float is exact; in saturation mode an inf / NaN fp16 source gives ±65504 / 0 (see
+// emu::saturating). float -> half rounds to nearest even; in saturation mode a result beyond
+// fp16's range is ±65504 and NaN is 0, in INF_NAN mode ±inf and NaN.
 inline void Cast(const LocalTensor<float>& dst, const LocalTensor<half>& src, RoundMode,
                  uint32_t count) {
   dst.check_count(count, "Cast");
   src.check_count(count, "Cast");
   emu::vector_op("Cast", dst, src);
-  for (uint32_t i = 0; i < count; ++i) dst.ptr()[i] = static_cast<float>(src.ptr()[i]);
+  const bool sat = emu::saturating();
+  for (uint32_t i = 0; i < count; ++i) {
+    const float v = static_cast<float>(src.ptr()[i]);
+    dst.ptr()[i] = sat ? emu::saturate_half_value(v) : v;
+  }
 }
 
 inline void Cast(const LocalTensor<half>& dst, const LocalTensor<float>& src, RoundMode,
@@ -868,7 +957,7 @@ inline void Cast(const LocalTensor<half>& dst, const LocalTensor<float>& src, Ro
   dst.check_count(count, "Cast");
   src.check_count(count, "Cast");
   emu::vector_op("Cast", dst, src);
-  for (uint32_t i = 0; i < count; ++i) dst.ptr()[i] = half(src.ptr()[i]);
+  for (uint32_t i = 0; i < count; ++i) dst.ptr()[i] = emu::out<half>(src.ptr()[i]);
 }
 
 }  // namespace AscendC

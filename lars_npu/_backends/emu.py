@@ -18,6 +18,11 @@ the kernels, it takes fp32 and fp16 tensors.
 
 ``LARS_NPU_EMU_CORE_ORDER`` (``forward``, ``reverse``, ``shuffle:<seed>``) picks the order in
 which the emulation runs a launch's cores; results must not depend on it.
+
+``LARS_NPU_EMU_FLOAT_MODE`` (``saturation``, the default, or ``inf_nan``) picks the Atlas A2
+floating-point mode (CTRL[48]) every emulated launch starts in, as a stream's mode does on the
+device: in saturation mode fp16 inf / NaN become ±65504 / 0. The fp16 kernels switch to INF_NAN
+for their run and back (csrc/ascendc/lars_float_mode.h), so results must not depend on it either.
 """
 
 from __future__ import annotations
@@ -57,6 +62,20 @@ def core_order() -> int:
     raise ValueError(
         f"{CORE_ORDER_ENV}={raw!r}: expected forward, reverse or shuffle:<positive seed>"
     )
+
+
+# The floating-point mode each emulated launch starts in (the stream's mode on the device).
+FLOAT_MODE_ENV = "LARS_NPU_EMU_FLOAT_MODE"
+FLOAT_MODES = ("saturation", "inf_nan")
+
+
+def saturation() -> bool:
+    """``LARS_NPU_EMU_FLOAT_MODE`` as the emulation's flag: True for ``saturation`` (the default),
+    False for ``inf_nan`` (ValueError for anything else)."""
+    raw = os.environ.get(FLOAT_MODE_ENV, "").strip() or "saturation"
+    if raw not in FLOAT_MODES:
+        raise ValueError(f"{FLOAT_MODE_ENV}={raw!r}: expected one of {', '.join(FLOAT_MODES)}")
+    return raw == "saturation"
 
 
 def runner() -> str:
@@ -113,6 +132,7 @@ class EmuBackend(AscendKernelBackend):
             UB_BYTES,
             how == "staged",
             core_order(),
+            saturation=saturation(),
         )
 
 
