@@ -292,7 +292,8 @@ py::tuple plan_step(CheckedPlan& cp, const py::list& w_obj, const py::list& g_ob
     const lars::FusedTensorSpec& s = plan.spec(i);
     const size_t k = static_cast<size_t>(i);
     if (s.numel > 0 && (w_ptr[k] == 0 || g_ptr[k] == 0 || (s.momentum && m_ptr[k] == 0))) {
-      throw std::invalid_argument("null data pointer for tensor " + std::to_string(i));
+      throw LayoutError(w_ptr[k] == 0 ? "parameter" : g_ptr[k] == 0 ? "gradient" : "momentum_buffer",
+                        i, "null data pointer");
     }
   }
   check_disjoint(cp, w_ptr, g_ptr, m_ptr);

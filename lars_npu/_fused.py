@@ -33,7 +33,7 @@ import torch
 from ._backends.base import Backend, Hyper, LayoutMismatch, MultiResult
 from ._engines import is_dtensor, refusal, shard_kind
 from ._sharing import check_disjoint
-from .functional import FP32_MAX, check_pair, to_float
+from .functional import FP32_MAX, SUPPORTED_DTYPES, check_pair, sparse_values, to_float
 
 _GRAD = operator.attrgetter("grad")
 
@@ -313,6 +313,10 @@ def check_storage(t: torch.Tensor, label: str) -> None:
     n = t.numel()
     if n == 0:
         return
+    if t.data_ptr() == 0:
+        raise ValueError(
+            f"{label} has no memory (a meta tensor or a ZeroTensor); LARS needs real values"
+        )
     if t.is_contiguous():  # the common case, without a Python loop over dimensions
         need = (t.storage_offset() + n) * t.element_size()
         if t.untyped_storage().nbytes() >= need:
@@ -328,8 +332,14 @@ def check_storage(t: torch.Tensor, label: str) -> None:
 
 
 def check_written(t: torch.Tensor, label: str) -> None:
-    """A tensor LARS writes in place: inside its storage, and no element stored twice."""
+    """A tensor LARS writes in place: inside its storage, no element stored twice, and not an
+    inference tensor (those cannot be written in place outside torch.inference_mode())."""
     check_storage(t, label)
+    if t.is_inference():
+        raise ValueError(
+            f"{label} is an inference tensor (made under torch.inference_mode()); it cannot be "
+            "written in place outside inference mode: clone it outside"
+        )
     if torch._debug_has_internal_overlap(t) == 1:
         raise ValueError(
             f"{label} has overlapping elements (e.g. from expand()); it cannot be written in place"
@@ -349,10 +359,16 @@ def check_buffer(p: torch.Tensor, b: Any, name: str) -> None:
         )
     if b.device != p.device:
         raise ValueError(f"momentum_buffer of parameter {name!r} is on {b.device}")
-    if not b.is_floating_point():
-        raise TypeError(f"momentum_buffer of parameter {name!r} has dtype {b.dtype}")
-    if b.layout != torch.strided:  # torch SGD keeps a sparse buffer for sparse gradients
-        raise SparseGradientError(f"momentum_buffer of parameter {name!r} is sparse")
+    if b.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"momentum_buffer of parameter {name!r} has dtype {b.dtype}; supported: float32, "
+            "float16, bfloat16, float64"
+        )
+    if b.layout != torch.strided:  # torch SGD keeps a sparse buffer only for sparse gradients
+        raise ValueError(
+            f"momentum_buffer of parameter {name!r} is sparse ({b.layout}) but its gradient is "
+            "dense (a checkpoint of a model with sparse gradients?): torch's SGD cannot add them"
+        )
     check_written(b, f"momentum_buffer of parameter {name!r}")
 
 
@@ -363,26 +379,41 @@ def check_state_entry(
     key: str, v: Any, p: torch.Tensor, name: str, *, finite: bool, loaded: bool = False
 ) -> None:
     """One entry of a parameter's optimizer state, as the inner optimizer will read it: SGD's
-    ``momentum_buffer`` is None or a floating tensor of the parameter's shape (0-dim only for a
-    0-dim parameter); any other tensor with dimensions has the parameter's shape (0-dim ones are
-    counters or scalars, such as ``step``). With ``finite`` (checkpoint loads), floating tensors
-    and Python floats must hold no inf/nan. (Per-step paths add the storage checks.)"""
+    ``momentum_buffer`` is None or a tensor of a supported floating dtype and the parameter's
+    shape (0-dim only for a 0-dim parameter); any other tensor of several elements has the
+    parameter's shape (one-element ones are counters or scalars, such as ``step``). With
+    ``finite`` (checkpoint loads), floating tensors (sparse ones by their values) and Python
+    floats must hold no inf/nan, judged in the parameter's dtype, which torch's load casts
+    floating state to (all but ``step``). (Per-step paths add the storage checks.)"""
     what = f"{'loaded ' if loaded else ''}state[{key!r}] of parameter {name!r}"
     misfit = "; this checkpoint does not fit the model" if loaded else ""
     if key == MOMENTUM and v is not None:
         if not isinstance(v, torch.Tensor):
             raise TypeError(f"{what} must be a tensor or None, got {type(v).__name__}{misfit}")
-        if not v.is_floating_point():
-            raise TypeError(f"{what} has dtype {v.dtype}; a floating dtype is needed{misfit}")
-    if isinstance(v, torch.Tensor) and (key == MOMENTUM or v.dim() > 0) and v.shape != p.shape:
+        if v.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(
+                f"{what} has dtype {v.dtype}; supported: float32, float16, bfloat16, "
+                f"float64{misfit}"
+            )
+    if (
+        isinstance(v, torch.Tensor)
+        and (key == MOMENTUM or (v.dim() > 0 and v.numel() != 1))
+        and v.shape != p.shape
+    ):
         raise ValueError(
             f"{what} has shape {tuple(v.shape)}, the parameter {tuple(p.shape)}{misfit}"
         )
     if not finite:
         return
-    if isinstance(v, torch.Tensor) and v.layout == torch.strided:
+    if isinstance(v, torch.Tensor):
         t = v.to_local() if is_dtensor(v) else v  # this rank's elements: no collective here
-        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{what} holds inf/nan")
+        if t.layout != torch.strided:
+            t = sparse_values(t)
+        if not (t.is_floating_point() or t.is_complex()):
+            return
+        if key != "step" and p.is_floating_point() and t.is_floating_point():
+            t = t.to(p.dtype)  # what the load will hold: finite in fp64 may be inf in fp16
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{what} holds inf/nan (in the parameter's dtype, {p.dtype})")
     elif isinstance(v, float) and not math.isfinite(v):
         raise ValueError(f"{what} is {v}")

@@ -142,8 +142,8 @@ def _message(
     first, second = _label(parts, names, a), _label(parts, names, b)
     if a == b or (first == second):
         what = f"{first} appears twice in this step"
-    else:
-        what = f"{first} and {second} share memory"
+    else:  # byte ranges: interleaved strided views intersect without sharing an element
+        what = f"{first} and {second} share memory (their byte ranges overlap)"
     verb = "writes both" if a_written and b_written else "writes one while reading the other"
     return (
         f"LARS: {what}: the step {verb}, so the result would depend on the order of the "

@@ -18,6 +18,7 @@ __all__ = [
     "check_hyper",
     "lars_",
     "lars_update",
+    "sparse_members",
     "sparse_values",
     "square_sum_all",
 ]
@@ -107,14 +108,22 @@ def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
 
 
 def sparse_values(g: torch.Tensor) -> torch.Tensor:
-    """The stored values of a sparse gradient (COO, CSR, CSC, BSR, BSC), for the inf/nan check.
-    An uncoalesced fp16 COO gradient is coalesced first (as GradScaler does): duplicates that
-    sum beyond fp16's range become inf, as the inner optimizer would see them."""
+    """The values of a sparse gradient (COO, CSR, CSC, BSR, BSC) as the inner optimizer will add
+    them, for the inf/nan check: an uncoalesced COO gradient is coalesced first, since duplicates
+    that sum beyond the dtype's range become inf."""
     if g.layout == torch.sparse_coo:
-        if g.dtype == torch.float16 and not g.is_coalesced():
-            g = g.coalesce()
-        return g._values()
+        return g.coalesce()._values() if not g.is_coalesced() else g._values()
     return g.values()
+
+
+def sparse_members(g: torch.Tensor) -> list[torch.Tensor]:
+    """The dense tensors a sparse tensor is stored in (values and indices), for the sharing
+    check: the inner optimizer reads them all."""
+    if g.layout == torch.sparse_coo:
+        return [g._values(), g._indices()]
+    if g.layout in (torch.sparse_csr, torch.sparse_bsr):
+        return [g.values(), g.crow_indices(), g.col_indices()]
+    return [g.values(), g.ccol_indices(), g.row_indices()]
 
 
 def square_sum_all(

@@ -28,6 +28,7 @@ from ._fused import (
     SparseGradientError,
     check_buffer,
     check_state_entry,
+    check_storage,
     check_written,
     refuse_shard,
     unsupported_reason,
@@ -40,6 +41,7 @@ from .functional import (
     check_hyper,
     check_pair,
     lars_,
+    sparse_members,
     sparse_values,
     to_float,
 )
@@ -80,6 +82,12 @@ def save_grads(
         k += 1
     del scratch[k:]
     return out
+
+
+def restore_grads(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Put back the gradients :func:`save_grads` copied (a rewrite or inner step raised)."""
+    for g, old in saved:
+        g.copy_(old)
 
 
 __all__ = ["LARS", "LARSSGD"]
@@ -792,8 +800,7 @@ class LARS(Optimizer):
                 for post in inner._optimizer_step_post_hooks.values():
                     post(inner, args, kwargs)
         except BaseException:
-            for g, old in saved:
-                g.copy_(old)
+            restore_grads(saved)
             raise
         finally:
             for g, wd in held:
@@ -804,6 +811,7 @@ class LARS(Optimizer):
         params: list[torch.Tensor],
         names: list[str],
         local: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        dense: int | None = None,
     ) -> dict[str, list[torch.Tensor | None]]:
         """Before any write of the unfused step: each parameter can be written in place, and
         every entry of its state fits it (:func:`check_state_entry`: SGD's momentum buffer is
@@ -811,11 +819,14 @@ class LARS(Optimizer):
         one or more dimensions has the parameter's shape). Returns the state tensors the inner
         step may write, by key, aligned with ``params`` (None where absent), for the sharing
         check. ``local``: the tensor holding this rank's elements (a DTensor's local shard;
-        None: the tensor itself)."""
+        None: the tensor itself). ``dense``: how many of ``params`` (the first ones) have a dense
+        gradient (the others a sparse one, for which torch's SGD keeps a sparse buffer)."""
         if local is None:
             local = _same
         state = self.state
         written: dict[str, list[torch.Tensor | None]] = {}
+        if dense is None:
+            dense = len(params)
         for k, (p, name) in enumerate(zip(params, names, strict=True)):
             w = local(p)
             check_written(w, f"parameter {name!r}")
@@ -823,7 +834,11 @@ class LARS(Optimizer):
             if not st:
                 continue
             for key, v in st.items():
-                if key == MOMENTUM and isinstance(v, torch.Tensor) and v.layout == torch.strided:
+                if (
+                    key == MOMENTUM
+                    and isinstance(v, torch.Tensor)
+                    and (k < dense or v.layout == torch.strided)  # dense gradient: dense buffer
+                ):
                     vl = local(v)
                     check_buffer(w, vl, name)  # tensor, floating, shape, device, storage
                 else:
@@ -894,6 +909,8 @@ class LARS(Optimizer):
                     w, gl = p, g
                 if mask[j]:  # rewritten in place
                     check_written(gl, f"gradient of parameter {name!r}")
+                else:  # read (the kernels' inf/nan check reads every gradient)
+                    check_storage(gl, f"gradient of parameter {name!r}")
                 out.params.append(p)
                 out.weights.append(w)
                 out.grads.append(gl)
@@ -914,7 +931,9 @@ class LARS(Optimizer):
         LARS rewrites are written, the others read."""
         sparse_params = [p for p, _, _ in out.sparse]
         names = out.names + [n for _, _, n in out.sparse]
-        state = self._check_inner_state(out.params + sparse_params, names, local)
+        state = self._check_inner_state(
+            out.params + sparse_params, names, local, dense=len(out.params)
+        )
         to_local = local or _same
         parts: list[Any] = [
             ("parameter {}", out.weights + [to_local(p) for p in sparse_params], True),
@@ -922,6 +941,12 @@ class LARS(Optimizer):
              out.adapt + [False] * len(out.sparse)),
         ]  # fmt: skip
         parts += [(f"state[{key!r}] of parameter {{}}", ts, True) for key, ts in state.items()]
+        if out.sparse:  # the inner step reads a sparse gradient's values and indices
+            members = [sparse_members(g) for _, g, _ in out.sparse]
+            pad = [None] * len(out.params)
+            for k in range(max(map(len, members))):
+                ts = pad + [m[k] if k < len(m) else None for m in members]
+                parts.append(("sparse gradient of parameter {}", ts, False))
         check_disjoint(parts, names)
 
     def _unfused_step(self, loss: Any) -> Any:
@@ -934,16 +959,20 @@ class LARS(Optimizer):
             )
             return self._finish(skipped, inp.names, inp.adapt, inp.plans, loss, inner=True)
         saved = save_grads(inp.grads, inp.adapt, self._undo)
-        result = lars_(
-            inp.weights,
-            inp.grads,
-            adapt=inp.adapt,
-            weight_decays=inp.wds,
-            lrs=inp.lrs,
-            hyper=self._hyper,
-            backend=self.backend,
-            names=inp.names,
-        )
+        try:
+            result = lars_(
+                inp.weights,
+                inp.grads,
+                adapt=inp.adapt,
+                weight_decays=inp.wds,
+                lrs=inp.lrs,
+                hyper=self._hyper,
+                backend=self.backend,
+                names=inp.names,
+            )
+        except BaseException:  # whatever a backend raised after a write: gradients put back
+            restore_grads(saved)
+            raise
         if inp.grads:
             result.found_inf = result.found_inf.to(inp.grads[0].device)
         return self._finish(result, inp.names, inp.adapt, inp.plans, loss, inner=True,

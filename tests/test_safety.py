@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from lars_npu import LARS
+from lars_npu import LARS, available_backends
 from lars_npu._backends._native import native
 from lars_npu._fused import check_storage
 
@@ -47,6 +47,8 @@ def _clone(t):
         return None
     if not isinstance(t, torch.Tensor):  # a non-tensor state entry: its value
         return torch.tensor(t)
+    if t.layout != torch.strided:
+        return t.to_dense()
     try:
         check_storage(t, "t")
     except ValueError:
@@ -724,3 +726,152 @@ def test_unexpected_keyword_with_an_optimizer_instance_is_named():
         LARS(sgd, lr=0.1)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="LARSSGD"):  # params + kwargs: the factory class
         LARS([nn.Parameter(torch.ones(2))], lr=0.1)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("fused", [None, False])
+def test_sparse_momentum_buffer_of_a_dense_gradient_is_refused_before_any_write(fused):
+    """A checkpoint of a model with sparse gradients resumed with dense ones: torch's SGD cannot
+    add a dense gradient to a sparse buffer, so the step is refused up front, by name."""
+    params, opt = _stepped(fused)
+    buf = opt.state[params["b.weight"]]["momentum_buffer"]
+    opt.state[params["b.weight"]]["momentum_buffer"] = buf.to_sparse()
+    assert_refused(params, opt, r"momentum_buffer of parameter 'b\.weight' is sparse")
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value"), [(torch.float64, 1e39), (torch.float32, 1e5)], ids=["fp64", "fp32"]
+)
+def test_checkpoint_finite_only_before_the_cast_to_the_parameter_dtype_is_refused(dtype, value):
+    """torch's load casts floating state to the parameter's dtype: 1e39 is finite in fp64, inf
+    in fp32 (and 1e5 in fp16)."""
+    params, opt = _unfused()
+    if dtype == torch.float32:  # fp16 parameters, an fp32 checkpoint
+        for p in params.values():
+            p.data = p.data.half()
+    sd = copy.deepcopy(opt.state_dict())
+    for st in sd["state"].values():
+        st["momentum_buffer"] = st["momentum_buffer"].to(dtype)
+    sd["state"][2]["momentum_buffer"][0, 0] = value
+    with pytest.raises(ValueError, match=r"'b\.weight' holds inf/nan \(in the parameter's dtype"):
+        opt.load_state_dict(sd)
+
+
+def test_checkpoint_with_a_sparse_nan_entry_is_refused_at_load():
+    _params, opt = _unfused()
+    sd = copy.deepcopy(opt.state_dict())
+    sd["state"][0]["momentum_buffer"] = torch.full((8, 5), float("nan")).to_sparse()
+    with pytest.raises(ValueError, match=r"'a\.weight' holds inf/nan"):
+        opt.load_state_dict(sd)
+
+
+def _emb_and_w(fused):
+    emb, w = nn.Parameter(torch.zeros(4, 2)), nn.Parameter(torch.randn(3))
+    opt = LARS(torch.optim.SGD([("emb.bias", emb), ("w", w)], lr=0.5), fused=fused,
+               lars_filter=lambda i: i.name == "w")  # fmt: skip
+    w.grad = torch.randn(3)
+    return emb, w, opt
+
+
+@pytest.mark.parametrize("fused", [None, False])
+def test_uncoalesced_sparse_gradient_whose_sum_overflows_skips_the_step(fused):
+    emb, w, opt = _emb_and_w(fused)
+    emb.grad = torch.sparse_coo_tensor(
+        torch.tensor([[1, 1]]), torch.full((2, 2), 2.5e38), (4, 2), check_invariants=True
+    )  # two finite entries for one row: their sum, which SGD applies, is inf
+    before = (emb.detach().clone(), w.detach().clone())
+    with pytest.warns(RuntimeWarning, match="inf/nan"):
+        opt.step()
+    assert bool(opt.found_inf)
+    assert torch.equal(emb.detach(), before[0]) and torch.equal(w.detach(), before[1])
+
+
+@pytest.mark.parametrize("fused", [None, False])
+def test_sparse_gradient_whose_values_are_a_parameter_is_refused(fused):
+    emb, _w, opt = _emb_and_w(fused)
+    a = nn.Parameter(torch.randn(2, 2))
+    opt.add_param_group({"params": [("a.bias", a)], "lr": 0.5})
+    a.grad = torch.ones(2, 2)
+    emb.grad = torch.sparse_coo_tensor(torch.tensor([[0, 1]]), a.detach(), (4, 2))
+    before = a.detach().clone()
+    with pytest.raises(ValueError, match=r"'a\.bias' and sparse gradient of parameter 'emb\.bias'"):
+        opt.step()
+    assert torch.equal(a.detach(), before)
+
+
+@pytest.mark.parametrize("backend", [b for b in ("cpu", "emu") if b in available_backends()])
+def test_expanded_gradient_of_an_excluded_parameter_steps_on_every_backend(backend):
+    """The gradient of a parameter LARS excludes is only read: a stride-0 one is fine (the
+    staged copy of it is not written back), and the result is torch's."""
+    results = []
+    for be in (backend, "torch"):
+        torch.manual_seed(0)
+        w0, b, w2 = (nn.Parameter(torch.randn(4, 3)) for _ in range(3))
+        opt = LARS(torch.optim.SGD([("l0.weight", w0), ("l1.bias", b), ("l2.weight", w2)],
+                                   lr=0.1, momentum=0.9), fused=False, backend=be)  # fmt: skip
+        w0.grad, w2.grad = torch.randn(4, 3), torch.randn(4, 3)
+        b.grad = torch.full((1, 1), 0.5).expand(4, 3)
+        opt.step()
+        results.append([t.detach().clone() for t in (w0, b, w2)])
+    for x, y in zip(*results, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("fused", [None, False])
+def test_a_backend_raising_mid_rewrite_leaves_every_gradient_as_it_was(fused, monkeypatch):
+    params, opt = _stepped(False)
+    from lars_npu._backends.cpu import CpuBackend
+
+    def half_then_raise(self, weights, grads, *args, **kwargs):
+        grads[0].mul_(3.0)
+        raise RuntimeError("backend failed midway")
+
+    monkeypatch.setattr(CpuBackend, "multi_lars_", half_then_raise)
+    opt.fused = False
+    before = snapshot(params, opt)
+    with pytest.raises(RuntimeError, match="midway"):
+        opt.step()
+    assert_same(before, snapshot(params, opt))
+
+
+def test_numpy_fused_step_takes_negative_bit_fp64_tensors_by_their_values():
+    outs = []
+    for lazy in (True, False):
+        torch.manual_seed(0)
+        w = nn.Parameter(torch.randn(4, 3, dtype=torch.float64))
+        opt = LARS(torch.optim.SGD([("w", w)], lr=0.1, momentum=0.9), backend="numpy")
+        g = torch.randn(4, 3, dtype=torch.float64)
+        w.grad = (-g)._neg_view() if lazy else g
+        opt.step()
+        outs.append(w.detach().clone())
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize(
+    ("fused", "how"),
+    [(None, "float8"), (False, "float8"), (None, "meta"), (False, "meta"), (False, "inference")],
+)
+def test_unusable_momentum_buffers_are_refused_by_name(fused, how):
+    """(An inference-mode buffer is refused where torch's ops would refuse to write it; the fused
+    CPU kernel writes its memory like any other's, with the right values.)"""
+    params, opt = _stepped(fused)
+    buf = opt.state[params["b.weight"]]["momentum_buffer"]
+    before = snapshot(params, opt)
+    if how == "float8":
+        new = buf.to(torch.float8_e4m3fn)
+    elif how == "inference":
+        with torch.inference_mode():
+            new = buf.clone()
+    else:
+        new = torch.zeros_like(buf, device="meta")
+    opt.state[params["b.weight"]]["momentum_buffer"] = new
+    with pytest.raises((ValueError, TypeError), match=r"momentum_buffer of parameter 'b\.weight'"):
+        opt.step()
+    opt.state[params["b.weight"]]["momentum_buffer"] = buf
+    assert_same(before, snapshot(params, opt))
+
+
+@pytest.mark.parametrize("fused", [None, False])
+def test_zero_tensor_gradient_is_refused_by_name(fused):
+    params, opt = _stepped(fused)
+    params["b.bias"].grad = torch._efficientzerotensor(params["b.bias"].shape)
+    assert_refused(params, opt, r"gradient of parameter 'b\.bias' has no memory")

@@ -368,7 +368,7 @@ class AscendKernelBackend:
         # Staged copies (views, misaligned tensors) go back only when the step ran: the one case
         # that waits for the kernels here.
         if any(c is not g for c, g in zip(gs, grads, strict=True)) and not bool(found):
-            unstage_grads(grads, gs)
+            unstage_grads(grads, gs, adapt)
         return MultiResult(found, lam)
 
     def fused_sgd_(self, call: FusedCall) -> MultiResult:
@@ -501,7 +501,7 @@ class AscendKernelBackend:
             given=(np.asarray(w_s, dtype=np.float64), np.asarray(g_s, dtype=np.float64)),
         )  # fmt: skip
         if not found:
-            unstage_grads(grads, gs)
+            unstage_grads(grads, gs, adapt)
         return bool(found), np.asarray(lam, dtype=np.float64)
 
     # -- the sharded step's pieces (lars_npu.distributed): one launch per dtype group --

@@ -60,8 +60,11 @@ def unstage_step(call: FusedCall, ws: list[torch.Tensor], ms: list[torch.Tensor 
             b.copy_(m)
 
 
-def unstage_grads(grads: list[torch.Tensor], staged: list[torch.Tensor]) -> None:
-    """Write rewritten gradients back into the views they were copied from."""
-    for g, c in zip(grads, staged, strict=True):
-        if c is not g:
+def unstage_grads(
+    grads: list[torch.Tensor], staged: list[torch.Tensor], adapt: list[bool] | None = None
+) -> None:
+    """Write rewritten gradients back into the views they were copied from (only those the
+    kernel rewrote: ``adapt``, all when None; the others may not even be writable)."""
+    for i, (g, c) in enumerate(zip(grads, staged, strict=True)):
+        if c is not g and (adapt is None or adapt[i]):
             g.copy_(c)

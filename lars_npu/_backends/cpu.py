@@ -143,7 +143,7 @@ class CpuBackend:
             kernel_threads(),
         )
         if not found_inf:
-            unstage_grads(grads, gs)
+            unstage_grads(grads, gs, adapt)
         return MultiResult(torch.tensor(bool(found_inf)), torch.from_numpy(lam))
 
     # The zero-copy fused step checks every tensor natively against its cached plan (see
@@ -178,7 +178,9 @@ class CpuBackend:
                     list(map(_STORAGE, ps)), list(map(_STORAGE, gs)),
                     [None if b is None else _STORAGE(b) for b in bs],
                 )  # fmt: skip
-            except (C.LayoutError, RuntimeError, TypeError, AttributeError, KeyError) as exc:
+            except (
+                C.LayoutError, RuntimeError, TypeError, AttributeError, KeyError, BufferError
+            ) as exc:  # fmt: skip
                 # a tensor that no longer fits the plan, cannot be exported, or has a dtype the
                 # kernels do not take (KeyError: no code): nothing was written; the driver's
                 # named checks say which, and the plan is rebuilt from the tensors as they are

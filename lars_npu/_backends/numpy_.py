@@ -30,7 +30,7 @@ def reference_fused_step(call: FusedCall) -> tuple[bool, list[float]]:
     """The reference step per tensor; no writes when a gradient is non-finite."""
 
     def np64(t: torch.Tensor) -> np.ndarray:
-        return t.detach().to(device="cpu", dtype=torch.float64).numpy()
+        return t.detach().resolve_neg().to(device="cpu", dtype=torch.float64).numpy()
 
     gs = [np64(g) for g in call.grads]
     if not all(math.isfinite(float(np.sum(g * g))) for g in gs):

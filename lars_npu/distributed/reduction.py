@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from .._backends import MultiResult, resolve
 from .._backends.base import lambdas_from_sums
-from ..optim import save_grads
+from ..optim import restore_grads, save_grads
 from .shards import global_shape, local_of
 
 _SCALER_RECIPE = (
@@ -121,10 +121,14 @@ class ReductionMixin:
         saved = save_grads(gs, adapt, self._undo)  # put back if the inner step raises
         if todo:  # one backend call for every tensor (natively where the backend can)
             sl = [slots[i] for i in todo]
-            lam[todo] = backend.rewrite_given_sums_(
-                [ws[i] for i in todo], [gs[i] for i in todo], w_tot[sl], g_tot[sl],
-                [wds[i] for i in todo], [lrs[i] for i in todo], h,
-            )  # fmt: skip
+            try:
+                lam[todo] = backend.rewrite_given_sums_(
+                    [ws[i] for i in todo], [gs[i] for i in todo], w_tot[sl], g_tot[sl],
+                    [wds[i] for i in todo], [lrs[i] for i in todo], h,
+                )  # fmt: skip
+            except BaseException:
+                restore_grads(saved)
+                raise
         result = MultiResult(torch.tensor(False, device=device), torch.from_numpy(lam))
         return self._finish(result, names, adapt, plans, loss, inner=True, saved=saved)
 
