@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 import lars_npu
 from lars_npu import bench
-from lars_npu.distributed import flat_shard
+from lars_npu.distributed import flat_shard, run_and_exit
 
 
 def _params(name: str, shard: bool) -> list[tuple[str, torch.nn.Parameter]]:
@@ -96,4 +96,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_exit(main)  # os._exit at the end: docs/distributed.md, "Exiting a gloo process"

@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch import nn
 
 import lars_npu
-from lars_npu.distributed import flat_shard, mark_fsdp1
+from lars_npu.distributed import flat_shard, mark_fsdp1, run_and_exit
 
 BATCH_PER_RANK = 16
 
@@ -256,4 +256,11 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Not `main()`: gloo's worker threads outlive destroy_process_group(), and one that releases a
+    # tensor while Python tears the interpreter down aborts the process after all the work
+    # ("terminate called without an active exception", exit -6, a few runs in a hundred on a
+    # busy machine; pytorch/pytorch#190489). run_and_exit(main) runs main, then does what a
+    # normal exit does before that teardown (joins threads, runs atexit, flushes stdout/stderr)
+    # and ends with os._exit: 0, or main's traceback and 1 if it raised. docs/distributed.md,
+    # "Exiting a gloo process", has the same for your own script.
+    run_and_exit(main)

@@ -154,4 +154,8 @@ def main(engine: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    from lars_npu.distributed import run_and_exit
+
+    # os._exit after the results file is written and the group destroyed: gloo's threads can
+    # abort a normal interpreter exit (docs/distributed.md, "Exiting a gloo process")
+    run_and_exit(main, sys.argv[1], sys.argv[2])

@@ -40,6 +40,7 @@ from lars_npu.distributed import (
     flat_shard,
     global_shape,
     mark_flat_shard,
+    run_and_exit,
 )
 from tests._problem import batch, make_net
 
@@ -1058,7 +1059,7 @@ def _suite(rank: int, world: int, port: int) -> dict[str, Any]:
     return out
 
 
-def _worker(rank: int, world: int, port: int, results: Any) -> None:
+def _rank_main(rank: int, world: int, port: int, results: Any) -> None:
     torch.set_num_threads(1)
     try:
         dist.init_process_group(
@@ -1072,11 +1073,19 @@ def _worker(rank: int, world: int, port: int, results: Any) -> None:
     except Exception:
         payload = {"__error__": traceback.format_exc()}
     results.put((rank, payload))
+    results.close()
+    results.join_thread()  # the feeder thread has written the payload into the pipe
     if dist.is_initialized():
         try:
             dist.barrier()  # nobody tears the group down while a peer still uses it
         finally:
             dist.destroy_process_group()
+
+
+def _worker(rank: int, world: int, port: int, results: Any) -> None:
+    # ends with os._exit: gloo's threads can abort a normal interpreter exit (docs/distributed.md,
+    # "Exiting a gloo process"); a rank that raises still exits 1 with its traceback
+    run_and_exit(_rank_main, rank, world, port, results)
 
 
 def _free_port() -> int:
@@ -1131,13 +1140,15 @@ def _spawn(world: int) -> list[dict[str, Any]]:
             if p.is_alive():
                 p.kill()
                 p.join(5)
+    codes = [p.exitcode for p in procs]
     missing = [r for r in range(world) if r not in got]
     if missing:
-        codes = [p.exitcode for p in procs]
         pytest.fail(f"ranks {missing} of {world} reported nothing (exit codes {codes})")
     for r in range(world):
         if "__error__" in got[r]:
             pytest.fail(f"rank {r} failed to set up:\n{got[r]['__error__']}")
+    if any(codes):  # e.g. -6: an abort at exit, after the rank reported (issue 19)
+        pytest.fail(f"ranks of {world} exited with codes {codes} after reporting")
     return [got[r] for r in range(world)]
 
 

@@ -17,10 +17,14 @@ dtypes) are called once per tensor (see :class:`ShardedLARS`).
 A plain tensor must say which part of which parameter it is: make flat shards with
 :func:`flat_shard`, or record the global shape of shards made elsewhere with
 :func:`mark_flat_shard`. DTensor parameters (what ``fully_shard`` creates) describe themselves.
+
+:func:`run_and_exit` ends a rank's process without racing the interpreter's teardown (gloo's worker
+threads can abort it at exit: "terminate called without an active exception").
 """
 
 from __future__ import annotations
 
+from .exiting import run_and_exit
 from .optimizer import ShardedLARS
 from .shards import ShardInfo, flat_shard, global_shape, mark_flat_shard, mark_fsdp1
 
@@ -31,4 +35,5 @@ __all__ = [
     "global_shape",
     "mark_flat_shard",
     "mark_fsdp1",
+    "run_and_exit",
 ]
