@@ -1,4 +1,4 @@
-"""Loop the multi-process entry points under CPU load and count aborts at exit (issue 19).
+"""Loop the multi-process entry points under CPU load and count aborts at exit.
 
 Not part of CI (it takes tens of minutes): a tool to run by hand after touching how a rank ends.
 gloo's worker threads can outlive ``destroy_process_group()`` and abort a process while the
