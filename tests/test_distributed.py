@@ -33,7 +33,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from lars_npu import LARS, available_backends, exclude_bias_and_norm
+from lars_npu import LARS, LARSSGD, available_backends, exclude_bias_and_norm
 from lars_npu.distributed import (
     ShardedLARS,
     ShardInfo,
@@ -1619,6 +1619,30 @@ def test_one_rank_empty_first_group_and_no_parameters(one_rank):
     assert empty._n == 0 and empty._device == torch.device("cpu")
     empty.step()
     assert not bool(empty.found_inf)
+
+
+def test_one_rank_zero_agreement_skips_a_step_with_a_nan_sparse_gradient(one_rank):
+    """Inside ZeroRedundancyOptimizer the ranks agree on the skip before stepping their shares;
+    a sparse gradient's inf/nan counts (an excluded embedding, the documented recipe)."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    torch.manual_seed(0)
+    emb, fc = nn.Embedding(10, 4, sparse=True), nn.Linear(4, 2)
+    opt = ZeroRedundancyOptimizer([*emb.parameters(), *fc.parameters()],
+                                  optimizer_class=LARSSGD, lr=0.1, momentum=0.9,
+                                  lars_filter="exclude_bias_and_norm")  # fmt: skip
+    assert opt.optim._agree_group is not None
+    fc(emb(torch.tensor([1, 2]))).sum().backward()
+    g = emb.weight.grad
+    emb.weight.grad = torch.sparse_coo_tensor(
+        g._indices(), torch.full_like(g._values(), float("nan")), g.shape, check_invariants=True
+    )
+    before = [t.detach().clone() for t in (emb.weight, fc.weight, fc.bias)]
+    with pytest.warns(RuntimeWarning, match="inf/nan"):
+        opt.step()
+    assert bool(opt.optim.found_inf)
+    after = (emb.weight, fc.weight, fc.bias)
+    assert all(torch.equal(b, t) for b, t in zip(before, after, strict=True))
 
 
 def test_one_rank_refused_load_and_add_change_nothing(one_rank):
