@@ -791,7 +791,9 @@ def test_sparse_gradient_whose_values_are_a_parameter_is_refused(fused):
     a = nn.Parameter(torch.randn(2, 2))
     opt.add_param_group({"params": [("a.bias", a)], "lr": 0.5})
     a.grad = torch.ones(2, 2)
-    emb.grad = torch.sparse_coo_tensor(torch.tensor([[0, 1]]), a.detach(), (4, 2))
+    emb.grad = torch.sparse_coo_tensor(
+        torch.tensor([[0, 1]]), a.detach(), (4, 2), check_invariants=True
+    )
     before = a.detach().clone()
     with pytest.raises(ValueError, match=r"'a\.bias' and sparse gradient of parameter 'emb\.bias'"):
         opt.step()
