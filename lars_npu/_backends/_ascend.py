@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ._native import constants, native
-from ._staging import has_lazy_bits, stage_step, unstage_grads, unstage_step
+from ._staging import has_lazy_bits, resolved, stage_step, unstage_grads, unstage_step
 from ._staging import ptrs as _ptrs
 from .base import Hyper, MultiResult, per_tensor_rewrite_given_sums_, per_tensor_square_sums
 
@@ -69,7 +69,7 @@ def aligned(t: torch.Tensor) -> torch.Tensor:
     a contiguous copy in a fresh allocation (torch's allocators align those to ≥ 64 bytes): a view
     that starts at an odd element, e.g. ``x[1:]``, is staged, never given to the kernels."""
     if has_lazy_bits(t):  # negative/conjugate bit: a copy whose memory holds the values
-        return t.resolve_conj().resolve_neg().clone(memory_format=torch.contiguous_format)
+        return resolved(t).clone(memory_format=torch.contiguous_format)
     if t.is_contiguous() and (t.numel() == 0 or t.data_ptr() % constants().gm_align == 0):
         return t
     return t.clone(memory_format=torch.contiguous_format)

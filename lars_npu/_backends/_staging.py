@@ -19,12 +19,17 @@ def has_lazy_bits(t: torch.Tensor) -> bool:
     return t.is_neg() or t.is_conj()
 
 
+def resolved(t: torch.Tensor) -> torch.Tensor:
+    """A copy of a tensor with the negative or conjugate bit whose memory holds its values."""
+    return t.resolve_conj().resolve_neg()
+
+
 def contig(t: torch.Tensor) -> torch.Tensor:
     """``t`` as a contiguous tensor whose memory holds its values: the tensor itself when it is
     one, else a copy (views; the negative or conjugate bit resolved), written back by the
     ``unstage_*`` functions when a kernel wrote it."""
     if has_lazy_bits(t):
-        return t.resolve_conj().resolve_neg().contiguous()
+        return resolved(t).contiguous()
     return t if t.is_contiguous() else t.contiguous()
 
 
