@@ -19,7 +19,8 @@ from ._backends import BackendUnavailableError, available_backends
 from ._version import __version__
 from .filters import ParamInfo, default_lars_filter, exclude_bias_and_norm
 from .functional import lars_update, square_sum_all
-from .optim import LARS, LARSSGD
+from .larssgd import LARSSGD
+from .optim import LARS
 
 __all__ = [
     "LARS",

@@ -27,6 +27,8 @@ import sys
 
 import torch
 
+from ._compat import flat_parameter_type
+
 # Attribute that records the global (unsharded) shape on a flat shard.
 GLOBAL_SHAPE_ATTR = "_lars_global_shape"
 
@@ -57,18 +59,13 @@ def is_dtensor(t: object) -> bool:
     return cls is not None and isinstance(t, cls)
 
 
-def _flat_parameter_type() -> type | None:
-    mod = sys.modules.get("torch.distributed.fsdp._flat_param")
-    return getattr(mod, "FlatParameter", None) if mod is not None else None
-
-
 def shard_kind(p: torch.Tensor) -> str | None:
     """The kind of ``p`` (see the module doc); ``None`` for a full tensor."""
     if is_dtensor(p):
         return "dtensor"
     if getattr(p, GLOBAL_SHAPE_ATTR, None) is not None:
         return "flat"
-    flat = _flat_parameter_type()
+    flat = flat_parameter_type()
     if flat is not None and isinstance(p, flat):
         return "fsdp1_flat"
     if getattr(p, "_fsdp_flattened", False):

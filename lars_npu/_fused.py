@@ -21,8 +21,8 @@ What is cached, and why that is safe (the invariants, all here):
 
 from __future__ import annotations
 
-import math
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
@@ -31,15 +31,16 @@ import numpy as np
 import torch
 
 from ._backends.base import Backend, Hyper, LayoutMismatch, MultiResult
-from ._engines import is_dtensor, refusal, shard_kind
+from ._checks import check_buffer, check_storage, check_written, refuse_shard
+from ._groups import GroupPlan, param_name
 from ._sharing import check_disjoint
-from .functional import FP32_MAX, SUPPORTED_DTYPES, check_pair, sparse_values, to_float
+from .functional import check_pair
 
 _GRAD = operator.attrgetter("grad")
 
 FUSED_REQUIREMENTS = (
-    "plain torch.optim.SGD (not a subclass) with dampening=0, maximize=False, "
-    "differentiable=False in every group (momentum >= 0 and nesterov are fine)"
+    "plain torch.optim.SGD (not a subclass) with dampening=0 and maximize=False in every "
+    "group (momentum >= 0 and nesterov are fine)"
 )
 
 
@@ -52,8 +53,6 @@ def unsupported_reason(optimizer: torch.optim.Optimizer) -> str | None:
             return f"param_groups[{i}] has dampening={g['dampening']}"
         if g.get("maximize", False):
             return f"param_groups[{i}] has maximize=True"
-        if g.get("differentiable", False):
-            return f"param_groups[{i}] has differentiable=True"
     return None
 
 
@@ -63,7 +62,7 @@ class FusedCall:
 
     params: list[torch.Tensor]
     grads: list[torch.Tensor]
-    bufs: list[torch.Tensor | None]
+    bufs: Sequence[torch.Tensor | None]
     first: np.ndarray  # uint8: the buffer is new this step (m = g')
     adapt: np.ndarray  # uint8: the filter's result
     has_m: np.ndarray  # uint8: the group's momentum != 0
@@ -131,10 +130,9 @@ class FusedDriver:
         adapt: list[bool] = []
         has_m: list[bool] = []
         for gi, g in enumerate(opt.param_groups):
-            pn = g.get("param_names")
             mom = g.get("momentum", 0) != 0
             for j, p in enumerate(g["params"]):
-                name = pn[j] if pn else f"param_groups[{gi}][{j}]"
+                name = param_name(g, gi, j)
                 refuse_shard(p, name)  # the structure is reused only for these same objects
                 params.append(p)
                 names.append(name)
@@ -182,11 +180,12 @@ class FusedDriver:
         opt: Any,
         backend: Backend,
         hyper: Hyper,
-        wds: list[float],
-        masks: list[list[bool]],
+        plans: list[GroupPlan],
     ) -> tuple[MultiResult, list[str], np.ndarray]:
-        """Validate and run one fused step. Writes parameters and momentum buffers (and the
-        optimizer state, for new buffers) only when the backend reports success."""
+        """Validate and run one fused step (``plans``: the groups', checked). Writes parameters
+        and momentum buffers (and the optimizer state, for new buffers) only when the backend
+        reports success."""
+        masks = [plan.mask for plan in plans]
         s = self._s
         if s is None or not self._current(opt, s, masks):
             s = self._s = self._build(opt, masks)
@@ -199,17 +198,10 @@ class FusedDriver:
             sub = s
         n = len(grads)
 
-        groups = opt.param_groups
-        lr_g = np.empty(len(groups))
-        mu_g = np.empty(len(groups))
-        nest_g = np.empty(len(groups), dtype=np.uint8)
-        for gi, g in enumerate(groups):
-            lr_g[gi] = to_float(g["lr"], f"param_groups[{gi}]['lr']", minimum=0.0, maximum=FP32_MAX)
-            mu_g[gi] = to_float(
-                g.get("momentum", 0.0), f"param_groups[{gi}]['momentum']", minimum=0.0
-            )
-            nest_g[gi] = bool(g.get("nesterov", False))
-        wd_g = np.asarray(wds, dtype=np.float64)
+        lr_g = np.asarray([plan.lr for plan in plans], dtype=np.float64)
+        mu_g = np.asarray([plan.momentum for plan in plans], dtype=np.float64)
+        nest_g = np.asarray([plan.nesterov for plan in plans], dtype=np.uint8)
+        wd_g = np.asarray([plan.weight_decay for plan in plans], dtype=np.float64)
 
         # momentum buffers: read from the state afresh every step, never cached
         state = opt.state
@@ -245,7 +237,7 @@ class FusedDriver:
             empty = torch.zeros(0, dtype=torch.float64)
             return MultiResult(torch.tensor(False), empty), [], sub.adapt
         result = None
-        if getattr(backend, "verifies_layout", False):
+        if backend.verifies_layout:
             try:
                 result = backend.fused_sgd_(call)
                 self.stats["zero_copy"] += 1
@@ -277,7 +269,6 @@ class FusedDriver:
             raise SparseGradientError("a parameter has a sparse gradient")
         devices = set()
         for p, g, b, name in zip(params, grads, bufs, names, strict=True):
-            refuse_shard(p, name)
             check_pair(p, g, f"parameter {name!r}", f"gradient of parameter {name!r}")
             check_written(p, f"parameter {name!r}")
             check_storage(g, f"gradient of parameter {name!r}")
@@ -298,122 +289,3 @@ class FusedDriver:
             ],
             names,
         )
-
-
-def refuse_shard(p: torch.Tensor, name: str) -> None:
-    """Plain LARS never takes a norm from a shard (``lars_npu._engines``)."""
-    kind = shard_kind(p)
-    if kind is not None:
-        raise ValueError(f"LARS: {refusal(kind, name)}")
-
-
-def check_storage(t: torch.Tensor, label: str) -> None:
-    """The elements ``t`` addresses lie inside its storage (a storage resized under a tensor,
-    e.g. freed by ``untyped_storage().resize_(0)``, is refused)."""
-    n = t.numel()
-    if n == 0:
-        return
-    if t.data_ptr() == 0:
-        raise ValueError(
-            f"{label} has no memory (a meta tensor or a ZeroTensor); LARS needs real values"
-        )
-    if t.is_contiguous():  # the common case, without a Python loop over dimensions
-        need = (t.storage_offset() + n) * t.element_size()
-        if t.untyped_storage().nbytes() >= need:
-            return
-    stride = t.stride()
-    last = t.storage_offset() + sum((d - 1) * st for d, st in zip(t.shape, stride, strict=True))
-    need = (last + 1) * t.element_size()
-    if min(stride, default=0) < 0 or t.untyped_storage().nbytes() < need:
-        raise ValueError(
-            f"{label}: its storage holds {t.untyped_storage().nbytes()} bytes, fewer than the "
-            f"{need} its shape {tuple(t.shape)} addresses (storage freed or resized?)"
-        )
-
-
-def check_written(t: torch.Tensor, label: str) -> None:
-    """A tensor LARS writes in place: inside its storage, no element stored twice, and not an
-    inference tensor (those cannot be written in place outside torch.inference_mode())."""
-    check_storage(t, label)
-    if t.is_inference():
-        raise ValueError(
-            f"{label} is an inference tensor (made under torch.inference_mode()); it cannot be "
-            "written in place outside inference mode: clone it outside"
-        )
-    if torch._debug_has_internal_overlap(t) == 1:
-        raise ValueError(
-            f"{label} has overlapping elements (e.g. from expand()); it cannot be written in place"
-        )
-
-
-def check_buffer(p: torch.Tensor, b: Any, name: str) -> None:
-    """A momentum buffer that can belong to parameter ``p``."""
-    if not isinstance(b, torch.Tensor):
-        raise TypeError(
-            f"momentum_buffer of parameter {name!r} must be a tensor, got {type(b).__name__}"
-        )
-    if b.shape != p.shape:
-        raise ValueError(
-            f"momentum_buffer of parameter {name!r} has shape {tuple(b.shape)}, the "
-            f"parameter {tuple(p.shape)}"
-        )
-    if b.device != p.device:
-        raise ValueError(f"momentum_buffer of parameter {name!r} is on {b.device}")
-    if b.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(
-            f"momentum_buffer of parameter {name!r} has dtype {b.dtype}; supported: float32, "
-            "float16, bfloat16, float64"
-        )
-    if b.layout != torch.strided:  # torch SGD keeps a sparse buffer only for sparse gradients
-        raise ValueError(
-            f"momentum_buffer of parameter {name!r} is sparse ({b.layout}) but its gradient is "
-            "dense (a checkpoint of a model with sparse gradients?): torch's SGD cannot add them"
-        )
-    check_written(b, f"momentum_buffer of parameter {name!r}")
-
-
-MOMENTUM = "momentum_buffer"  # torch SGD's state key, the one state entry the fused step uses
-
-
-def check_state_entry(
-    key: str, v: Any, p: torch.Tensor, name: str, *, finite: bool, loaded: bool = False
-) -> None:
-    """One entry of a parameter's optimizer state, as the inner optimizer will read it: SGD's
-    ``momentum_buffer`` is None or a tensor of a supported floating dtype and the parameter's
-    shape (0-dim only for a 0-dim parameter); any other tensor of several elements has the
-    parameter's shape (one-element ones are counters or scalars, such as ``step``). With
-    ``finite`` (checkpoint loads), floating tensors (sparse ones by their values) and Python
-    floats must hold no inf/nan, judged in the parameter's dtype, which torch's load casts
-    floating state to (all but ``step``). (Per-step paths add the storage checks.)"""
-    what = f"{'loaded ' if loaded else ''}state[{key!r}] of parameter {name!r}"
-    misfit = "; this checkpoint does not fit the model" if loaded else ""
-    if key == MOMENTUM and v is not None:
-        if not isinstance(v, torch.Tensor):
-            raise TypeError(f"{what} must be a tensor or None, got {type(v).__name__}{misfit}")
-        if v.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(
-                f"{what} has dtype {v.dtype}; supported: float32, float16, bfloat16, "
-                f"float64{misfit}"
-            )
-    if (
-        isinstance(v, torch.Tensor)
-        and (key == MOMENTUM or (v.dim() > 0 and v.numel() != 1))
-        and v.shape != p.shape
-    ):
-        raise ValueError(
-            f"{what} has shape {tuple(v.shape)}, the parameter {tuple(p.shape)}{misfit}"
-        )
-    if not finite:
-        return
-    if isinstance(v, torch.Tensor):
-        t = v.to_local() if is_dtensor(v) else v  # this rank's elements: no collective here
-        if t.layout != torch.strided:
-            t = sparse_values(t)
-        if not (t.is_floating_point() or t.is_complex()):
-            return
-        if key != "step" and p.is_floating_point() and t.is_floating_point():
-            t = t.to(p.dtype)  # what the load will hold: finite in fp64 may be inf in fp16
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{what} holds inf/nan (in the parameter's dtype, {p.dtype})")
-    elif isinstance(v, float) and not math.isfinite(v):
-        raise ValueError(f"{what} is {v}")

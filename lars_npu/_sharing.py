@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -99,7 +100,7 @@ def check_disjoint(parts: Sequence[Part], names: Sequence[str]) -> None:
             tensors.extend(ts[j] for j in pos.tolist())
         else:
             pos = np.arange(len(ts), dtype=np.int64)
-            tensors.extend(ts)  # type: ignore[arg-type]
+            tensors.extend(cast("list[torch.Tensor]", ts))
         if isinstance(written, bool):
             flag_parts.append(np.full(len(pos), written, dtype=bool))
         else:

@@ -320,7 +320,7 @@ def jobs(
     """The (backend, case) pairs of a check: every case in a dtype the backend takes."""
     out = []
     for name in backends:
-        supported = getattr(get_backend(name), "dtypes", None)  # None: every dtype
+        supported = get_backend(name).dtypes  # None: every dtype
         out += [
             (name, c) for c in cases(quick, dtypes) if supported is None or c.dtype in supported
         ]

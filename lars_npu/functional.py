@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from ._backends import Hyper, MultiResult, resolve
+from ._compat import coo_members, max_abs_norms
 
 __all__ = [
     "SUPPORTED_DTYPES",
@@ -103,7 +104,7 @@ def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
     tensors = [t for t in tensors if t.numel()]  # the inf-norm of nothing is undefined
     if not tensors:
         return True
-    norms = torch._foreach_norm(tensors, float("inf"))
+    norms = max_abs_norms(tensors)
     return all(bool(torch.isfinite(x)) for x in norms)
 
 
@@ -112,7 +113,7 @@ def sparse_values(g: torch.Tensor) -> torch.Tensor:
     them, for the inf/nan check: an uncoalesced COO gradient is coalesced first, since duplicates
     that sum beyond the dtype's range become inf."""
     if g.layout == torch.sparse_coo:
-        return g.coalesce()._values() if not g.is_coalesced() else g._values()
+        return coo_members(g if g.is_coalesced() else g.coalesce())[0]
     return g.values()
 
 
@@ -120,7 +121,7 @@ def sparse_members(g: torch.Tensor) -> list[torch.Tensor]:
     """The dense tensors a sparse tensor is stored in (values and indices), for the sharing
     check: the inner optimizer reads them all."""
     if g.layout == torch.sparse_coo:
-        return [g._values(), g._indices()]
+        return list(coo_members(g))
     if g.layout in (torch.sparse_csr, torch.sparse_bsr):
         return [g.values(), g.crow_indices(), g.col_indices()]
     return [g.values(), g.ccol_indices(), g.row_indices()]

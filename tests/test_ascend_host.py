@@ -21,7 +21,7 @@ import lars_npu
 from lars_npu import LARS
 from lars_npu._backends import _ascend, all_backends
 from lars_npu._backends import npu as npu_mod
-from lars_npu._backends._native import native
+from lars_npu._backends._native import constants, native
 from lars_npu._backends.base import Hyper
 
 from .conftest import ALL_BACKENDS
@@ -38,7 +38,7 @@ def plan(sizes, *, given=None, mode=1, adapt=None, dtype=torch.float32):
     blob, layout = _ascend.AscendKernelBackend()._plan(
         ws, gs, ms, adapt=adapt, first=[False] * n, nesterov=[False] * n, wd=[1e-4] * n,
         lr=[0.1] * n, mu=[0.9] * n, hyper=Hyper(), mode=mode,
-        code=_ascend.CODES[dtype], given=given,
+        code=_ascend.kernel_codes()[dtype], given=given,
     )  # fmt: skip
     return blob, layout, (ws, gs, ms)
 
@@ -46,13 +46,13 @@ def plan(sizes, *, given=None, mode=1, adapt=None, dtype=torch.float32):
 def test_workspace_layout_is_aligned_and_sized():
     sizes = [1, 7, 16384, 16385, 0, 40000]
     blob, layout, _ = plan(sizes)
-    chunks = sum(-(-n // _ascend.CHUNK) for n in sizes)
+    chunks = sum(-(-n // constants().chunk) for n in sizes)
     assert layout["n"] == len(sizes) and layout["num_chunks"] == chunks
     assert blob.dtype == np.uint8 and blob.shape == (layout["bytes"],)
     assert layout["partials"] % 32 == 0 and layout["bytes"] % 32 == 0
     # results: a 32-byte block per chunk for Σw² and one for Σg², one per core for its
     # non-finite flag (256 at most), one per tensor for λ
-    slots = _ascend.FLAG_SLOTS  # = kMaxCoreFlags of lars_tiling.h
+    slots = constants().flag_slots  # = kMaxCoreFlags of lars_tiling.h
     assert layout["bytes"] - layout["partials"] == 32 * (2 * chunks + slots + len(sizes))
     sums_and_flags = blob[layout["partials"] : layout["partials"] + 32 * (2 * chunks + 256)]
     assert not sums_and_flags.any()  # start at zero: no stale flag, whatever ran before
@@ -211,9 +211,11 @@ def stand_in_npu(monkeypatch):
             current_stream=lambda device=None: Stream(), device=device, device_count=lambda: 1
         )
     )
+    for mod in (npu_mod, _ascend):
+        monkeypatch.setattr(mod, "loaded", lambda: C)
     monkeypatch.setattr(npu_mod, "native", lambda: C)
-    monkeypatch.setattr(_ascend, "native", lambda: C)
     monkeypatch.setattr(npu_mod, "torch_npu", lambda: fake_torch_npu)
+    monkeypatch.setattr(npu_mod, "loaded_torch_npu", lambda: fake_torch_npu)
     backend = npu_mod.NpuBackend()
     assert backend.available() == (True, "")
     C.devices_entered = devices_entered
@@ -255,9 +257,9 @@ def test_npu_backend_step_matches_emu(stand_in_npu, monkeypatch, dtype, fused):
     assert len(C.calls) == 1
     stream, n, nc, code, run_sq, run_update, block_dim = C.calls[0]
     assert (stream, n, code, run_sq, run_update, block_dim) == (
-        0x5EED, 4, _ascend.CODES[dtype], True, True, 5,
+        0x5EED, 4, _ascend.kernel_codes()[dtype], True, True, 5,
     )  # fmt: skip
-    assert nc == sum(-(-p.numel() // _ascend.CHUNK) for p in model.parameters())
+    assert nc == sum(-(-p.numel() // constants().chunk) for p in model.parameters())
     assert C.devices_entered == [torch.device("cpu")]  # launched under the tensors' device
 
 

@@ -7,6 +7,7 @@ tests/test_deepspeed.py."""
 from __future__ import annotations
 
 import copy
+import inspect
 
 import pytest
 import torch
@@ -230,12 +231,17 @@ def test_load_plans_every_group_before_loading():
 
 
 def test_lars_built_like_an_optimizer_class_says_use_larssgd():
-    """ZeroRedundancyOptimizer(optimizer_class=lars_npu.LARS, lr=...) used to fail with
-    "unexpected keyword argument 'lr'"; the message now names the class to use."""
-    with pytest.raises(TypeError, match=r"use lars_npu\.LARSSGD"):
-        LARS(list(_model().parameters()), lr=0.1)  # type: ignore[call-arg]
-    with pytest.raises(TypeError, match=r"must be a torch\.optim\.Optimizer"):
+    """LARS wraps an optimizer: given parameters (as ZeroRedundancyOptimizer(optimizer_class=
+    lars_npu.LARS) would), the message names the class that takes them; its signature is
+    LARS's own, so a keyword of SGD's is Python's error naming it."""
+    with pytest.raises(TypeError, match=r"torch\.optim\.Optimizer.*use lars_npu\.LARSSGD"):
         LARS(list(_model().parameters()))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'lr'"):
+        LARS(list(_model().parameters()), lr=0.1)  # type: ignore[call-arg]
+    params = list(inspect.signature(LARS).parameters)
+    assert params[:5] == ["optimizer", "epsilon", "coefficient", "use_clip", "lars_filter"]
+    assert inspect.signature(LARS).parameters["epsilon"].default == 1e-5
+    assert "lr" in inspect.signature(LARSSGD).parameters
 
 
 def test_filters_by_name_keep_functions_out_of_checkpoints():
@@ -256,10 +262,12 @@ def test_filters_by_name_keep_functions_out_of_checkpoints():
     torch.load(buf, weights_only=True)
 
 
-def test_larssgd_on_sharded_parameters_says_what_to_build():
+def test_larssgd_on_sharded_parameters_takes_the_sharded_path():
+    """Any LARS (LARSSGD too) on sharded parameters sums the norms over the ranks: without a
+    process group there is nothing to sum over, a clear error."""
     model = _model()
     model[0].weight._lars_global_shape = torch.Size([12, 4])  # a flat shard, marked
-    with pytest.raises(ValueError, match=r"LARSSGD: parameter '0\.weight' is a shard \(flat\)"):
+    with pytest.raises(RuntimeError, match=r"sharded parameters needs torch\.distributed"):
         LARSSGD(model.named_parameters(), lr=0.1)
 
 

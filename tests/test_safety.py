@@ -724,8 +724,8 @@ def test_unexpected_keyword_with_an_optimizer_instance_is_named():
     sgd = torch.optim.SGD([("w", nn.Parameter(torch.ones(2, 2)))], lr=0.1)
     with pytest.raises(TypeError, match="unexpected keyword argument 'lr'"):
         LARS(sgd, lr=0.1)  # type: ignore[call-arg]
-    with pytest.raises(TypeError, match="LARSSGD"):  # params + kwargs: the factory class
-        LARS([nn.Parameter(torch.ones(2))], lr=0.1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="LARSSGD"):  # parameters: the factory class is named
+        LARS([nn.Parameter(torch.ones(2))])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("fused", [None, False])

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ._native import constants, native
+from ._native import constants, loaded
 from ._staging import has_lazy_bits, resolved, stage_step, unstage_grads, unstage_step
 from ._staging import ptrs as _ptrs
 from .base import Hyper, MultiResult, per_tensor_rewrite_given_sums_, per_tensor_square_sums
@@ -47,21 +47,6 @@ def kernel_codes() -> dict[torch.dtype, int]:
     """The kernels' dtype codes (fp32, fp16), from the loaded ``_C``."""
     codes = constants().dtype_codes
     return {d: codes[d] for d in _KERNEL_DTYPES}
-
-
-def __getattr__(name: str) -> object:  # the old module constants, read from _C
-    fields = {
-        "CHUNK": "chunk",
-        "TILE_SQUARE_SUMS": "tile_square_sums",
-        "TILE_UPDATE": "tile_update",
-        "FLAG_SLOTS": "flag_slots",
-        "GM_ALIGN": "gm_align",
-    }
-    if name in fields:
-        return getattr(constants(), fields[name])
-    if name == "CODES":
-        return kernel_codes()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def aligned(t: torch.Tensor) -> torch.Tensor:
@@ -122,7 +107,7 @@ def fp32_per_tensor(**lists: Any) -> None:
 def step_args(**fields: Any) -> Any:
     """The host plan's input struct, ``_C.AscendStep`` (csrc/ascendc/lars_host_plan.h StepArgs),
     with its fields set by name; an unknown name is an AttributeError."""
-    step = native().AscendStep()
+    step = loaded().AscendStep()
     for name, value in fields.items():
         setattr(step, name, value)
     return step
@@ -164,7 +149,8 @@ class AscendKernelBackend:
     """The four backend operations on the AscendC kernels; subclasses provide ``_launch``."""
 
     name = "ascend"
-    dtypes = (torch.float32, torch.float16)  # what the AscendC kernels take
+    dtypes: tuple[torch.dtype, ...] | None = (torch.float32, torch.float16)  # the kernels'
+    verifies_layout = False  # every fused step stages and checks its tensors
 
     def _launch(
         self,
@@ -190,7 +176,7 @@ class AscendKernelBackend:
         if dev_ws is not None:
             p = layout["partials"]
             blob[p:] = dev_ws[p:].cpu().numpy()
-        return native().ascend_read_back(blob, layout["n"], layout["num_chunks"])
+        return loaded().ascend_read_back(blob, layout["n"], layout["num_chunks"])
 
     @classmethod
     def _lazy_outcome(
@@ -201,8 +187,10 @@ class AscendKernelBackend:
         kernel wrote (csrc/ascendc/lars_tiling.h): no host wait; it comes only when someone
         reads them (``bool(found_inf)``, ``trust_ratio.tolist()``)."""
         if dev_ws is None:
-            found, lam, _, _ = cls._outcome(blob, layout, None)
-            return torch.tensor(bool(found)), torch.from_numpy(np.asarray(lam, dtype=np.float64))
+            host_found, host_lam, _, _ = cls._outcome(blob, layout, None)
+            return torch.tensor(bool(host_found)), torch.from_numpy(
+                np.asarray(host_lam, dtype=np.float64)
+            )
         n, nc = layout["n"], layout["num_chunks"]
         blocks = dev_ws[layout["partials"] :].view(torch.float32).view(-1, 8)[:, 0]
         slots = constants().flag_slots
@@ -238,7 +226,7 @@ class AscendKernelBackend:
         )
         if given is not None:
             step.given_ws, step.given_gs = given
-        return native().ascend_plan(step)
+        return loaded().ascend_plan(step)
 
     def _start(
         self,

@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -30,6 +31,23 @@ def _load_C() -> tuple[ModuleType | None, str]:
 def native() -> ModuleType | None:
     """The compiled extension ``lars_npu._C``, or ``None`` when it is absent."""
     return _load_C()[0]
+
+
+def loaded() -> Any:
+    """``lars_npu._C`` for code that runs only once a backend needing it was found available
+    (typed ``Any``: the extension has no type information); a RuntimeError when it is absent."""
+    C = native()
+    if C is None:
+        raise RuntimeError(f"lars_npu._C is not available: {native_error()}")
+    return C
+
+
+def loaded_torch_npu() -> Any:
+    """torch_npu for code that runs only on the npu backend; a RuntimeError when absent."""
+    npu = torch_npu()
+    if npu is None:
+        raise RuntimeError(f"torch_npu is not available: {torch_npu_error()}")
+    return npu
 
 
 def native_error() -> str:

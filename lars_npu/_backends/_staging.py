@@ -4,6 +4,7 @@ back of those copies once a kernel has succeeded."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,7 +34,7 @@ def contig(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
 
-def ptrs(ts: list[torch.Tensor | None]) -> np.ndarray:
+def ptrs(ts: Sequence[torch.Tensor | None]) -> np.ndarray:
     """int64 data pointers (0 for None)."""
     return np.fromiter(
         (0 if t is None else t.data_ptr() for t in ts), dtype=np.int64, count=len(ts)

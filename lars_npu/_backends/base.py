@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 if TYPE_CHECKING:
     from .._fused import FusedCall
@@ -41,7 +41,14 @@ class MultiResult:
 
 
 class Backend(Protocol):
+    """What the optimizer, the functional API and the check tool use of a backend."""
+
     name: str
+    # The dtypes it takes (None: every supported dtype; the check matrix skips the others).
+    dtypes: tuple[torch.dtype, ...] | None
+    # Its fused step proves natively, each step, that the tensors fit its cached plan, raising
+    # LayoutMismatch otherwise: the fused driver may skip its own named checks until then.
+    verifies_layout: bool
 
     def available(self) -> tuple[bool, str]:
         """(usable here, reason when not)."""
@@ -113,8 +120,27 @@ class Backend(Protocol):
         ...
 
 
+class TensorOps(Protocol):
+    """The per-tensor operations the per-tensor defaults below are built from."""
+
+    def square_sum_all(
+        self, weight: torch.Tensor, gradient: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def lars_update(
+        self,
+        weight: torch.Tensor,
+        gradient: torch.Tensor,
+        w_s: float,
+        g_s: float,
+        weight_decay: float,
+        lr: float,
+        hyper: Hyper,
+    ) -> torch.Tensor: ...
+
+
 def per_tensor_square_sums(
-    backend: Backend, weights: list[torch.Tensor], grads: list[torch.Tensor], adapt: list[bool]
+    backend: TensorOps, weights: list[torch.Tensor], grads: list[torch.Tensor], adapt: list[bool]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The default ``square_sums``: the backend's SquareSumAll once per tensor, stacked where the
     tensors are (no host round trip per tensor)."""
@@ -146,7 +172,7 @@ def lambdas_from_sums(
 
 
 def per_tensor_rewrite_given_sums_(
-    backend: Backend,
+    backend: TensorOps,
     weights: list[torch.Tensor],
     grads: list[torch.Tensor],
     w_s: np.ndarray,
@@ -166,12 +192,15 @@ def per_tensor_rewrite_given_sums_(
 
 class PerTensorShardedOps:
     """The sharded step's two pieces as the per-tensor defaults, for backends without a native
-    multi-tensor path (numpy, torch)."""
+    multi-tensor path (numpy, torch), and the protocol's defaults for such backends."""
+
+    dtypes: tuple[torch.dtype, ...] | None = None
+    verifies_layout = False
 
     def square_sums(
         self, weights: list[torch.Tensor], grads: list[torch.Tensor], adapt: list[bool]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return per_tensor_square_sums(self, weights, grads, adapt)  # type: ignore[arg-type]
+        return per_tensor_square_sums(cast(TensorOps, self), weights, grads, adapt)
 
     def rewrite_given_sums_(
         self,
@@ -184,6 +213,6 @@ class PerTensorShardedOps:
         hyper: Hyper,
     ) -> np.ndarray:
         return per_tensor_rewrite_given_sums_(
-            self,  # type: ignore[arg-type]
+            cast(TensorOps, self),
             weights, grads, w_s, g_s, weight_decays, lrs, hyper,
         )  # fmt: skip

@@ -8,13 +8,14 @@ in a forked child: see ``_native.kernel_threads``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.utils.dlpack
 
-from ._native import constants, kernel_threads, native, native_error
+from .._compat import TO_DLPACK
+from ._native import constants, kernel_threads, loaded, native, native_error
 from ._staging import contig as _contig
 from ._staging import ptrs as _ptrs
 from ._staging import stage_step, unstage_grads, unstage_step
@@ -32,24 +33,14 @@ def _code(dtype: torch.dtype) -> int:
     return constants().dtype_codes[dtype]
 
 
-def __getattr__(name: str) -> object:
-    if name == "DTYPE_CODES":  # read from the loaded _C, not a copy
-        return dict(constants().dtype_codes)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 # One capsule per tensor exposes pointer, shape, strides, dtype and device together (and keeps
-# the tensor alive while it exists); torch >= 2.6 has _to_dlpack, newer ones the versioned kind.
-_TO_DLPACK = (
-    getattr(torch._C, "_to_dlpack", None)
-    or getattr(torch._C, "_to_dlpack_versioned", None)
-    or torch.utils.dlpack.to_dlpack
-)
+# the tensor alive while it exists).
+_TO_DLPACK = TO_DLPACK
 _STORAGE = torch.Tensor.untyped_storage
 _IS_NEG = torch.Tensor.is_neg  # (the conjugate bit exists only on complex tensors: refused)
 
 
-def _ptr_list(ts: list[torch.Tensor | None]) -> list[int | None]:
+def _ptr_list(ts: Sequence[torch.Tensor | None]) -> list[int | None]:
     """Raw pointers of staged tensors the caller holds (None: no tensor)."""
     return [None if t is None else t.data_ptr() for t in ts]
 
@@ -66,6 +57,7 @@ def _arrays(
 
 class CpuBackend:
     name = "cpu"
+    dtypes: tuple[torch.dtype, ...] | None = None  # every one: fp32, fp16, bf16, fp64
 
     def available(self) -> tuple[bool, str]:
         return (native() is not None), native_error()
@@ -77,7 +69,7 @@ class CpuBackend:
         self, weight: torch.Tensor, gradient: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         w, g = _contig(weight), _contig(gradient)
-        w_s, g_s = native().square_sums(*_arrays([w], [g]), kernel_threads())
+        w_s, g_s = loaded().square_sums(*_arrays([w], [g]), kernel_threads())
         return (
             torch.tensor(w_s[0], dtype=torch.float32),
             torch.tensor(g_s[0], dtype=torch.float32),
@@ -93,7 +85,7 @@ class CpuBackend:
         lr: float,
         hyper: Hyper,
     ) -> torch.Tensor:
-        C = native()
+        C = loaded()
         w, g = _contig(weight), _contig(gradient)
         out = torch.empty_like(g, memory_format=torch.contiguous_format)
         lam = C.trust_ratio(
@@ -131,7 +123,7 @@ class CpuBackend:
     ) -> MultiResult:
         ws = [_contig(w) for w in weights]
         gs = [_contig(g) for g in grads]
-        found_inf, lam, _, _ = native().multi_lars(
+        found_inf, lam, _, _ = loaded().multi_lars(
             *_arrays(ws, gs),
             np.fromiter(adapt, dtype=np.uint8, count=len(adapt)),
             np.asarray(weight_decays, dtype=np.float64),
@@ -151,7 +143,7 @@ class CpuBackend:
     verifies_layout = True
 
     def fused_sgd_(self, call: FusedCall) -> MultiResult:
-        C = native()
+        C = loaded()
         h = call.hyper
         if not call.checked:  # zero copy: capsules and storages made now, proven by _C
             ps, gs, bs = call.params, call.grads, call.bufs
@@ -219,7 +211,7 @@ class CpuBackend:
         """One native call (fp64 accumulation) for every tensor's Σw² (adapted ones) and Σg²."""
         wc = [_contig(w) if a else None for w, a in zip(weights, adapt, strict=True)]
         gc = [_contig(g) for g in grads]
-        w_s, g_s = native().square_sums(
+        w_s, g_s = loaded().square_sums(
             _ptrs(wc),
             _ptrs(gc),
             np.fromiter((g.numel() for g in gc), dtype=np.int64, count=len(gc)),
@@ -246,7 +238,7 @@ class CpuBackend:
             wc = [_contig(weights[i]) for i in todo]
             gc = [_contig(grads[i]) for i in todo]
             g_ptr = _ptrs(gc)
-            native().lars_rewrite(
+            loaded().lars_rewrite(
                 _ptrs(wc),
                 g_ptr,
                 g_ptr,  # in place

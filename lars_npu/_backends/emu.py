@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ._ascend import AscendKernelBackend
-from ._native import native, native_error
+from ._native import loaded, native, native_error
 
 # The emulated device: Atlas A2 (910B) Unified Buffer, and a block count of 8 AI cores.
 BLOCK_DIM = 8
@@ -110,7 +110,7 @@ class EmuBackend(AscendKernelBackend):
         run_update: bool,
         device: torch.device,
     ) -> None:
-        C = native()
+        C = loaded()
         n, nc = layout["n"], layout["num_chunks"]
         how = runner()
         if how == "cann":
@@ -185,7 +185,7 @@ def step_cost(
 
     k = constants()
 
-    C = native()
+    C = loaded()
     n = len(numels)
     biggest = max(numels, default=0)
     w, g, m = (torch.zeros(max(biggest, 1)) for _ in range(3))

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ._ascend import AscendKernelBackend, kernel_dtypes_ok, kernel_pairs_ok
-from ._native import native, native_error, torch_npu, torch_npu_error
+from ._native import loaded, loaded_torch_npu, native, native_error, torch_npu, torch_npu_error
 from .base import Hyper, MultiResult
 from .torch_ import TorchBackend
 
@@ -52,7 +52,8 @@ def block_dim() -> int:
 
 class NpuBackend(AscendKernelBackend):
     name = "npu"
-    dtypes = None  # every dtype: fp32/fp16 on the kernels, the rest on torch ops (all checked)
+    # every dtype: fp32/fp16 on the kernels, the rest on torch ops (all checked)
+    dtypes: tuple[torch.dtype, ...] | None = None
 
     def __init__(self) -> None:
         self._torch = TorchBackend()
@@ -90,13 +91,13 @@ class NpuBackend(AscendKernelBackend):
         run_update: bool,
         device: torch.device,
     ) -> torch.Tensor:
-        npu = torch_npu()
+        npu = loaded_torch_npu()
         # ACL launches on the current device's context: make it the tensors' device
         with npu.npu.device(device):
             ws = torch.empty(blob.nbytes, dtype=torch.uint8, device=device)
             ws.copy_(torch.from_numpy(blob))  # one host-to-device copy of the workspace
             stream = npu.npu.current_stream(device).npu_stream
-            native().npu_launch(
+            loaded().npu_launch(
                 int(stream),
                 ws.data_ptr(),
                 layout["n"],

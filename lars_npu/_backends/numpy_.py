@@ -122,7 +122,7 @@ class NumpyBackend(PerTensorShardedOps):
         if not all(math.isfinite(s) for s in g_sums):
             lam.fill_(math.nan)
             return MultiResult(torch.tensor(True, device=dev), lam)
-        outs = []
+        outs: list[np.ndarray | None] = []
         for i in range(n):
             if not adapt[i]:
                 outs.append(None)

@@ -15,8 +15,9 @@ import torch.distributed as dist
 
 from .._engines import GLOBAL_SHAPE_ATTR
 from .._engines import is_dtensor as _is_dtensor
+from .._groups import GroupPlan
 from ..functional import SUPPORTED_DTYPES
-from .shards import collective_device, local_of, placement_problem
+from .shards import collective_device, local_of, placement_problem, rank_world
 from .shards import counted as dtensor_counted
 
 _FLAT = "flat"
@@ -79,60 +80,64 @@ class Layout:
     the step's buffer."""
 
     descs: list[_Desc]
-    plans: list[tuple[float, list[bool]]]
+    plans: list[GroupPlan]
     key: tuple[Any, ...]
     device: torch.device
 
 
-class LayoutMixin:
-    """ShardedLARS's layout check (the constructor, ``add_param_group``, ``load_state_dict`` and
-    :meth:`verify_layout` go through it). Needs, on the optimizer: ``process_group``, ``rank``,
-    ``world_size``, ``_group_ranks``, ``_plan_group`` and ``param_groups``."""
+class Agreement:
+    """The layout check of a sharded LARS (its constructor, ``add_param_group``,
+    ``load_state_dict`` and ``verify_layout`` go through it), and the layout the ranks last
+    agreed on: ``n`` parameters, this rank's contribution to each one's sums, the key a step
+    compares the parameters against, and the device of the step's buffer."""
 
-    process_group: Any
-    rank: int
-    world_size: int
-    _group_ranks: list[int]
-    _n: int
-    _contrib: np.ndarray
-    _layout_key: tuple[Any, ...] | None
-    _device: torch.device
-    _plan_group: Callable[..., tuple[float, list[bool]]]
-    param_groups: list[dict[str, Any]]
+    def __init__(self, process_group: Any) -> None:
+        # Without an initialised group (or with a bad one) there is no collective to join.
+        self.process_group = process_group
+        self.rank, self.world_size = rank_world(process_group, "LARS on sharded parameters")
+        self.group_ranks: list[int] = dist.get_process_group_ranks(
+            process_group if process_group is not None else dist.group.WORLD
+        )
+        self.n = 0
+        self.contrib = np.zeros(0)
+        self.key: tuple[Any, ...] | None = None
+        self.device = torch.device("cpu")
 
-    def _structure(
+    def structure(
         self,
         groups: list[dict[str, Any]],
-        plans: list[tuple[float, list[bool]]] | None = None,
+        plan: Callable[[int, dict[str, Any]], GroupPlan],
+        plans: list[GroupPlan] | None = None,
     ) -> tuple[Layout | None, list[Problem]]:
         """This rank's view of ``groups`` (the param groups as they are, or as they would be after
         an ``add_param_group`` / ``load_state_dict``): the layout, and the problems found
         locally. Reads only, and never raises: every rank must reach the all_gather first, so
         that all of them raise together. ``plans`` are the groups' (weight decay, filter result)
-        when already computed; else :meth:`_plan_group` computes them."""
+        when already computed; else ``plan`` computes them."""
         try:
-            return self._describe(groups, plans)
+            return self._describe(groups, plan, plans)
         except Exception as exc:  # a group LARS refuses, the user's lars_filter raising, ...
             return None, [problem(exc)]
 
     def _describe(
         self,
         groups: list[dict[str, Any]],
-        plans: list[tuple[float, list[bool]]] | None,
+        plan_of: Callable[[int, dict[str, Any]], GroupPlan],
+        plans: list[GroupPlan] | None,
     ) -> tuple[Layout, list[Problem]]:
         descs: list[_Desc] = []
         problems: list[Problem] = []
         key: list[Any] = []
-        done: list[tuple[float, list[bool]]] = []
+        done: list[GroupPlan] = []
         devices: list[torch.device] = []
 
         def refuse(text: str) -> None:  # a layout problem
             problems.append(("ValueError", text))
 
         for gi, group in enumerate(groups):
-            plan = plans[gi] if plans is not None else self._plan_group(gi, group)
+            plan = plans[gi] if plans is not None else plan_of(gi, group)
             done.append(plan)
-            mask = plan[1]
+            mask = plan.mask
             names = group.get("param_names")
             key.append((len(group["params"]), tuple(mask)))
             for j, p in enumerate(group["params"]):
@@ -142,7 +147,7 @@ class LayoutMixin:
                 if _is_dtensor(p):
                     kind, shape = _DTENSOR, tuple(p.shape)
                     placements = str(tuple(p.placements))
-                    why = placement_problem(p, self._group_ranks)
+                    why = placement_problem(p, self.group_ranks)
                     if why is not None:
                         refuse(f"parameter {name!r} {why}")
                     else:
@@ -184,7 +189,7 @@ class LayoutMixin:
         device = devices[0] if devices else collective_device(self.process_group)
         return Layout(descs, done, tuple(key), device), problems
 
-    def _agree(
+    def agree(
         self,
         layout: Layout | None,
         problems: list[Problem],
@@ -199,13 +204,13 @@ class LayoutMixin:
         dist.all_gather_object(gathered, mine, group=self.process_group)
         return self._check_gathered(gathered, cause)
 
-    def _adopt(self, layout: Layout, contrib: np.ndarray) -> None:
-        self._n = len(layout.descs)
-        self._contrib = contrib
-        self._layout_key = layout.key
-        self._device = layout.device
+    def adopt(self, layout: Layout, contrib: np.ndarray) -> None:
+        self.n = len(layout.descs)
+        self.contrib = contrib
+        self.key = layout.key
+        self.device = layout.device
 
-    def _commit(self, layout: Layout, contrib: np.ndarray, change: Callable[[], None]) -> None:
+    def commit(self, layout: Layout, contrib: np.ndarray, change: Callable[[], None]) -> None:
         """Apply a change every rank has agreed to. Should it still fail here (it was checked
         beforehand), the other ranks have applied theirs: keep the agreed buffer size, so that
         this rank's steps still join the all-reduce (with NaN sums), but refuse them until
@@ -213,20 +218,9 @@ class LayoutMixin:
         try:
             change()
         except BaseException:
-            self._n, self._contrib, self._layout_key = len(layout.descs), contrib, None
+            self.n, self.contrib, self.key = len(layout.descs), contrib, None
             raise
-        self._adopt(layout, contrib)
-
-    def verify_layout(self) -> None:
-        """Check, with one ``all_gather_object`` (call it on every rank), that all ranks hold the
-        same parameters and that their shards fit together; raise the same error on every rank
-        otherwise (a ``ValueError`` for a layout mismatch, or for a group LARS refuses on some
-        rank). Run by the constructor, ``add_param_group`` and ``load_state_dict``; call it
-        yourself after changing the parameters in another way (on every rank)."""
-        layout, problems = self._structure(self.param_groups)
-        contrib = self._agree(layout, problems)
-        assert layout is not None  # _agree raised otherwise
-        self._adopt(layout, contrib)
+        self.adopt(layout, contrib)
 
     def _check_gathered(self, gathered: list[Any], cause: Exception | None = None) -> np.ndarray:
         """Compare every rank's descriptors (identical input on every rank, so an identical

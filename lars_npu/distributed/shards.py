@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -132,7 +132,7 @@ def mark_fsdp1(module: torch.nn.Module) -> int:
 
 def local_of(t: torch.Tensor) -> torch.Tensor:
     """The tensor holding this rank's elements (shares storage: in-place writes reach ``t``)."""
-    return t.to_local() if _is_dtensor(t) else t.detach()
+    return cast(Any, t).to_local() if _is_dtensor(t) else t.detach()
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ class ShardInfo(ParamInfo):
         return len(self.global_shape)
 
 
-def placement_problem(p: torch.Tensor, group_ranks: list[int]) -> str | None:
+def placement_problem(p: Any, group_ranks: list[int]) -> str | None:
     """Why the sums of a DTensor cannot be reduced over ``group_ranks`` (None: they can). Any
     mesh dimension count works (FSDP2 1-D; HSDP's (replicate, shard); TP x FSDP), with Shard
     and Replicate placements, as long as the process group spans exactly the mesh's ranks."""
@@ -170,7 +170,7 @@ def placement_problem(p: torch.Tensor, group_ranks: list[int]) -> str | None:
     return None
 
 
-def counted(p: torch.Tensor) -> bool:
+def counted(p: Any) -> bool:
     """Whether this rank's local piece of DTensor ``p`` counts in the global sums: it does on
     the ranks whose mesh coordinate is 0 along every Replicate dimension (those ranks' pieces
     partition the tensor exactly once; the replicas add 0·x, which keeps inf/nan visible)."""
