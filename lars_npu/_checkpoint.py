@@ -25,13 +25,21 @@ HYPER_KEYS = ("epsilon", "coefficient", "use_clip", "guard_zero_norm")
 GROUP_HYPER = {k: f"lars_{k}" for k in HYPER_KEYS}
 
 
-def with_hyper(sd: dict[str, Any], hyper: Hyper) -> dict[str, Any]:
-    """The inner optimizer's state dict ``sd`` with LARS's hyper-parameters added."""
+def state_dict_of(owner: Optimizer, inner: Optimizer, hyper: Hyper) -> dict[str, Any]:
+    """The state dict of ``owner`` (a LARS around ``inner``): the inner optimizer's with LARS's
+    hyper-parameters added, through the owner's state-dict hooks."""
+    for pre_hook in instance_hooks(owner, "state_dict_pre"):
+        pre_hook(owner)
+    sd = inner.state_dict()
     values = {k: getattr(hyper, k) for k in HYPER_KEYS}
     sd[STATE_KEY] = dict(values)
     sd["param_groups"] = [
         {**g, **{GROUP_HYPER[k]: v for k, v in values.items()}} for g in sd["param_groups"]
     ]
+    for post_hook in instance_hooks(owner, "state_dict_post"):
+        out = post_hook(owner, sd)
+        if out is not None:
+            sd = out
     return sd
 
 

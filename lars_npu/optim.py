@@ -15,7 +15,7 @@ import torch
 from torch.optim import Optimizer
 
 from ._backends import MultiResult, resolve, warn_reference_fallback
-from ._checkpoint import LoadPreview, preview_load, with_hyper
+from ._checkpoint import LoadPreview, preview_load, state_dict_of
 from ._compat import instance_hooks
 from ._engines import HANDLED, shard_kind
 from ._fused import (
@@ -83,11 +83,9 @@ class LARS(Optimizer):
     skips the whole step (``found_inf``); if the inner optimizer's step raises, each rewritten
     ``p.grad`` is put back exactly.
 
-    Sharded parameters (DTensor from FSDP2 ``fully_shard``, HSDP, TP; flat shards marked with
-    their global shape; FSDP1 after :func:`lars_npu.distributed.mark_fsdp1`) are handled by the
-    same class: the norms are summed over the ranks with one all-reduce per step (see
-    :class:`lars_npu.distributed.ShardedLARS` for the collective contract and a process group
-    other than the default one).
+    Sharded parameters (FSDP2 / HSDP / TP DTensors, marked flat shards, FSDP1 after
+    :func:`lars_npu.distributed.mark_fsdp1`): the norms are summed over the ranks, one
+    all-reduce per step (:class:`lars_npu.distributed.ShardedLARS`: the collective contract).
 
     Args:
         optimizer: the inner optimizer (momentum SGD is the intended partner). Adam/LAMB-family
@@ -169,8 +167,7 @@ class LARS(Optimizer):
 
     @property
     def lars_filter(self) -> LarsFilter:
-        """The filter: True adapts a parameter (a new one applies from the next step to groups
-        whose masks are recomputed: new groups, and masks LARS did not commit)."""
+        """The filter (True adapts a parameter); a new one applies to masks computed later."""
         return self._planner.lars_filter
 
     @lars_filter.setter
@@ -312,8 +309,8 @@ class LARS(Optimizer):
                             saved=saved)  # fmt: skip
 
     def agree_skips_over(self, group: Any) -> None:
-        """Inside a ``ZeroRedundancyOptimizer`` (found by :mod:`lars_npu._zero`): every rank of
-        ``group`` skips a step when any rank's gradient is non-finite."""
+        """Inside a ``ZeroRedundancyOptimizer`` (:mod:`lars_npu._zero`): skip a step on every
+        rank of ``group`` when any rank's gradient is non-finite."""
         self._zero_group = group
 
     def _fused_step(self, loss: Any) -> Any:
@@ -334,9 +331,8 @@ class LARS(Optimizer):
         inner: bool,
         saved: Saved | None = None,
     ) -> Any:
-        """Record the step (λ, found_inf), commit the plans, and run the inner step. A fused step
-        on an accelerator (the AscendC kernels on an NPU) decided the skip on the device and
-        skipped its own writes there: the host does not wait for the flag."""
+        """Record the step, commit the plans, run the inner step. A fused step on an NPU decided
+        the skip on the device (and skipped its writes there): the host does not wait for it."""
         if self._record.record(result, names, adapt, wait=inner):
             return loss
         if plans:  # (a device-side skip: the kernels wrote nothing, the masks stand)
@@ -350,14 +346,7 @@ class LARS(Optimizer):
         """The inner optimizer's state dict (its groups carry ``lars_mask``) plus LARS's
         hyper-parameters, under ``"lars"`` and in every group (``lars_epsilon``, ...). No
         functions inside: loads with ``torch.load(weights_only=True)``."""
-        for pre_hook in instance_hooks(self, "state_dict_pre"):
-            pre_hook(self)
-        sd = with_hyper(self.optimizer.state_dict(), self._hyper)
-        for post_hook in instance_hooks(self, "state_dict_post"):
-            out = post_hook(self, sd)
-            if out is not None:
-                sd = out
-        return sd
+        return state_dict_of(self, self.optimizer, self._hyper)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a LARS checkpoint, or one of the plain inner optimizer. Hyper-parameters and
