@@ -118,17 +118,12 @@ def probe_device(flag: str, device: str) -> torch.device:
     return dev
 
 
-def progress_flags(p: Any) -> None:
+def progress_flags(
+    p: Any, off: str = "never", on: str = "always show progress bars (default: only on a terminal)"
+) -> None:
     """--progress / --no-progress (default: progress bars only on a terminal)."""
     g = p.add_mutually_exclusive_group()
     g.add_argument(
-        "--progress",
-        dest="progress",
-        action="store_const",
-        const=True,
-        default=None,
-        help="always show progress bars (default: only on a terminal)",
+        "--progress", dest="progress", action="store_const", const=True, default=None, help=on
     )
-    g.add_argument(
-        "--no-progress", dest="progress", action="store_const", const=False, help="never"
-    )
+    g.add_argument("--no-progress", dest="progress", action="store_const", const=False, help=off)
