@@ -107,7 +107,17 @@ def writable_file(flag: str, path: str | os.PathLike[str]) -> Path:
 
 
 def probe_device(flag: str, device: str) -> torch.device:
-    """A device that torch can compute on here and read a result back from (so no ``meta``)."""
+    """A device that torch can compute on here and read a result back from (so no ``meta``).
+    An Ascend ``npu`` needs torch_npu (and CANN) first: without it, one line saying so."""
+    if device.split(":")[0].strip().lower() == "npu":
+        from ._backends._native import torch_npu, torch_npu_error
+
+        if torch_npu() is None:
+            why = " ".join(torch_npu_error().split())  # one line, whatever the import said
+            raise UsageError(
+                f"{flag} {device!r}: {why}; an Ascend NPU needs the CANN toolkit "
+                'and torch_npu (pip install "lars-npu[npu]" on a CANN host; see docs/ascend.md)'
+            )
     try:
         dev = torch.device(device)
         t = torch.ones(2, device=dev)
