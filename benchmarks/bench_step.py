@@ -1,9 +1,10 @@
-"""One LARS + momentum-SGD step: lars_npu fused / unfused vs timm Lars, torch _foreach, NumPy.
+"""One LARS + momentum-SGD step: lars_npu fused / unfused vs timm Lars, torch ops, NumPy.
 
-    python benchmarks/bench_step.py [--set resnet50|bert-large|tiny] [--repeats 7]
+    python benchmarks/bench_step.py [--set resnet50|bert-large|tiny] [--repeats 7] [--out PATH]
 
-Prints a table and writes benchmarks/results/bench_step.json. timm is optional
-(`pip install --no-deps timm`: timm's own import needs torchvision, its Lars file does not).
+The same as `lars-npu bench` (lars_npu/bench.py): prints a table; writes the JSON only with
+--out. The timm row is timed when `import timm` works in this environment (timm is not a
+dependency of lars_npu: install it, with a torchvision that matches torch, to compare).
 """
 
 from lars_npu.bench import main

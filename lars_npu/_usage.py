@@ -107,7 +107,17 @@ def writable_file(flag: str, path: str | os.PathLike[str]) -> Path:
 
 
 def probe_device(flag: str, device: str) -> torch.device:
-    """A device that torch can compute on here and read a result back from (so no ``meta``)."""
+    """A device that torch can compute on here and read a result back from (so no ``meta``).
+    An Ascend ``npu`` needs torch_npu (and CANN) first: without it, one line saying so."""
+    if device.split(":")[0].strip().lower() == "npu":
+        from ._backends._native import torch_npu, torch_npu_error
+
+        if torch_npu() is None:
+            why = " ".join(torch_npu_error().split())  # one line, whatever the import said
+            raise UsageError(
+                f"{flag} {device!r}: {why}; an Ascend NPU needs the CANN toolkit "
+                'and torch_npu (pip install "lars-npu[npu]" on a CANN host; see docs/ascend.md)'
+            )
     try:
         dev = torch.device(device)
         t = torch.ones(2, device=dev)
@@ -118,17 +128,12 @@ def probe_device(flag: str, device: str) -> torch.device:
     return dev
 
 
-def progress_flags(p: Any) -> None:
+def progress_flags(
+    p: Any, off: str = "never", on: str = "always show progress bars (default: only on a terminal)"
+) -> None:
     """--progress / --no-progress (default: progress bars only on a terminal)."""
     g = p.add_mutually_exclusive_group()
     g.add_argument(
-        "--progress",
-        dest="progress",
-        action="store_const",
-        const=True,
-        default=None,
-        help="always show progress bars (default: only on a terminal)",
+        "--progress", dest="progress", action="store_const", const=True, default=None, help=on
     )
-    g.add_argument(
-        "--no-progress", dest="progress", action="store_const", const=False, help="never"
-    )
+    g.add_argument("--no-progress", dest="progress", action="store_const", const=False, help=off)

@@ -236,7 +236,7 @@ def test_demo_refuses_bad_hyper_parameters_before_training(capsys, tmp_path, fla
     assert flag in err and not any(tmp_path.iterdir())  # nothing trained, nothing written
 
 
-# -- user errors: one line on stderr, exit status 2, before any work (issue 11) -----------------
+# -- user errors: one line on stderr, exit status 2, before any work ---------------------------
 
 
 @pytest.fixture
@@ -318,7 +318,7 @@ def test_bench_writes_its_json_where_the_probe_removed_the_folder(monkeypatch, t
 
 
 def test_bench_writes_no_file_without_out_and_json_prints_json(monkeypatch, tmp_path, capsys):
-    """Issue 15: --json prints JSON on every subcommand; only --out writes a file."""
+    """--json prints JSON on every subcommand; only --out writes a file."""
     monkeypatch.setitem(bench.SETS, "mini", lambda: [("a.weight", (32, 16)), ("a.bias", (32,))])
     triad = bench.triad_gbs
     monkeypatch.setattr(bench, "triad_gbs", lambda repeats: triad(repeats, elements=1 << 16))
@@ -332,7 +332,7 @@ def test_bench_writes_no_file_without_out_and_json_prints_json(monkeypatch, tmp_
 
 
 def test_every_subcommand_module_owns_its_options():
-    """Issue 15: one definition of each subcommand's options (bench's used to be defined twice
+    """One definition of each subcommand's options (bench's used to be defined twice
     and turned back into argv)."""
     import argparse
 
@@ -343,3 +343,53 @@ def test_every_subcommand_module_owns_its_options():
         mod.add_arguments(p)
         assert callable(mod.run_cli) and mod.HELP and mod.DESCRIPTION
         assert "--json" in p.format_help(), mod.__name__
+
+
+@pytest.mark.parametrize(
+    ("argv", "usage", "says"),
+    [
+        (["info", "--jsn"], "usage: lars-npu info ", "--jsn (did you mean --json?)"),
+        (["demo", "--epoch", "2"], "usage: lars-npu demo ", "--epoch 2 (did you mean --epochs?)"),
+        (["bench", "--jsno"], "usage: lars-npu bench ", "--jsno (did you mean --json?)"),
+        (["check", "--quik"], "usage: lars-npu check ", "--quik (did you mean --quick?)"),
+        (["info", "--js"], "usage: lars-npu info ", "--js (did you mean --json?)"),  # no prefixes
+        (["info", "extra"], "usage: lars-npu info ", "unrecognized arguments: extra"),
+        (["--jsn", "info"], "usage: lars-npu [-h]", "unrecognized arguments: --jsn"),
+    ],
+)
+def test_an_unknown_option_is_its_subcommands_error(no_work, capsys, argv, usage, says):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(usage), captured.err
+    prog = usage.removeprefix("usage: ").split(" [")[0].strip()
+    assert f"\n{prog}: error: " in captured.err
+    assert says in captured.err
+
+
+def test_demo_on_an_npu_without_torch_npu_says_what_is_missing(no_work, capsys):
+    from lars_npu._backends._native import torch_npu
+
+    if torch_npu() is not None:
+        pytest.skip("torch_npu imports here")
+    for device in ("npu", "npu:0"):
+        assert cli.main(["demo", "--device", device]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        assert f"--device {device!r}: torch_npu unavailable (" in err
+        assert "CANN" in err and 'pip install "lars-npu[npu]"' in err and "docs/ascend.md" in err
+        assert "Expected one of" not in err  # not torch's list of device types
+
+
+def test_import_lars_npu_loads_no_command_module():
+    """The commands' modules (and what they load) stay out of `import lars_npu`."""
+    code = "import json, sys, lars_npu; print(json.dumps(sorted(sys.modules)))"
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    loaded = json.loads(p.stdout)
+    for name in ("cli", "demo", "bench", "check", "info", "_usage", "_tools"):
+        assert not [m for m in loaded if m.split(".")[:2] == ["lars_npu", name]], loaded
+    assert "matplotlib" not in loaded and "sklearn" not in loaded

@@ -4,6 +4,7 @@ scikit-learn and matplotlib are in the `test` extra, so these tests run (never s
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import replace
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from lars_npu import cli, demo
+from lars_npu._tools import demo_report
 
 LAYERS = ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"]
 
@@ -33,7 +35,14 @@ def test_demo_command_writes_table_plot_and_json(tmp_path, capsys):
     text = capsys.readouterr().out
     for label in ("momentum SGD", "LARS(momentum SGD)", "SGD, small batch"):
         assert f"\n{label} " in text  # a row of the final table
-    assert "test acc" in text and "ms/step" in text and "At batch 1024" in text
+    assert "test acc" in text and "ms/step" in text
+    # two epochs end inside the 5-epoch warm-up: the lr reached is 4/10 of the 1.6 configured
+    assert "At batch 1024 and peak lr 0.64:" in text and "after 5 warm-up epochs" not in text
+    assert "warm-up, cut short by the end of the 2-epoch run at 0.64 (no decay)" in text
+    # not a terminal: one plain line per run
+    for i, label in enumerate(("momentum SGD", "LARS(momentum SGD)", "SGD, small batch"), 1):
+        assert f"run {i}/3: {label}, batch " in text
+    assert text.count(" s: test accuracy ") == 3
 
     png = out_dir / "demo.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -46,6 +55,9 @@ def test_demo_command_writes_table_plot_and_json(tmp_path, capsys):
     d = json.loads((out_dir / "demo.json").read_text())
     assert d["files"] == {"plot": str(png), "json": str(out_dir / "demo.json")}
     assert d["backend"] in ("cpu", "numpy") and d["settings"]["peak_lr"] == pytest.approx(1.6)
+    assert d["results"]["lars"]["peak_lr"] == pytest.approx(0.64)
+    assert d["results"]["baseline"]["peak_lr"] == pytest.approx(0.05 * 90 / 225)
+    assert "2-epoch run at 0.64" in d["schedule"]
     assert d["data"]["train"] + d["data"]["test"] == 1797
     for run, steps in (("sgd", 4), ("lars", 4), ("baseline", 2 * math.ceil(1438 / 32))):
         r = d["results"][run]
@@ -86,10 +98,10 @@ def test_demo_json_flag_prints_the_summary(tmp_path, capsys):
 def test_demo_is_seeded_and_restores_the_runtime():
     threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     cfg = replace(demo.DemoConfig(), epochs=1, runs=("lars",), threads=1)
-    a = demo.run(cfg, None, show_progress=False, log=lambda s: None)
-    b = demo.run(cfg, None, show_progress=False, log=lambda s: None)
+    a = demo.run(cfg, None, show_progress=False, log=io.StringIO())
+    b = demo.run(cfg, None, show_progress=False, log=io.StringIO())
     assert _numbers(a) == _numbers(b)
-    c = demo.run(replace(cfg, seed=1), None, show_progress=False, log=lambda s: None)
+    c = demo.run(replace(cfg, seed=1), None, show_progress=False, log=io.StringIO())
     assert _numbers(c) != _numbers(a)
     assert torch.get_num_threads() == threads
     assert torch.are_deterministic_algorithms_enabled() == det
@@ -99,7 +111,7 @@ def test_lars_trains_where_sgd_fails_at_the_scaled_lr():
     """The demo's point, at a third of its default length: with the linearly scaled lr, plain
     momentum SGD collapses to chance while LARS(SGD) learns (see the README for full runs)."""
     cfg = replace(demo.DemoConfig(), epochs=20, runs=("sgd", "lars"), threads=1)
-    s = demo.run(cfg, None, show_progress=False, log=lambda s: None)
+    s = demo.run(cfg, None, show_progress=False, log=io.StringIO())
     sgd, lars = s["results"]["sgd"], s["results"]["lars"]
     assert lars["final_test_acc"] > 0.9
     assert sgd["final_test_acc"] < 0.5
@@ -125,7 +137,7 @@ def test_data_split_is_stratified_and_standardised():
 
 def test_unknown_run_is_refused():
     with pytest.raises(ValueError, match="unknown run"):
-        demo.run(replace(demo.DemoConfig(), runs=("adam",)), None, log=lambda s: None)
+        demo.run(replace(demo.DemoConfig(), runs=("adam",)), None, log=io.StringIO())
 
 
 def test_demo_refuses_a_backend_that_cannot_run_here(tmp_path, capsys):
@@ -133,3 +145,82 @@ def test_demo_refuses_a_backend_that_cannot_run_here(tmp_path, capsys):
     assert rc == 2
     assert "unknown lars_npu backend 'nonesuch'" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()  # refused before any training or writing
+
+
+def _cfg(**kw) -> demo.DemoConfig:
+    return replace(demo.DemoConfig(), **kw)
+
+
+def test_schedule_and_plot_title_come_from_the_config():
+    default = demo_report.describe_schedule(_cfg(), 2)
+    assert default == "lr 0.05×1024/32 = 1.6 after 5 warm-up epochs, then cosine decay"
+    short = _cfg(epochs=2)
+    words = demo_report.describe_schedule(short, 2)
+    assert "cut short by the end of the 2-epoch run at 0.64" in words and "decay," not in words
+    title = demo_report.plot_title(short, words, "cpu")
+    assert "2 epochs" in title and words in title and "vs 32" in title
+    assert "vs 32" not in demo_report.plot_title(_cfg(runs=("sgd", "lars")), words, "cpu")
+    exact = demo_report.describe_schedule(_cfg(epochs=5), 2)
+    assert exact.startswith("lr rising to 0.05×1024/32 = 1.6 over a warm-up as long as the 5-")
+    none = demo_report.describe_schedule(_cfg(warmup_epochs=0), 2)
+    assert none == "lr 0.05×1024/32 = 1.6 from the first step (no warm-up), then cosine decay"
+    odd = demo_report.describe_schedule(_cfg(warmup_epochs=1.3, epochs=10), 2)
+    assert "after 1.5 warm-up epochs" in odd  # what the steps run: 3 steps of 2 per epoch
+
+
+def test_json_keeps_each_curve_on_one_line():
+    summary = {
+        "settings": {"runs": ["sgd", "lars"], "epochs": 2},
+        "history": {"lars": {"step_lr": [0.16, 0.32, None], "trust_ratios": {"fc.weight": [0.5]}}},
+        "empty": {},
+        "rows": [{"a": 1}, {"b": [1, 2]}],
+    }
+    text = demo_report.to_json(summary)
+    assert json.loads(text) == summary
+    lines = text.splitlines()
+    assert '   "step_lr": [0.16, 0.32, null],' in lines
+    assert '    "fc.weight": [0.5]' in lines and ' "empty": {},' in lines
+    with pytest.raises(ValueError):
+        demo_report.to_json({"x": [math.nan]})  # NaN is not JSON: summaries hold null instead
+
+
+class _Recorder(io.StringIO):
+    """A stream that remembers what had been flushed, i.e. what a reader could see."""
+
+    def __init__(self):
+        super().__init__()
+        self.flushed = ""
+
+    def flush(self):
+        super().flush()
+        self.flushed = self.getvalue()
+
+
+def test_without_a_terminal_each_run_is_one_line_shown_as_it_starts(monkeypatch):
+    log = _Recorder()
+    seen_at_start: list[str] = []
+    real_train = demo.train
+
+    def train(*args, **kwargs):
+        seen_at_start.append(log.flushed)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(demo, "train", train)
+    cfg = _cfg(epochs=1, runs=("sgd", "lars"), threads=1)
+    demo.run(cfg, None, show_progress=False, log=log)
+    first, second = seen_at_start
+    assert first.endswith("run 1/2: momentum SGD, batch 1024, 2 steps ... ")
+    assert second.endswith("run 2/2: LARS(momentum SGD), batch 1024, 2 steps ... ")
+    assert "run 1/2: momentum SGD, batch 1024, 2 steps ... done in " in second  # one line
+    assert log.flushed == log.getvalue()
+    run_lines = [x for x in log.getvalue().splitlines() if x.startswith("run ")]
+    assert len(run_lines) == 2 and all(" s: test accuracy " in x for x in run_lines)
+
+
+def test_with_progress_bars_each_run_ends_with_its_result_line(capsys):
+    log = io.StringIO()
+    demo.run(_cfg(epochs=1, runs=("lars",), threads=1), None, show_progress=True, log=log)
+    lines = log.getvalue().splitlines()
+    assert lines[-1].startswith("  LARS(momentum SGD)  batch 1024, lr 0.32 : test accuracy ")
+    assert not any(x.startswith("run ") for x in lines)
+    assert "LARS(momentum SGD) (batch 1024, lr 1.6)" in capsys.readouterr().err  # the bar
