@@ -1,7 +1,7 @@
 """``lars-npu`` / ``python -m lars_npu``: info, check, bench and demo.
 
 Each subcommand's module owns its options and its run: :mod:`lars_npu.info`,
-:mod:`lars_npu.check`, :mod:`lars_npu.bench`, :mod:`lars_npu.demo` (``HELP``, ``DESCRIPTION``,
+:mod:`lars_npu._tools.check_cli`, :mod:`lars_npu.bench`, :mod:`lars_npu.demo` (``HELP``, ``DESCRIPTION``,
 ``add_arguments(parser)``, ``run_cli(args)``). ``--json`` prints JSON on every subcommand; only
 ``--out`` writes files. With no subcommand: ``info``, then a quick ``check`` of every available
 backend. Options are spelled out in full (no prefixes); an unknown one is reported by its
@@ -23,14 +23,15 @@ from ._usage import UsageError
 
 
 def _modules() -> dict[str, ModuleType]:
-    from . import bench, check, demo, info
+    from . import bench, demo, info
+    from ._tools import check_cli
 
-    return {"info": info, "check": check, "bench": bench, "demo": demo}
+    return {"info": info, "check": check_cli, "bench": bench, "demo": demo}
 
 
 def cmd_default(args: argparse.Namespace) -> int:
-    from .check import print_rows
-    from .check import with_progress as check_with_progress
+    from ._tools.check_cli import print_rows
+    from ._tools.check_cli import with_progress as check_with_progress
     from .info import info_dict, print_info
 
     print_info(info_dict())
