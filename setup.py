@@ -7,6 +7,11 @@ Environment:
   CMAKE_BUILD_PARALLEL_LEVEL  build jobs (default: the CPU count)
   LARS_NPU_REQUIRE_NATIVE =1 makes a failed C++ build an error instead of a warning (CI sets it)
   LARS_NPU_NO_NATIVE      =1 skips the C++ build (pure-Python install on the NumPy reference)
+
+Without LARS_NPU_REQUIRE_NATIVE, a skipped or failed C++ build still installs the package (wheel
+or editable). The reason is printed to the build log, which pip shows only with -v, and written
+to lars_npu/_C_not_built.txt in the installed package, from where `lars-npu info` and the
+package's fallback warning repeat it.
 """
 
 from __future__ import annotations
@@ -27,40 +32,85 @@ from setuptools.command.build_ext import build_ext
 ROOT = Path(__file__).resolve().parent
 
 
+# Written next to the package when the C++ build is skipped or fails, so that the installed
+# package can say why ``lars_npu._C`` is missing (pip shows a build's output only with -v).
+# Read by lars_npu/_backends/_native.py; removed again by a build that succeeds.
+REASON_FILE = "_C_not_built.txt"
+
+
 class CMakeExtension(Extension):
     def __init__(self, name: str) -> None:
-        super().__init__(name, sources=[])
+        # optional: setuptools' editable install then skips copying a module that was not built
+        # (instead of failing with "can't copy ... doesn't exist"); CI's strict mode keeps it
+        # mandatory
+        super().__init__(name, sources=[], optional=not _env_flag("LARS_NPU_REQUIRE_NATIVE"))
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name) == "1"
 
 
 class CMakeBuild(build_ext):
+    def run(self) -> None:
+        # setuptools clears `inplace` while the extensions build and copies the results into the
+        # source tree afterwards (editable installs, `build_ext --inplace`); what this build
+        # writes or removes there must be decided before that
+        self._to_source = bool(self.inplace or getattr(self, "editable_mode", False))
+        super().run()
+
     def build_extension(self, ext: Extension) -> None:
-        if os.environ.get("LARS_NPU_NO_NATIVE") == "1":
-            self._drop_stale(ext)
-            self._warn("LARS_NPU_NO_NATIVE=1: skipping the C++ build")
+        require = _env_flag("LARS_NPU_REQUIRE_NATIVE")
+        if _env_flag("LARS_NPU_NO_NATIVE"):
+            if require:
+                raise RuntimeError(
+                    "LARS_NPU_NO_NATIVE=1 and LARS_NPU_REQUIRE_NATIVE=1 contradict each other"
+                )
+            self._fall_back(ext, "the install skipped the C++ build (LARS_NPU_NO_NATIVE=1)")
             return
         try:
             self._cmake_build(ext)
         except Exception as exc:  # any toolchain failure: no compiler, no cmake, a compile error
-            if os.environ.get("LARS_NPU_REQUIRE_NATIVE") == "1":
+            if require:
                 raise
-            self._drop_stale(ext)
-            self._warn(
-                f"the C++ extension could not be built ({exc}); lars_npu is installed without "
-                "it and runs on the NumPy reference (`lars-npu info` shows this)"
-            )
+            details = exc.details if isinstance(exc, BuildError) else ""
+            self._fall_back(ext, f"the C++ build failed: {exc}", details)
+            return
+        for path in self._reason_paths(ext):
+            path.unlink(missing_ok=True)
 
-    def _drop_stale(self, ext: Extension) -> None:
-        # a module left in the build tree by an earlier build must not be packaged instead
-        stale = Path(self.get_ext_fullpath(ext.name))
-        if stale.exists():
-            stale.unlink()
+    def _targets(self, ext: Extension) -> list[Path]:
+        """Where the module goes: the build tree, and the source tree for editable installs."""
+        built = Path(self.get_ext_fullpath(ext.name))
+        paths = [built]
+        if getattr(self, "_to_source", False):
+            build_py = self.get_finalized_command("build_py")
+            paths.append(Path(self._get_inplace_equivalent(build_py, ext)[0]))
+        return paths
 
-    def _warn(self, msg: str) -> None:
-        print(f"\n*** lars_npu: {msg}\n", file=sys.stderr)
+    def _reason_paths(self, ext: Extension) -> list[Path]:
+        return [path.parent / REASON_FILE for path in self._targets(ext)]
+
+    def _fall_back(self, ext: Extension, reason: str, details: str = "") -> None:
+        # a module left by an earlier build must not be packaged (or imported, in an editable
+        # install) instead of the fallback this build chose
+        for path in self._targets(ext):
+            path.unlink(missing_ok=True)
+        # first paragraph: the reason, one line (the package repeats it); then the build's own
+        # words; then what to do
+        parts = [reason, details, ADVICE]
+        text = "\n\n".join(part for part in parts if part) + "\n"
+        for path in self._reason_paths(ext):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        print(f"\n*** lars_npu: {reason}\n*** {ADVICE}\n", file=sys.stderr)
 
     def _cmake_build(self, ext: Extension) -> None:
-        import pybind11
-
+        try:
+            import pybind11
+        except ImportError as exc:
+            raise RuntimeError(
+                f"pybind11 is not installed in the build environment ({exc})"
+            ) from exc
         cmake = shutil.which("cmake")
         if cmake is None:
             raise RuntimeError("cmake not found")
@@ -83,17 +133,72 @@ class CMakeBuild(build_ext):
             args.append(f"-DCMAKE_MAKE_PROGRAM={ninja}")
         args += shlex.split(os.environ.get("CMAKE_ARGS", ""))
         args += shlex.split(os.environ.get("LARS_NPU_CMAKE_ARGS", ""))
-        stamp = fresh_build_dir(build_temp, {"cmake": cmake, "args": args})
-        subprocess.run([cmake, "-S", str(ROOT), "-B", str(build_temp), *args], check=True)
+        # CMake reads CC/CXX only when it configures a fresh directory: a change must start one
+        compilers = {k: os.environ.get(k, "") for k in ("CC", "CXX")}
+        stamp = fresh_build_dir(build_temp, {"cmake": cmake, "args": args, "env": compilers})
+        run_logged("CMake configure", [cmake, "-S", str(ROOT), "-B", str(build_temp), *args])
         stamp()  # only a configure that succeeded is reused
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 2)
-        subprocess.run(
-            [cmake, "--build", str(build_temp), "--config", cfg, "--parallel", jobs], check=True
+        run_logged(
+            "CMake build",
+            [cmake, "--build", str(build_temp), "--config", cfg, "--parallel", jobs],
         )
         suffix = sysconfig.get_config_var("EXT_SUFFIX")
         built = out_dir / f"_C{suffix}"
         if not built.exists():
             raise RuntimeError(f"CMake did not produce {built}")
+
+
+ADVICE = (
+    "lars_npu is installed without its C++ module lars_npu._C: CPU tensors run on the NumPy "
+    "reference (`lars-npu info` and the first LARS on CPU tensors repeat the reason). To build "
+    "it, install a C++17 compiler and reinstall: pip install -v --force-reinstall --no-deps . "
+    "(or pip install -v -e . for an editable install)"
+)
+
+
+class BuildError(RuntimeError):
+    """A failed CMake step: the message is one line; ``details`` holds the output that says why."""
+
+    def __init__(self, message: str, details: str) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+def run_logged(what: str, cmd: list[str]) -> None:
+    """Run ``cmd`` with its output passed through (pip shows it with -v); on failure raise a
+    :class:`BuildError` that says why in the build's own words (the CMake or compiler error), not
+    only the exit status, so that the recorded reason is useful without the log."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        lines.append(line.rstrip())
+    if proc.wait() != 0:
+        summary, details = why(lines)
+        raise BuildError(f"{what} exited with status {proc.returncode}: {summary}", details)
+
+
+def why(lines: list[str], limit: int = 15) -> tuple[str, str]:
+    """(one line, a few lines) saying why a CMake step failed: the message of the first CMake
+    error, else the first compiler errors, else the last lines of the output."""
+    text = [line for line in lines if line.strip()]
+    for i, line in enumerate(text):
+        if line.startswith("CMake Error"):
+            message = []
+            for follow in text[i + 1 :]:
+                if not follow.startswith(" ") or follow.strip().startswith("Call Stack"):
+                    break
+                message.append(follow.strip())
+            return " ".join(message) or line.strip(), "\n".join(text[i : i + limit])
+    errors = [line.strip() for line in text if "error:" in line]
+    if errors:
+        return errors[0], "\n".join(errors[:limit])
+    tail = text[-limit:]
+    return (tail[-1].strip() if tail else "no output"), "\n".join(tail)
 
 
 STAMP = "lars_npu_configure.json"

@@ -3,9 +3,16 @@ kernels that survive fork(). Each runs in a fresh interpreter (import-time state
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 import textwrap
+import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -136,3 +143,137 @@ def test_kernels_run_in_a_forked_child_after_the_parent_used_threads():
     )
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "ok"
+
+
+# -- installing without the C++ module -------------------------------------------------------
+# Each test installs a copy of this checkout into a fresh virtual environment that sees this
+# environment's packages (torch, setuptools, pybind11, cmake) through a .pth file, with
+# `pip --no-build-isolation --no-deps --no-index`: offline, a few seconds per install.
+
+ROOT = Path(__file__).resolve().parent.parent
+_PATH = os.pathsep.join([sysconfig.get_path("scripts"), os.environ.get("PATH", "")])
+SOURCES = ("setup.py", "pyproject.toml", "README.md", "LICENSE", "CMakeLists.txt")
+
+
+def _copy_checkout(dest: Path) -> Path:
+    dest.mkdir()
+    for name in SOURCES:
+        shutil.copy2(ROOT / name, dest / name)
+    for tree in ("cmake", "csrc"):
+        shutil.copytree(ROOT / tree, dest / tree)
+    shutil.copytree(
+        ROOT / "lars_npu",
+        dest / "lars_npu",
+        ignore=shutil.ignore_patterns("__pycache__", "_C.*", "_C_not_built.txt"),
+    )
+    return dest
+
+
+class _Venv:
+    def __init__(self, root: Path) -> None:
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=60
+        )
+        self.python = str(root / "bin" / "python")
+        purelib = subprocess.run(
+            [self.python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout.strip()  # fmt: skip
+        # this environment's packages, after the new environment's own (a plain path entry:
+        # .pth files in there, such as this checkout's own editable install, are not run)
+        outer = [p for p in site.getsitepackages() if Path(p).is_dir()]
+        Path(purelib, "outer_env.pth").write_text("\n".join(outer) + "\n")
+        self.cwd = root
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LARS_NPU_")}
+        env.pop("PYTHONPATH", None)
+        env["PATH"] = os.pathsep.join([str(root / "bin"), _PATH])
+        env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+        self.env = env
+
+    def pip(self, command: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        flags = ["--no-build-isolation", "--no-deps", "--no-index"]
+        return subprocess.run(
+            [self.python, "-m", "pip", command, *flags, *args],
+            capture_output=True, text=True, timeout=300, check=False, cwd=self.cwd,
+            env={**self.env, **env},
+        )  # fmt: skip
+
+    def run(self, code: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [self.python, "-c", textwrap.dedent(code)],
+            capture_output=True, text=True, timeout=120, check=False, cwd=self.cwd, env=self.env,
+        )  # fmt: skip
+
+
+_CHECK_FALLBACK = """
+    import warnings, torch, lars_npu
+    from lars_npu._backends._native import native_error
+    assert lars_npu.__file__.startswith({src!r}), lars_npu.__file__
+    assert "cpu" not in lars_npu.available_backends(), lars_npu.available_backends()
+    w = torch.nn.Parameter(torch.ones(3))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        lars_npu.LARS(torch.optim.SGD([("w", w)], lr=0.1))
+    print(native_error())
+    print([str(x.message) for x in seen if "native module" in str(x.message)])
+"""
+
+needs_build_tools = pytest.mark.skipif(
+    shutil.which("cmake", path=_PATH) is None or importlib.util.find_spec("pybind11") is None,
+    reason="needs cmake and pybind11 in this environment (the test extra has them)",
+)
+
+
+def test_editable_install_with_the_native_build_skipped_succeeds_and_says_why(tmp_path):
+    src = _copy_checkout(tmp_path / "src")
+    venv = _Venv(tmp_path / "venv")
+    p = venv.pip("install", "-e", str(src), LARS_NPU_NO_NATIVE="1")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert not list((src / "lars_npu").glob("_C.*"))
+    r = venv.run(_CHECK_FALLBACK.format(src=str(src)))
+    assert r.returncode == 0, r.stderr
+    reason, warned = r.stdout.strip().splitlines()
+    assert (
+        reason
+        == "lars_npu._C was not built: the install skipped the C++ build (LARS_NPU_NO_NATIVE=1)"
+    )
+    assert "LARS_NPU_NO_NATIVE=1" in warned and "NumPy reference" in warned
+
+
+@needs_build_tools
+def test_editable_install_without_a_compiler_succeeds_and_names_the_compiler(tmp_path):
+    src = _copy_checkout(tmp_path / "src")
+    venv = _Venv(tmp_path / "venv")
+    p = venv.pip("install", "-e", str(src), CXX="/nonexistent/g++")
+    assert p.returncode == 0, p.stdout + p.stderr
+    r = venv.run(_CHECK_FALLBACK.format(src=str(src)))
+    assert r.returncode == 0, r.stderr
+    reason, warned = r.stdout.strip().splitlines()
+    assert reason.startswith("lars_npu._C was not built: the C++ build failed: CMake configure")
+    assert "/nonexistent/g++" in reason and "/nonexistent/g++" in warned
+    # the whole story, for someone who looks: the build's own words and what to do
+    text = (src / "lars_npu" / "_C_not_built.txt").read_text()
+    assert "CMake Error" in text and "pip install -v" in text
+
+
+@needs_build_tools
+def test_a_failed_native_build_is_an_error_when_it_is_required(tmp_path):
+    src = _copy_checkout(tmp_path / "src")
+    venv = _Venv(tmp_path / "venv")
+    p = venv.pip("install", "-e", str(src), CXX="/nonexistent/g++", LARS_NPU_REQUIRE_NATIVE="1")
+    assert p.returncode != 0
+    assert "/nonexistent/g++" in p.stdout + p.stderr
+    p = venv.pip("install", str(src), LARS_NPU_NO_NATIVE="1", LARS_NPU_REQUIRE_NATIVE="1")
+    assert p.returncode != 0 and "contradict" in p.stdout + p.stderr
+
+
+def test_a_wheel_without_the_native_module_carries_the_reason_the_license_and_py_typed(tmp_path):
+    src = _copy_checkout(tmp_path / "src")
+    venv = _Venv(tmp_path / "venv")
+    p = venv.pip("wheel", "-w", str(tmp_path / "w"), str(src), LARS_NPU_NO_NATIVE="1")
+    assert p.returncode == 0, p.stdout + p.stderr
+    (wheel,) = (tmp_path / "w").glob("lars_npu-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "lars_npu/py.typed" in names and "lars_npu/_C_not_built.txt" in names
+    assert not [n for n in names if n.startswith("lars_npu/_C.")]
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names

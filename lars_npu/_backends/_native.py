@@ -11,6 +11,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -24,8 +25,23 @@ def _load_C() -> tuple[ModuleType | None, str]:
     try:
         mod = importlib.import_module("lars_npu._C")
     except ImportError as exc:
+        recorded = _build_reason()
+        if recorded:
+            return None, f"lars_npu._C was not built: {recorded}"
         return None, f"lars_npu._C was not built or cannot load ({exc})"
     return mod, ""
+
+
+def _build_reason(limit: int = 600) -> str:
+    """What setup.py recorded when it installed the package without ``_C`` (the first paragraph
+    of ``lars_npu/_C_not_built.txt``, on one line), or '' when it recorded nothing."""
+    try:
+        text = (Path(__file__).resolve().parent.parent / "_C_not_built.txt").read_text()
+    except OSError:
+        return ""
+    first = text.strip().split("\n\n", 1)[0]
+    line = " ".join(part.strip() for part in first.splitlines() if part.strip())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def native() -> ModuleType | None:
