@@ -2,10 +2,10 @@
 
 Each subcommand's module owns its options and its run: :mod:`lars_npu.info`,
 :mod:`lars_npu._tools.check_cli`, :mod:`lars_npu.bench`, :mod:`lars_npu.demo` (``HELP``,
-``DESCRIPTION``, ``add_arguments(parser)``, ``run_cli(args)``). ``--json`` prints JSON on every
-subcommand; only ``--out`` writes files. With no subcommand: ``info``, then a quick ``check`` of every available
-backend. Options are spelled out in full (no prefixes); an unknown one is reported by its
-subcommand's parser, with the closest option it has.
+``DESCRIPTION``, ``add_arguments(parser)``, ``run_cli(args)``). ``--json`` prints JSON on
+every subcommand; only ``--out`` writes files. With no subcommand: ``info``, then a quick
+``check`` of every available backend. Options are spelled out in full (no prefixes); an
+unknown one is reported by its subcommand's parser, with the closest option it has.
 """
 
 from __future__ import annotations
