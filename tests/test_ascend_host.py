@@ -19,7 +19,7 @@ from torch import nn
 
 import lars_npu
 from lars_npu import LARS
-from lars_npu._backends import _ascend, all_backends
+from lars_npu._backends import _ascend, _ascend_launch, all_backends
 from lars_npu._backends import npu as npu_mod
 from lars_npu._backends._native import constants, native
 from lars_npu._backends.base import Hyper
@@ -211,7 +211,7 @@ def stand_in_npu(monkeypatch):
             current_stream=lambda device=None: Stream(), device=device, device_count=lambda: 1
         )
     )
-    for mod in (npu_mod, _ascend):
+    for mod in (npu_mod, _ascend_launch):
         monkeypatch.setattr(mod, "loaded", lambda: C)
     monkeypatch.setattr(npu_mod, "native", lambda: C)
     monkeypatch.setattr(npu_mod, "torch_npu", lambda: fake_torch_npu)
