@@ -911,9 +911,9 @@ def check_scaler_misuse(rank: int, world: int) -> dict[str, Any]:
 
 
 def check_transactions(rank: int, world: int) -> dict[str, Any]:
-    """Issue 12 on ShardedLARS: a refused step or load changes nothing on any rank (parameters,
-    gradients, momentum buffers, groups); afterwards the optimizer equals a twin that never saw
-    the refusals. The refusals: the inner step raising (on every rank), a momentum buffer
+    """ShardedLARS's steps and loads are transactions: a refused one changes nothing on any rank
+    (parameters, gradients, momentum buffers, groups); afterwards the optimizer equals a twin that
+    never saw the refusals. The refusals: the inner step raising (on every rank), a momentum buffer
     re-pointed on one rank, a NaN or negative momentum, a checkpoint whose buffer does not fit
     (one rank) or holds NaN. Last: the inner step raising on ONE rank (after the collective):
     that rank puts its gradients back and raises; the others have stepped."""
@@ -1147,7 +1147,7 @@ def _spawn(world: int) -> list[dict[str, Any]]:
     for r in range(world):
         if "__error__" in got[r]:
             pytest.fail(f"rank {r} failed to set up:\n{got[r]['__error__']}")
-    if any(codes):  # e.g. -6: an abort at exit, after the rank reported (issue 19)
+    if any(codes):  # e.g. -6: gloo's threads aborted the exit after the rank reported
         pytest.fail(f"ranks of {world} exited with codes {codes} after reporting")
     return [got[r] for r in range(world)]
 
@@ -1297,9 +1297,9 @@ def test_local_error_on_one_rank_skips_the_others_and_does_not_hang(ranks, case,
     ],
 )
 def test_local_failure_on_one_rank_is_the_same_error_everywhere_at_once(ranks, case, kind, needles):
-    """Finding 2: one rank's checkpoint / group / filter fails before the layout check. Every
-    rank raises the same error (naming that rank) well within the collective timeout, and no
-    rank has changed its optimizer (state, groups, hyper-parameters; inner optimizer as given)."""
+    """One rank's checkpoint / group / filter fails before the layout check. Every rank raises
+    the same error (naming that rank) well within the collective timeout, and no rank has
+    changed its optimizer (state, groups, hyper-parameters; inner optimizer as given)."""
     res = [x[case] for x in results_of(ranks, "local_failures")]
     last = len(res) - 1
     for r, x in enumerate(res):
@@ -1318,10 +1318,10 @@ def test_local_failure_on_one_rank_is_the_same_error_everywhere_at_once(ranks, c
     [("plain_disagree", "GradScalers disagree"), ("no_unscale", "without unscale_")],
 )
 def test_gradscaler_recipes_that_would_diverge_are_refused_everywhere(ranks, case, needle):
-    """Review finding: ShardedGradScaler checks inf across ranks only in unscale_, and a plain
-    GradScaler never does, so the ranks' loss scales could diverge (then FSDP reduces gradients
-    scaled differently). Refused on every rank, with the recipe; nothing written; no stale
-    grad_scale / found_inf left for the next step (which would unscale twice)."""
+    """ShardedGradScaler checks inf across ranks only in unscale_, and a plain GradScaler never
+    does, so the ranks' loss scales could diverge (then FSDP reduces gradients scaled
+    differently). Refused on every rank, with the recipe; nothing written; no stale grad_scale /
+    found_inf left for the next step (which would unscale twice)."""
     res = [x[case] for x in results_of(ranks, "scaler_misuse")]
     for r, x in enumerate(res):
         assert x["raised"] == "ValueError" and needle in x["message"], (r, x)
@@ -1330,9 +1330,9 @@ def test_gradscaler_recipes_that_would_diverge_are_refused_everywhere(ranks, cas
 
 
 def test_sharded_step_and_load_are_transactions_on_every_rank(ranks):
-    """Issue 12 items 3-4 on ShardedLARS, multi-process: each refusal below leaves every rank as
-    it was (parameters, gradients, momentum, groups), and the optimizer then equals a twin that
-    never saw them."""
+    """ShardedLARS's step and load are transactions, across processes: each refusal below leaves
+    every rank as it was (parameters, gradients, momentum, groups), and the optimizer then equals
+    a twin that never saw them."""
     res = results_of(ranks, "transactions")
     last = len(res) - 1
     for r, x in enumerate(res):
@@ -1417,9 +1417,9 @@ def test_hsdp_two_dimensional_mesh_equals_single_process(ranks):
 
 
 def test_fsdp1_is_refused_until_marked_then_exact(ranks):
-    """FSDP1 (issue 13): plain LARS took λ from each rank's slice (weights off by 0.18 after 6
-    steps); now it refuses both modes before any write, naming the recipe, and after
-    ``mark_fsdp1`` the same LARS line equals one process with one all-reduce per step."""
+    """FSDP1: plain LARS took λ from each rank's slice (weights off by 0.18 after 6 steps); now
+    it refuses both modes before any write, naming the recipe, and after ``mark_fsdp1`` the same
+    LARS line equals one process with one all-reduce per step."""
     want = reference_net()
     for r, x in enumerate(results_of(ranks, "fsdp1")):
         assert x["flat"]["raised"] == "ValueError", x["flat"]
@@ -1593,8 +1593,8 @@ def test_one_rank_argument_and_step_checks(one_rank):
 
 
 def test_one_rank_empty_first_group_and_no_parameters(one_rank):
-    """Finding 7: the step's device comes from the first parameter of ANY group (an empty first
-    group used to raise IndexError, also in the error path that sends the NaN all-reduce)."""
+    """The step's device comes from the first parameter of ANY group (an empty first group used
+    to raise IndexError, also in the error path that sends the NaN all-reduce)."""
     p = flat_shard(nn.Parameter(init_value("fc1.weight")))
     q = nn.Parameter(init_value("fc1.weight"))
     opt = ShardedLARS(

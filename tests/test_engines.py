@@ -1,6 +1,7 @@
-"""Issue 13 in one process: plain LARS never takes a norm from a shard (each engine's kind is
-refused by name, with its recipe, before anything is written), a group whose tensors were swapped
-behind it is refused, and ``LARSSGD`` is ``LARS(SGD(...))`` built from a class and kwargs.
+"""The distributed engines' shards, in one process: plain LARS never takes a norm from a shard
+(each engine's kind is refused by name, with its recipe, before anything is written), a group
+whose tensors were swapped behind it is refused, and ``LARSSGD`` is ``LARS(SGD(...))`` built
+from a class and kwargs.
 The engines themselves run in tests/test_distributed.py (gloo, 2 and 4 ranks) and
 tests/test_deepspeed.py."""
 
@@ -193,7 +194,8 @@ def test_hyper_parameters_travel_in_the_groups_too():
     assert "lars_coefficient" not in opt_b.param_groups[0]  # taken out, not left in the groups
     c = _model()
     groups = [{"params": list(c[0].parameters())}, {"params": list(c[2].parameters())}]
-    opt_c = LARS(torch.optim.SGD(groups, lr=0.1), coefficient=0.02)
+    opt_c = LARS(torch.optim.SGD(groups, lr=0.1), coefficient=0.02,
+                 lars_filter=exclude_bias_and_norm)  # fmt: skip
     bad = opt_c.state_dict()
     del bad["lars"]
     bad["param_groups"][1]["lars_coefficient"] = 0.3
@@ -239,8 +241,8 @@ def test_lars_built_like_an_optimizer_class_says_use_larssgd():
 
 
 def test_filters_by_name_keep_functions_out_of_checkpoints():
-    """Review finding: ZeroRedundancyOptimizer stores its kwargs (lars_filter included) in its
-    param groups, so a filter given as a function made the checkpoint unloadable with
+    """ZeroRedundancyOptimizer stores its kwargs (lars_filter included) in its param groups, so
+    a filter given as a function made the checkpoint unloadable with
     torch.load(weights_only=True). A filter by name is a string there."""
     import io
 
@@ -264,9 +266,9 @@ def test_larssgd_on_sharded_parameters_says_what_to_build():
 
 
 def test_a_mask_lars_did_not_put_there_is_recomputed():
-    """Review finding: ZeroRedundancyOptimizer's load copies every group key into each rank's
-    local optimizer, masks included, so a rank got another rank's filter results (by position:
-    LARS on a bias, none on a weight). A mask LARS did not commit or load is not trusted."""
+    """ZeroRedundancyOptimizer's load copies every group key into each rank's local optimizer,
+    masks included, so a rank got another rank's filter results (by position: LARS on a bias,
+    none on a weight). A mask LARS did not commit or load is not trusted."""
     m = _model()
     opt = LARS(torch.optim.SGD(m.named_parameters(), lr=0.1, momentum=0.9),
                lars_filter=exclude_bias_and_norm)  # fmt: skip
@@ -286,8 +288,8 @@ def test_a_mask_lars_did_not_put_there_is_recomputed():
 @pytest.mark.parametrize("fused", [None, False])
 @pytest.mark.parametrize("key", ["lr", "weight_decay", "momentum"])
 def test_hyper_parameters_beyond_fp32_are_refused_by_name(fused, key):
-    """Review finding: lr or weight decay of 1e39 turned the fp32 weights into inf on the cpu
-    backend without an error (the AscendC backends refused them already)."""
+    """An lr or weight decay of 1e39 turned the fp32 weights into inf on the cpu backend without
+    an error (the AscendC backends refused them already)."""
     m = _model()
     opt = LARS(torch.optim.SGD(m.named_parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4),
                fused=fused)  # fmt: skip

@@ -122,8 +122,9 @@ def test_trust_ratio_matches_reference_formula():
 
 
 def test_shared_constants_are_defined_once_in_cpp_and_read_from_build_info():
-    """Issue 15: the chunk size, dtype codes and AscendC tiling live in the C++ headers; Python
-    reads them from _C.build_info() (no copies in lars_npu's sources)."""
+    """One definition of each shared constant: the chunk size, dtype codes and AscendC tiling
+    live in the C++ headers; Python reads them from _C.build_info() (no copies in lars_npu's
+    sources)."""
     from pathlib import Path
 
     import lars_npu

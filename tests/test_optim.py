@@ -142,8 +142,9 @@ def test_refuses_lamb_by_name_and_accepts_others():
 
     with pytest.raises(TypeError, match="MyLamb"):
         LARS(MyLamb(Net().parameters(), lr=0.1))
-    LARS(torch.optim.RMSprop(Net().named_parameters(), lr=0.1))  # accepted as given
-    LARS(torch.optim.Adagrad(Net().named_parameters(), lr=0.1))
+    for cls in (torch.optim.RMSprop, torch.optim.Adagrad):  # accepted as given, with a warning
+        with pytest.warns(UserWarning, match=f"LARS around {cls.__name__}.*largely cancels"):
+            LARS(cls(Net().named_parameters(), lr=0.1))
 
 
 @pytest.mark.parametrize(
