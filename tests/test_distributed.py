@@ -18,7 +18,6 @@ import copy
 import math
 import os
 import queue
-import socket
 import time
 import traceback
 import warnings
@@ -43,6 +42,7 @@ from lars_npu.distributed import (
     run_and_exit,
 )
 from tests._problem import batch, make_net
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"
@@ -1088,16 +1088,10 @@ def _worker(rank: int, world: int, port: int, results: Any) -> None:
     run_and_exit(_rank_main, rank, world, port, results)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _spawn(world: int) -> list[dict[str, Any]]:
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     env = {"OMP_NUM_THREADS": "1", "LARS_NPU_BACKEND": None}
     saved = {k: os.environ.get(k) for k in env}
     procs = []
@@ -1486,17 +1480,6 @@ def test_mark_flat_shard_checks_its_arguments():
         mark_flat_shard(t, (-1, 3))
     info = ShardInfo("layer.weight", torch.ones(3), torch.Size([2, 3]))
     assert info.shape == (2, 3) and info.ndim == 2 and exclude_bias_and_norm(info)
-
-
-@pytest.fixture
-def one_rank():
-    if dist.is_initialized():
-        pytest.skip("a process group is already initialised in this process")
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize(

@@ -16,10 +16,9 @@ from lars_npu import LARS, exclude_bias_and_norm, reference
 from lars_npu._backends import Hyper, cpu, get_backend
 from lars_npu._backends._native import native
 from lars_npu._fused import FusedCall
+from lars_npu.check import np64
 
-from .conftest import BACKENDS
-
-needs_native = pytest.mark.skipif(native() is None, reason="lars_npu._C is not built")
+from .conftest import BACKENDS, needs_native
 
 
 def make_call(params, grads, bufs, first, adapt, wd, lr, mu, nesterov, hyper, fast=True):
@@ -43,7 +42,6 @@ def make_call(params, grads, bufs, first, adapt, wd, lr, mu, nesterov, hyper, fa
 
 
 def ref_step(p, g, buf, first, adapt, wd, lr, mu, nesterov, hyper):
-    np64 = lambda t: t.detach().to(torch.float64).numpy()  # noqa: E731
     w, m, _, lam = reference.lars_momentum_step(
         np64(p),
         np64(g),
@@ -209,7 +207,10 @@ def test_plan_scratch_is_small():
 # -- the optimizer: fused vs unfused ------------------------------------------------------------
 
 
-class Net(nn.Module):
+class ConvNet(nn.Module):
+    """A convolution (4-D weight) with BatchNorm, then a Linear layer: the fused step's cases
+    beyond 2-D weights."""
+
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(2, 4, 3)
@@ -237,7 +238,7 @@ def run(
     lars_filter=exclude_bias_and_norm,
 ):
     torch.manual_seed(0)
-    model = Net()
+    model = ConvNet()
     groups = [
         {"params": [("conv.weight", model.conv.weight), ("fc.weight", model.fc.weight)]},
         {

@@ -10,11 +10,9 @@ from lars_npu._backends import Hyper
 from lars_npu._backends._native import constants, native
 from lars_npu.functional import lars_
 
-pytestmark = pytest.mark.skipif(native() is None, reason="lars_npu._C is not built")
+from .conftest import needs_native, ptrs
 
-
-def ptrs(ts):
-    return np.array([t.data_ptr() for t in ts], dtype=np.int64)
+pytestmark = needs_native
 
 
 def meta(ts):

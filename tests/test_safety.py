@@ -19,10 +19,9 @@ from lars_npu import LARS, available_backends
 from lars_npu._backends._native import native
 from lars_npu._fused import check_storage
 
-from .conftest import BACKENDS
+from .conftest import BACKENDS, needs_native
 
 FUSED_BACKENDS = [b for b in BACKENDS if b in ("cpu", "torch", "numpy")]
-needs_native = pytest.mark.skipif(native() is None, reason="lars_npu._C is not built")
 
 
 def make(fused: bool | None, backend: str = "auto", momentum: float = 0.9):
