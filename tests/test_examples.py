@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
+from lars_npu._upstream import cpu_fsdp2_stream_gap, gloo_avg_defect
+
 from .conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,6 +25,11 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_every_engine_in_the_example_agrees_with_ddp():
+    # the example runs every mode, FSDP2 and HSDP on CPU included: where this torch cannot run
+    # those, or gives them gloo's sum for the mean, they cannot agree with DDP
+    blocked = cpu_fsdp2_stream_gap() or gloo_avg_defect()
+    if blocked is not None:
+        pytest.skip(f"the example's fsdp2 and hsdp modes: {blocked}")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("LARS_NPU_BACKEND", None)
     cmd = [
