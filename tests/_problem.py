@@ -1,6 +1,7 @@
-"""The small model and data every multi-process engine check trains (tests/test_distributed.py,
-tests/_torchrun_worker.py): two Linear layers with biases and a LayerNorm between them, and a
-seeded 16-row batch per step that the ranks split."""
+"""The small model the tests train (the optimizer tests, the emulated kernels, the multi-process
+engine checks of tests/test_distributed.py and tests/_torchrun_worker.py): two Linear layers with
+biases and a LayerNorm between them; and for the engine checks a seeded 16-row batch per step
+that the ranks split."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ ROWS = 16
 
 
 class Net(nn.Module):
-    def __init__(self) -> None:
+    """6 inputs, 3 classes. Biases and a LayerNorm named as in BERT, so MindSpore's default filter
+    (by name) applies; ``hidden`` is the width between the two Linear layers."""
+
+    def __init__(self, hidden: int = 16) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(6, 16)
-        self.LayerNorm = nn.LayerNorm(16)
-        self.fc2 = nn.Linear(16, 3)
+        self.fc1 = nn.Linear(6, hidden)
+        self.LayerNorm = nn.LayerNorm(hidden)
+        self.fc2 = nn.Linear(hidden, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(torch.tanh(self.LayerNorm(self.fc1(x))))

@@ -105,16 +105,15 @@ def run_accelerate(rank: int, world: int) -> dict[str, Any]:
 
 def launch(engine: str, world: int, out: Any) -> list[dict[str, Any]]:
     """Run this file under torchrun with ``world`` CPU processes; every rank's results."""
-    import socket
     import subprocess
     from pathlib import Path
 
     import pytest
 
+    from tests.conftest import free_port
+
     root = Path(__file__).resolve().parent.parent
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
     env.pop("LARS_NPU_BACKEND", None)
     cmd = [

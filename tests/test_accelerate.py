@@ -1,7 +1,7 @@
-"""HF accelerate (issue 13's table): its multi-CPU mode is DDP, with LARS wrapped in accelerate's
-AcceleratedOptimizer by ``accelerator.prepare``; launched with torchrun at world sizes 2 and 4,
-it must equal one process on the whole batch. Skipped where accelerate is not installed (CI
-installs it: it is in the ``test`` extra)."""
+"""HF accelerate (a row of the engine table in docs/distributed.md): its multi-CPU mode is DDP,
+with LARS wrapped in accelerate's AcceleratedOptimizer by ``accelerator.prepare``; launched with
+torchrun at world sizes 2 and 4, it must equal one process on the whole batch. Skipped where
+accelerate is not installed (CI installs it: it is in the ``test`` extra)."""
 
 from __future__ import annotations
 

@@ -264,10 +264,10 @@ SUMS_BACKENDS = [*BACKENDS, *(["emu"] if "emu" in lars_npu.available_backends() 
 @pytest.mark.parametrize("name", SUMS_BACKENDS)
 @pytest.mark.parametrize("mixed", [False, True], ids=["fp32", "fp32+fp16"])
 def test_square_sums_and_rewrite_given_sums_match_the_reference(name, mixed):
-    """The backend protocol's two pieces for sharded steps (issue 13): every backend has them
-    (natively on cpu, one launch per dtype on the AscendC kernels, per tensor elsewhere); the
-    results equal the reference's, including λ as applied, with an excluded tensor and a
-    non-contiguous gradient among them."""
+    """The backend protocol's two pieces for sharded steps (the local sums of squares, and the
+    rewrite given the all-reduced sums): every backend has them (natively on cpu, one launch per
+    dtype on the AscendC kernels, per tensor elsewhere); the results equal the reference's,
+    including λ as applied, with an excluded tensor and a non-contiguous gradient among them."""
     backend = get_backend(name)
     shapes = [(7,), (31, 33), (16385,), (3, 5)]
     ws, gs = [], []

@@ -1,4 +1,4 @@
-"""DeepSpeed (issue 13): ``lars_npu.LARS`` as DeepSpeed's client optimizer, on CPU with gloo,
+"""DeepSpeed: ``lars_npu.LARS`` as DeepSpeed's client optimizer, on CPU with gloo,
 launched with torchrun at world sizes 2 and 4 (tests/_torchrun_worker.py).
 
 - ZeRO stage 0 (plain data parallel) equals one process on the whole batch;

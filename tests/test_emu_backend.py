@@ -12,6 +12,7 @@ from torch import nn
 import lars_npu
 from lars_npu import LARS, reference
 
+from ._problem import Net
 from .conftest import ALL_BACKENDS
 
 pytestmark = pytest.mark.skipif("emu" not in ALL_BACKENDS, reason="no AscendC emulation built")
@@ -42,17 +43,6 @@ def test_unsupported_dtype_is_a_clear_error():
         lars_npu.square_sum_all(w, w, backend="emu")
 
 
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(6, 40)
-        self.LayerNorm = nn.LayerNorm(40)
-        self.fc2 = nn.Linear(40, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.tanh(self.LayerNorm(self.fc1(x))))
-
-
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("use_clip", [False, True])
 def test_optimizer_on_emu_matches_cpu_backend(fused, use_clip):
@@ -61,7 +51,7 @@ def test_optimizer_on_emu_matches_cpu_backend(fused, use_clip):
     results = []
     for backend in ("emu", "cpu" if "cpu" in ALL_BACKENDS else "numpy"):
         torch.manual_seed(0)
-        model = Net()
+        model = Net(hidden=40)
         opt = LARS(
             torch.optim.SGD(
                 model.named_parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=True
@@ -104,7 +94,7 @@ def test_fp16_parameters_fused_step_on_emu():
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_non_finite_gradient_skips_the_step_on_emu(fused):
-    model = Net()
+    model = Net(hidden=40)
     opt = LARS(
         torch.optim.SGD(model.named_parameters(), lr=0.1, momentum=0.9), backend="emu", fused=fused
     )
@@ -149,7 +139,7 @@ def test_optimizer_on_emu_is_the_same_in_every_core_order(monkeypatch, order):
     def train(core_order: str) -> list[torch.Tensor]:
         monkeypatch.setenv("LARS_NPU_EMU_CORE_ORDER", core_order)
         torch.manual_seed(0)
-        model = Net()
+        model = Net(hidden=40)
         opt = LARS(
             torch.optim.SGD(model.named_parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4),
             backend="emu",

@@ -25,7 +25,7 @@ from lars_npu._backends._ascend import step_args
 from lars_npu._backends._native import native
 from lars_npu._backends.base import Hyper
 
-from .conftest import ALL_BACKENDS
+from .conftest import ALL_BACKENDS, ptrs
 
 pytestmark = pytest.mark.skipif("emu" not in ALL_BACKENDS, reason="no AscendC emulation built")
 
@@ -68,10 +68,6 @@ def test_a_kernel_must_put_back_the_floating_point_mode_it_found(mode):
 
 
 # -- the kernels themselves, launched directly on the emulation in each mode
-
-
-def ptrs(ts):
-    return np.array([0 if t is None else t.data_ptr() for t in ts], dtype=np.int64)
 
 
 def launch(ws, gs, ms, *, mode, saturation, adapt=None, lr=0.1, block_dim=4):

@@ -16,8 +16,11 @@ import torch
 from lars_npu import reference
 from lars_npu._backends._ascend import step_args
 from lars_npu._backends._native import native
+from lars_npu.check import np64
 
-pytestmark = pytest.mark.skipif(native() is None, reason="lars_npu._C is not built")
+from .conftest import needs_native, ptrs
+
+pytestmark = needs_native
 
 UB_910B = 192 * 1024
 CHUNK = 16384
@@ -36,10 +39,6 @@ def launch(step, block_dim, ub, *, run_square_sums=True, run_update=True, order=
     n, nc = layout["n"], layout["num_chunks"]
     C.emu_launch(blob, n, nc, step.dtype, run_square_sums, run_update, block_dim, ub, False, order)
     return C.ascend_read_back(blob, n, nc)
-
-
-def ptrs(ts):
-    return np.array([0 if t is None else t.data_ptr() for t in ts], dtype=np.int64)
 
 
 def run(ws, gs, dtype_code, block_dim=8, ub=UB_910B, tile=4096, chunk=CHUNK):
@@ -355,10 +354,6 @@ def step(
     )  # fmt: skip
     found, lam, _, _ = launch(step, block_dim, UB_910B)
     return found, lam
-
-
-def np64(t):
-    return t.double().numpy()
 
 
 RTOL = {torch.float32: 2e-5, torch.float16: 2e-3}

@@ -1,6 +1,7 @@
-"""Issue 13 in one process: plain LARS never takes a norm from a shard (each engine's kind is
-refused by name, with its recipe, before anything is written), a group whose tensors were swapped
-behind it is refused, and ``LARSSGD`` is ``LARS(SGD(...))`` built from a class and kwargs.
+"""The distributed engines' shards, in one process: plain LARS never takes a norm from a shard
+(each engine's kind is refused by name, with its recipe, before anything is written), a group
+whose tensors were swapped behind it is refused, and ``LARSSGD`` is ``LARS(SGD(...))`` built
+from a class and kwargs.
 The engines themselves run in tests/test_distributed.py (gloo, 2 and 4 ranks) and
 tests/test_deepspeed.py."""
 
@@ -16,10 +17,7 @@ from torch import nn
 from lars_npu import LARS, LARSSGD, exclude_bias_and_norm
 from lars_npu._engines import refusal, shard_kind
 
-
-def _model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Linear(6, 2))
+from ._problem import make_net
 
 
 def _grads(model: nn.Module, step: int) -> None:
@@ -40,12 +38,12 @@ ENGINE_MARKS = {
 @pytest.mark.parametrize("fused", [None, False])
 def test_engine_shards_are_refused_at_construction_naming_the_recipe(kind, fused):
     attr, value, needles = ENGINE_MARKS[kind]
-    model = _model()
-    setattr(model[0].weight, attr, value)
-    assert shard_kind(model[0].weight) == kind
+    model = make_net()
+    setattr(model.fc1.weight, attr, value)
+    assert shard_kind(model.fc1.weight) == kind
     inner = torch.optim.SGD(model.named_parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     before = copy.deepcopy(inner.param_groups[0]["weight_decay"])
-    with pytest.raises(ValueError, match=r"LARS: parameter '0\.weight'") as info:
+    with pytest.raises(ValueError, match=r"LARS: parameter 'fc1\.weight'") as info:
         LARS(inner, fused=fused)
     for needle in needles:
         assert needle in str(info.value), str(info.value)
@@ -59,14 +57,14 @@ def test_engine_shards_are_refused_at_construction_naming_the_recipe(kind, fused
 def test_a_parameter_that_becomes_a_shard_later_is_refused_at_the_step(kind, fused):
     """E.g. a model wrapped after the optimizer was built: the step looks again, writes nothing."""
     attr, value, _ = ENGINE_MARKS[kind]
-    model = _model()
+    model = make_net()
     opt = LARS(torch.optim.SGD(model.named_parameters(), lr=0.1, momentum=0.9), fused=fused)
-    w = model[0].weight
+    w = model.fc1.weight
     setattr(w, attr, value)
     w.data = w.data.reshape(-1)[:10].clone()  # what a sharding engine does to the data
     _grads(model, 0)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    with pytest.raises(ValueError, match=r"parameter '0\.weight'"):
+    with pytest.raises(ValueError, match=r"parameter 'fc1\.weight'"):
         opt.step()
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
     assert not opt.state
@@ -81,13 +79,13 @@ def test_flat_parameter_message_says_use_orig_params():
 def test_swapped_tensors_of_another_shape_are_refused(fused):
     """DeepSpeed ZeRO 1/2 swap each group's parameters for one flat partition; with one group
     per parameter the count stays the same, and LARS used to take λ from the partition."""
-    model = _model()
+    model = make_net()
     groups = [{"params": [(n, p)]} for n, p in model.named_parameters()]
     opt = LARS(torch.optim.SGD(groups, lr=0.1, momentum=0.9), fused=fused)
     opt2 = LARS(torch.optim.SGD(model.named_parameters(), lr=0.1), fused=fused)
     _grads(model, 0)
     opt.step()
-    part = nn.Parameter(model[0].weight.detach().reshape(-1)[:12].clone())
+    part = nn.Parameter(model.fc1.weight.detach().reshape(-1)[:12].clone())
     part.grad = torch.ones(12)
     opt.param_groups[0]["params"][0] = part
     before = part.detach().clone()
@@ -95,7 +93,7 @@ def test_swapped_tensors_of_another_shape_are_refused(fused):
         opt.step()
     assert torch.equal(part, before)
     # the original model parameter now carries DeepSpeed's mapping: the message names DeepSpeed
-    model[0].weight._hp_mapping = object()
+    model.fc1.weight._hp_mapping = object()
     with pytest.raises(ValueError, match="DeepSpeed ZeRO stage 1/2"):
         opt.step()
     # a different number of tensors in a group (ZeRO 1/2 with several parameters per group)
@@ -107,12 +105,12 @@ def test_swapped_tensors_of_another_shape_are_refused(fused):
 
 
 def test_swapped_tensor_of_the_same_shape_is_followed():
-    model = _model()
+    model = make_net()
     opt = LARS(torch.optim.SGD(model.named_parameters(), lr=0.1, momentum=0.9))
     _grads(model, 0)
     opt.step()
-    new = nn.Parameter(torch.randn(6, 4))
-    new.grad = torch.randn(6, 4)
+    new = nn.Parameter(torch.randn(16, 6))
+    new.grad = torch.randn(16, 6)
     opt.param_groups[0]["params"][0] = new
     before = new.detach().clone()
     opt.step()
@@ -121,7 +119,7 @@ def test_swapped_tensor_of_the_same_shape_is_followed():
 
 def test_larssgd_is_lars_around_sgd():
     kw = dict(lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True)
-    a, b = _model(), _model()
+    a, b = make_net(), make_net()
     opt_a = LARSSGD(a.named_parameters(), **kw, coefficient=0.02)
     opt_b = LARS(torch.optim.SGD(b.named_parameters(), **kw), coefficient=0.02)
     assert isinstance(opt_a, LARS) and isinstance(opt_a.optimizer, torch.optim.SGD)
@@ -141,7 +139,7 @@ def test_larssgd_is_lars_around_sgd():
     assert sa.keys() == sb.keys() and sa["lars"] == sb["lars"]
     assert sa["param_groups"] == sb["param_groups"]
     # the checkpoint of one loads into the other
-    c = _model()
+    c = make_net()
     opt_c = LARS(torch.optim.SGD(c.named_parameters(), **kw), coefficient=0.5)
     opt_c.load_state_dict(sa)
     assert opt_c.coefficient == 0.02
@@ -149,12 +147,12 @@ def test_larssgd_is_lars_around_sgd():
 
 def test_larssgd_from_a_class_and_kwargs():
     """What factories do: ``cls(params, **config)``, with param groups and LARS's keywords."""
-    model = _model()
+    model = make_net()
     config = {"lr": 0.2, "momentum": 0.9, "weight_decay": 5e-4, "coefficient": 0.001,
               "lars_filter": exclude_bias_and_norm, "fused": False}  # fmt: skip
     groups = [
-        {"params": list(model[0].parameters())},
-        {"params": list(model[2].parameters()), "lr": 0.05},
+        {"params": list(model.fc1.parameters())},
+        {"params": list(model.fc2.parameters()), "lr": 0.05},
     ]
     opt = LARSSGD(groups, **config)
     assert [g["lr"] for g in opt.param_groups] == [0.2, 0.05]
@@ -173,13 +171,13 @@ def test_zero_redundancy_optimizer_inside_lars_is_refused():
 
     FakeZero.__name__ = ZeroRedundancyOptimizer.__name__
     with pytest.raises(TypeError, match=r"optimizer_class=lars_npu\.LARSSGD"):
-        LARS(FakeZero(_model().parameters(), lr=0.1))
+        LARS(FakeZero(make_net().parameters(), lr=0.1))
 
 
 def test_hyper_parameters_travel_in_the_groups_too():
     """torch.distributed.checkpoint keeps only "state" and "param_groups": LARS's
     hyper-parameters ride in every group as well, so its get/set_state_dict carry them."""
-    a = _model()
+    a = make_net()
     opt = LARS(torch.optim.SGD(a.named_parameters(), lr=0.1, momentum=0.9), coefficient=0.02,
                use_clip=True)  # fmt: skip
     _grads(a, 0)
@@ -187,14 +185,15 @@ def test_hyper_parameters_travel_in_the_groups_too():
     sd = opt.state_dict()
     assert all(g["lars_coefficient"] == 0.02 and g["lars_use_clip"] for g in sd["param_groups"])
     dcp_like = {"state": sd["state"], "param_groups": sd["param_groups"]}
-    b = _model()
+    b = make_net()
     opt_b = LARS(torch.optim.SGD(b.named_parameters(), lr=0.1, momentum=0.9), coefficient=0.5)
     opt_b.load_state_dict(dcp_like)
     assert opt_b.coefficient == 0.02 and opt_b.use_clip
     assert "lars_coefficient" not in opt_b.param_groups[0]  # taken out, not left in the groups
-    c = _model()
-    groups = [{"params": list(c[0].parameters())}, {"params": list(c[2].parameters())}]
-    opt_c = LARS(torch.optim.SGD(groups, lr=0.1), coefficient=0.02)
+    c = make_net()
+    groups = [{"params": list(c.fc1.parameters())}, {"params": list(c.fc2.parameters())}]
+    opt_c = LARS(torch.optim.SGD(groups, lr=0.1), coefficient=0.02,
+                 lars_filter=exclude_bias_and_norm)  # fmt: skip
     bad = opt_c.state_dict()
     del bad["lars"]
     bad["param_groups"][1]["lars_coefficient"] = 0.3
@@ -215,7 +214,7 @@ def test_load_plans_every_group_before_loading():
             raise KeyError(info.name)
         return True
 
-    a = _model()
+    a = make_net()
     opt = LARS(torch.optim.SGD(list(a.named_parameters())[:2], lr=0.1, momentum=0.9),
                lars_filter=flaky)  # fmt: skip
     _grads(a, 0)
@@ -235,9 +234,9 @@ def test_lars_built_like_an_optimizer_class_says_use_larssgd():
     lars_npu.LARS) would), the message names the class that takes them; its signature is
     LARS's own, so a keyword of SGD's is Python's error naming it."""
     with pytest.raises(TypeError, match=r"torch\.optim\.Optimizer.*use lars_npu\.LARSSGD"):
-        LARS(list(_model().parameters()))  # type: ignore[arg-type]
+        LARS(list(make_net().parameters()))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"unexpected keyword argument 'lr'"):
-        LARS(list(_model().parameters()), lr=0.1)  # type: ignore[call-arg]
+        LARS(list(make_net().parameters()), lr=0.1)  # type: ignore[call-arg]
     params = list(inspect.signature(LARS).parameters)
     assert params[:5] == ["optimizer", "epsilon", "coefficient", "use_clip", "lars_filter"]
     assert inspect.signature(LARS).parameters["epsilon"].default == 1e-5
@@ -245,12 +244,12 @@ def test_lars_built_like_an_optimizer_class_says_use_larssgd():
 
 
 def test_filters_by_name_keep_functions_out_of_checkpoints():
-    """Review finding: ZeroRedundancyOptimizer stores its kwargs (lars_filter included) in its
-    param groups, so a filter given as a function made the checkpoint unloadable with
+    """ZeroRedundancyOptimizer stores its kwargs (lars_filter included) in its param groups, so
+    a filter given as a function made the checkpoint unloadable with
     torch.load(weights_only=True). A filter by name is a string there."""
     import io
 
-    m = _model()
+    m = make_net()
     opt = LARSSGD(m.named_parameters(), lr=0.1, lars_filter="exclude_bias_and_norm")
     assert opt.lars_filter is exclude_bias_and_norm
     assert opt.param_groups[0]["lars_mask"] == [True, False, False, False, True, False]
@@ -265,17 +264,17 @@ def test_filters_by_name_keep_functions_out_of_checkpoints():
 def test_larssgd_on_sharded_parameters_takes_the_sharded_path():
     """Any LARS (LARSSGD too) on sharded parameters sums the norms over the ranks: without a
     process group there is nothing to sum over, a clear error."""
-    model = _model()
+    model = make_net()
     model[0].weight._lars_global_shape = torch.Size([12, 4])  # a flat shard, marked
     with pytest.raises(RuntimeError, match=r"sharded parameters needs torch\.distributed"):
         LARSSGD(model.named_parameters(), lr=0.1)
 
 
 def test_a_mask_lars_did_not_put_there_is_recomputed():
-    """Review finding: ZeroRedundancyOptimizer's load copies every group key into each rank's
-    local optimizer, masks included, so a rank got another rank's filter results (by position:
-    LARS on a bias, none on a weight). A mask LARS did not commit or load is not trusted."""
-    m = _model()
+    """ZeroRedundancyOptimizer's load copies every group key into each rank's local optimizer,
+    masks included, so a rank got another rank's filter results (by position: LARS on a bias,
+    none on a weight). A mask LARS did not commit or load is not trusted."""
+    m = make_net()
     opt = LARS(torch.optim.SGD(m.named_parameters(), lr=0.1, momentum=0.9),
                lars_filter=exclude_bias_and_norm)  # fmt: skip
     mine = opt.param_groups[0]["lars_mask"]
@@ -284,19 +283,19 @@ def test_a_mask_lars_did_not_put_there_is_recomputed():
     _grads(m, 0)
     opt.step()
     assert opt.param_groups[0]["lars_mask"] == mine  # the filter ran again
-    assert set(opt.trust_ratios()) == {"0.weight", "2.weight"}
+    assert set(opt.trust_ratios()) == {"fc1.weight", "fc2.weight"}
     opt.param_groups[0]["lars_mask"][4] = False  # an in-place edit of LARS's own mask: followed
     _grads(m, 1)
     opt.step()
-    assert set(opt.trust_ratios()) == {"0.weight"}
+    assert set(opt.trust_ratios()) == {"fc1.weight"}
 
 
 @pytest.mark.parametrize("fused", [None, False])
 @pytest.mark.parametrize("key", ["lr", "weight_decay", "momentum"])
 def test_hyper_parameters_beyond_fp32_are_refused_by_name(fused, key):
-    """Review finding: lr or weight decay of 1e39 turned the fp32 weights into inf on the cpu
-    backend without an error (the AscendC backends refused them already)."""
-    m = _model()
+    """An lr or weight decay of 1e39 turned the fp32 weights into inf on the cpu backend without
+    an error (the AscendC backends refused them already)."""
+    m = make_net()
     opt = LARS(torch.optim.SGD(m.named_parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4),
                fused=fused)  # fmt: skip
     _grads(m, 0)

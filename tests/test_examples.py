@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch.distributed as dist
+
+from lars_npu._upstream import cpu_fsdp2_stream_gap, gloo_avg_defect
+
+from .conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,18 +24,17 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_every_engine_in_the_example_agrees_with_ddp():
+    # the example runs every mode, FSDP2 and HSDP on CPU included: where this torch cannot run
+    # those, or gives them gloo's sum for the mean, they cannot agree with DDP
+    blocked = cpu_fsdp2_stream_gap() or gloo_avg_defect()
+    if blocked is not None:
+        pytest.skip(f"the example's fsdp2 and hsdp modes: {blocked}")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("LARS_NPU_BACKEND", None)
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
-        "--master-addr=127.0.0.1", f"--master-port={_free_port()}",
+        "--master-addr=127.0.0.1", f"--master-port={free_port()}",
         str(ROOT / "examples" / "distributed_lars.py"), "--steps", "4",
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)

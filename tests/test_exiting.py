@@ -1,4 +1,4 @@
-"""lars_npu.distributed.run_and_exit (issue 19): a rank ends with os._exit, skipping the interpreter
+"""lars_npu.distributed.run_and_exit: a rank ends with os._exit, skipping the interpreter
 teardown that gloo's threads can abort, yet exits as a normal exit would: the right code, the
 traceback of a failure, output flushed, atexit callbacks run, non-daemon threads joined, and a
 multiprocessing queue's results delivered."""

@@ -10,11 +10,9 @@ from lars_npu._backends import Hyper
 from lars_npu._backends._native import constants, native
 from lars_npu.functional import lars_
 
-pytestmark = pytest.mark.skipif(native() is None, reason="lars_npu._C is not built")
+from .conftest import needs_native, ptrs
 
-
-def ptrs(ts):
-    return np.array([t.data_ptr() for t in ts], dtype=np.int64)
+pytestmark = needs_native
 
 
 def meta(ts):
@@ -122,8 +120,9 @@ def test_trust_ratio_matches_reference_formula():
 
 
 def test_shared_constants_are_defined_once_in_cpp_and_read_from_build_info():
-    """Issue 15: the chunk size, dtype codes and AscendC tiling live in the C++ headers; Python
-    reads them from _C.build_info() (no copies in lars_npu's sources)."""
+    """One definition of each shared constant: the chunk size, dtype codes and AscendC tiling
+    live in the C++ headers; Python reads them from _C.build_info() (no copies in lars_npu's
+    sources)."""
     from pathlib import Path
 
     import lars_npu

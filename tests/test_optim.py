@@ -16,20 +16,8 @@ from torch import nn
 import lars_npu
 from lars_npu import LARS, reference
 
+from ._problem import Net
 from .conftest import BACKENDS
-
-
-class Net(nn.Module):
-    """Biases and a LayerNorm named as in BERT, so MindSpore's default filter applies."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(6, 16)
-        self.LayerNorm = nn.LayerNorm(16)
-        self.fc2 = nn.Linear(16, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.tanh(self.LayerNorm(self.fc1(x))))
 
 
 def data(seed: int = 0, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,8 +130,9 @@ def test_refuses_lamb_by_name_and_accepts_others():
 
     with pytest.raises(TypeError, match="MyLamb"):
         LARS(MyLamb(Net().parameters(), lr=0.1))
-    LARS(torch.optim.RMSprop(Net().named_parameters(), lr=0.1))  # accepted as given
-    LARS(torch.optim.Adagrad(Net().named_parameters(), lr=0.1))
+    for cls in (torch.optim.RMSprop, torch.optim.Adagrad):  # accepted as given, with a warning
+        with pytest.warns(UserWarning, match=f"LARS around {cls.__name__}.*largely cancels"):
+            LARS(cls(Net().named_parameters(), lr=0.1))
 
 
 @pytest.mark.parametrize(

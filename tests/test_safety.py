@@ -1,4 +1,4 @@
-"""Adversarial tests of the fused step's cache and the unfused step's transaction (issue 12).
+"""Adversarial tests of the fused step's cache and the unfused step's transaction.
 
 The rule everywhere: after any mutation a user can make between steps, a step either gives the
 result torch's own SGD gives on the unfused path, or is refused with a clear error naming the
@@ -19,10 +19,9 @@ from lars_npu import LARS, available_backends
 from lars_npu._backends._native import native
 from lars_npu._fused import check_storage
 
-from .conftest import BACKENDS
+from .conftest import BACKENDS, needs_native
 
 FUSED_BACKENDS = [b for b in BACKENDS if b in ("cpu", "torch", "numpy")]
-needs_native = pytest.mark.skipif(native() is None, reason="lars_npu._C is not built")
 
 
 def make(fused: bool | None, backend: str = "auto", momentum: float = 0.9):
@@ -102,7 +101,7 @@ def _regrad_same(params, opt):
     grads(params, 99)
 
 
-# -- item 1: momentum buffers re-pointed behind the cache ---------------------------------------
+# -- momentum buffers re-pointed behind the cache --------------------------------------------------
 
 
 def _buf(params, opt, name="a.weight"):
@@ -145,7 +144,7 @@ def test_momentum_buffer_repointed_never_uses_the_old_storage(how):
         assert torch.equal(alias_f, old_f)
 
 
-# -- item 2: shapes that fit by element count only ----------------------------------------------
+# -- shapes that fit by element count only ---------------------------------------------------------
 
 
 @needs_native
@@ -228,7 +227,7 @@ def test_more_mutations_fused_equals_unfused_or_refuses(how):
         torch.testing.assert_close(pf[n].detach(), pu[n].detach(), rtol=1e-6, atol=1e-7)
 
 
-# -- item 10: the zero-copy path is really taken ------------------------------------------------
+# -- the zero-copy path is really taken ------------------------------------------------------------
 
 
 @needs_native
@@ -280,7 +279,7 @@ def test_layout_mismatch_is_a_real_exception_type():
     assert exc.value.role == "gradient" and exc.value.index == 0
 
 
-# -- the unfused step as a transaction (items 3, 4, 6) ------------------------------------------
+# -- the unfused step as a transaction -------------------------------------------------------------
 
 
 def _stepped(fused, **kw):
@@ -347,7 +346,7 @@ def test_lbfgs_and_differentiable_sgd_are_refused_at_construction():
 def test_scale_invariant_inner_optimizers_warn(inner):
     w = nn.Parameter(torch.ones(3))
     with pytest.warns(UserWarning, match=f"{inner}.*largely cancels"):
-        LARS(getattr(torch.optim, inner)([w]))
+        LARS(getattr(torch.optim, inner)([("w", w)]))
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -397,7 +396,7 @@ def test_add_param_group_rolls_back_whatever_the_filter_raises():
     assert len(opt.param_groups) == n
 
 
-# -- global hooks once per step (item 5) ---------------------------------------------------------
+# -- global hooks once per step --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -423,7 +422,7 @@ def test_global_and_own_hooks_fire_once_per_step(fused):
     assert seen == [("pre", "LARS"), ("lars pre", ""), *inner, ("post", "LARS")]
 
 
-# -- weight-decay schedules (item 7) --------------------------------------------------------------
+# -- weight-decay schedules ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -450,7 +449,7 @@ def test_weight_decay_schedule_to_zero_and_back(fused):
         assert opt.param_groups[0]["weight_decay"] == wd
 
 
-# -- non-finite pre-check in the gradient's dtype (item 8), devices (item 9) ---------------------
+# -- non-finite pre-check in the gradient's dtype, devices -----------------------------------------
 
 
 def test_finite_check_does_not_overflow_for_large_finite_fp16():

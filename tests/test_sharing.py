@@ -20,7 +20,7 @@ from lars_npu._backends._native import native
 from lars_npu._sharing import find_conflict
 from lars_npu.distributed import ShardedLARS, flat_shard
 
-from .test_distributed import one_rank  # noqa: F401  (fixture: a one-process gloo group)
+from .conftest import needs_native
 
 NAMES = ("a.weight", "b.weight", "c.bias")
 SHAPE = (4, 3)
@@ -276,7 +276,7 @@ def test_find_conflict_agrees_with_brute_force(rs):
             assert begin[ci] < end[cj] and begin[cj] < end[ci]
 
 
-@pytest.mark.skipif(native() is None, reason="lars_npu._C is not built")
+@needs_native
 def test_native_fused_plan_refuses_overlap_even_after_a_proven_step():
     """The zero-copy plan proves the tensors disjoint natively (and skips the proof while the
     pointers stay those of the last proven step): a parameter re-pointed into another's memory

@@ -1,4 +1,4 @@
-"""A stateful property test (hypothesis ``RuleBasedStateMachine``, issue 12): steps interleaved
+"""A stateful property test (hypothesis ``RuleBasedStateMachine``): steps interleaved
 with every mutation a user can make between them, on the fused path, the unfused path and the
 AscendC kernels on our emulation. After each step the weights and momentum buffers equal the NumPy
 reference model's, or the step was refused with nothing changed.
