@@ -20,14 +20,23 @@ changed one fails loudly in CI rather than silently taking a fallback.
 - :data:`TO_DLPACK`: ``torch._C._to_dlpack`` (``_to_dlpack_versioned`` on newer torch), the
   per-tensor capsule the native fused step reads; ``torch.utils.dlpack.to_dlpack`` adds a
   Python-level wrapper per call (a cost per tensor per step).
+- :func:`optimizers_take_names` (the torch floor's feature test): torch's own
+  ``Optimizer.add_param_group`` on a stand-in, undecorated (``__wrapped__``), so that asking does
+  not import torch._dynamo.
+- :func:`gloo_reduce_scatter_averages` (:mod:`lars_npu._upstream`'s FSDP2-on-gloo test): a
+  private two-rank gloo group in two threads (``ProcessGroupGloo._Options``,
+  ``_reduce_scatter_base``), so that the test needs no process group of the caller's.
 - :func:`flat_parameter_type`: FSDP1's ``FlatParameter`` class, in the private module
   ``torch.distributed.fsdp._flat_param`` (to refuse it with a recipe; never imported here).
 """
 
 from __future__ import annotations
 
+import functools
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -38,10 +47,14 @@ __all__ = [
     "coo_members",
     "features",
     "flat_parameter_type",
+    "gloo_reduce_scatter_averages",
     "instance_hooks",
     "max_abs_norms",
+    "optimizers_take_names",
     "step_without_global_hooks",
 ]
+
+_PROBE_TIMEOUT = timedelta(seconds=10)
 
 TO_DLPACK: Callable[[torch.Tensor], Any] = (
     getattr(torch._C, "_to_dlpack", None)
@@ -121,6 +134,77 @@ def flat_parameter_type() -> type | None:
     return getattr(mod, "FlatParameter", None) if mod is not None else None
 
 
+class _Groups:
+    """What ``Optimizer.add_param_group`` reads and appends to: its checks run on this alone."""
+
+    def __init__(self) -> None:
+        self.defaults: dict[str, Any] = {"lr": 0.1}
+        self.param_groups: list[dict[str, Any]] = []
+
+
+def optimizers_take_names() -> bool:
+    """Whether torch's optimizers accept ``(name, parameter)`` pairs and keep the names.
+
+    torch's own ``Optimizer.add_param_group`` runs on a stand-in, without the decorator that
+    imports torch._dynamo (1-2 s on first use), so this costs well under a millisecond."""
+    add = torch.optim.Optimizer.add_param_group
+    add = getattr(add, "__wrapped__", add)
+    groups = _Groups()
+    try:
+        add(groups, {"params": [("w", torch.nn.Parameter(torch.zeros(1)))]})  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return groups.param_groups[0].get("param_names") == ["w"]
+
+
+@functools.cache
+def gloo_reduce_scatter_averages() -> bool | None:
+    """Whether this torch's gloo ``reduce_scatter_tensor`` honours ``ReduceOp.AVG``.
+
+    Tested, not looked up: two threads of this process form a private two-rank gloo group over
+    127.0.0.1 (an in-process store; no group of the caller's is touched, and nothing needs to
+    be initialised) and reduce-scatter ``[1, 1]`` and ``[2, 2]`` with AVG: 1.5 is an average,
+    3.0 the sum. About 30 ms, once per process (cached). ``None`` when the test could not run
+    (no gloo in this build, no loopback connection, a timeout)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        return None
+    store = dist.HashStore()
+    got: list[float | None] = [None, None]
+
+    def rank_main(rank: int) -> None:
+        try:
+            opts = dist.ProcessGroupGloo._Options()  # type: ignore[attr-defined]
+            opts._devices = [dist.ProcessGroupGloo.create_device(hostname="127.0.0.1")]
+            opts._timeout = _PROBE_TIMEOUT
+            opts._threads = 1
+            pg = dist.ProcessGroupGloo(store, rank, 2, opts)
+            rs = dist.ReduceScatterOptions()
+            rs.reduceOp = dist.ReduceOp.AVG  # type: ignore[assignment]
+            out = torch.zeros(1)
+            work = pg._reduce_scatter_base(  # type: ignore[attr-defined]
+                out, torch.full((2,), float(rank + 1)), rs
+            )
+            work.wait()
+            got[rank] = float(out.item())
+        except Exception:  # any failure: the answer is "unknown"
+            got[rank] = None
+
+    threads = [threading.Thread(target=rank_main, args=(r,), daemon=True) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(3 * _PROBE_TIMEOUT.total_seconds())
+    if any(t.is_alive() for t in threads) or None in got:
+        return None
+    if all(v == 1.5 for v in got):
+        return True
+    if all(v == 3.0 for v in got):
+        return False
+    return None
+
+
 def features() -> dict[str, bool]:
     """Which of the private APIs above the running torch provides as used here (tests assert
     every one; the code keeps working, more slowly or with a plainer hook order, without)."""
@@ -138,6 +222,8 @@ def features() -> dict[str, bool]:
         "coo _values/_indices": coo_members(sparse)[0].shape == (1,),
         "_to_dlpack": any(hasattr(torch._C, k) for k in ("_to_dlpack", "_to_dlpack_versioned")),
         "fsdp FlatParameter module": _flat_parameter_module_exists(),
+        "optimizers take names (undecorated add_param_group)": optimizers_take_names(),
+        "gloo probe API": _gloo_probe_api(),
     }
 
 
@@ -148,3 +234,13 @@ def _flat_parameter_module_exists() -> bool:
         return importlib.util.find_spec("torch.distributed.fsdp._flat_param") is not None
     except ModuleNotFoundError:
         return False
+
+
+def _gloo_probe_api() -> bool:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        return True  # nothing to probe on this build
+    return hasattr(dist.ProcessGroupGloo, "_Options") and hasattr(
+        dist.ProcessGroupGloo, "_reduce_scatter_base"
+    )

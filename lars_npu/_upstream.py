@@ -21,15 +21,13 @@ Measured on torch 2.6.0, 2.7.1, 2.8.0, 2.9.0, 2.13.0 and 2.15.0 (CPU, gloo, 2 an
 
 from __future__ import annotations
 
-import functools
 import re
-import threading
 from collections.abc import Iterable
-from datetime import timedelta
 from typing import Any
 
 import torch
 
+from ._compat import gloo_reduce_scatter_averages, optimizers_take_names
 from ._engines import is_dtensor
 
 __all__ = [
@@ -43,7 +41,6 @@ __all__ = [
 
 # the first torch whose gloo reduce-scatter averages: the fallback when that cannot be tested
 GLOO_AVG_FIXED = (2, 9)
-_PROBE_TIMEOUT = timedelta(seconds=10)
 
 
 def _release(version: str) -> tuple[int, ...]:
@@ -52,36 +49,13 @@ def _release(version: str) -> tuple[int, ...]:
     return tuple(int(x) for x in m.group(0).split(".")) if m else ()
 
 
-class _Groups:
-    """What ``Optimizer.add_param_group`` reads and appends to: its checks run on this alone."""
-
-    def __init__(self) -> None:
-        self.defaults: dict[str, Any] = {"lr": 0.1}
-        self.param_groups: list[dict[str, Any]] = []
-
-
-def _optimizers_take_names() -> bool:
-    """Whether torch's optimizers accept ``(name, parameter)`` pairs and keep the names.
-
-    torch's own ``Optimizer.add_param_group`` runs on a stand-in, without the decorator that
-    imports torch._dynamo (1-2 s on first use), so this costs well under a millisecond."""
-    add = torch.optim.Optimizer.add_param_group
-    add = getattr(add, "__wrapped__", add)
-    groups = _Groups()
-    try:
-        add(groups, {"params": [("w", torch.nn.Parameter(torch.zeros(1)))]})  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return False
-    return groups.param_groups[0].get("param_names") == ["w"]
-
-
 def torch_floor_error() -> str | None:
     """A message when this torch is older than lars_npu's floor, torch 2.6; else ``None``.
 
     Tested by the feature the floor is for: LARS's default filter (MindSpore's, by name) reads
     each parameter's name from the inner optimizer's groups, which torch optimizers keep only
     since 2.6, when they began to take ``model.named_parameters()``."""
-    if _optimizers_take_names():
+    if optimizers_take_names():
         return None
     return (
         f"lars_npu needs torch >= 2.6, and this is torch {torch.__version__}: LARS reads each "
@@ -104,54 +78,6 @@ def cpu_fsdp2_stream_gap() -> str | None:
         "the mean before that). On this torch, train on CPU with DDP or with "
         "lars_npu.distributed.flat_shard instead"
     )
-
-
-@functools.cache
-def gloo_reduce_scatter_averages() -> bool | None:
-    """Whether this torch's gloo ``reduce_scatter_tensor`` honours ``ReduceOp.AVG``.
-
-    Tested, not looked up: two threads of this process form a private two-rank gloo group over
-    127.0.0.1 (an in-process store; no group of the caller's is touched, and nothing needs to
-    be initialised) and reduce-scatter ``[1, 1]`` and ``[2, 2]`` with AVG: 1.5 is an average,
-    3.0 the sum. About 30 ms, once per process (cached). ``None`` when the test could not run
-    (no gloo in this build, no loopback connection, a timeout)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_gloo_available()):
-        return None
-    store = dist.HashStore()
-    got: list[float | None] = [None, None]
-
-    def rank_main(rank: int) -> None:
-        try:
-            opts = dist.ProcessGroupGloo._Options()  # type: ignore[attr-defined]
-            opts._devices = [dist.ProcessGroupGloo.create_device(hostname="127.0.0.1")]
-            opts._timeout = _PROBE_TIMEOUT
-            opts._threads = 1
-            pg = dist.ProcessGroupGloo(store, rank, 2, opts)
-            rs = dist.ReduceScatterOptions()
-            rs.reduceOp = dist.ReduceOp.AVG  # type: ignore[assignment]
-            out = torch.zeros(1)
-            work = pg._reduce_scatter_base(  # type: ignore[attr-defined]
-                out, torch.full((2,), float(rank + 1)), rs
-            )
-            work.wait()
-            got[rank] = float(out.item())
-        except Exception:  # any failure: the answer is "unknown"
-            got[rank] = None
-
-    threads = [threading.Thread(target=rank_main, args=(r,), daemon=True) for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(3 * _PROBE_TIMEOUT.total_seconds())
-    if any(t.is_alive() for t in threads) or None in got:
-        return None
-    if all(v == 1.5 for v in got):
-        return True
-    if all(v == 3.0 for v in got):
-        return False
-    return None
 
 
 def _gloo_serves(group: Any, device: torch.device) -> bool:

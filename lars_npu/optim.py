@@ -29,6 +29,7 @@ from ._groups import GroupPlan, GroupPlanner, LarsFilter, refuse_duplicates, ref
 from ._policy import check_backend, check_filter, check_fused, check_inner
 from ._record import StepRecord
 from ._transaction import Saved, gather, inner_step, rewrite, skipped
+from ._upstream import torch_floor_error
 from ._zero import skip_agreed, watch_zero
 from .filters import ParamInfo, default_lars_filter
 from .functional import check_hyper
@@ -122,6 +123,9 @@ class LARS(Optimizer):
         backend: str = "auto",
         fused: bool | None = None,
     ) -> None:
+        floor = torch_floor_error()
+        if floor is not None:
+            raise RuntimeError(floor)
         # torch's own set-up (hook registries, profiling wrapper) on an empty placeholder group:
         # LARS's groups and state are the inner optimizer's (the properties above)
         super().__init__([{"params": []}], {})

@@ -5,6 +5,7 @@ the layout before the constructor, ``add_param_group`` and ``load_state_dict`` c
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
@@ -14,6 +15,7 @@ from torch.optim import Optimizer
 from .._checkpoint import preview_load
 from .._engines import GLOBAL_SHAPE_ATTR, is_dtensor
 from .._groups import GroupPlan, refuse_duplicates
+from .._upstream import dtensor_defects
 from ..filters import ParamInfo
 from .layout import Agreement, Layout, Problem, problem
 from .reduction import sharded_step
@@ -65,7 +67,12 @@ class ShardedEngine:
         self.agreement.agree(None, [problem(exc)], exc)
 
     def start(self, inner: Optimizer, plans: list[GroupPlan]) -> None:
-        """The constructor's layout check (the plans are committed by the caller after it)."""
+        """The constructor's layout check (the plans are committed by the caller after it). A
+        torch known to hand FSDP2's optimizers wrong gradients on these parameters' groups
+        (:mod:`lars_npu._upstream`) is a warning on every rank, naming the fix."""
+        params = [p for g in inner.param_groups for p in g["params"]]
+        for message in dtensor_defects(params):
+            warnings.warn(f"LARS: {message}", RuntimeWarning, stacklevel=4)
         layout, problems = self.agreement.structure(inner.param_groups, self._plan, plans)
         contrib = self.agreement.agree(layout, problems)
         assert layout is not None  # agree raised otherwise
