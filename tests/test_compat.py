@@ -74,3 +74,33 @@ def test_lars_signature_is_visible():
     ]  # fmt: skip
     assert sig.parameters["coefficient"].default == 0.001
     assert "process_group" in inspect.signature(lars_npu.ShardedLARS).parameters
+
+
+def test_below_the_torch_floor_lars_refuses_naming_the_minimum(monkeypatch):
+    from lars_npu import optim
+
+    monkeypatch.setattr(
+        optim, "torch_floor_error", lambda: "lars_npu needs torch >= 2.6, and this is torch 2.5.1"
+    )
+    sgd = torch.optim.SGD([nn.Parameter(torch.ones(2))], lr=0.1)
+    with pytest.raises(RuntimeError, match=r"torch >= 2\.6.*2\.5\.1"):
+        lars_npu.LARS(sgd, lars_filter="exclude_bias_and_norm")
+
+
+def test_a_sharded_lars_warns_of_a_torch_that_mis_scales_fsdp2_gradients(monkeypatch, one_rank):
+    """Where this torch would hand FSDP2's optimizer wrong gradients (lars_npu._upstream), a
+    sharded LARS says so at construction, on every rank, rather than train on them quietly."""
+    from lars_npu.distributed import engine, flat_shard
+
+    seen: list[list[str]] = []
+
+    def defects(params: list[torch.Tensor]) -> list[str]:
+        seen.append([type(p).__name__ for p in params])
+        return ["gloo's reduce_scatter_tensor ignores ReduceOp.AVG (simulated)"]
+
+    monkeypatch.setattr(engine, "dtensor_defects", defects)
+    p = flat_shard(nn.Parameter(torch.ones(4)))
+    sgd = torch.optim.SGD([("w", p)], lr=0.1)
+    with pytest.warns(RuntimeWarning, match=r"LARS: gloo's reduce_scatter_tensor ignores"):
+        opt = lars_npu.LARS(sgd, lars_filter="exclude_bias_and_norm")
+    assert seen == [["Parameter"]] and opt._engine is not None

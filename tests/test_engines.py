@@ -265,7 +265,7 @@ def test_larssgd_on_sharded_parameters_takes_the_sharded_path():
     """Any LARS (LARSSGD too) on sharded parameters sums the norms over the ranks: without a
     process group there is nothing to sum over, a clear error."""
     model = make_net()
-    model[0].weight._lars_global_shape = torch.Size([12, 4])  # a flat shard, marked
+    model.fc1.weight._lars_global_shape = torch.Size([32, 6])  # a flat shard, marked
     with pytest.raises(RuntimeError, match=r"sharded parameters needs torch\.distributed"):
         LARSSGD(model.named_parameters(), lr=0.1)
 
