@@ -40,23 +40,8 @@ class MultiResult:
     trust_ratio: torch.Tensor
 
 
-class Backend(Protocol):
-    """What the optimizer, the functional API and the check tool use of a backend."""
-
-    name: str
-    # The dtypes it takes (None: every supported dtype; the check matrix skips the others).
-    dtypes: tuple[torch.dtype, ...] | None
-    # Its fused step proves natively, each step, that the tensors fit its cached plan, raising
-    # LayoutMismatch otherwise: the fused driver may skip its own named checks until then.
-    verifies_layout: bool
-
-    def available(self) -> tuple[bool, str]:
-        """(usable here, reason when not)."""
-        ...
-
-    def supports(self, device: torch.device) -> bool:
-        """Whether tensors on ``device`` can be given to this backend."""
-        ...
+class TensorOps(Protocol):
+    """The per-tensor operations (what the per-tensor defaults below are built from)."""
 
     def square_sum_all(
         self, weight: torch.Tensor, gradient: torch.Tensor
@@ -75,6 +60,25 @@ class Backend(Protocol):
         hyper: Hyper,
     ) -> torch.Tensor:
         """A new tensor g' = λ·(g + wd·w), in the gradient's dtype."""
+        ...
+
+
+class Backend(TensorOps, Protocol):
+    """What the optimizer, the functional API and the check tool use of a backend."""
+
+    name: str
+    # The dtypes it takes (None: every supported dtype; the check matrix skips the others).
+    dtypes: tuple[torch.dtype, ...] | None
+    # Its fused step proves natively, each step, that the tensors fit its cached plan, raising
+    # LayoutMismatch otherwise: the fused driver may skip its own named checks until then.
+    verifies_layout: bool
+
+    def available(self) -> tuple[bool, str]:
+        """(usable here, reason when not)."""
+        ...
+
+    def supports(self, device: torch.device) -> bool:
+        """Whether tensors on ``device`` can be given to this backend."""
         ...
 
     def multi_lars_(
@@ -118,25 +122,6 @@ class Backend(Protocol):
         (e.g. all-reduced over ranks); returns λ as applied. Default:
         :func:`per_tensor_rewrite_given_sums_`."""
         ...
-
-
-class TensorOps(Protocol):
-    """The per-tensor operations the per-tensor defaults below are built from."""
-
-    def square_sum_all(
-        self, weight: torch.Tensor, gradient: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-    def lars_update(
-        self,
-        weight: torch.Tensor,
-        gradient: torch.Tensor,
-        w_s: float,
-        g_s: float,
-        weight_decay: float,
-        lr: float,
-        hyper: Hyper,
-    ) -> torch.Tensor: ...
 
 
 def per_tensor_square_sums(
