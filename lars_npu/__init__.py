@@ -12,7 +12,13 @@ FSDP1 after :func:`lars_npu.distributed.mark_fsdp1`) sums the norms across the r
 """
 
 import importlib
+import warnings
 from typing import Any
+
+from ._upstream import torch_floor_error
+
+if (_floor := torch_floor_error()) is not None:  # LARS(...) refuses; the import says why first
+    warnings.warn(_floor, RuntimeWarning, stacklevel=2)
 
 from . import reference
 from ._backends import BackendUnavailableError, available_backends

@@ -26,6 +26,9 @@ changed one fails loudly in CI rather than silently taking a fallback.
 - :func:`gloo_reduce_scatter_averages` (:mod:`lars_npu._upstream`'s FSDP2-on-gloo test): a
   private two-rank gloo group in two threads (``ProcessGroupGloo._Options``,
   ``_reduce_scatter_base``), so that the test needs no process group of the caller's.
+- :func:`fsdp1_managed`, :func:`fsdp1_units`: which parameters FSDP1 manages, and each
+  unit's original parameters and full shapes (``_fsdp_flattened``, ``_handle``,
+  ``_use_orig_params``, ``FlatParameter._params`` / ``_shapes``), for ``mark_fsdp1``.
 - :func:`flat_parameter_type`: FSDP1's ``FlatParameter`` class, in the private module
   ``torch.distributed.fsdp._flat_param`` (to refuse it with a recipe; never imported here).
 """
@@ -47,6 +50,8 @@ __all__ = [
     "coo_members",
     "features",
     "flat_parameter_type",
+    "fsdp1_managed",
+    "fsdp1_units",
     "gloo_reduce_scatter_averages",
     "instance_hooks",
     "max_abs_norms",
@@ -203,6 +208,31 @@ def gloo_reduce_scatter_averages() -> bool | None:
     if all(v == 3.0 for v in got):
         return False
     return None
+
+
+def fsdp1_managed(p: torch.Tensor) -> bool:
+    """Whether FSDP1 (``use_orig_params=True``) manages ``p`` (its private marker)."""
+    return bool(getattr(p, "_fsdp_flattened", False))
+
+
+def fsdp1_units(module: torch.nn.Module) -> list[tuple[bool, Any, Any]]:
+    """Per FSDP1 unit in ``module`` with parameters of its own: (``use_orig_params``, the
+    original parameters it hands the optimizer, their full shapes), read from the unit's flat
+    parameter (FSDP1 keeps them in private attributes; FSDP1 is in maintenance, FSDP2's DTensors
+    describe themselves)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    out = []
+    for m in module.modules():
+        if not isinstance(m, FullyShardedDataParallel):
+            continue
+        handle = getattr(m, "_handle", None)
+        if handle is None:  # a unit without parameters of its own
+            continue
+        flat = handle.flat_param
+        orig = bool(getattr(handle, "_use_orig_params", False)) and flat._params is not None
+        out.append((orig, flat._params, flat._shapes))
+    return out
 
 
 def features() -> dict[str, bool]:

@@ -27,7 +27,7 @@ import sys
 
 import torch
 
-from ._compat import flat_parameter_type
+from ._compat import flat_parameter_type, fsdp1_managed
 
 # Attribute that records the global (unsharded) shape on a flat shard.
 GLOBAL_SHAPE_ATTR = "_lars_global_shape"
@@ -68,7 +68,7 @@ def shard_kind(p: torch.Tensor) -> str | None:
     flat = flat_parameter_type()
     if flat is not None and isinstance(p, flat):
         return "fsdp1_flat"
-    if getattr(p, "_fsdp_flattened", False):
+    if fsdp1_managed(p):
         return "fsdp1_orig"
     if hasattr(p, "ds_id") or hasattr(p, "ds_status"):
         return "zero3"

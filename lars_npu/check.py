@@ -299,9 +299,7 @@ def device_for(backend: str) -> torch.device:
     b = get_backend(backend)
     if b.supports(torch.device("cpu")):
         return torch.device("cpu")
-    for dev in (getattr(b, "device_type", None), "npu"):
-        if dev is None:
-            continue
+    for dev in ("npu",):  # the one accelerator a backend here serves
         try:
             d = torch.device(dev)
         except RuntimeError:

@@ -10,6 +10,7 @@ from typing import Any, cast
 import torch
 import torch.distributed as dist
 
+from .._compat import fsdp1_units
 from .._engines import GLOBAL_SHAPE_ATTR
 from .._engines import is_dtensor as _is_dtensor
 from ..filters import ParamInfo
@@ -102,24 +103,16 @@ def mark_fsdp1(module: torch.nn.Module) -> int:
 
     FSDP1 with ``use_orig_params=False`` hands the optimizer one ``FlatParameter`` per unit (a
     slice of many layers): no per-layer norm can be taken from it, so that is refused."""
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     marked = 0
-    for m in module.modules():
-        if not isinstance(m, FullyShardedDataParallel):
-            continue
-        handle = getattr(m, "_handle", None)
-        if handle is None:  # a unit without parameters of its own
-            continue
-        flat = handle.flat_param
-        if not getattr(handle, "_use_orig_params", False) or flat._params is None:
+    for orig, params, shapes in fsdp1_units(module):
+        if not orig:
             raise ValueError(
                 "mark_fsdp1: this FSDP1 module has use_orig_params=False, which gives the "
                 "optimizer one FlatParameter per unit; wrap with use_orig_params=True"
             )
-        for p, shape in zip(flat._params, flat._shapes, strict=True):
+        for p, shape in zip(params, shapes, strict=True):
             mark_flat_shard(p, shape)
             marked += 1
     if marked == 0:
