@@ -107,8 +107,7 @@ def _check_state(sd: dict[str, Any], groups: list[dict[str, Any]]) -> None:
             name = param_name(group, gi, j)
             if not isinstance(entry, dict):
                 raise TypeError(
-                    f"loaded state of parameter {name!r} must be a dict, got "
-                    f"{type(entry).__name__}"
+                    f"loaded state of parameter {name!r} must be a dict, got {type(entry).__name__}"
                 )
             for key, v in entry.items():
                 check_state_entry(key, v, p, name, finite=True, loaded=True)

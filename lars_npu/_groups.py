@@ -71,9 +71,7 @@ def check_settings(index: int, group: dict[str, Any], check_mask: bool = True) -
         raise ValueError(f"{where} has no 'lr': LARS needs the inner optimizer's learning rate")
 
     def number(key: str, default: float = 0.0) -> float:
-        return to_float(
-            group.get(key, default), f"{where}['{key}']", minimum=0.0, maximum=FP32_MAX
-        )
+        return to_float(group.get(key, default), f"{where}['{key}']", minimum=0.0, maximum=FP32_MAX)
 
     wd, lr, mu = number("weight_decay"), number("lr"), number("momentum")
     if "dampening" in group:

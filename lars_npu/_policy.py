@@ -117,4 +117,3 @@ def check_fused(fused: object, optimizer: Optimizer, sharded: bool) -> bool | No
         if why is not None:
             raise ValueError(f"fused=True needs {FUSED_REQUIREMENTS}, but {why}")
     return fused
-

@@ -157,8 +157,12 @@ def check_inner_state(
         if not st:
             continue
         for key, v in st.items():
-            if key == MOMENTUM and isinstance(v, torch.Tensor) and (
-                k < dense or v.layout == torch.strided  # dense gradient: dense buffer
+            if (
+                key == MOMENTUM
+                and isinstance(v, torch.Tensor)
+                and (
+                    k < dense or v.layout == torch.strided  # dense gradient: dense buffer
+                )
             ):
                 vl = to_local(v)
                 check_buffer(w, vl, name)  # tensor, floating, shape, device, storage

@@ -116,7 +116,7 @@ def probe_device(flag: str, device: str) -> torch.device:
             why = " ".join(torch_npu_error().split())  # one line, whatever the import said
             raise UsageError(
                 f"{flag} {device!r}: {why}; an Ascend NPU needs the CANN toolkit "
-                'and torch_npu (the release for your torch and CANN; see docs/ascend.md)'
+                "and torch_npu (the release for your torch and CANN; see docs/ascend.md)"
             )
     try:
         dev = torch.device(device)

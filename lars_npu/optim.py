@@ -370,4 +370,3 @@ class LARS(Optimizer):
         self._driver.invalidate()
         self._hyper = preview.hyper
         self._commit(plans)
-

@@ -57,6 +57,7 @@ __all__ = [
     "step_args",
 ]
 
+
 class AscendKernelBackend(AscendLauncher):
     """The backend operations on the AscendC kernels; subclasses provide ``_launch``."""
 

@@ -262,4 +262,3 @@ class AscendLauncher:
         if not gs:
             return torch.tensor(False, device=device), torch.zeros(0, dtype=torch.float64)
         return self._lazy_outcome(*self._start(ws, gs, ms, **kw))
-
