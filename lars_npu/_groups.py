@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
+from ._backends.base import FP32_MAX
 from ._engines import HANDLED, refusal, shard_kind
 from .filters import ParamInfo, default_lars_filter, exclude_bias_and_norm
-from .functional import FP32_MAX, to_float
+from .functional import to_float
 
 LarsFilter = Callable[[ParamInfo], bool]
 

@@ -163,8 +163,9 @@ def dtensor_defects(params: Iterable[torch.Tensor]) -> list[str]:
             continue
         if p.device.type == "cpu":
             add(cpu_fsdp2_stream_gap())
-        mesh = p.device_mesh  # type: ignore[attr-defined]
-        for dim, placement in enumerate(p.placements):  # type: ignore[attr-defined]
+        dt: Any = p  # a DTensor
+        mesh = dt.device_mesh
+        for dim, placement in enumerate(dt.placements):
             key = (id(mesh), dim, p.device.type)
             if not placement.is_shard() or key in seen:
                 continue

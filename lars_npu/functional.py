@@ -27,11 +27,6 @@ __all__ = [
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-# The largest finite float32: group hyper-parameters beyond it would overflow the fp32 tensors
-# they scale (and the AscendC kernels take them in fp32), so they are refused, by name.
-FP32_MAX = 3.4028234663852886e38
-
-
 def to_float(
     x: object,
     name: str,

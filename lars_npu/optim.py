@@ -76,9 +76,8 @@ class LARS(Optimizer):
     the group's lr when ``use_clip``), then the inner optimizer steps; parameters the filter
     excludes get neither LARS nor weight decay.
 
-    Weight decay: each group's ``weight_decay`` is the only source of truth. LARS reads it at
-    every step and applies it inside ``λ·(g + wd·w)``; the inner optimizer sees
-    ``weight_decay = 0`` only while LARS steps it, so decay is never applied twice.
+    Weight decay: each group's ``weight_decay``, read every step and applied inside
+    ``λ·(g + wd·w)``; the inner optimizer steps with 0, so decay is never applied twice.
 
     A step is a transaction: every check runs before the first write; a non-finite gradient
     skips the whole step (``found_inf``); if the inner optimizer's step raises, each rewritten
@@ -313,8 +312,7 @@ class LARS(Optimizer):
                             saved=saved)  # fmt: skip
 
     def agree_skips_over(self, group: Any) -> None:
-        """Inside a ``ZeroRedundancyOptimizer`` (:mod:`lars_npu._zero`): skip a step on every
-        rank of ``group`` when any rank's gradient is non-finite."""
+        """In a ZeroRedundancyOptimizer (:mod:`lars_npu._zero`): the ranks skip steps together."""
         self._zero_group = group
 
     def _fused_step(self, loss: Any) -> Any:

@@ -12,7 +12,7 @@ import torch
 from ._native import constants, loaded
 from ._staging import has_lazy_bits, resolved
 from ._staging import ptrs as _ptrs
-from .base import Hyper
+from .base import FP32_MAX, Hyper
 
 # The kernels' numbers (tiles, chunk, dtype codes, flag slots, GM alignment) are defined once, in
 # csrc/ascendc/lars_tiling.h and lars_host_plan.h, and read from _C.build_info()
@@ -53,7 +53,6 @@ def dtype_code(ts: list[torch.Tensor], backend: str) -> int:
     return codes.pop() if codes else 0
 
 
-FP32_MAX = float(np.finfo(np.float32).max)
 FP32_TINY = float(np.finfo(np.float32).tiny)
 
 

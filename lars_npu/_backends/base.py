@@ -11,6 +11,10 @@ if TYPE_CHECKING:
 import numpy as np
 import torch
 
+# The largest finite float32: group hyper-parameters beyond it would overflow the fp32 tensors
+# they scale (and the AscendC kernels take them in fp32), so they are refused, by name.
+FP32_MAX = 3.4028234663852886e38
+
 
 class LayoutMismatch(Exception):
     """A backend's fast path found a tensor that does not match its cached plan (raised before
