@@ -95,6 +95,7 @@ class CMakeBuild(build_ext):
         # install) instead of the fallback this build chose
         for path in self._targets(ext):
             path.unlink(missing_ok=True)
+            (path.parent / TORCH_FILE).unlink(missing_ok=True)
         # first paragraph: the reason, one line (the package repeats it); then the build's own
         # words; then what to do
         parts = [reason, details, ADVICE]
@@ -114,6 +115,7 @@ class CMakeBuild(build_ext):
         cmake = shutil.which("cmake")
         if cmake is None:
             raise RuntimeError("cmake not found")
+        torch_version, torch_prefix = target_torch()
         out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
         build_temp = Path(self.build_temp).resolve() / "cmake"
         cfg = "Debug" if self.debug else "Release"
@@ -122,6 +124,7 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_BUILD_TYPE={cfg}",
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            f"-DCMAKE_PREFIX_PATH={torch_prefix}",
         ]
         generator = os.environ.get("CMAKE_GENERATOR", "")
         ninja = shutil.which("ninja")
@@ -147,6 +150,11 @@ class CMakeBuild(build_ext):
         built = out_dir / f"_C{suffix}"
         if not built.exists():
             raise RuntimeError(f"CMake did not produce {built}")
+        # the torch the module was built against: lars_npu/_backends/_native.py refuses to load
+        # the module under any other (its operators link that torch's C++ library)
+        for path in self._targets(ext):
+            if path.parent.exists():
+                (path.parent / TORCH_FILE).write_text(torch_version + "\n")
 
 
 ADVICE = (
@@ -155,6 +163,35 @@ ADVICE = (
     "it, install a C++17 compiler and reinstall: pip install -v --force-reinstall --no-deps . "
     "(or pip install -v -e . for an editable install)"
 )
+
+
+TORCH_FILE = "_C_torch_version.txt"
+
+
+def target_torch() -> tuple[str, str]:
+    """(torch.__version__, torch.utils.cmake_prefix_path) of the torch installed in the
+    environment lars_npu is being installed into: the module links its C++ library.
+
+    pip builds in an isolated environment that hides the target's site-packages (a
+    sitecustomize on PYTHONPATH removes them from sys.path), and torch must not be a build
+    requirement: pip would fetch the newest torch for the build, not the one installed, and the
+    module would not load under the installed one. So the interpreter is asked again without
+    pip's PYTHONPATH: it sees its own site-packages, torch included."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE")}
+    code = (
+        "import torch, torch.utils; print(torch.__version__); print(torch.utils.cmake_prefix_path)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or len(lines) < 2:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(
+            f"torch is not importable by {sys.executable} ({last}): install torch first "
+            "(pip install torch==<version>), then lars_npu, which builds against it"
+        )
+    return lines[-2].strip(), lines[-1].strip()
 
 
 class BuildError(RuntimeError):

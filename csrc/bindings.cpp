@@ -1,6 +1,7 @@
-// pybind11 module lars_npu._C: converts arguments, releases the GIL around kernels, nothing more.
-// Tensors arrive as arrays of raw data pointers (zero-copy views of contiguous tensors), element
-// counts and dtype codes, so the module never links against libtorch and works with any torch.
+// pybind11 module lars_npu._C: the AscendC host plan and its launchers (emulation; NPU and CANN
+// when built), build information and test hooks. The optimizer step itself is not here: it is
+// the torch operators of csrc/ops (torch.ops.lars_npu.*), which this module's library registers
+// when it is imported.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -10,9 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "cpu/fused.h"
+#include "cpu/fused.h"  // last_level_cache_bytes
 #include "cpu/overlap.h"
-#include "dlpack_view.h"
 #include "emu/emu_launch.h"
 #if defined(LARS_NPU_NPU_LAUNCHER) || defined(LARS_NPU_CANN_HOST_RUNNER)
 #include "npu/lars_npu_launch.h"
@@ -34,284 +34,10 @@ void check_len(const py::array& a, py::ssize_t n, const char* name) {
   }
 }
 
-// allow_null: a null pointer means "absent" (weights of gradient-only tensors in pass 1).
-std::vector<lars::TensorRef> refs(const I64& ptr, const I64& numel, const I64& dtype,
-                                  const char* name, bool allow_null = false) {
-  const py::ssize_t n = numel.shape(0);
-  check_len(ptr, n, name);
-  check_len(dtype, n, "dtype");
-  std::vector<lars::TensorRef> out(static_cast<size_t>(n));
-  const int64_t* p = ptr.data();
-  const int64_t* c = numel.data();
-  const int64_t* d = dtype.data();
-  for (py::ssize_t i = 0; i < n; ++i) {
-    if (d[i] < lars::kFloat32 || d[i] > lars::kFloat64) {
-      throw std::invalid_argument("dtype: unsupported dtype code " + std::to_string(d[i]));
-    }
-    if (c[i] < 0) throw std::invalid_argument("numel: negative element count");
-    if (c[i] > 0 && p[i] == 0 && !allow_null) {
-      throw std::invalid_argument(std::string(name) + ": null data pointer");
-    }
-    out[static_cast<size_t>(i)] = {reinterpret_cast<void*>(static_cast<uintptr_t>(p[i])), c[i],
-                                   static_cast<int>(d[i])};
-  }
-  return out;
-}
-
-py::tuple square_sums(const I64& w_ptr, const I64& g_ptr, const I64& numel, const I64& dtype,
-                      int num_threads) {
-  const auto w = refs(w_ptr, numel, dtype, "w_ptr", /*allow_null=*/true);
-  const auto g = refs(g_ptr, numel, dtype, "g_ptr");
-  const py::ssize_t n = numel.shape(0);
-  F64 w_s(n), g_s(n);
-  double* ws = w_s.mutable_data();
-  double* gs = g_s.mutable_data();
-  {
-    py::gil_scoped_release release;
-    lars::square_sums(w.data(), g.data(), n, ws, gs, num_threads);
-  }
-  return py::make_tuple(w_s, g_s);
-}
-
-void lars_rewrite(const I64& w_ptr, const I64& g_ptr, const I64& out_ptr, const I64& numel,
-                  const I64& dtype, const F64& lam, const F64& wd, int num_threads) {
-  const auto w = refs(w_ptr, numel, dtype, "w_ptr");
-  const auto g = refs(g_ptr, numel, dtype, "g_ptr");
-  const auto out = refs(out_ptr, numel, dtype, "out_ptr");
-  const py::ssize_t n = numel.shape(0);
-  check_len(lam, n, "lam");
-  check_len(wd, n, "wd");
-  py::gil_scoped_release release;
-  lars::lars_rewrite(w.data(), g.data(), out.data(), lam.data(), wd.data(), nullptr, n,
-                     num_threads);
-}
-
-py::tuple multi_lars(const I64& w_ptr, const I64& g_ptr, const I64& numel, const I64& dtype,
-                     const U8& adapt, const F64& wd, const F64& lr, double epsilon,
-                     double coefficient, bool use_clip, bool guard_zero_norm, int num_threads) {
-  const auto w = refs(w_ptr, numel, dtype, "w_ptr");
-  const auto g = refs(g_ptr, numel, dtype, "g_ptr");
-  const py::ssize_t n = numel.shape(0);
-  check_len(adapt, n, "adapt");
-  check_len(wd, n, "wd");
-  check_len(lr, n, "lr");
-  const lars::Hyper h{epsilon, coefficient, use_clip, guard_zero_norm};
-  F64 lam(n), w_s(n), g_s(n);
-  double* l = lam.mutable_data();
-  double* ws = w_s.mutable_data();
-  double* gs = g_s.mutable_data();
-  bool found_inf;
-  {
-    py::gil_scoped_release release;
-    found_inf = lars::multi_lars(w.data(), g.data(), adapt.data(), wd.data(), lr.data(), n, h, l,
-                                 ws, gs, num_threads);
-  }
-  return py::make_tuple(found_inf, lam, w_s, g_s);
-}
-
 double trust_ratio(double w_s, double g_s, double weight_decay, double lr, double epsilon,
                    double coefficient, bool use_clip, bool guard_zero_norm) {
   return lars::trust_ratio(w_s, g_s, weight_decay, lr,
                            lars::Hyper{epsilon, coefficient, use_clip, guard_zero_norm});
-}
-
-// ---- the fused LARS + momentum-SGD step ----------------------------------------------------------
-
-// The plan plus the exact shape of every tensor, so that each step can prove, from DLPack
-// capsules made at that step, that every parameter, gradient and momentum buffer is still the
-// tensor the plan was built for (LayoutError otherwise, before anything is written).
-struct CheckedPlan {
-  std::shared_ptr<lars::FusedPlan> plan;
-  std::vector<std::vector<int64_t>> shapes;
-  // The pointers (parameters, gradients, buffers) of the last step whose tensors were proven not
-  // to share memory: the same pointers with the plan's fixed sizes need no new proof.
-  std::vector<int64_t> disjoint;
-};
-
-// A tensor that does not fit the plan (raised before anything is written); Python type
-// lars_npu._C.LayoutError, a ValueError, with .role ("parameter"|"gradient"|"momentum_buffer")
-// and .index attributes set by the binding below.
-struct LayoutError : std::runtime_error {
-  LayoutError(std::string role_, int64_t index_, const std::string& why)
-      : std::runtime_error(role_ + " " + std::to_string(index_) + " does not fit the plan: " +
-                           why),
-        role(std::move(role_)),
-        index(index_) {}
-  std::string role;
-  int64_t index;
-};
-
-std::shared_ptr<CheckedPlan> make_plan(const py::list& shapes, const I64& w_dtype,
-                                       const I64& g_dtype, const U8& adapt, const U8& momentum,
-                                       int64_t cache_budget_bytes) {
-  const py::ssize_t n = static_cast<py::ssize_t>(shapes.size());
-  check_len(w_dtype, n, "w_dtype");
-  check_len(g_dtype, n, "g_dtype");
-  check_len(adapt, n, "adapt");
-  check_len(momentum, n, "momentum");
-  auto out = std::make_shared<CheckedPlan>();
-  out->shapes.resize(static_cast<size_t>(n));
-  std::vector<lars::FusedTensorSpec> specs(static_cast<size_t>(n));
-  for (py::ssize_t i = 0; i < n; ++i) {
-    const int wd = static_cast<int>(w_dtype.data()[i]);
-    const int gd = static_cast<int>(g_dtype.data()[i]);
-    if (!lars::FusedPlan::supported_pair(wd, gd)) {
-      throw std::invalid_argument("g_dtype: unsupported (parameter, gradient) dtype pair (" +
-                                  std::to_string(wd) + ", " + std::to_string(gd) + ")");
-    }
-    int64_t numel = 1;
-    for (const py::handle d : py::cast<py::tuple>(shapes[static_cast<size_t>(i)])) {
-      const int64_t v = py::cast<int64_t>(d);
-      if (v < 0) throw std::invalid_argument("shapes: negative dimension");
-      out->shapes[static_cast<size_t>(i)].push_back(v);
-      numel *= v;
-    }
-    specs[static_cast<size_t>(i)] = {numel, wd, gd, adapt.data()[i] != 0,
-                                     momentum.data()[i] != 0};
-  }
-  if (cache_budget_bytes <= 0) cache_budget_bytes = lars::last_level_cache_bytes() / 2;
-  out->plan = std::make_shared<lars::FusedPlan>(std::move(specs), cache_budget_bytes);
-  return out;
-}
-
-// `method` is an interned name (made once, below): PyObject_CallMethod would build the name
-// string on every call, and this runs twice per tensor per step.
-int64_t call_int(PyObject* obj, PyObject* method) {
-  PyObject* r = PyObject_CallMethodNoArgs(obj, method);
-  if (r == nullptr) throw py::error_already_set();
-  const long long v = PyLong_AsLongLong(r);
-  Py_DECREF(r);
-  if (PyErr_Occurred()) throw py::error_already_set();
-  return static_cast<int64_t>(v);
-}
-
-// Pointers of one role, from a Python list. Entries are either DLPack capsules, checked against
-// the plan's exact layout and against the tensor's storage (`stores[i]`, its untyped_storage():
-// the bytes the kernel touches must lie inside it), or ints: raw pointers of tensors the caller
-// staged itself and holds. None: no tensor (a buffer without momentum).
-std::vector<int64_t> pointers(const CheckedPlan& cp, const py::list& obj, const py::object& stores,
-                              const char* role, bool write, bool g_role) {
-  const lars::FusedPlan& plan = *cp.plan;
-  const py::ssize_t n = static_cast<py::ssize_t>(plan.size());
-  if (static_cast<py::ssize_t>(obj.size()) != n) {
-    throw std::invalid_argument(std::string(role) + ": wrong length");
-  }
-  const bool have_stores = !stores.is_none();
-  if (have_stores && (!PyList_Check(stores.ptr()) || PyList_GET_SIZE(stores.ptr()) != n)) {
-    throw std::invalid_argument(std::string(role) + " storages: a list of the same length");
-  }
-  std::vector<int64_t> out(static_cast<size_t>(n), 0);
-  std::string why;
-  for (py::ssize_t i = 0; i < n; ++i) {
-    PyObject* item = PyList_GET_ITEM(obj.ptr(), i);
-    const lars::FusedTensorSpec& s = plan.spec(i);
-    const size_t k = static_cast<size_t>(i);
-    if (item == Py_None) continue;
-    if (!lars::dl::is_capsule(item)) {
-      out[k] = PyLong_AsLongLong(item);
-      if (PyErr_Occurred()) throw py::error_already_set();
-      continue;
-    }
-    if (!have_stores) throw LayoutError(role, i, "a capsule without its storage");
-    const int dtype = g_role ? s.g_dtype : s.w_dtype;
-    out[k] = lars::dl::checked_pointer(item, cp.shapes[k], dtype, write, &why);
-    if (out[k] == 0) throw LayoutError(role, i, why);
-    if (s.numel == 0) continue;
-    static PyObject* const data_ptr_name = PyUnicode_InternFromString("data_ptr");
-    static PyObject* const nbytes_name = PyUnicode_InternFromString("nbytes");
-    PyObject* store = PyList_GET_ITEM(stores.ptr(), i);
-    const int64_t base = call_int(store, data_ptr_name);
-    const int64_t size = call_int(store, nbytes_name);
-    const int64_t bytes = s.numel * static_cast<int64_t>(lars::dtype_size(dtype));
-    if (out[k] < base || out[k] - base > size - bytes) {
-      throw LayoutError(role, i, "its storage does not hold the planned elements");
-    }
-  }
-  return out;
-}
-
-// Refuses (LayoutError, before any write) a step where a parameter or momentum buffer, which it
-// writes, shares a byte with any other of its tensors (csrc/cpu/overlap.h). Gradients, only read,
-// may share memory with each other.
-void check_disjoint(CheckedPlan& cp, const std::vector<int64_t>& w, const std::vector<int64_t>& g,
-                    const std::vector<int64_t>& m) {
-  const lars::FusedPlan& plan = *cp.plan;
-  const size_t n = static_cast<size_t>(plan.size());
-  if (cp.disjoint.size() == 3 * n && std::equal(w.begin(), w.end(), cp.disjoint.begin()) &&
-      std::equal(g.begin(), g.end(), cp.disjoint.begin() + static_cast<std::ptrdiff_t>(n)) &&
-      std::equal(m.begin(), m.end(), cp.disjoint.begin() + static_cast<std::ptrdiff_t>(2 * n))) {
-    return;  // the tensors of the last proven step, at the same addresses and sizes
-  }
-  std::vector<lars::ByteRange> ranges;
-  ranges.reserve(3 * n);
-  for (size_t i = 0; i < n; ++i) {
-    const lars::FusedTensorSpec& s = plan.spec(static_cast<int64_t>(i));
-    if (s.numel == 0) continue;
-    const auto wb = static_cast<uint64_t>(s.numel) * lars::dtype_size(s.w_dtype);
-    const auto gb = static_cast<uint64_t>(s.numel) * lars::dtype_size(s.g_dtype);
-    const auto id = static_cast<int64_t>(i);
-    ranges.push_back({static_cast<uint64_t>(w[i]), static_cast<uint64_t>(w[i]) + wb, true, id});
-    ranges.push_back(
-        {static_cast<uint64_t>(g[i]), static_cast<uint64_t>(g[i]) + gb, false, id + 1 * plan.size()});
-    if (s.momentum && m[i] != 0) {
-      ranges.push_back(
-          {static_cast<uint64_t>(m[i]), static_cast<uint64_t>(m[i]) + wb, true, id + 2 * plan.size()});
-    }
-  }
-  const auto hit = lars::find_conflict(ranges);
-  if (hit.first >= 0) {
-    static const char* const roles[] = {"parameter", "gradient", "momentum_buffer"};
-    const int64_t size = plan.size();
-    throw LayoutError(roles[hit.second / size], hit.second % size,
-                      std::string("shares memory with ") + roles[hit.first / size] + " " +
-                          std::to_string(hit.first % size) + ", and the step writes one of them");
-  }
-  cp.disjoint.assign(w.begin(), w.end());
-  cp.disjoint.insert(cp.disjoint.end(), g.begin(), g.end());
-  cp.disjoint.insert(cp.disjoint.end(), m.begin(), m.end());
-}
-
-py::tuple plan_step(CheckedPlan& cp, const py::list& w_obj, const py::list& g_obj,
-                    const py::list& m_obj, const U8& first, const F64& wd, const F64& lr,
-                    const F64& mu, const U8& nesterov, double epsilon, double coefficient,
-                    bool use_clip, bool guard_zero_norm, int num_threads,
-                    const py::object& w_store, const py::object& g_store,
-                    const py::object& m_store) {
-  lars::FusedPlan& plan = *cp.plan;
-  const py::ssize_t n = static_cast<py::ssize_t>(plan.size());
-  const std::vector<int64_t> w_ptr = pointers(cp, w_obj, w_store, "parameter", true, false);
-  const std::vector<int64_t> g_ptr = pointers(cp, g_obj, g_store, "gradient", false, true);
-  const std::vector<int64_t> m_ptr = pointers(cp, m_obj, m_store, "momentum_buffer", true, false);
-  check_len(first, n, "first");
-  check_len(wd, n, "wd");
-  check_len(lr, n, "lr");
-  check_len(mu, n, "mu");
-  check_len(nesterov, n, "nesterov");
-  static_assert(sizeof(void*) == sizeof(int64_t), "64-bit pointers expected");
-  for (py::ssize_t i = 0; i < n; ++i) {
-    const lars::FusedTensorSpec& s = plan.spec(i);
-    const size_t k = static_cast<size_t>(i);
-    if (s.numel > 0 && (w_ptr[k] == 0 || g_ptr[k] == 0 || (s.momentum && m_ptr[k] == 0))) {
-      throw LayoutError(w_ptr[k] == 0 ? "parameter" : g_ptr[k] == 0 ? "gradient" : "momentum_buffer",
-                        i, "null data pointer");
-    }
-  }
-  check_disjoint(cp, w_ptr, g_ptr, m_ptr);
-  const lars::Hyper h{epsilon, coefficient, use_clip, guard_zero_norm};
-  F64 lam(n), w_s(n), g_s(n);
-  double* l = lam.mutable_data();
-  double* ws = w_s.mutable_data();
-  double* gs = g_s.mutable_data();
-  const lars::FusedStepArgs args{
-      reinterpret_cast<void* const*>(w_ptr.data()), reinterpret_cast<const void* const*>(g_ptr.data()),
-      reinterpret_cast<void* const*>(m_ptr.data()), first.data(), wd.data(), lr.data(), mu.data(),
-      nesterov.data()};
-  bool found_inf;
-  {
-    py::gil_scoped_release release;
-    found_inf = plan.step(args, h, l, ws, gs, num_threads);
-  }
-  return py::make_tuple(found_inf, lam, w_s, g_s);
 }
 
 // ---- AscendC kernels: host tiling, and the launchers (emulation; NPU and CANN when built) ----
@@ -540,17 +266,6 @@ py::dict build_info() {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "lars_npu native kernels (CPU; AscendC when built with CANN)";
-  m.def("square_sums", &square_sums, py::arg("w_ptr"), py::arg("g_ptr"), py::arg("numel"),
-        py::arg("dtype"), py::arg("num_threads") = 0,
-        "Pass 1: per-tensor fp64 sums of squares of w (pointer 0 = absent) and g.");
-  m.def("lars_rewrite", &lars_rewrite, py::arg("w_ptr"), py::arg("g_ptr"), py::arg("out_ptr"),
-        py::arg("numel"), py::arg("dtype"), py::arg("lam"), py::arg("wd"),
-        py::arg("num_threads") = 0, "Pass 2: out = lam * (g + wd * w) per tensor.");
-  m.def("multi_lars", &multi_lars, py::arg("w_ptr"), py::arg("g_ptr"), py::arg("numel"),
-        py::arg("dtype"), py::arg("adapt"), py::arg("wd"), py::arg("lr"), py::arg("epsilon"),
-        py::arg("coefficient"), py::arg("use_clip"), py::arg("guard_zero_norm"),
-        py::arg("num_threads") = 0,
-        "Both passes with the non-finite check between them; returns (found_inf, lam, w_s, g_s).");
   m.def("trust_ratio", &trust_ratio, py::arg("w_s"), py::arg("g_s"), py::arg("weight_decay"),
         py::arg("lr"), py::arg("epsilon"), py::arg("coefficient"), py::arg("use_clip"),
         py::arg("guard_zero_norm"));
@@ -625,6 +340,25 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("begin"), py::arg("end"), py::arg("written"),
       "csrc/cpu/overlap.h's find_conflict on byte ranges: (i, j) or (-1, -1).");
+  testing.def(
+      "rewrite",
+      [](int64_t w_ptr, int64_t g_ptr, int64_t out_ptr, int64_t numel, int dtype, double lam,
+         double wd) {
+        if (dtype < lars::kFloat32 || dtype > lars::kFloat64) {
+          throw std::invalid_argument("dtype: unsupported dtype code " + std::to_string(dtype));
+        }
+        if (numel < 0 || (numel > 0 && (w_ptr == 0 || g_ptr == 0 || out_ptr == 0))) {
+          throw std::invalid_argument("null data pointer");
+        }
+        const auto at = [](int64_t p) { return reinterpret_cast<void*>(static_cast<uintptr_t>(p)); };
+        const lars::TensorRef w{at(w_ptr), numel, dtype}, g{at(g_ptr), numel, dtype},
+            out{at(out_ptr), numel, dtype};
+        lars::lars_rewrite(&w, &g, &out, &lam, &wd, nullptr, 1, 1);
+      },
+      py::arg("w_ptr"), py::arg("g_ptr"), py::arg("out_ptr"), py::arg("numel"), py::arg("dtype"),
+      py::arg("lam"), py::arg("wd"),
+      "out = lam * (g + wd * w) on one contiguous tensor of `numel` elements, through the CPU "
+      "kernel (for the exact-conversion tests; pointers of tensors the caller holds).");
   testing.def("emu_selftest", &lars_emu::selftest, py::arg("case"), py::arg("saturation") = true,
               "Run a deliberately broken mini-kernel on the AscendC emulation (raises "
               "RuntimeError), its core starting in saturation (True) or INF_NAN mode.");
@@ -666,41 +400,4 @@ PYBIND11_MODULE(_C, m) {
       py::arg("kernel"), py::arg("dtype"),
       "The largest tile_sq / tile_up the host plan takes for a dtype.");
   testing.attr("ascend_ub_budget") = lars_ascendc::kUbBudgetBytes;
-  // The type lives as long as the process (never destroyed with the module's statics).
-  static PyObject* layout_error =
-      PyErr_NewException("lars_npu._C.LayoutError", PyExc_ValueError, nullptr);
-  m.attr("LayoutError") = py::reinterpret_borrow<py::object>(layout_error);
-  py::register_exception_translator([](std::exception_ptr p) {
-    try {
-      if (p) std::rethrow_exception(p);
-    } catch (const LayoutError& e) {
-      py::object err = py::reinterpret_borrow<py::object>(layout_error)(e.what());
-      err.attr("role") = e.role;
-      err.attr("index") = e.index;
-      PyErr_SetObject(layout_error, err.ptr());
-    }
-  });
-  py::class_<CheckedPlan, std::shared_ptr<CheckedPlan>>(
-      m, "FusedPlan",
-      "Work list of a fused LARS + momentum-SGD step over a fixed list of tensors (built once), "
-      "with each tensor's exact shape: every step checks what it is given against it.")
-      .def(py::init(&make_plan), py::arg("shapes"), py::arg("w_dtype"), py::arg("g_dtype"),
-           py::arg("adapt"), py::arg("momentum"), py::arg("cache_budget_bytes") = 0)
-      .def("step", &plan_step, py::arg("w"), py::arg("g"), py::arg("m"), py::arg("first"),
-           py::arg("wd"), py::arg("lr"), py::arg("mu"), py::arg("nesterov"), py::arg("epsilon"),
-           py::arg("coefficient"), py::arg("use_clip"), py::arg("guard_zero_norm"),
-           py::arg("num_threads") = 0, py::arg("w_storage") = py::none(),
-           py::arg("g_storage") = py::none(), py::arg("m_storage") = py::none(),
-           "One step; w, g, m are lists of DLPack capsules made this step, with the tensors' "
-           "untyped_storage() in *_storage (each checked against the plan's exact layout and "
-           "its storage: LayoutError, a ValueError, before any write), or raw pointers of "
-           "staged tensors the caller holds (None: no buffer). Returns (found_inf, lam, w_s, "
-           "g_s); nothing is written when found_inf.")
-      .def_property_readonly("size", [](const CheckedPlan& c) { return c.plan->size(); })
-      .def_property_readonly("num_batches", [](const CheckedPlan& c) { return c.plan->num_batches(); })
-      .def_property_readonly("num_chunks", [](const CheckedPlan& c) { return c.plan->num_chunks(); })
-      .def_property_readonly("total_elements",
-                             [](const CheckedPlan& c) { return c.plan->total_elements(); })
-      .def_property_readonly("scratch_bytes",
-                             [](const CheckedPlan& c) { return c.plan->scratch_bytes(); });
 }

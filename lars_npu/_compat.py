@@ -17,9 +17,6 @@ changed one fails loudly in CI rather than silently taking a fallback.
   inf/nan check of many gradients (what ``torch.nn.utils.clip_grad_norm_`` uses too).
 - :func:`coo_members`: a COO tensor's values and indices as stored (``_values``/``_indices``);
   the public ``values()``/``indices()`` refuse an uncoalesced tensor.
-- :data:`TO_DLPACK`: ``torch._C._to_dlpack`` (``_to_dlpack_versioned`` on newer torch), the
-  per-tensor capsule the native fused step reads; ``torch.utils.dlpack.to_dlpack`` adds a
-  Python-level wrapper per call (a cost per tensor per step).
 - :func:`optimizers_take_names` (the torch floor's feature test): torch's own
   ``Optimizer.add_param_group`` on a stand-in, undecorated (``__wrapped__``), so that asking does
   not import torch._dynamo.
@@ -46,7 +43,6 @@ import torch
 from torch.optim import Optimizer
 
 __all__ = [
-    "TO_DLPACK",
     "coo_members",
     "features",
     "flat_parameter_type",
@@ -60,12 +56,6 @@ __all__ = [
 ]
 
 _PROBE_TIMEOUT = timedelta(seconds=10)
-
-TO_DLPACK: Callable[[torch.Tensor], Any] = (
-    getattr(torch._C, "_to_dlpack", None)
-    or getattr(torch._C, "_to_dlpack_versioned", None)
-    or torch.utils.dlpack.to_dlpack
-)
 
 
 def _hook_wrapper_parts(opt: Optimizer) -> tuple[Callable[..., Any], Any, Any] | None:
@@ -250,7 +240,6 @@ def features() -> dict[str, bool]:
         ),
         "_foreach_norm": hasattr(torch, "_foreach_norm"),
         "coo _values/_indices": coo_members(sparse)[0].shape == (1,),
-        "_to_dlpack": any(hasattr(torch._C, k) for k in ("_to_dlpack", "_to_dlpack_versioned")),
         "fsdp FlatParameter module": _flat_parameter_module_exists(),
         "optimizers take names (undecorated add_param_group)": optimizers_take_names(),
         "gloo probe API": _gloo_probe_api(),

@@ -9,14 +9,15 @@ What is cached, and why that is safe (the invariants, all here):
   names, group index, filter result and whether their group has momentum. It is checked every
   step by identity (the same parameter objects in the same order), the masks' values and the
   groups' momentum on/off; any difference rebuilds it.
-- WHERE tensors live is never cached here: every step reads each parameter's gradient and each
+- WHERE tensors live is never cached: every step reads each parameter's gradient and each
   momentum buffer from ``p.grad`` and ``optimizer.state`` afresh, and a call carries tensors only
   (no pointers).
-- A backend may cache a work plan in ``FusedCall.cache`` (the CPU backend does), but must prove
-  each step, before writing, that every tensor still fits it. The CPU backend does this natively
-  from DLPack capsules and storages made that step (``_C.FusedPlan.step``: shape, strides,
-  dtype, device, writability, and the bytes it touches inside the tensor's storage) and raises
-  :class:`LayoutMismatch` otherwise; the driver then runs the named checks and the staged path.
+- The CPU backend's operator (``torch.ops.lars_npu.fused_step_``, csrc/ops) checks every tensor it
+  is given natively, each step, before it writes anything: shape, strides, dtype, device, storage
+  bounds, internal overlap, the negative bit and memory shared between tensors. A refusal comes
+  back as a :class:`lars_npu.TensorError` naming the parameter; the driver keeps no per-tensor
+  loop of its own for it. Backends that do not check natively get the driver's named checks
+  (:meth:`FusedDriver.precise_checks`) first.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._backends.base import Backend, Hyper, LayoutMismatch, MultiResult
+from ._backends.base import Backend, Hyper, MultiResult
 from ._checks import check_buffer, check_storage, check_written, refuse_shard
 from ._groups import GroupPlan, param_name
+from ._ops import TensorError, TensorTypeError, group_table
 from ._sharing import check_disjoint
 from .functional import check_pair
 
@@ -71,13 +73,26 @@ class FusedCall:
     mu: np.ndarray
     nesterov: np.ndarray  # uint8
     hyper: Hyper
-    cache: dict[str, Any]  # the backend's own (e.g. a work plan), kept while the structure is
-    # the same; whatever it holds, the backend re-proves against the tensors every step
-    checked: bool = False  # every tensor passed the driver's named checks (else a backend that
-    # verifies natively may take its zero-copy path, raising LayoutMismatch on any misfit)
+    cache: dict[str, Any]  # the backend's own, kept while the structure is the same; whatever it
+    # holds, the backend re-proves against the tensors every step
+    # the operators' form of the per-tensor values: each tensor's group (int64) and the groups'
+    # rows (float64 (groups, 4): lr, weight decay, momentum, nesterov); None: one group per tensor
+    group: np.ndarray | None = None
+    table: torch.Tensor | None = None
+    names: Sequence[str] | None = None  # the parameters' names, for errors
+    checked: bool = False  # every tensor passed the driver's named checks
     # fp16/bf16 gradients of fp32 parameters: the kernel supports them, but the optimizer keeps
     # torch's rule (gradient dtype == parameter dtype, on both paths); direct callers opt in
     mixed_grad_dtypes: bool = False
+
+    def op_groups(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(group, hyper) for the operators."""
+        if self.group is not None and self.table is not None:
+            return torch.from_numpy(self.group), self.table
+        n = len(self.params)
+        # one row per tensor; wd is already 0 where not adapted
+        table = group_table(self.lr, self.wd, self.mu, self.nesterov)
+        return torch.arange(n, dtype=torch.int64), table
 
 
 @dataclass
@@ -108,16 +123,29 @@ def _momentum_on(opt: Any) -> list[bool]:
     return [g.get("momentum", 0) != 0 for g in opt.param_groups]
 
 
+def _refuse(exc: TensorError | TensorTypeError) -> None:
+    """The operator's refusals that mean "not for the fused step" rather than "bad tensor": the
+    optimizer falls back to the unfused path for these (sparse gradients, several devices)."""
+    if exc.role == "gradient" and "not a dense tensor" in str(exc):
+        raise SparseGradientError("a parameter has a sparse gradient") from None
+    if exc.role == "parameter" and " is on " in str(exc):
+        raise MixedDevicesError(
+            "the fused step needs every parameter on one device; "
+            "use LARS(..., fused=False) for a model split across devices"
+        ) from None
+
+
 class FusedDriver:
     """Builds and runs the fused step for one LARS optimizer.
 
-    ``stats`` counts steps by how they ran: ``zero_copy`` (the backend's own verified fast
-    path), ``checked`` (named checks, then the general path) and ``rebuilds`` of the structure.
+    ``stats`` counts steps by how they ran: ``native`` (the backend's operator checked every
+    tensor itself), ``checked`` (the driver's named checks, then the backend) and ``rebuilds`` of
+    the structure.
     """
 
     def __init__(self) -> None:
         self._s: _Structure | None = None
-        self.stats = {"zero_copy": 0, "checked": 0, "rebuilds": 0}
+        self.stats = {"native": 0, "checked": 0, "rebuilds": 0}
 
     def invalidate(self) -> None:
         """Forget cached structure (after load_state_dict, new groups...)."""
@@ -232,18 +260,26 @@ class FusedDriver:
             nesterov=nest_g[gidx],
             hyper=hyper,
             cache=sub.cache,
+            group=gidx,
+            table=group_table(lr_g, wd_g, mu_g, nest_g),
+            names=sub.names,
         )
         if n == 0:  # no parameter has a gradient: nothing to do, as in torch SGD
             empty = torch.zeros(0, dtype=torch.float64)
             return MultiResult(torch.tensor(False), empty), [], sub.adapt
-        result = None
-        if backend.verifies_layout:
+        if backend.verifies_layout:  # the backend's operator checks every tensor natively
             try:
                 result = backend.fused_sgd_(call)
-                self.stats["zero_copy"] += 1
-            except LayoutMismatch:
-                result = None
-        if result is None:
+            except (TensorError, TensorTypeError) as exc:
+                _refuse(exc)
+                raise
+            except (TypeError, RuntimeError):
+                # not a per-tensor refusal (e.g. a list entry that is no tensor at all): the
+                # named checks say which parameter, else the operator's own error stands
+                self.precise_checks(sub.params, grads, bufs, sub.names)
+                raise
+            self.stats["native"] += 1
+        else:
             self.precise_checks(sub.params, grads, bufs, sub.names)
             call.checked = True
             result = backend.fused_sgd_(call)

@@ -141,11 +141,18 @@ def _message(
     b_written: bool,
 ) -> str:
     first, second = _label(parts, names, a), _label(parts, names, b)
-    if a == b or (first == second):
+    same = a == b or first == second
+    return sharing_message(first, second, same, a_written and b_written)
+
+
+def sharing_message(first: str, second: str, same: bool, both_written: bool) -> str:
+    """The refusal of a step in which ``first`` and ``second`` (labels) share memory; also the
+    text of the native operators' refusal (lars_npu._ops)."""
+    if same:
         what = f"{first} appears twice in this step"
     else:  # byte ranges: interleaved strided views intersect without sharing an element
         what = f"{first} and {second} share memory (their byte ranges overlap)"
-    verb = "writes both" if a_written and b_written else "writes one while reading the other"
+    verb = "writes both" if both_written else "writes one while reading the other"
     return (
         f"LARS: {what}: the step {verb}, so the result would depend on the order of the "
         "writes; the step is refused (nothing written). Give each parameter its own storage "

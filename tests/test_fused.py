@@ -14,7 +14,6 @@ from torch import nn
 
 from lars_npu import LARS, exclude_bias_and_norm, reference
 from lars_npu._backends import Hyper, cpu, get_backend
-from lars_npu._backends._native import native
 from lars_npu._fused import FusedCall
 from lars_npu.check import np64
 
@@ -184,24 +183,6 @@ def test_fused_non_finite_in_a_late_batch_writes_nothing(monkeypatch):
     assert bool(res.found_inf)
     for a, b in zip(before, params + bufs, strict=True):
         assert torch.equal(a, b)
-
-
-@needs_native
-def test_plan_scratch_is_small():
-    C = native()
-    n = 161
-    numel = np.full(n, 25_600_000 // n, dtype=np.int64)
-    plan = C.FusedPlan(
-        [(int(k),) for k in numel],
-        np.zeros(n, np.int64),
-        np.zeros(n, np.int64),
-        np.ones(n, np.uint8),
-        np.ones(n, np.uint8),
-        0,
-    )
-    # O(chunks): two doubles per 16,384 elements, i.e. < 0.01% of the parameters' bytes
-    assert plan.scratch_bytes <= 16 * (plan.total_elements // 16384 + n)
-    assert plan.num_batches >= 1 and plan.size == n
 
 
 # -- the optimizer: fused vs unfused ------------------------------------------------------------

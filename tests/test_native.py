@@ -10,7 +10,7 @@ from lars_npu._backends import Hyper
 from lars_npu._backends._native import constants, native
 from lars_npu.functional import lars_
 
-from .conftest import needs_native, ptrs
+from .conftest import needs_native
 
 pytestmark = needs_native
 
@@ -24,16 +24,21 @@ def meta(ts):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_square_sums_same_bits_for_any_thread_count(dtype):
-    C = native()
     gen = torch.Generator().manual_seed(0)
     ts = [torch.randn(n, generator=gen).to(dtype) for n in (3_000_001, 70_000, 5, 16384 * 7 + 1)]
-    numel, dt = meta(ts)
-    results = [C.square_sums(ptrs(ts), ptrs(ts), numel, dt, nt) for nt in (1, 2, 3, 4)]
+    flags = torch.ones(len(ts), dtype=torch.uint8)
+    old = torch.get_num_threads()
+    results = []
+    try:
+        for nt in (1, 2, 3, 4):
+            torch.set_num_threads(nt)
+            results.append(torch.ops.lars_npu.square_sums(ts, ts, flags))
+    finally:
+        torch.set_num_threads(old)
     for w_s, g_s in results[1:]:
-        assert w_s.tobytes() == results[0][0].tobytes()
-        assert g_s.tobytes() == results[0][1].tobytes()
+        assert torch.equal(w_s, results[0][0]) and torch.equal(g_s, results[0][1])
     ref = [float((t.double() ** 2).sum()) for t in ts]
-    np.testing.assert_allclose(results[0][0], ref, rtol=1e-12)
+    np.testing.assert_allclose(results[0][0].numpy(), ref, rtol=1e-12)
 
 
 def test_optimizer_step_same_bits_with_1_and_2_threads():
@@ -63,13 +68,10 @@ def test_optimizer_step_same_bits_with_1_and_2_threads():
 
 def rewrite(g: torch.Tensor, lam: float) -> torch.Tensor:
     """out = lam * (g + 0 * w) through the kernel (w = 0)."""
-    C = native()
     w = torch.zeros_like(g)
     out = torch.empty_like(g)
-    numel, dt = meta([g])
-    C.lars_rewrite(
-        ptrs([w]), ptrs([g]), ptrs([out]), numel, dt, np.array([lam]), np.array([0.0]), 1
-    )
+    code = constants().dtype_codes[g.dtype]
+    native()._testing.rewrite(w.data_ptr(), g.data_ptr(), out.data_ptr(), g.numel(), code, lam, 0.0)
     return out
 
 
@@ -91,14 +93,32 @@ def test_16bit_conversions_match_torch_bit_for_bit(dtype, lam):
 
 
 def test_bad_arguments_raise_not_crash():
-    C = native()
-    a = np.zeros(2, dtype=np.int64)
-    with pytest.raises(ValueError, match="g_ptr"):
-        C.square_sums(a, a, np.array([4, 4]), np.array([0, 0]), 1)  # null data pointers
-    with pytest.raises(ValueError, match="dtype"):
-        C.square_sums(a, a, np.array([0, 0]), np.array([9, 0]), 1)
-    with pytest.raises(ValueError, match="length"):
-        C.square_sums(a, a, np.array([0, 0, 0]), np.array([0, 0, 0]), 1)
+    """The operators' per-step arrays are checked before anything is read through them."""
+    ts = [torch.zeros(4), torch.zeros(4)]
+    bufs = [torch.zeros(4), torch.zeros(4)]
+    table = torch.tensor([[0.1, 0.0, 0.9, 0.0]], dtype=torch.float64)
+    group = torch.zeros(2, dtype=torch.int64)
+    flags = torch.tensor([3, 3], dtype=torch.uint8)
+    step = torch.ops.lars_npu.fused_step_
+    h = (1e-5, 1e-3, False, False)
+    with pytest.raises(ValueError, match="flags must be"):
+        step(ts, ts, bufs, group, flags[:1], table, *h)
+    with pytest.raises(ValueError, match="flags must be"):
+        step(ts, ts, bufs, group, flags.int(), table, *h)
+    with pytest.raises(ValueError, match=r"group\[1\] = 5 is not a row of hyper"):
+        step(ts, ts, bufs, torch.tensor([0, 5]), flags, table, *h)
+    with pytest.raises(ValueError, match="hyper must be"):
+        step(ts, ts, bufs, group, flags, table[:, :3], *h)
+    with pytest.raises(ValueError, match="momentum_buffers has 1 tensors"):
+        step(ts, ts, bufs[:1], group, flags, table, *h)
+    with pytest.raises(ValueError, match="grads has 1 tensors"):
+        step(ts, ts[:1], bufs, group, flags, table, *h)
+    with pytest.raises(ValueError, match="given_sums must be"):
+        step(ts, ts, bufs, group, flags, table, *h, torch.zeros(2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="weights has 1 tensors"):
+        torch.ops.lars_npu.square_sums(ts[:1], ts, flags)
+    with pytest.raises(ValueError, match="unsupported dtype code"):
+        native()._testing.rewrite(1, 1, 1, 0, 9, 1.0, 0.0)
 
 
 def test_trust_ratio_matches_reference_formula():

@@ -16,8 +16,7 @@ import torch
 from torch import nn
 
 from lars_npu import LARS, available_backends
-from lars_npu._backends._native import native
-from lars_npu._fused import check_storage
+from lars_npu._checks import check_storage
 
 from .conftest import BACKENDS, needs_native
 
@@ -237,46 +236,33 @@ def test_plain_fused_sgd_steps_take_the_zero_copy_path():
         grads(params, t)
         opt.step()
     stats = opt._driver.stats
-    assert stats["zero_copy"] == 4 and stats["checked"] == 0, stats
+    assert stats["native"] == 4 and stats["checked"] == 0, stats
     assert stats["rebuilds"] == 1, stats
 
 
 @needs_native
-def test_layout_mismatch_is_a_real_exception_type():
-    C = native()
-    assert issubclass(C.LayoutError, ValueError)
-    import numpy as np
+def test_operator_refusal_is_a_value_error_with_role_and_index():
+    """The operator's own error (torch.ops.lars_npu.fused_step_ called directly) is a ValueError
+    whose message names role and index; lars_npu turns it into a TensorError naming the
+    parameter."""
+    from lars_npu._ops import TensorError, named
 
-    plan = C.FusedPlan(
-        [(2, 3)],
-        np.zeros(1, np.int64),
-        np.zeros(1, np.int64),
-        np.ones(1, np.uint8),
-        np.ones(1, np.uint8),
-    )
     w, g, m = torch.zeros(2, 3), torch.zeros(3, 2), torch.zeros(2, 3)
-    dl = torch._C._to_dlpack
-    st = torch.Tensor.untyped_storage
-    with pytest.raises(C.LayoutError) as exc:
-        plan.step(
-            [dl(w)],
-            [dl(g)],
-            [dl(m)],
-            np.zeros(1, np.uint8),
-            np.zeros(1),
-            np.ones(1),
-            np.zeros(1),
-            np.zeros(1, np.uint8),
-            1e-5,
-            1e-3,
-            False,
-            False,
-            1,
-            [st(w)],
-            [st(g)],
-            [st(m)],
-        )
-    assert exc.value.role == "gradient" and exc.value.index == 0
+    args = (
+        torch.zeros(1, dtype=torch.int64),
+        torch.tensor([3], dtype=torch.uint8),
+        torch.tensor([[0.1, 0.0, 0.9, 0.0]], dtype=torch.float64),
+        1e-5,
+        1e-3,
+        False,
+        False,
+    )
+    with pytest.raises(ValueError, match=r"^lars_npu\[gradient 0\]: has shape \(3, 2\)") as exc:
+        torch.ops.lars_npu.fused_step_([w], [g], [m], *args)
+    err = named(exc.value, ["fc.weight"])
+    assert isinstance(err, TensorError) and isinstance(err, ValueError)
+    assert (err.role, err.index, err.name) == ("gradient", 0, "fc.weight")
+    assert str(err).startswith("gradient of parameter 'fc.weight' has shape (3, 2)")
 
 
 # -- the unfused step as a transaction -------------------------------------------------------------

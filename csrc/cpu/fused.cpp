@@ -203,11 +203,21 @@ bool FusedPlan::step(const FusedStepArgs& a, const Hyper& h, double* lam, double
     return TensorRef{const_cast<void*>(a.g[t]), spec[t].numel, spec[t].g_dtype};
   };
 
+  const bool given = a.given_gs != nullptr && a.given_ws != nullptr;
+  if (given) {  // the sums are the caller's: pass 1 is not run, every batch counts as "big"
+    for (int64_t t = 0; t < n; ++t) {
+      w_s[t] = a.given_ws[t];
+      g_s[t] = a.given_gs[t];
+      if (!std::isfinite(g_s[t])) found_inf = true;
+      big[static_cast<size_t>(t)] = 1;
+    }
+  }
+
 #pragma omp parallel num_threads(threads) if (total_ >= kParallelMin)
   {
     // Stage A: every sum(g^2); sum(w^2) of adapted tensors too big to batch.
 #pragma omp for schedule(static)
-    for (int64_t c = 0; c < nc; ++c) {
+    for (int64_t c = 0; c < (given ? 0 : nc); ++c) {
       const Chunk& k = chunks[c];
       part[2 * c + 1] = detail::sumsq(g_ref(k.tensor), k.begin, k.end);
       part[2 * c] = (big[static_cast<size_t>(k.tensor)] && spec[k.tensor].adapt)
@@ -215,7 +225,7 @@ bool FusedPlan::step(const FusedStepArgs& a, const Hyper& h, double* lam, double
                         : 0.0;
     }
 #pragma omp single
-    {
+    if (!given) {
       for (int64_t t = 0; t < n; ++t) {
         double gs = 0.0, ws = 0.0;
         for (int64_t c = fc[t]; c < fc[t + 1]; ++c) {
@@ -232,7 +242,8 @@ bool FusedPlan::step(const FusedStepArgs& a, const Hyper& h, double* lam, double
       for (const Batch& b : batches_) {
         // A tensor of one chunk is finished in a single visit of the update loop below (sum of
         // w^2, lambda, update while it sits in L1); the others get their sum(w^2) here.
-        if (!b.big) {
+        const bool big_b = b.big || given;
+        if (!big_b) {
 #pragma omp for schedule(static)
           for (int64_t c = b.first_chunk; c < b.end_chunk; ++c) {
             const Chunk& k = chunks[c];
@@ -245,8 +256,8 @@ bool FusedPlan::step(const FusedStepArgs& a, const Hyper& h, double* lam, double
 #pragma omp single
         {
           for (int64_t t = b.first_tensor; t < b.end_tensor; ++t) {
-            if (fc[t + 1] - fc[t] == 1 && !b.big) continue;  // done in the update loop
-            if (!b.big) {
+            if (fc[t + 1] - fc[t] == 1 && !big_b) continue;  // done in the update loop
+            if (!big_b) {
               double ws = 0.0;
               for (int64_t c = fc[t]; c < fc[t + 1]; ++c) ws += part[2 * c];
               w_s[t] = ws;
@@ -262,7 +273,7 @@ bool FusedPlan::step(const FusedStepArgs& a, const Hyper& h, double* lam, double
           const UpdateFn fn = update_fn(spec[t].w_dtype, spec[t].g_dtype, has_m,
                                         has_m && a.first[t] != 0, a.nesterov[t] != 0);
           const double wd = spec[t].adapt ? a.wd[t] : 0.0;
-          if (fc[t + 1] - fc[t] == 1 && !b.big) {
+          if (fc[t + 1] - fc[t] == 1 && !big_b) {
             w_s[t] = spec[t].adapt ? detail::sumsq(w_ref(t), k.begin, k.end) : 0.0;
             lam[t] = spec[t].adapt ? trust_ratio(w_s[t], g_s[t], a.wd[t], a.lr[t], h) : 1.0;
           }

@@ -41,6 +41,11 @@ struct FusedStepArgs {
   const double* lr;
   const double* mu;         // momentum
   const uint8_t* nesterov;
+  // Given sums (the sharded step: all-reduced over every rank's shard), or nullptr: then
+  // w_s/g_s are outputs of the step's own pass 1. With them, no sum is taken here, and a
+  // non-finite given g_s skips the step (found_inf), as a non-finite local one does.
+  const double* given_ws = nullptr;
+  const double* given_gs = nullptr;
 };
 
 class FusedPlan {

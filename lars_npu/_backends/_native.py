@@ -22,6 +22,13 @@ import torch
 def _load_C() -> tuple[ModuleType | None, str]:
     if os.environ.get("LARS_NPU_DISABLE_NATIVE") == "1":
         return None, "disabled by LARS_NPU_DISABLE_NATIVE=1"
+    built_with = _built_with_torch()
+    if built_with is not None and built_with != torch.__version__:
+        return None, (
+            f"lars_npu._C was built against torch {built_with} and this is torch "
+            f"{torch.__version__}: its operators link torch's C++ library, so it must be rebuilt "
+            "(pip install --force-reinstall --no-deps lars-npu, or pip install -e . again)"
+        )
     try:
         mod = importlib.import_module("lars_npu._C")
     except ImportError as exc:
@@ -30,6 +37,16 @@ def _load_C() -> tuple[ModuleType | None, str]:
             return None, f"lars_npu._C was not built: {recorded}"
         return None, f"lars_npu._C was not built or cannot load ({exc})"
     return mod, ""
+
+
+def _built_with_torch() -> str | None:
+    """The torch version setup.py built ``_C`` against (``lars_npu/_C_torch_version.txt``), or
+    None when no build recorded one."""
+    try:
+        text = (Path(__file__).resolve().parent.parent / "_C_torch_version.txt").read_text()
+    except OSError:
+        return None
+    return text.strip() or None
 
 
 def _build_reason(limit: int = 600) -> str:

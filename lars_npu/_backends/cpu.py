@@ -1,58 +1,53 @@
-"""CPU backend: the C++ kernels of ``lars_npu._C`` on zero-copy views of CPU tensors.
+"""CPU backend: the operators ``torch.ops.lars_npu.*`` that ``lars_npu._C`` registers
+(csrc/ops/ops.cpp), running the fused C++ kernels of csrc/cpu on CPU tensors.
 
-The kernels take raw data pointers of contiguous tensors. A non-contiguous tensor (a view a model
-may hold) is given to them as a contiguous copy; a rewritten gradient is copied back afterwards.
-Thread count: ``kernel_threads()``, so ``torch.set_num_threads`` governs lars_npu too (one thread
-in a forked child: see ``_native.kernel_threads``).
+The operators check every tensor natively before they write anything and stage what the kernels
+cannot take as it is (views, the negative bit, a buffer of another dtype) as contiguous copies,
+written back after the step; a refusal is a :class:`lars_npu.TensorError` naming the parameter.
+Thread count: ``torch.get_num_threads()`` (one thread in a forked child: see
+``_native.kernel_threads``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from itertools import compress
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .._compat import TO_DLPACK
-from ._native import constants, kernel_threads, loaded, native, native_error
-from ._staging import contig as _contig
-from ._staging import ptrs as _ptrs
-from ._staging import stage_step, unstage_grads, unstage_step
-from .base import Hyper, LayoutMismatch, MultiResult, lambdas_from_sums
+from .._ops import flags_of, group_table, named
+from ._native import kernel_threads, native, native_error
+from .base import Hyper, MultiResult
 
 if TYPE_CHECKING:
     from .._fused import FusedCall
+
 
 # Bytes of parameters per cache batch of the fused step; 0: half the last-level cache.
 CACHE_BUDGET_BYTES = 0
 
 
-def _code(dtype: torch.dtype) -> int:
-    """The kernels' code of ``dtype`` (defined once in csrc/cpu/dtypes.h; from build_info)."""
-    return constants().dtype_codes[dtype]
+def _named_call(op, names, *args):  # type: ignore[no-untyped-def]
+    """``op(*args)``, its per-tensor refusals raised as TensorError naming the parameter."""
+    try:
+        return op(*args)
+    except (ValueError, TypeError) as exc:
+        err = named(exc, names)
+        if err is None:
+            raise
+        raise err from None
 
 
-# One capsule per tensor exposes pointer, shape, strides, dtype and device together (and keeps
-# the tensor alive while it exists).
-_TO_DLPACK = TO_DLPACK
-_STORAGE = torch.Tensor.untyped_storage
-_IS_NEG = torch.Tensor.is_neg  # (the conjugate bit exists only on complex tensors: refused)
+def _ops():  # type: ignore[no-untyped-def]
+    kernel_threads()  # (says once, in a forked child, that the kernels run on one thread)
+    return torch.ops.lars_npu
 
 
-def _ptr_list(ts: Sequence[torch.Tensor | None]) -> list[int | None]:
-    """Raw pointers of staged tensors the caller holds (None: no tensor)."""
-    return [None if t is None else t.data_ptr() for t in ts]
-
-
-def _arrays(
-    ws: list[torch.Tensor], gs: list[torch.Tensor]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    w_ptr = np.fromiter((w.data_ptr() for w in ws), dtype=np.int64, count=len(ws))
-    g_ptr = np.fromiter((g.data_ptr() for g in gs), dtype=np.int64, count=len(gs))
-    numel = np.fromiter((g.numel() for g in gs), dtype=np.int64, count=len(gs))
-    dtype = np.fromiter((_code(g.dtype) for g in gs), dtype=np.int64, count=len(gs))
-    return w_ptr, g_ptr, numel, dtype
+def _flags(adapt: list[bool] | np.ndarray) -> torch.Tensor:
+    a = np.asarray(adapt, dtype=np.uint8)
+    z = np.zeros_like(a)
+    return flags_of(a, z, z)
 
 
 class CpuBackend:
@@ -68,12 +63,8 @@ class CpuBackend:
     def square_sum_all(
         self, weight: torch.Tensor, gradient: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        w, g = _contig(weight), _contig(gradient)
-        w_s, g_s = loaded().square_sums(*_arrays([w], [g]), kernel_threads())
-        return (
-            torch.tensor(w_s[0], dtype=torch.float32),
-            torch.tensor(g_s[0], dtype=torch.float32),
-        )
+        w_s, g_s = _named_call(_ops().square_sums, ["weight"], [weight], [gradient], _flags([True]))
+        return w_s[0].to(torch.float32), g_s[0].to(torch.float32)
 
     def lars_update(
         self,
@@ -85,31 +76,19 @@ class CpuBackend:
         lr: float,
         hyper: Hyper,
     ) -> torch.Tensor:
-        C = loaded()
-        w, g = _contig(weight), _contig(gradient)
-        out = torch.empty_like(g, memory_format=torch.contiguous_format)
-        lam = C.trust_ratio(
-            w_s,
-            g_s,
-            weight_decay,
-            lr,
-            hyper.epsilon,
-            hyper.coefficient,
-            hyper.use_clip,
-            hyper.guard_zero_norm,
-        )
-        w_ptr, g_ptr, numel, dtype = _arrays([w], [g])
-        o_ptr = np.array([out.data_ptr()], dtype=np.int64)
-        C.lars_rewrite(
-            w_ptr,
-            g_ptr,
-            o_ptr,
-            numel,
-            dtype,
-            np.array([lam]),
-            np.array([weight_decay]),
-            kernel_threads(),
-        )
+        if not (np.isfinite(w_s) and np.isfinite(g_s)):
+            # the operator skips a step whose sums are not finite; the functional LARSUpdate
+            # computes whatever λ they give (the reference's arithmetic, in torch ops)
+            from .torch_ import TorchBackend
+
+            return TorchBackend().lars_update(weight, gradient, w_s, g_s, weight_decay, lr, hyper)
+        out = gradient.clone(memory_format=torch.contiguous_format)
+        _named_call(
+            _ops().lars_, ["weight"], [weight], [out], torch.zeros(1, dtype=torch.int64),
+            _flags([True]), group_table([lr], [weight_decay], [0.0], [False]),
+            hyper.epsilon, hyper.coefficient, hyper.use_clip, hyper.guard_zero_norm,
+            torch.tensor([[w_s], [g_s]], dtype=torch.float64),
+        )  # fmt: skip
         return out
 
     def multi_lars_(
@@ -121,104 +100,38 @@ class CpuBackend:
         lrs: list[float],
         hyper: Hyper,
     ) -> MultiResult:
-        ws = [_contig(w) for w in weights]
-        gs = [_contig(g) for g in grads]
-        found_inf, lam, _, _ = loaded().multi_lars(
-            *_arrays(ws, gs),
-            np.fromiter(adapt, dtype=np.uint8, count=len(adapt)),
-            np.asarray(weight_decays, dtype=np.float64),
-            np.asarray(lrs, dtype=np.float64),
-            hyper.epsilon,
-            hyper.coefficient,
-            hyper.use_clip,
-            hyper.guard_zero_norm,
-            kernel_threads(),
-        )
-        if not found_inf:
-            unstage_grads(grads, gs, adapt)
-        return MultiResult(torch.tensor(bool(found_inf)), torch.from_numpy(lam))
+        n = len(grads)
+        found, lam, _, _ = _named_call(
+            _ops().lars_, None, weights, grads, torch.arange(n, dtype=torch.int64),
+            _flags(adapt), group_table(lrs, weight_decays, [0.0] * n, [False] * n),
+            hyper.epsilon, hyper.coefficient, hyper.use_clip, hyper.guard_zero_norm, None,
+        )  # fmt: skip
+        return MultiResult(found, lam)
 
-    # The zero-copy fused step checks every tensor natively against its cached plan (see
-    # _fused.py): the driver may skip its own named checks until this raises LayoutMismatch.
+    # The operator checks every tensor natively (csrc/ops/checks.h): the fused driver keeps no
+    # per-tensor checks of its own for this backend.
     verifies_layout = True
 
     def fused_sgd_(self, call: FusedCall) -> MultiResult:
-        C = loaded()
         h = call.hyper
-        if not call.checked:  # zero copy: capsules and storages made now, proven by _C
-            ps, gs, bs = call.params, call.grads, call.bufs
-            try:
-                # DLPack does not carry torch's negative bit (a capsule of x._neg_view()
-                # describes x's memory, unnegated): such tensors take the staged path, which
-                # resolves them
-                if (
-                    any(map(_IS_NEG, gs))
-                    or any(map(_IS_NEG, ps))
-                    or any(b is not None and b.is_neg() for b in bs)
-                ):
-                    raise LayoutMismatch("a tensor has the negative bit set")
-                plan = call.cache.get("cpu_plan")
-                if plan is None:  # the plan expects gradients of the parameters' dtype unless
-                    # a direct caller opted into mixed dtypes
-                    expect = gs if call.mixed_grad_dtypes else ps
-                    plan = call.cache["cpu_plan"] = self._plan(C, ps, expect, call)
-                found, lam, _, _ = plan.step(
-                    list(map(_TO_DLPACK, ps)), list(map(_TO_DLPACK, gs)),
-                    [None if b is None else _TO_DLPACK(b) for b in bs],
-                    call.first, call.wd, call.lr, call.mu, call.nesterov,
-                    h.epsilon, h.coefficient, h.use_clip, h.guard_zero_norm, kernel_threads(),
-                    list(map(_STORAGE, ps)), list(map(_STORAGE, gs)),
-                    [None if b is None else _STORAGE(b) for b in bs],
-                )  # fmt: skip
-            except (
-                C.LayoutError, RuntimeError, TypeError, AttributeError, KeyError, BufferError
-            ) as exc:  # fmt: skip
-                # a tensor that no longer fits the plan, cannot be exported, or has a dtype the
-                # kernels do not take (KeyError: no code): nothing was written; the driver's
-                # named checks say which, and the plan is rebuilt from the tensors as they are
-                call.cache.pop("cpu_plan", None)
-                raise LayoutMismatch(str(exc)) from exc
-            return MultiResult(torch.tensor(bool(found)), torch.from_numpy(lam))
-        # checked by the driver: views or buffers of another dtype as staged copies that this
-        # function holds, written back after success
-        ws, gs, ms = stage_step(call)
-        plan = self._plan(C, ws, gs, call)
-        found, lam, _, _ = plan.step(
-            _ptr_list(ws), _ptr_list(gs), _ptr_list(ms), call.first, call.wd, call.lr, call.mu,
-            call.nesterov, h.epsilon, h.coefficient, h.use_clip, h.guard_zero_norm,
-            kernel_threads(),
+        group, table = call.op_groups()
+        found, lam, _, _ = _named_call(
+            _ops().fused_step_, call.names, call.params, call.grads,
+            list(compress(call.bufs, call.has_m)), group,
+            flags_of(call.adapt, call.has_m, call.first), table,
+            h.epsilon, h.coefficient, h.use_clip, h.guard_zero_norm, None,
+            call.mixed_grad_dtypes, CACHE_BUDGET_BYTES,
         )  # fmt: skip
-        if not found:
-            unstage_step(call, ws, ms)
-        return MultiResult(torch.tensor(bool(found)), torch.from_numpy(lam))
+        return MultiResult(found, lam)
 
-    @staticmethod
-    def _plan(C, ws, gs, call: FusedCall):
-        n = len(ws)
-        return C.FusedPlan(
-            [tuple(w.shape) for w in ws],
-            np.fromiter((_code(w.dtype) for w in ws), dtype=np.int64, count=n),
-            np.fromiter((_code(g.dtype) for g in gs), dtype=np.int64, count=n),
-            call.adapt,
-            call.has_m,
-            CACHE_BUDGET_BYTES,
-        )
-
-    # -- the sharded step's pieces: one native call each for every tensor --
+    # -- the sharded step's pieces: one operator call each for every tensor --
     def square_sums(
         self, weights: list[torch.Tensor], grads: list[torch.Tensor], adapt: list[bool]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One native call (fp64 accumulation) for every tensor's Σw² (adapted ones) and Σg²."""
-        wc = [_contig(w) if a else None for w, a in zip(weights, adapt, strict=True)]
-        gc = [_contig(g) for g in grads]
-        w_s, g_s = loaded().square_sums(
-            _ptrs(wc),
-            _ptrs(gc),
-            np.fromiter((g.numel() for g in gc), dtype=np.int64, count=len(gc)),
-            np.fromiter((_code(g.dtype) for g in gc), dtype=np.int64, count=len(gc)),
-            kernel_threads(),
-        )
-        return torch.from_numpy(np.asarray(w_s)), torch.from_numpy(np.asarray(g_s))
+        """One operator call (fp64 accumulation) for every tensor's Σw² (adapted ones) and
+        Σg²."""
+        w_s, g_s = _named_call(_ops().square_sums, None, weights, grads, _flags(adapt))
+        return w_s, g_s
 
     def rewrite_given_sums_(
         self,
@@ -230,23 +143,15 @@ class CpuBackend:
         lrs: list[float],
         hyper: Hyper,
     ) -> np.ndarray:
-        """λ per tensor on the host (the reference's formula), then one native rewrite of every
-        gradient in place (staged copies of non-contiguous ones written back)."""
-        lam = lambdas_from_sums(w_s, g_s, weight_decays, lrs, hyper)
-        todo = [i for i, g in enumerate(grads) if g.numel() > 0]
-        if todo:
-            wc = [_contig(weights[i]) for i in todo]
-            gc = [_contig(grads[i]) for i in todo]
-            g_ptr = _ptrs(gc)
-            loaded().lars_rewrite(
-                _ptrs(wc),
-                g_ptr,
-                g_ptr,  # in place
-                np.fromiter((g.numel() for g in gc), dtype=np.int64, count=len(gc)),
-                np.fromiter((_code(g.dtype) for g in gc), dtype=np.int64, count=len(gc)),
-                lam[todo],
-                np.asarray([weight_decays[i] for i in todo], dtype=np.float64),
-                kernel_threads(),
-            )
-            unstage_grads([grads[i] for i in todo], gc)
-        return lam
+        """λ per tensor from the given sums and the rewrite of every gradient in place, in one
+        operator call (λ by csrc/common/lars_math.h, the reference's formula)."""
+        n = len(grads)
+        sums = [np.asarray(w_s, np.float64), np.asarray(g_s, np.float64)]
+        given = torch.from_numpy(np.stack(sums))
+        _, lam, _, _ = _named_call(
+            _ops().lars_, None, weights, grads, torch.arange(n, dtype=torch.int64),
+            _flags([True] * n), group_table(lrs, weight_decays, [0.0] * n, [False] * n),
+            hyper.epsilon, hyper.coefficient, hyper.use_clip, hyper.guard_zero_norm,
+            given.contiguous(),
+        )  # fmt: skip
+        return lam.numpy()

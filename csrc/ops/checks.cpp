@@ -1,0 +1,194 @@
+#include "checks.h"
+
+#include <ATen/MemoryOverlap.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <mutex>
+#include <sstream>
+
+#include "cpu/dtypes.h"
+
+namespace lars_ops {
+
+const char* role_name(Role r) {
+  switch (r) {
+    case Role::kParameter: return "parameter";
+    case Role::kGradient: return "gradient";
+    case Role::kMomentumBuffer: return "momentum_buffer";
+    case Role::kWeight: return "weight";
+  }
+  return "tensor";
+}
+
+void fail(Role r, int64_t index, const std::string& why, bool type_error) {
+  std::string msg = std::string("lars_npu[") + role_name(r) + " " + std::to_string(index) + "]: " + why;
+  if (type_error) TORCH_CHECK_TYPE(false, msg);
+  TORCH_CHECK_VALUE(false, msg);
+  // (both macros throw; this line is never reached)
+  throw std::logic_error(msg);
+}
+
+int dtype_code(c10::ScalarType t) {
+  switch (t) {
+    case c10::ScalarType::Float: return lars::kFloat32;
+    case c10::ScalarType::Half: return lars::kFloat16;
+    case c10::ScalarType::BFloat16: return lars::kBFloat16;
+    case c10::ScalarType::Double: return lars::kFloat64;
+    default: return -1;
+  }
+}
+
+std::string dtype_name(c10::ScalarType t) {
+  switch (t) {
+    case c10::ScalarType::Float: return "torch.float32";
+    case c10::ScalarType::Double: return "torch.float64";
+    case c10::ScalarType::Half: return "torch.float16";
+    case c10::ScalarType::BFloat16: return "torch.bfloat16";
+    case c10::ScalarType::ComplexHalf: return "torch.complex32";
+    case c10::ScalarType::ComplexFloat: return "torch.complex64";
+    case c10::ScalarType::ComplexDouble: return "torch.complex128";
+    case c10::ScalarType::Long: return "torch.int64";
+    case c10::ScalarType::Int: return "torch.int32";
+    case c10::ScalarType::Short: return "torch.int16";
+    case c10::ScalarType::Char: return "torch.int8";
+    case c10::ScalarType::Byte: return "torch.uint8";
+    case c10::ScalarType::Bool: return "torch.bool";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
+
+namespace {
+std::string shape_str(c10::IntArrayRef s) {
+  std::ostringstream o;
+  o << "(";
+  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
+  if (s.size() == 1) o << ",";
+  o << ")";
+  return o.str();
+}
+}  // namespace
+
+Checked check_tensor(const at::Tensor& t, Role r, int64_t index, const c10::Device& device,
+                     bool written) {
+  Checked out;
+  if (!t.defined()) fail(r, index, "is undefined (None)");
+  if (t.layout() != c10::kStrided) {
+    fail(r, index, std::string("is not a dense tensor (layout ") + c10::toString(t.layout()) + ")");
+  }
+  if (t.device() != device) {
+    fail(r, index, "is on " + t.device().str() + ", the first parameter on " + device.str());
+  }
+  out.code = dtype_code(t.scalar_type());
+  if (out.code < 0) {
+    fail(r, index,
+         "has dtype " + dtype_name(t.scalar_type()) +
+             "; supported: float32, float16, bfloat16, float64",
+         /*type_error=*/true);
+  }
+  const int64_t numel = t.numel();
+  if (written && t.is_inference()) {
+    fail(r, index,
+         "is an inference tensor (made under torch.inference_mode()); it cannot be written in "
+         "place outside inference mode: clone it outside");
+  }
+  if (numel == 0) return out;  // nothing read or written; no memory needed
+  if (t._is_zerotensor() || !t.has_storage() || t.storage().data() == nullptr) {
+    fail(r, index, "has no memory (a meta tensor or a ZeroTensor); LARS needs real values");
+  }
+  // storage bounds: every element it addresses lies inside its storage
+  const c10::IntArrayRef sizes = t.sizes(), strides = t.strides();
+  int64_t last = 0;
+  bool stride0 = false;
+  for (size_t d = 0; d < sizes.size(); ++d) {
+    TORCH_CHECK(strides[d] >= 0, "negative stride");  // torch has none
+    last += (sizes[d] - 1) * strides[d];
+    if (strides[d] == 0 && sizes[d] > 1) stride0 = true;
+  }
+  const auto item = static_cast<int64_t>(t.element_size());
+  const int64_t need = (t.storage_offset() + last + 1) * item;
+  const auto have = static_cast<int64_t>(t.storage().nbytes());
+  if (t.storage_offset() < 0 || need > have) {
+    fail(r, index,
+         "its storage holds " + std::to_string(have) + " bytes, fewer than the " +
+             std::to_string(need) + " its shape " + shape_str(sizes) +
+             " addresses (storage freed or resized?)");
+  }
+  if (written && (stride0 || at::has_internal_overlap(t) == at::MemOverlap::Yes)) {
+    fail(r, index, "has overlapping elements (e.g. from expand()); it cannot be written in place");
+  }
+  const auto base = reinterpret_cast<uint64_t>(t.data_ptr());
+  out.begin = base;
+  out.end = base + static_cast<uint64_t>((last + 1) * item);
+  out.direct = t.is_contiguous() && !t.is_neg();
+  return out;
+}
+
+void check_same_shape(const at::Tensor& t, const at::Tensor& ref, Role r, int64_t index) {
+  if (!t.sizes().equals(ref.sizes())) {
+    fail(r, index,
+         "has shape " + shape_str(t.sizes()) + ", the parameter " + shape_str(ref.sizes()));
+  }
+}
+
+void check_disjoint(std::vector<lars::ByteRange>& ranges, int64_t n) {
+  // The ranges of the last step proven disjoint (same begin, end, written flag, in order): the
+  // same ranges need no new proof. Guarded: ops may run from several threads.
+  static std::mutex mu;
+  static std::vector<lars::ByteRange> last;
+  const auto same = [](const lars::ByteRange& a, const lars::ByteRange& b) {
+    return a.begin == b.begin && a.end == b.end && a.written == b.written && a.id == b.id;
+  };
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (last.size() == ranges.size() &&
+        std::equal(ranges.begin(), ranges.end(), last.begin(), same)) {
+      return;
+    }
+  }
+  std::vector<lars::ByteRange> copy = ranges;
+  const auto hit = lars::find_conflict(copy);
+  if (hit.first >= 0) {
+    static const Role roles[] = {Role::kParameter, Role::kGradient, Role::kMomentumBuffer};
+    const Role ra = roles[hit.first / n], rb = roles[hit.second / n];
+    bool both = true;
+    for (const lars::ByteRange& r : ranges) {
+      if ((r.id == hit.first || r.id == hit.second) && !r.written) both = false;
+    }
+    fail(rb, hit.second % n,
+         std::string("shares memory with ") + role_name(ra) + " " + std::to_string(hit.first % n) +
+             "; the step writes " + (both ? "both" : "one"));
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  last = ranges;
+}
+
+void check_step_arrays(const at::Tensor& group, const at::Tensor& flags, const at::Tensor& hyper,
+                       int64_t n) {
+  TORCH_CHECK_VALUE(flags.device().is_cpu() && flags.scalar_type() == c10::kByte &&
+                        flags.dim() == 1 && flags.size(0) == n && flags.is_contiguous(),
+                    "lars_npu: flags must be a contiguous uint8 CPU tensor of shape (", n, ",)");
+  TORCH_CHECK_VALUE(group.device().is_cpu() && group.scalar_type() == c10::kLong &&
+                        group.dim() == 1 && group.size(0) == n && group.is_contiguous(),
+                    "lars_npu: group must be a contiguous int64 CPU tensor of shape (", n, ",)");
+  TORCH_CHECK_VALUE(hyper.device().is_cpu() && hyper.scalar_type() == c10::kDouble &&
+                        hyper.dim() == 2 && hyper.size(1) == 4 && hyper.is_contiguous(),
+                    "lars_npu: hyper must be a contiguous float64 CPU tensor of shape (groups, 4)");
+  const int64_t groups = hyper.size(0);
+  const int64_t* g = group.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK_VALUE(g[i] >= 0 && g[i] < groups, "lars_npu: group[", i, "] = ", g[i],
+                      " is not a row of hyper (", groups, " groups)");
+  }
+}
+
+void check_given_sums(const std::optional<at::Tensor>& given, int64_t n) {
+  if (!given.has_value()) return;
+  const at::Tensor& s = *given;
+  TORCH_CHECK_VALUE(s.device().is_cpu() && s.scalar_type() == c10::kDouble && s.dim() == 2 &&
+                        s.size(0) == 2 && s.size(1) == n && s.is_contiguous(),
+                    "lars_npu: given_sums must be a contiguous float64 CPU tensor of shape (2, ",
+                    n, ") (sums of squares of the weights, then of the gradients)");
+}
+
+}  // namespace lars_ops
