@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 import torch
 
 from ._backends._native import native
@@ -88,8 +89,9 @@ def named(exc: BaseException, names: Sequence[str] | None) -> BaseException | No
     return cls(text, role, index, name)
 
 
-def group_table(lr: Sequence[float], weight_decay: Sequence[float], momentum: Sequence[float],
-                nesterov: Sequence[bool]) -> torch.Tensor:  # fmt: skip
+def group_table(
+    lr: ArrayLike, weight_decay: ArrayLike, momentum: ArrayLike, nesterov: ArrayLike
+) -> torch.Tensor:
     """The operators' ``hyper`` argument: float64 (groups, 4) rows of lr, weight decay, momentum,
     nesterov."""
     return torch.from_numpy(

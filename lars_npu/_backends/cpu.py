@@ -10,8 +10,9 @@ Thread count: ``torch.get_num_threads()`` (one thread in a forked child: see
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import compress
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 CACHE_BUDGET_BYTES = 0
 
 
-def _named_call(op, names, *args):  # type: ignore[no-untyped-def]
+def _named_call(op: Any, names: Sequence[str] | None, *args: Any) -> Any:
     """``op(*args)``, its per-tensor refusals raised as TensorError naming the parameter."""
     try:
         return op(*args)
@@ -39,7 +40,7 @@ def _named_call(op, names, *args):  # type: ignore[no-untyped-def]
         raise err from None
 
 
-def _ops():  # type: ignore[no-untyped-def]
+def _ops() -> Any:
     kernel_threads()  # (says once, in a forked child, that the kernels run on one thread)
     return torch.ops.lars_npu
 
