@@ -115,7 +115,7 @@ class CMakeBuild(build_ext):
         cmake = shutil.which("cmake")
         if cmake is None:
             raise RuntimeError("cmake not found")
-        torch_version, torch_prefix = target_torch()
+        torch_version, torch_prefix, torch_abi = target_torch()
         out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
         build_temp = Path(self.build_temp).resolve() / "cmake"
         cfg = "Debug" if self.debug else "Release"
@@ -124,7 +124,9 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_BUILD_TYPE={cfg}",
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
-            f"-DCMAKE_PREFIX_PATH={torch_prefix}",
+            f"-DLARS_TORCH_CMAKE_PREFIX={torch_prefix}",
+            f"-DLARS_TORCH_CXX11_ABI={torch_abi}",
+            f"-DLARS_TORCH_VERSION={torch_version}",
         ]
         generator = os.environ.get("CMAKE_GENERATOR", "")
         ninja = shutil.which("ninja")
@@ -168,8 +170,9 @@ ADVICE = (
 TORCH_FILE = "_C_torch_version.txt"
 
 
-def target_torch() -> tuple[str, str]:
-    """(torch.__version__, torch.utils.cmake_prefix_path) of the torch installed in the
+def target_torch() -> tuple[str, str, str]:
+    """(torch.__version__, torch.utils.cmake_prefix_path, "1" if its C++ ABI is the CXX11 one
+    else "0") of the torch installed in the
     environment lars_npu is being installed into: the module links its C++ library.
 
     pip builds in an isolated environment that hides the target's site-packages (a
@@ -179,19 +182,20 @@ def target_torch() -> tuple[str, str]:
     pip's PYTHONPATH: it sees its own site-packages, torch included."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE")}
     code = (
-        "import torch, torch.utils; print(torch.__version__); print(torch.utils.cmake_prefix_path)"
+        "import torch, torch.utils; print(torch.__version__); "
+        "print(torch.utils.cmake_prefix_path); print(int(torch.compiled_with_cxx11_abi()))"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
     )
     lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or len(lines) < 2:
+    if proc.returncode != 0 or len(lines) < 3:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(
             f"torch is not importable by {sys.executable} ({last}): install torch first "
             "(pip install torch==<version>), then lars_npu, which builds against it"
         )
-    return lines[-2].strip(), lines[-1].strip()
+    return lines[-3].strip(), lines[-2].strip(), lines[-1].strip()
 
 
 class BuildError(RuntimeError):
