@@ -40,5 +40,16 @@ add_library(lars_torch INTERFACE)
 target_include_directories(lars_torch SYSTEM INTERFACE
   "${LARS_TORCH_INCLUDE_DIR}" "${LARS_TORCH_INCLUDE_DIR}/torch/csrc/api/include")
 target_link_libraries(lars_torch INTERFACE "${LARS_TORCH_CPU_LIBRARY}" "${LARS_C10_LIBRARY}")
+# The C++ standard torch's headers need (what its own config asks of its consumers: C++17 up to
+# torch 2.14, C++20 from then on); the kernels under the ops stay C++17.
+set(LARS_TORCH_CXX_STANDARD 17)
+if(EXISTS "${LARS_TORCH_CMAKE_PREFIX}/Torch/TorchConfig.cmake")
+  file(READ "${LARS_TORCH_CMAKE_PREFIX}/Torch/TorchConfig.cmake" _lars_torch_config)
+  if(_lars_torch_config MATCHES "cxx_std_20")
+    set(LARS_TORCH_CXX_STANDARD 20)
+  endif()
+endif()
+target_compile_features(lars_torch INTERFACE cxx_std_${LARS_TORCH_CXX_STANDARD})
+message(STATUS "lars_npu: the operators compile as C++${LARS_TORCH_CXX_STANDARD} (torch's headers)")
 # every target of the module on torch's C++ ABI, so that no two parts of it disagree
 add_compile_definitions(_GLIBCXX_USE_CXX11_ABI=${LARS_TORCH_CXX11_ABI})

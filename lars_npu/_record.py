@@ -45,6 +45,14 @@ class StepRecord:
             self.warn_skipped(stacklevel=5)
         return found
 
+    def traced(
+        self, found_inf: torch.Tensor, lam: torch.Tensor, names: list[str], adapt: Any
+    ) -> None:
+        """Keep the outcome of a step traced by torch.compile (lars_npu._compiled): the flag is
+        not read on the host (no data-dependent branch in the graph); reading it warns."""
+        self._last = (lam, names, adapt)
+        self._found_inf, self._unread = found_inf, True
+
     def warn_skipped(self, stacklevel: int) -> None:
         if not self._warned:
             self._warned = True

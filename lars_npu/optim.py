@@ -17,6 +17,8 @@ from torch.optim import Optimizer
 from ._backends import MultiResult, resolve, warn_reference_fallback
 from ._checkpoint import LoadPreview, preview_load, state_dict_of
 from ._compat import instance_hooks
+from ._compiled import step as compiled_step
+from ._compiled import traceable
 from ._engines import HANDLED, shard_kind
 from ._fused import (
     FUSED_REQUIREMENTS,
@@ -289,6 +291,16 @@ class LARS(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if torch.compiler.is_compiling():
+            # torch.compile(opt.step): one operator node when the step allows it, else the
+            # eager step outside the graph (lars_npu._compiled)
+            if traceable(self):
+                compiled_step(self)
+                return loss
+            return _eager(self, loss)
+        return self._eager_step(loss)
+
+    def _eager_step(self, loss: Any) -> Any:
         if self._engine is not None:
             return self._engine.step(loss)
         if self._zero_group is not None and skip_agreed(self, self._zero_group):
@@ -368,3 +380,10 @@ class LARS(Optimizer):
         self._driver.invalidate()
         self._hyper = preview.hyper
         self._commit(plans)
+
+
+@torch.compiler.disable
+def _eager(opt: LARS, loss: Any) -> Any:
+    """The eager step, never traced (a graph break where torch.compile meets a configuration the
+    single-operator step does not cover)."""
+    return opt._eager_step(loss)
