@@ -80,6 +80,9 @@ class FusedCall:
     group: np.ndarray | None = None
     table: torch.Tensor | None = None
     names: Sequence[str] | None = None  # the parameters' names, for errors
+    # float64 (2, n): Σw², Σg² per tensor computed elsewhere (the sharded step's all-reduced
+    # sums), which λ then comes from; only for backends with ``takes_given_sums``
+    given: torch.Tensor | None = None
     checked: bool = False  # every tensor passed the driver's named checks
     # fp16/bf16 gradients of fp32 parameters: the kernel supports them, but the optimizer keeps
     # torch's rule (gradient dtype == parameter dtype, on both paths); direct callers opt in

@@ -54,6 +54,7 @@ class StepInputs:
     lrs: list[float] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)
+    groups: list[int] = field(default_factory=list)  # each entry's group index
     # (parameter, sparse gradient, name) of excluded parameters with a sparse gradient
     sparse: list[tuple[torch.Tensor, torch.Tensor, str]] = field(default_factory=list)
 
@@ -117,6 +118,7 @@ def gather(
             out.lrs.append(plan.lr)
             out.names.append(name)
             out.slots.append(here)
+            out.groups.append(gi)
     _check_sharing(state, out, local)
     return out
 

@@ -382,8 +382,8 @@ class LARS(Optimizer):
         self._commit(plans)
 
 
-@torch.compiler.disable
 def _eager(opt: LARS, loss: Any) -> Any:
     """The eager step, never traced (a graph break where torch.compile meets a configuration the
-    single-operator step does not cover)."""
-    return opt._eager_step(loss)
+    single-operator step does not cover). Wrapped when it is needed: torch.compiler.disable
+    imports torch._dynamo, which ``import lars_npu`` does not."""
+    return torch.compiler.disable(opt._eager_step)(loss)

@@ -1009,10 +1009,13 @@ def check_transactions(rank: int, world: int) -> dict[str, Any]:
     def boom(*_: object) -> None:
         raise RuntimeError("inner step failed")
 
-    # the inner step raises on every rank, after LARS rewrote the gradients in place
+    # the inner step raises on every rank, after LARS rewrote the gradients in place (the
+    # unfused step: the fused one does not run the inner optimizer's step)
     before = snap()
     handle = opt.optimizer.register_step_pre_hook(boom)
+    opt.fused = False
     attempt("inner_all", opt.step)
+    opt.fused = None
     handle.remove()
     out["inner_all"]["unchanged"] = same(before, snap())
 
@@ -1064,11 +1067,13 @@ def check_transactions(rank: int, world: int) -> dict[str, Any]:
         if params[n].grad is not None
     )
 
-    # the inner step raises on the last rank only
+    # the inner step raises on the last rank only (the unfused step, as above)
     set_grads(params, 2)
     handle = opt.optimizer.register_step_pre_hook(boom) if rank == last else None
     before = snap()
+    opt.fused = False
     attempt("inner_one", opt.step)
+    opt.fused = None
     if handle is not None:
         handle.remove()
     out["inner_one"]["unchanged"] = same(before, snap())

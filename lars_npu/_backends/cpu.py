@@ -112,6 +112,8 @@ class CpuBackend:
     # The operator checks every tensor natively (csrc/ops/checks.h): the fused driver keeps no
     # per-tensor checks of its own for this backend.
     verifies_layout = True
+    # fused_sgd_ takes FusedCall.given (the sharded step's all-reduced sums)
+    takes_given_sums = True
 
     def fused_sgd_(self, call: FusedCall) -> MultiResult:
         h = call.hyper
@@ -120,7 +122,8 @@ class CpuBackend:
             _ops().fused_step_, call.names, call.params, call.grads,
             list(compress(call.bufs, call.has_m)), group,
             flags_of(call.adapt, call.has_m, call.first), table,
-            h.epsilon, h.coefficient, h.use_clip, h.guard_zero_norm, None,
+            h.epsilon, h.coefficient, h.use_clip, h.guard_zero_norm,
+            None if call.given is None else call.given.contiguous(),
             call.mixed_grad_dtypes, CACHE_BUDGET_BYTES,
         )  # fmt: skip
         return MultiResult(found, lam)

@@ -15,7 +15,9 @@ import torch.distributed as dist
 
 from .._backends import MultiResult, resolve
 from .._backends.base import Backend, lambdas_from_sums
+from .._fused import FusedCall, unsupported_reason
 from .._groups import GroupPlan
+from .._ops import group_table
 from .._transaction import gather, restore_grads, save_grads, skipped
 from .shards import global_shape, local_of
 
@@ -46,6 +48,9 @@ class _Prepared:
     names: list[str]
     backend: Backend
     device: torch.device
+    params: list[torch.Tensor]  # the (sharded) parameters themselves, keys of the state
+    groups: list[int]  # each entry's group index
+    sparse: int  # excluded parameters with a sparse gradient
 
 
 def _step_device(engine: ShardedEngine) -> torch.device:
@@ -125,6 +130,9 @@ def _checked_step(engine: ShardedEngine, loss: Any) -> Any:
     if found:
         result = skipped(k, prep.device)
         return opt._finish(result, prep.names, adapt, prep.plans, loss, inner=True)
+    if _fusable(opt, prep):
+        result = _fused_given_sums(opt, prep, w_tot, g_tot)
+        return opt._finish(result, prep.names, adapt, prep.plans, loss, inner=False)
     lam = np.ones(k)
     todo = [i for i in range(k) if adapt[i] and gs[i].numel() > 0]
     # λ of adapted parameters with no elements here (the backend reports the rest)
@@ -146,6 +154,64 @@ def _checked_step(engine: ShardedEngine, loss: Any) -> Any:
             raise
     result = MultiResult(torch.tensor(False, device=prep.device), torch.from_numpy(lam))
     return opt._finish(result, prep.names, adapt, prep.plans, loss, inner=True, saved=saved)
+
+
+def _fusable(opt: Any, prep: _Prepared) -> bool:
+    """Whether the step after the all-reduce can be ONE fused operator call with the global sums
+    (LARS + momentum SGD on the local shards, as the unsharded fused step), instead of the
+    gradient rewrite and the inner optimizer's step."""
+    return (
+        opt.fused is not False
+        and prep.sparse == 0
+        and getattr(prep.backend, "takes_given_sums", False)
+        and unsupported_reason(opt.optimizer) is None
+    )
+
+
+def _fused_given_sums(
+    opt: Any, prep: _Prepared, w_tot: np.ndarray, g_tot: np.ndarray
+) -> MultiResult:
+    """The fused step over the local shards with the all-reduced sums (every tensor checked by
+    the operator before it writes; gradients are left as they are). Momentum buffers are the
+    inner SGD's own state entries (DTensors for DTensor parameters: their local shards are
+    written); a new one joins the state once the step ran."""
+    state = opt.state
+    plans = prep.plans
+    k = len(prep.grads)
+    first = np.zeros(k, dtype=np.uint8)
+    has_m = np.zeros(k, dtype=np.uint8)
+    bufs: list[torch.Tensor | None] = []
+    new: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for i, (p, gi) in enumerate(zip(prep.params, prep.groups, strict=True)):
+        if plans[gi].momentum == 0:
+            bufs.append(None)
+            continue
+        has_m[i] = 1
+        buf = state[p].get("momentum_buffer") if p in state else None
+        if buf is None:
+            buf = torch.zeros_like(p, memory_format=torch.contiguous_format)
+            first[i] = 1
+            new.append((p, buf))
+        bufs.append(local_of(buf))
+    gidx = np.asarray(prep.groups, dtype=np.int64)
+    adapt = np.asarray(prep.adapt, dtype=np.uint8)
+    lr_g = np.asarray([pl.lr for pl in plans], dtype=np.float64)
+    wd_g = np.asarray([pl.weight_decay for pl in plans], dtype=np.float64)
+    mu_g = np.asarray([pl.momentum for pl in plans], dtype=np.float64)
+    nest_g = np.asarray([pl.nesterov for pl in plans], dtype=np.uint8)
+    sl = np.asarray(prep.slots, dtype=np.int64)
+    call = FusedCall(
+        params=prep.weights, grads=prep.grads, bufs=bufs, first=first, adapt=adapt,
+        has_m=has_m, wd=np.where(adapt != 0, wd_g[gidx], 0.0), lr=lr_g[gidx], mu=mu_g[gidx],
+        nesterov=nest_g[gidx], hyper=opt._hyper, cache={}, group=gidx,
+        table=group_table(lr_g, wd_g, mu_g, nest_g), names=prep.names,
+        given=torch.from_numpy(np.stack([w_tot[sl], g_tot[sl]]).astype(np.float64)),
+    )  # fmt: skip
+    result = prep.backend.fused_sgd_(call)
+    if not bool(result.found_inf):
+        for p, buf in new:
+            state[p]["momentum_buffer"] = buf
+    return result
 
 
 def _prepare(engine: ShardedEngine) -> _Prepared:
@@ -171,7 +237,8 @@ def _prepare(engine: ShardedEngine) -> _Prepared:
     if not inp.sparse_finite() and sums.numel():  # every rank skips, as for a dense one
         sums[0] = math.nan
     return _Prepared(sums, inp.plans, inp.slots, inp.weights, inp.grads, inp.adapt, inp.wds,
-                     inp.lrs, inp.names, backend, device)  # fmt: skip
+                     inp.lrs, inp.names, backend, device, inp.params, inp.groups,
+                     len(inp.sparse))  # fmt: skip
 
 
 def _local_sums(
