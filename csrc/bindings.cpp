@@ -258,6 +258,11 @@ py::dict build_info() {
 #endif
   d["npu_launcher"] = npu_launcher_built();
   d["cann_host_runner"] = cann_host_runner_built();
+#ifdef LARS_NPU_NPU_OPS
+  d["npu_ops"] = true;  // torch.ops.lars_npu.* have PrivateUse1 kernels (csrc/npu/lars_npu_ops.cpp)
+#else
+  d["npu_ops"] = false;
+#endif
   d["ascendc_emulation"] = true;
   return d;
 }

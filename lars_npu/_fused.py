@@ -126,6 +126,27 @@ def _momentum_on(opt: Any) -> list[bool]:
     return [g.get("momentum", 0) != 0 for g in opt.param_groups]
 
 
+_BUFFER = operator.methodcaller("get", "momentum_buffer")
+
+
+def _buffers(state: Any, params: list[torch.Tensor], has_m: np.ndarray) -> list[Any]:
+    """Each parameter's momentum buffer from the optimizer state (None: none yet, or no
+    momentum). When the state holds exactly these parameters, in this order (the usual case:
+    SGD added them in parameter order), the buffers come from the state's values without a
+    lookup per parameter (a tensor's hash is a Python call); the keys are compared by identity,
+    every step."""
+    if len(state) == len(params) and all(map(operator.is_, state, params)):
+        bufs = list(map(_BUFFER, state.values()))
+        if has_m.all():
+            return bufs
+        return [b if m else None for b, m in zip(bufs, has_m.tolist(), strict=True)]
+    get = state.get
+    return [
+        ((st.get("momentum_buffer") if (st := get(p)) is not None else None) if m else None)
+        for p, m in zip(params, has_m.tolist(), strict=True)
+    ]
+
+
 def _refuse(exc: TensorError | TensorTypeError) -> None:
     """The operator's refusals that mean "not for the fused step" rather than "bad tensor": the
     optimizer falls back to the unfused path for these (sparse gradients, several devices)."""
@@ -236,11 +257,7 @@ class FusedDriver:
 
         # momentum buffers: read from the state afresh every step, never cached
         state = opt.state
-        get = state.get
-        bufs: list[Any] = [
-            ((st.get("momentum_buffer") if (st := get(p)) is not None else None) if m else None)
-            for p, m in zip(sub.params, sub.has_m.tolist(), strict=True)
-        ]
+        bufs = _buffers(state, sub.params, sub.has_m)
         first = np.zeros(n, dtype=np.uint8)
         new_bufs: list[int] = []
         for i in np.flatnonzero(sub.has_m).tolist():

@@ -73,54 +73,62 @@ Checked check_tensor(const at::Tensor& t, Role r, int64_t index, const c10::Devi
                      bool written) {
   Checked out;
   if (!t.defined()) fail(r, index, "is undefined (None)");
-  if (t.layout() != c10::kStrided) {
+  // (the TensorImpl's inline accessors: this runs for every tensor of every step)
+  c10::TensorImpl* impl = t.unsafeGetTensorImpl();
+  if (impl->layout() != c10::kStrided) {
     fail(r, index, std::string("is not a dense tensor (layout ") + c10::toString(t.layout()) + ")");
   }
-  if (t.device() != device) {
+  if (impl->device() != device) {
     fail(r, index, "is on " + t.device().str() + ", the first parameter on " + device.str());
   }
-  out.code = dtype_code(t.scalar_type());
+  const c10::ScalarType st = impl->dtype().toScalarType();
+  out.code = dtype_code(st);
   if (out.code < 0) {
-    fail(r, index,
-         "has dtype " + dtype_name(t.scalar_type()) +
-             "; supported: float32, float16, bfloat16, float64",
+    fail(r, index, "has dtype " + dtype_name(st) + "; supported: float32, float16, bfloat16, float64",
          /*type_error=*/true);
   }
-  const int64_t numel = t.numel();
-  if (written && t.is_inference()) {
+  if (written && impl->is_inference()) {
     fail(r, index,
          "is an inference tensor (made under torch.inference_mode()); it cannot be written in "
          "place outside inference mode: clone it outside");
   }
+  const int64_t numel = impl->numel();
   if (numel == 0) return out;  // nothing read or written; no memory needed
-  if (t._is_zerotensor() || !t.has_storage() || t.storage().data() == nullptr) {
+  if (impl->_is_zerotensor() || !impl->has_storage() || impl->storage().data() == nullptr) {
     fail(r, index, "has no memory (a meta tensor or a ZeroTensor); LARS needs real values");
   }
   // storage bounds: every element it addresses lies inside its storage
-  const c10::IntArrayRef sizes = t.sizes(), strides = t.strides();
-  int64_t last = 0;
+  const bool contiguous = impl->is_contiguous();
+  int64_t last = numel - 1;  // the furthest element, in elements from the first
   bool stride0 = false;
-  for (size_t d = 0; d < sizes.size(); ++d) {
-    TORCH_CHECK(strides[d] >= 0, "negative stride");  // torch has none
-    last += (sizes[d] - 1) * strides[d];
-    if (strides[d] == 0 && sizes[d] > 1) stride0 = true;
+  if (!contiguous) {
+    const c10::IntArrayRef sizes = impl->sizes(), strides = impl->strides();
+    last = 0;
+    for (size_t d = 0; d < sizes.size(); ++d) {
+      TORCH_CHECK(strides[d] >= 0, "negative stride");  // torch has none
+      last += (sizes[d] - 1) * strides[d];
+      if (strides[d] == 0 && sizes[d] > 1) stride0 = true;
+    }
   }
-  const auto item = static_cast<int64_t>(t.element_size());
-  const int64_t need = (t.storage_offset() + last + 1) * item;
-  const auto have = static_cast<int64_t>(t.storage().nbytes());
-  if (t.storage_offset() < 0 || need > have) {
+  const auto item = static_cast<int64_t>(impl->itemsize());
+  const int64_t offset = impl->storage_offset();
+  const int64_t need = (offset + last + 1) * item;
+  const auto have = static_cast<int64_t>(impl->storage().nbytes());
+  if (offset < 0 || need > have) {
     fail(r, index,
          "its storage holds " + std::to_string(have) + " bytes, fewer than the " +
-             std::to_string(need) + " its shape " + shape_str(sizes) +
+             std::to_string(need) + " its shape " + shape_str(t.sizes()) +
              " addresses (storage freed or resized?)");
   }
-  if (written && (stride0 || at::has_internal_overlap(t) == at::MemOverlap::Yes)) {
+  if (written && !contiguous &&
+      (stride0 || at::has_internal_overlap(t) == at::MemOverlap::Yes)) {
     fail(r, index, "has overlapping elements (e.g. from expand()); it cannot be written in place");
   }
-  const auto base = reinterpret_cast<uint64_t>(t.data_ptr());
+  const auto base =
+      reinterpret_cast<uint64_t>(static_cast<const char*>(impl->storage().data()) + offset * item);
   out.begin = base;
   out.end = base + static_cast<uint64_t>((last + 1) * item);
-  out.direct = t.is_contiguous() && !t.is_neg();
+  out.direct = contiguous && !impl->is_neg();
   return out;
 }
 

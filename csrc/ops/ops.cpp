@@ -168,28 +168,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_step_cpu(
   check_disjoint(ranges, n);
 
   const GroupValues v = per_tensor(group, flags, hyper, n);
-  std::vector<Arg> w, g, m;
-  w.reserve(static_cast<size_t>(n));
-  g.reserve(static_cast<size_t>(n));
-  m.reserve(static_cast<size_t>(with_m));
+  // Pointers the kernel uses: the tensors' own memory, or staged copies (rare: views, the
+  // negative bit, a buffer of another dtype) written back after the step.
+  std::vector<Arg> staged_w, staged_m, staged_g;
   std::vector<lars::FusedTensorSpec> specs(static_cast<size_t>(n));
   std::vector<void*> wp(static_cast<size_t>(n)), mp(static_cast<size_t>(n), nullptr);
   std::vector<const void*> gp(static_cast<size_t>(n));
   std::vector<uint8_t> first(static_cast<size_t>(n));
+  const auto use = [](const at::Tensor& t, const Checked& c, c10::ScalarType dtype,
+                      std::vector<Arg>& staged, int* code) -> void* {
+    if (c.direct && t.scalar_type() == dtype) {
+      *code = c.code;
+      return t.numel() > 0 ? t.data_ptr() : nullptr;
+    }
+    staged.push_back(stage(t, c, dtype));
+    *code = staged.back().code;
+    return ptr(staged.back());
+  };
   for (int64_t i = 0; i < n; ++i) {
     const auto k = static_cast<size_t>(i);
     const c10::ScalarType wt = params[k].scalar_type();
-    w.push_back(stage(params[k], cw[k], wt));
-    g.push_back(stage(grads[k], cg[k], grads[k].scalar_type()));
-    wp[k] = ptr(w.back());
-    gp[k] = ptr(g.back());
+    int wcode = 0, gcode = 0, mcode = 0;
+    wp[k] = use(params[k], cw[k], wt, staged_w, &wcode);
+    gp[k] = use(grads[k], cg[k], grads[k].scalar_type(), staged_g, &gcode);
     if (buf_of[k] >= 0) {
       const auto b = static_cast<size_t>(buf_of[k]);
-      m.push_back(stage(bufs[b], cm[b], wt));
-      mp[k] = ptr(m.back());
+      mp[k] = use(bufs[b], cm[b], wt, staged_m, &mcode);
     }
-    specs[k] = {params[k].numel(), w.back().code, g.back().code, (f[i] & kAdapt) != 0,
-                (f[i] & kMomentum) != 0};
+    specs[k] = {params[k].numel(), wcode, gcode, (f[i] & kAdapt) != 0, (f[i] & kMomentum) != 0};
     first[k] = (f[i] & kFirst) ? 1 : 0;
   }
   static const int64_t default_budget = lars::last_level_cache_bytes() / 2;
@@ -206,10 +212,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_step_cpu(
                                lam.data_ptr<double>(), ws.data_ptr<double>(),
                                gs.data_ptr<double>(), threads());
   if (!found) {
-    write_back(w);
-    write_back(m);
-    bump(w);
-    bump(m);
+    write_back(staged_w);
+    write_back(staged_m);
+    for (const at::Tensor& p : params) p.unsafeGetTensorImpl()->bump_version();
+    for (const at::Tensor& b : bufs) b.unsafeGetTensorImpl()->bump_version();
   }
   return {at::scalar_tensor(found, at::TensorOptions().dtype(at::kBool)), lam, ws, gs};
 }
