@@ -40,14 +40,14 @@ add_library(lars_torch INTERFACE)
 target_include_directories(lars_torch SYSTEM INTERFACE
   "${LARS_TORCH_INCLUDE_DIR}" "${LARS_TORCH_INCLUDE_DIR}/torch/csrc/api/include")
 target_link_libraries(lars_torch INTERFACE "${LARS_TORCH_CPU_LIBRARY}" "${LARS_C10_LIBRARY}")
-# The C++ standard torch's headers need (what its own config asks of its consumers: C++17 up to
-# torch 2.14, C++20 from then on); the kernels under the ops stay C++17.
+# The C++ standard torch's headers need, as they say themselves: ATen.h stops with "C++20 or
+# later compatible compiler is required" below 202002L from torch 2.14 on. (TorchConfig.cmake is
+# no guide: 2.13's already names C++20 and its headers take C++17.) The kernels under the ops stay
+# C++17.
 set(LARS_TORCH_CXX_STANDARD 17)
-if(EXISTS "${LARS_TORCH_CMAKE_PREFIX}/Torch/TorchConfig.cmake")
-  file(READ "${LARS_TORCH_CMAKE_PREFIX}/Torch/TorchConfig.cmake" _lars_torch_config)
-  if(_lars_torch_config MATCHES "cxx_std_20")
-    set(LARS_TORCH_CXX_STANDARD 20)
-  endif()
+file(READ "${LARS_TORCH_INCLUDE_DIR}/ATen/ATen.h" _lars_aten_h)
+if(_lars_aten_h MATCHES "__cplusplus < 202002L")
+  set(LARS_TORCH_CXX_STANDARD 20)
 endif()
 target_compile_features(lars_torch INTERFACE cxx_std_${LARS_TORCH_CXX_STANDARD})
 message(STATUS "lars_npu: the operators compile as C++${LARS_TORCH_CXX_STANDARD} (torch's headers)")

@@ -181,7 +181,8 @@ py::object emu_launch(Blob& blob, uint64_t n, uint64_t nc, int dtype, bool run_s
   py::array_t<uint64_t> out({rows / static_cast<py::ssize_t>(block_dim),
                              static_cast<py::ssize_t>(block_dim), fields});
   std::copy(counters.begin(), counters.end(), out.mutable_data());
-  return std::move(out);
+  py::object result = std::move(out);  // (C++17 and C++20 agree on this one)
+  return result;
 }
 
 #ifdef LARS_NPU_NPU_LAUNCHER
