@@ -12,23 +12,32 @@
 #                             DataCacheCleanAndInvalid, which 910A and 310P lack.
 #   RUN_MODE                  npu (default): the NPU build, kernels launched on torch_npu's stream;
 #                             sim: CANN's simulator; cpu: CANN's CPU debug library (tikicpulib).
+#   TORCH_NPU_ROOT            RUN_MODE npu: the torch_npu package directory (…/site-packages/
+#                             torch_npu, holding include/ and lib/), for the PrivateUse1 kernels of
+#                             the lars_npu operators (csrc/npu/lars_npu_ops.cpp). Default: where
+#                             ${Python_EXECUTABLE} finds the package (importlib's find_spec, which
+#                             does not import it); without one those kernels are not built.
 #
 # Without CANN this file only reports that, and lars_npu builds its host targets (CPU kernels and
 # the emulation of csrc/emu/): the configure step never fails for lack of CANN unless asked to.
 #
 # Results for the caller: LARS_NPU_HAVE_CANN (bool) and, when true, the target lars_ascendc
 # (the kernels as CANN built them), the sources LARS_NPU_CANN_SOURCES and the definitions
-# LARS_NPU_CANN_DEFINITIONS to add to the Python module.
+# LARS_NPU_CANN_DEFINITIONS to add to the Python module; LARS_NPU_TORCH_NPU_ROOT when the
+# PrivateUse1 kernels of the operators are built (definition LARS_NPU_NPU_OPS).
 
 set(LARS_NPU_CANN "AUTO" CACHE STRING "Build the AscendC kernels with CANN: AUTO, ON or OFF")
 set_property(CACHE LARS_NPU_CANN PROPERTY STRINGS AUTO ON OFF)
 set(RUN_MODE "npu" CACHE STRING "CANN run mode of the AscendC build: npu, sim or cpu")
 set_property(CACHE RUN_MODE PROPERTY STRINGS npu sim cpu)
 set(SOC_VERSION "" CACHE STRING "Ascend SoC to build the kernels for, e.g. Ascend910B1")
+set(TORCH_NPU_ROOT "" CACHE PATH
+    "torch_npu package directory (site-packages/torch_npu); default: asked from Python")
 
 set(LARS_NPU_HAVE_CANN OFF)
 set(LARS_NPU_CANN_SOURCES "")
 set(LARS_NPU_CANN_DEFINITIONS "")
+set(LARS_NPU_TORCH_NPU_ROOT "")
 
 # The directory of CANN's AscendC CMake rules (ascendc.cmake, which defines ascendc_library):
 # compiler/tikcpp/… (CANN 8.0 and older), tools/tikcpp/…, or <arch>-linux/tikcpp/… (toolkits
@@ -73,6 +82,44 @@ function(_lars_ascendc_handles_cpu rules out)
     endif()
   endforeach()
   set(${out} ${result} PARENT_SCOPE)
+endfunction()
+
+# torch_npu's package directory, for its C++ headers (include/torch_npu/csrc/...) and
+# libtorch_npu.so (lib/): TORCH_NPU_ROOT when set (an error if it holds no headers), else where
+# ${Python_EXECUTABLE} finds the package. importlib's find_spec locates it without importing it:
+# torch_npu's import needs CANN's environment and an NPU driver, a build host may have neither.
+# Empty when there is none (a failure of the question is "none").
+set(_lars_npu_stream_header "include/torch_npu/csrc/core/npu/NPUStream.h")
+function(_lars_torch_npu_root out)
+  if(TORCH_NPU_ROOT)
+    if(NOT EXISTS "${TORCH_NPU_ROOT}/${_lars_npu_stream_header}")
+      message(FATAL_ERROR "lars_npu: TORCH_NPU_ROOT=${TORCH_NPU_ROOT} holds no "
+                          "${_lars_npu_stream_header}; it must be the torch_npu package "
+                          "directory (python -c 'import torch_npu, os; "
+                          "print(os.path.dirname(torch_npu.__file__))')")
+    endif()
+    set(${out} "${TORCH_NPU_ROOT}" PARENT_SCOPE)
+    return()
+  endif()
+  set(dir "")
+  if(Python_EXECUTABLE)
+    # without pip's PYTHONPATH, as setup.py asks for torch: pip's isolated build environment
+    # hides the target's site-packages
+    execute_process(
+      COMMAND "${CMAKE_COMMAND}" -E env --unset=PYTHONPATH --unset=PYTHONNOUSERSITE
+              "${Python_EXECUTABLE}" -c
+              "import importlib.util as u; s = u.find_spec('torch_npu'); print(list(s.submodule_search_locations)[0] if s and s.submodule_search_locations else '')"
+      RESULT_VARIABLE rc OUTPUT_VARIABLE dir ERROR_QUIET OUTPUT_STRIP_TRAILING_WHITESPACE
+      TIMEOUT 120)
+    if(NOT rc EQUAL 0)
+      set(dir "")
+    endif()
+  endif()
+  if(dir AND EXISTS "${dir}/${_lars_npu_stream_header}")
+    set(${out} "${dir}" PARENT_SCOPE)
+  else()
+    set(${out} "" PARENT_SCOPE)
+  endif()
 endfunction()
 
 # CANN's version, from the toolkit's install info ("version=8.0.RC2") or version.cfg.
@@ -159,6 +206,28 @@ if(NOT LARS_NPU_CANN STREQUAL "OFF")
       ascendc_library(lars_ascendc STATIC ${_kernels})
       set(LARS_NPU_CANN_SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/csrc/npu/lars_npu_launch.cpp)
       set(LARS_NPU_CANN_DEFINITIONS LARS_NPU_NPU_LAUNCHER LARS_NPU_CANN_HOST_RUNNER)
+      if(RUN_MODE STREQUAL "npu")
+        # The operators' PrivateUse1 kernels launch on torch_npu's current stream: its headers
+        # (and, to load, libtorch_npu.so) are needed.
+        _lars_torch_npu_root(_torch_npu_root)
+        if(_torch_npu_root)
+          list(APPEND LARS_NPU_CANN_SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/csrc/npu/lars_npu_ops.cpp)
+          list(APPEND LARS_NPU_CANN_DEFINITIONS LARS_NPU_NPU_OPS)
+          set(LARS_NPU_TORCH_NPU_ROOT "${_torch_npu_root}")
+          if(EXISTS "${_torch_npu_root}/lib/libtorch_npu.so")
+            message(STATUS "lars_npu: PrivateUse1 kernels of the operators, with torch_npu at "
+                           "${_torch_npu_root}")
+          else()
+            message(STATUS "lars_npu: PrivateUse1 kernels of the operators, with torch_npu's "
+                           "headers at ${_torch_npu_root}; no lib/libtorch_npu.so there, so the "
+                           "module is not linked to it and will not load (a compile check)")
+          endif()
+        else()
+          message(STATUS "lars_npu: torch_npu not found (set TORCH_NPU_ROOT to its package "
+                         "directory): the operators get no PrivateUse1 kernels; the npu backend "
+                         "launches the kernels through npu_launch")
+        endif()
+      endif()
     endif()
     list(APPEND LARS_NPU_CANN_DEFINITIONS
          LARS_NPU_CANN_VERSION="${_cann_version}" LARS_NPU_SOC_VERSION="${SOC_VERSION}"
@@ -199,5 +268,14 @@ function(lars_link_cann target)
     # CANN's host_config.cmake sets CMAKE_SKIP_RPATH: the libraries are found through the
     # LD_LIBRARY_PATH of CANN's set_env.sh.
     target_link_libraries(${target} PRIVATE lars_ascendc ascendcl)
+    if(LARS_NPU_TORCH_NPU_ROOT)
+      # torch_npu's headers as SYSTEM: their warnings are not this module's. libtorch_npu.so is
+      # a dependency of the module (no RPATH: it is found as the library torch_npu's import has
+      # already loaded).
+      target_include_directories(${target} SYSTEM PRIVATE "${LARS_NPU_TORCH_NPU_ROOT}/include")
+      if(EXISTS "${LARS_NPU_TORCH_NPU_ROOT}/lib/libtorch_npu.so")
+        target_link_libraries(${target} PRIVATE "${LARS_NPU_TORCH_NPU_ROOT}/lib/libtorch_npu.so")
+      endif()
+    endif()
   endif()
 endfunction()

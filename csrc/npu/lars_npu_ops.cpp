@@ -3,12 +3,14 @@
 // device pointers. Built only by a CANN build with RUN_MODE=npu that finds torch_npu's headers
 // (cmake/LarsAscend.cmake: LARS_NPU_NPU_OPS).
 //
-// NOT RUN ANYWHERE YET. lars_npu's CI machines have no CANN, no NPU and no torch_npu: this file is
-// only compiled there, against stand-in declarations of the ACL and torch_npu calls it makes
-// (.ci/cann-stub, .ci/cann-build-check), which also checks that the module registers these
-// kernels. What it shares with the tested paths is the host plan of csrc/ascendc/lars_host_plan.h
-// (run on the emulation in every CI run) and the per-tensor checks of csrc/ops/checks.h (run by
-// the CPU operators). `lars-npu check` on an NPU is the first place it can be proven.
+// NEVER RUN ON AN NPU. lars_npu's CI machines have no CANN, no NPU and no torch_npu: there this
+// file is compiled against stand-in declarations of the ACL and torch_npu calls it makes
+// (.ci/cann-stub, .ci/cann-build-check, which also checks that the module registers these kernels
+// with the operators' schemas), and its host logic is run by .ci/npu-ops-host-check: CPU tensors,
+// stand-ins for torch_npu's stream and the launcher, the AscendC kernels on lars_npu's emulation,
+// every result compared with the CPU operator's. Nothing of torch_npu or ACL has been exercised
+// (streams, the pinned copy, the caching allocator, tensors in torch_npu's private formats, which
+// these kernels would misread). `lars-npu check` on an NPU is the first place it can be proven.
 //
 // One call of an operator:
 //   1. every check of the CPU operator (csrc/ops/checks.h), plus what the kernels need: float32 or
@@ -90,7 +92,9 @@ int kernel_dtype(c10::ScalarType t) {
   return t == at::kFloat ? 0 : t == at::kHalf ? 1 : -1;
 }
 
-c10::ScalarType scalar_type_of(int kernel_code) { return kernel_code == 0 ? at::kFloat : at::kHalf; }
+c10::ScalarType scalar_type_of(int kernel_code) {
+  return kernel_code == 0 ? at::kFloat : at::kHalf;
+}
 
 void require_kernel_dtype(const at::Tensor& t, Role r, int64_t index) {
   if (kernel_dtype(t.scalar_type()) < 0) {
@@ -225,7 +229,7 @@ void check_lengths(int64_t n, int64_t m, const char* what) {
   TORCH_CHECK_VALUE(n == m, "lars_npu: ", what, " has ", m, " tensors, the parameters ", n);
 }
 
-// ---- staging -------------------------------------------------------------------------------------
+// ---- staging ---------------------------------------------------------------------------------
 struct Staged {
   at::Tensor orig;
   at::Tensor use;  // orig itself, or a contiguous device copy
@@ -412,12 +416,15 @@ Upload upload(std::vector<LaunchSet> sets, const c10::Device& dev,
     for (size_t j = 0; j < s.index.size(); ++j) {
       tensor_dst[j] = s.index[j];
       // the chunks of member j, in host::fill's order
-      for (int64_t b = 0; b < s.args.numel[j]; b += s.args.chunk_elems) chunk_dst[c++] = s.index[j];
+      for (int64_t b = 0; b < s.args.numel[j]; b += s.args.chunk_elems) {
+        chunk_dst[c++] = s.index[j];
+      }
     }
     TORCH_CHECK(c == s.layout.num_chunks, "lars_npu: chunk table does not match the plan");
   }
   if (!extra.empty()) std::memcpy(p + u.extra_off, extra.data(), sizeof(double) * extra.size());
-  u.device = at::empty({static_cast<int64_t>(total)}, at::TensorOptions().dtype(at::kByte).device(dev));
+  u.device = at::empty({static_cast<int64_t>(total)},
+                       at::TensorOptions().dtype(at::kByte).device(dev));
   u.device.copy_(buf, /*non_blocking=*/true);
   return u;
 }
@@ -610,7 +617,9 @@ Outputs4 fused_step_npu(at::TensorList params, at::TensorList grads, at::TensorL
   std::vector<Staged> w, g, m;
   // one set per parameter dtype (float32, float16), every tensor updated (mode 1)
   std::vector<LaunchSet> sets;
-  for (int code : {0, 1}) sets.push_back(make_set(code, 1, true, eps, coef, use_clip, guard_zero_norm));
+  for (int code : {0, 1}) {
+    sets.push_back(make_set(code, 1, true, eps, coef, use_clip, guard_zero_norm));
+  }
   for (int64_t i = 0; i < n; ++i) {
     const auto k = static_cast<size_t>(i);
     const c10::ScalarType wt = params[k].scalar_type();
@@ -662,7 +671,7 @@ Outputs4 fused_step_npu(at::TensorList params, at::TensorList grads, at::TensorL
   return {found, lam_on_device(u, n, extra.lam0, found), w_s, g_s};
 }
 
-// ---- the unfused pieces: square sums, and the in-place gradient rewrite --------------------------
+// ---- the unfused pieces: square sums, and the in-place gradient rewrite ----------------------
 std::tuple<at::Tensor, at::Tensor> square_sums_npu(at::TensorList weights, at::TensorList grads,
                                                    const at::Tensor& flags) {
   const auto n = static_cast<int64_t>(grads.size());
@@ -707,7 +716,7 @@ std::tuple<at::Tensor, at::Tensor> square_sums_npu(at::TensorList weights, at::T
       staged.push_back(stage(weights[k], cw[k], scalar_type_of(code)));
       t.w = address(staged.back());
     } else {
-      t.w = t.g;  // never read (no Σw² where not adapted, no update): a valid address for the plan
+      t.w = t.g;  // never read (no Σw² where not adapted, no update): an address for the plan
     }
     t.numel = grads[k].numel();
     t.adapt = adapt;
