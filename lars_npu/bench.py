@@ -92,6 +92,22 @@ def _methods(timm_lars: type | None, numpy_ok: bool) -> list[tuple[str, Callable
     return methods
 
 
+SGD_FOREACH = "torch SGD(foreach=True), no LARS"
+
+
+def _baselines() -> list[tuple[str, Callable[[Named], Any]]]:
+    """Rows that do less than a LARS step, as a floor: torch's own multi-tensor momentum SGD
+    over the same tensors (what a LARS step adds its work to)."""
+    return [
+        (
+            SGD_FOREACH,
+            lambda named: torch.optim.SGD(
+                named, lr=LR, momentum=MOMENTUM, weight_decay=WD, foreach=True
+            ),
+        )
+    ]
+
+
 def run_set(
     name: str,
     repeats: int,
@@ -104,7 +120,7 @@ def run_set(
     n_params = sum(math.prod(s) for _, s in shapes)
     rows: list[Row] = []
     fused_ms = None
-    for method, build in _methods(timm[0], numpy_reference):
+    for method, build in _methods(timm[0], numpy_reference) + _baselines():
         progress(f"  {name}: {method} ...")
         opt = build(make_params(shapes))
         t = median_time(opt.step, repeats)
@@ -114,6 +130,8 @@ def run_set(
         gbs = 28 * n_params / t / 1e9
         speedup = None if fused_ms is None else ms / fused_ms
         note = timm[1] if method == TIMM else ""
+        if method == SGD_FOREACH:
+            note = "plain SGD, a floor: not a LARS step"
         rows.append(
             Row(name, len(shapes), n_params, method, ms, speedup, gbs, gbs / triad, mem, note)
         )
@@ -189,7 +207,7 @@ class Progress:
 
 def count_steps(sets: list[str], numpy_reference: bool, timm: bool) -> int:
     """How many progress messages :func:`run` sends: the triad, then every row it measures."""
-    per_set = 3 + timm + numpy_reference  # fused, unfused, torch backend (+ timm, NumPy)
+    per_set = 4 + timm + numpy_reference  # fused, unfused, torch backend, SGD (+ timm, NumPy)
     bf16 = native() is not None
     return 1 + sum(per_set + (bf16 and name != "tiny") for name in sets)
 

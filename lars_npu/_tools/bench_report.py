@@ -54,8 +54,8 @@ def format_table(res: Result) -> str:
         f" set, each row's note gives its own process's triad, used for /triad)\n"
     )
     cols = (
-        f"{'set':<11}{'method':<40}{'ms/step':>10}{'fused x':>9}{'GB/s@28B':>10}"
-        f"{'/triad':>8}{'peak+MB':>9}  note"
+        f"{'set':<11}{'method':<40}{'ms/step':>10}{'us/tensor':>10}{'fused x':>9}"
+        f"{'GB/s@28B':>10}{'/triad':>8}{'peak+MB':>9}  note"
     )
     lines = [head, cols, "-" * len(cols)]
 
@@ -65,7 +65,9 @@ def format_table(res: Result) -> str:
 
     for r in res.rows:
         lines.append(
-            f"{r.set:<11}{r.method:<40}{f(r.ms, '10.2f')}{f(r.speedup_of_fused, '9.2f')}"
+            f"{r.set:<11}{r.method:<40}{f(r.ms, '10.2f')}"
+            f"{f(None if r.ms is None else 1e3 * r.ms / r.tensors, '10.2f')}"
+            f"{f(r.speedup_of_fused, '9.2f')}"
             f"{f(r.gbs_28, '10.2f')}{f(r.of_triad, '8.2f')}{f(r.peak_extra_mb, '9.1f')}"
             f"  {r.note}"
         )
