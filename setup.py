@@ -96,6 +96,7 @@ class CMakeBuild(build_ext):
         for path in self._targets(ext):
             path.unlink(missing_ok=True)
             (path.parent / TORCH_FILE).unlink(missing_ok=True)
+            (path.parent / NPU_MARKER).unlink(missing_ok=True)
         # first paragraph: the reason, one line (the package repeats it); then the build's own
         # words; then what to do
         parts = [reason, details, ADVICE]
@@ -154,9 +155,14 @@ class CMakeBuild(build_ext):
             raise RuntimeError(f"CMake did not produce {built}")
         # the torch the module was built against: lars_npu/_backends/_native.py refuses to load
         # the module under any other (its operators link that torch's C++ library)
+        marker = out_dir / NPU_MARKER  # written by CMake when the NPU operator kernels are built
         for path in self._targets(ext):
             if path.parent.exists():
                 (path.parent / TORCH_FILE).write_text(torch_version + "\n")
+                if path.parent.resolve() != out_dir and marker.exists():
+                    shutil.copyfile(marker, path.parent / NPU_MARKER)
+                elif not marker.exists():
+                    (path.parent / NPU_MARKER).unlink(missing_ok=True)
 
 
 ADVICE = (
@@ -168,6 +174,7 @@ ADVICE = (
 
 
 TORCH_FILE = "_C_torch_version.txt"
+NPU_MARKER = "_C_needs_torch_npu.txt"  # (CMakeLists.txt; read by lars_npu/_backends/_native.py)
 
 
 def target_torch() -> tuple[str, str, str]:

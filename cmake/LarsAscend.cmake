@@ -214,6 +214,7 @@ if(NOT LARS_NPU_CANN STREQUAL "OFF")
           list(APPEND LARS_NPU_CANN_SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/csrc/npu/lars_npu_ops.cpp)
           list(APPEND LARS_NPU_CANN_DEFINITIONS LARS_NPU_NPU_OPS)
           set(LARS_NPU_TORCH_NPU_ROOT "${_torch_npu_root}")
+          set(LARS_NPU_NEEDS_TORCH_NPU ON)
           if(EXISTS "${_torch_npu_root}/lib/libtorch_npu.so")
             message(STATUS "lars_npu: PrivateUse1 kernels of the operators, with torch_npu at "
                            "${_torch_npu_root}")

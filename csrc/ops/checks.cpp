@@ -81,7 +81,7 @@ Checked check_tensor(const at::Tensor& t, Role r, int64_t index, const c10::Devi
   if (impl->device() != device) {
     fail(r, index, "is on " + t.device().str() + ", the first parameter on " + device.str());
   }
-  const c10::ScalarType st = impl->dtype().toScalarType();
+  const c10::ScalarType st = c10::typeMetaToScalarType(impl->dtype());
   out.code = dtype_code(st);
   if (out.code < 0) {
     fail(r, index, "has dtype " + dtype_name(st) + "; supported: float32, float16, bfloat16, float64",

@@ -29,6 +29,15 @@ def _load_C() -> tuple[ModuleType | None, str]:
             f"{torch.__version__}: its operators link torch's C++ library, so it must be rebuilt "
             "(pip install --force-reinstall --no-deps lars-npu, or pip install -e . again)"
         )
+    if (Path(__file__).resolve().parent.parent / "_C_needs_torch_npu.txt").exists():
+        # a CANN build whose operators have PrivateUse1 kernels links libtorch_npu.so: load it
+        # first (torch's device-backend autoload may be off); without it the module cannot load
+        npu = torch_npu()
+        if npu is None:
+            return None, (
+                "lars_npu._C was built with the NPU kernels of its operators and needs torch_npu, "
+                f"which does not import here: {torch_npu_error()}"
+            )
     try:
         mod = importlib.import_module("lars_npu._C")
     except ImportError as exc:
