@@ -46,21 +46,27 @@ class TensorError(ValueError):
     "gradient", "momentum_buffer", "weight"), ``index`` in the operator's lists, and ``name``,
     the parameter's (when the caller knew it)."""
 
-    def __init__(self, message: str, role: str, index: int, name: str | None = None) -> None:
+    def __init__(
+        self, message: str, role: str, index: int, name: str | None = None, raw: str = ""
+    ) -> None:
         super().__init__(message)
         self.role = role
         self.index = index
         self.name = name
+        self.raw = raw  # the operator's own message
 
 
 class TensorTypeError(TypeError):
     """:class:`TensorError` for a dtype (a ``TypeError``), with the same attributes."""
 
-    def __init__(self, message: str, role: str, index: int, name: str | None = None) -> None:
+    def __init__(
+        self, message: str, role: str, index: int, name: str | None = None, raw: str = ""
+    ) -> None:
         super().__init__(message)
         self.role = role
         self.index = index
         self.name = name
+        self.raw = raw  # the operator's own message
 
 
 def label(role: str, index: int, names: Sequence[str] | None) -> str:
@@ -82,11 +88,22 @@ def named(exc: BaseException, names: Sequence[str] | None) -> BaseException | No
     if shared is not None:
         first, second = label(shared[1], int(shared[2]), names), label(role, index, names)
         text = sharing_message(first, second, first == second, shared[3] == "both")
-    else:
-        text = f"{label(role, index, names)} {why}"
+    else:  # "parameter 'w' has shape ...", "parameter 'w': its storage holds ..."
+        text = f"{label(role, index, names)}{': ' if why.startswith('its ') else ' '}{why}"
     name = names[index] if names is not None and 0 <= index < len(names) else None
     cls = TensorTypeError if isinstance(exc, TypeError) else TensorError
-    return cls(text, role, index, name)
+    return cls(text, role, index, name, str(exc).strip())
+
+
+def renamed(
+    exc: TensorError | TensorTypeError, names: Sequence[str]
+) -> TensorError | TensorTypeError:
+    """``exc`` again, naming the parameter by ``names`` (a caller that knows the names of the
+    tensors it gave a backend)."""
+    source: Exception = TypeError(exc.raw) if isinstance(exc, TypeError) else ValueError(exc.raw)
+    out = named(source, names)
+    assert isinstance(out, (TensorError, TensorTypeError))
+    return out
 
 
 def group_table(

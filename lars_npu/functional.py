@@ -13,6 +13,7 @@ import torch
 
 from ._backends import Hyper, MultiResult, resolve
 from ._compat import coo_members, max_abs_norms
+from ._ops import TensorError, TensorTypeError, renamed
 
 __all__ = [
     "SUPPORTED_DTYPES",
@@ -194,14 +195,19 @@ def lars_(
     backends = {dev: resolve(dev, backend) for dev in by_device}  # raises before any write
 
     def run(dev: torch.device, idx: list[int]) -> MultiResult:
-        return backends[dev].multi_lars_(
-            [weights[i] for i in idx],
-            [grads[i] for i in idx],
-            [bool(adapt[i]) for i in idx],
-            [float(weight_decays[i]) for i in idx],
-            [float(lrs[i]) for i in idx],
-            hyper,
-        )
+        try:
+            return backends[dev].multi_lars_(
+                [weights[i] for i in idx],
+                [grads[i] for i in idx],
+                [bool(adapt[i]) for i in idx],
+                [float(weight_decays[i]) for i in idx],
+                [float(lrs[i]) for i in idx],
+                hyper,
+            )
+        except (TensorError, TensorTypeError) as exc:  # a native refusal: name the parameter
+            if not names and len(idx) == n:
+                raise
+            raise renamed(exc, [names[i] if names else str(i) for i in idx]) from None
 
     with torch.no_grad():
         if len(by_device) == 1:

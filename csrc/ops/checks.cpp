@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cctype>
 #include <mutex>
 #include <sstream>
 
@@ -54,7 +55,11 @@ std::string dtype_name(c10::ScalarType t) {
     case c10::ScalarType::Char: return "torch.int8";
     case c10::ScalarType::Byte: return "torch.uint8";
     case c10::ScalarType::Bool: return "torch.bool";
-    default: return std::string("torch.") + c10::toString(t);
+    default: {  // e.g. Float8_e4m3fn -> torch.float8_e4m3fn, as Python prints it
+      std::string name = c10::toString(t);
+      for (char& ch : name) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      return "torch." + name;
+    }
   }
 }
 

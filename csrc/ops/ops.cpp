@@ -373,8 +373,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_step_meta(
   const bool real = any_real({params, grads, bufs});
   refuse_meta_among_real(params, Role::kParameter, real);
   refuse_meta_among_real(grads, Role::kGradient, real);
-  if (real && !flags.is_meta() && flags.numel() == static_cast<int64_t>(params.size())) {
-    refuse_meta_among_real(bufs, Role::kMomentumBuffer, real, flags.data_ptr<uint8_t>());
+  if (real && !flags.is_meta()) {
+    const auto n = static_cast<int64_t>(params.size());
+    TORCH_CHECK_VALUE(flags.device().is_cpu() && flags.scalar_type() == c10::kByte &&
+                          flags.dim() == 1 && flags.size(0) == n && flags.is_contiguous(),
+                      "lars_npu: flags must be a contiguous uint8 CPU tensor of shape (", n, ",)");
+    const uint8_t* f = flags.data_ptr<uint8_t>();
+    int64_t with_m = 0;
+    for (int64_t i = 0; i < n; ++i) with_m += (f[i] & kMomentum) ? 1 : 0;
+    TORCH_CHECK_VALUE(static_cast<int64_t>(bufs.size()) == with_m, "lars_npu: momentum_buffers has ",
+                      bufs.size(), " tensors, the flags ask for ", with_m);
+    refuse_meta_among_real(bufs, Role::kMomentumBuffer, real, f);
   }
   return step_outputs(static_cast<int64_t>(params.size()), c10::Device(c10::kMeta));
 }
@@ -423,6 +432,27 @@ TORCH_LIBRARY_IMPL(lars_npu, CPU, m) {
   m.impl("fused_step_", &lars_ops::fused_step_cpu);
   m.impl("square_sums", &lars_ops::square_sums_cpu);
   m.impl("lars_", &lars_ops::lars_cpu);
+}
+
+// Autograd: the operators write parameters and buffers in place and have no derivative (an
+// optimizer step). Their kernels run below autograd, so that a call in grad mode (parameters are
+// leaves that require grad) is the same whole step as under no_grad, never a partial one: the
+// write-back of staged copies is not an autograd in-place op, and no grad_fn is recorded.
+// (Written tensors' version counters are bumped by the kernels.)
+namespace lars_ops {
+namespace {
+void below_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
+                    torch::jit::Stack* stack) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
+}
+}  // namespace
+}  // namespace lars_ops
+
+TORCH_LIBRARY_IMPL(lars_npu, Autograd, m) {
+  m.impl("fused_step_", torch::CppFunction::makeFromBoxedFunction<&lars_ops::below_autograd>());
+  m.impl("square_sums", torch::CppFunction::makeFromBoxedFunction<&lars_ops::below_autograd>());
+  m.impl("lars_", torch::CppFunction::makeFromBoxedFunction<&lars_ops::below_autograd>());
 }
 
 // The negative bit, the conjugate bit and ZeroTensors reach the kernels as they are (torch's

@@ -83,6 +83,11 @@ class CpuBackend:
             from .torch_ import TorchBackend
 
             return TorchBackend().lars_update(weight, gradient, w_s, g_s, weight_decay, lr, hyper)
+        # the copy reads the gradient: its storage is checked before (the operator checks the
+        # weight, and the copy)
+        from .._checks import check_storage  # (imports lars_npu.functional, which imports us)
+
+        check_storage(gradient, "gradient")
         out = gradient.clone(memory_format=torch.contiguous_format)
         _named_call(
             _ops().lars_, ["weight"], [weight], [out], torch.zeros(1, dtype=torch.int64),
