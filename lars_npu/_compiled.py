@@ -18,7 +18,7 @@ What differs from the eager CPU step, and why:
 Configurations this path does not cover (a sharded or ZeRO optimizer, an inner optimizer other
 than plain momentum SGD, ``fused=False``, parameters off the CPU, a backend other than the CPU
 operator) run the eager step, which dynamo does not trace (a graph break, said in
-docs/compile.md).
+docs/operators.md).
 """
 
 from __future__ import annotations

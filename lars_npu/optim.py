@@ -385,5 +385,5 @@ class LARS(Optimizer):
 def _eager(opt: LARS, loss: Any) -> Any:
     """The eager step, never traced (a graph break where torch.compile meets a configuration the
     single-operator step does not cover). Wrapped when it is needed: torch.compiler.disable
-    imports torch._dynamo, which ``import lars_npu`` does not."""
+    imports dynamo, which ``import lars_npu`` does not."""
     return torch.compiler.disable(opt._eager_step)(loss)
