@@ -25,7 +25,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -127,6 +127,7 @@ def _momentum_on(opt: Any) -> list[bool]:
 
 
 _BUFFER = operator.methodcaller("get", "momentum_buffer")
+_BUFFER_ITEM = operator.itemgetter("momentum_buffer")
 
 
 def _buffers(state: Any, params: list[torch.Tensor], has_m: np.ndarray) -> list[Any]:
@@ -136,7 +137,11 @@ def _buffers(state: Any, params: list[torch.Tensor], has_m: np.ndarray) -> list[
     lookup per parameter (a tensor's hash is a Python call); the keys are compared by identity,
     every step."""
     if len(state) == len(params) and all(map(operator.is_, state, params)):
-        bufs = list(map(_BUFFER, state.values()))
+        values = state.values()
+        try:  # (itemgetter is the cheapest per entry; a state without the key takes .get)
+            bufs = list(map(_BUFFER_ITEM, values))
+        except (KeyError, TypeError):
+            bufs = list(map(_BUFFER, values))
         if has_m.all():
             return bufs
         return [b if m else None for b, m in zip(bufs, has_m.tolist(), strict=True)]
@@ -208,8 +213,11 @@ class FusedDriver:
         list), the same filter results and the same groups with momentum."""
         if masks != s.masks or _momentum_on(opt) != s.momentum_on:
             return False
-        flat = [p for g in opt.param_groups for p in g["params"]]
-        return len(flat) == len(s.params) and all(map(operator.is_, flat, s.params))
+        groups = opt.param_groups
+        if sum(len(g["params"]) for g in groups) != len(s.params):
+            return False
+        flat = chain.from_iterable(g["params"] for g in groups)
+        return all(map(operator.is_, flat, s.params))
 
     def _subset(self, s: _Structure, idx: tuple[int, ...]) -> _Structure:
         sub = s.subsets.get(idx)
@@ -260,7 +268,8 @@ class FusedDriver:
         bufs = _buffers(state, sub.params, sub.has_m)
         first = np.zeros(n, dtype=np.uint8)
         new_bufs: list[int] = []
-        for i in np.flatnonzero(sub.has_m).tolist():
+        missing = any(map(operator.is_, bufs, repeat(None)))  # (C-level: the steady state)
+        for i in np.flatnonzero(sub.has_m).tolist() if missing else ():
             if bufs[i] is None:
                 bufs[i] = torch.zeros_like(sub.params[i], memory_format=torch.contiguous_format)
                 first[i] = 1

@@ -191,8 +191,9 @@ class GroupPlanner:
             return
         _, old, shapes = rec
         now = group["params"]
-        if len(now) == len(old) and all(
-            q is p or q.shape == s for q, p, s in zip(now, old, shapes, strict=True)
+        if len(now) == len(old) and (
+            all(map(operator.is_, now, old))  # the same tensors (C-level: every step)
+            or all(q is p or q.shape == s for q, p, s in zip(now, old, shapes, strict=True))
         ):
             return
         if any(shard_kind(p) == "zero12" for p in old):
