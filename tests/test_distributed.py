@@ -280,6 +280,7 @@ def check_flat(
     restart_after: int | None = None,
     poison: int | None = None,
     scaler: bool = False,
+    fused: bool | None = None,
 ) -> dict[str, Any]:
     """ShardedLARS on flat shards for STEPS steps. ``poison``: at that step the LAST rank puts
     inf into one of its gradients (no scheduler then; the reference skips that step).
@@ -289,7 +290,9 @@ def check_flat(
     from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
     params = {n: flat_shard(nn.Parameter(init_value(n))) for n in SHAPES}
-    opt = ShardedLARS(make_inner(params), **CONFIGS[cfg])
+    opt = ShardedLARS(make_inner(params), fused=fused, **CONFIGS[cfg])
+    inner_steps = [0]  # the inner SGD's own steps: none when the fused operator steps
+    opt.optimizer.register_step_pre_hook(lambda *_: inner_steps.__setitem__(0, inner_steps[0] + 1))
     gs = ShardedGradScaler("cpu", init_scale=2.0**8, growth_interval=1000) if scaler else None
     if gs is not None:
         gs.scale(torch.ones(()))  # initialises the scale, as the first scale(loss) does
@@ -350,6 +353,7 @@ def check_flat(
             opt.load_state_dict(sd)
             sch = torch.optim.lr_scheduler.StepLR(opt, 2, 0.5)
             sch.load_state_dict(ssd)
+    res["inner_steps"] = inner_steps[0]
     return res | _shards_and_momentum(opt, params)
 
 
@@ -1085,6 +1089,7 @@ def _suite(rank: int, world: int, port: int) -> dict[str, Any]:
         "ddp": lambda: check_ddp(rank, world),
         "flat_a": lambda: check_flat(rank, world, "a", restart_after=2),
         "flat_b": lambda: check_flat(rank, world, "b"),
+        "flat_b_unfused": lambda: check_flat(rank, world, "b", fused=False),
         "nonfinite": lambda: check_flat(rank, world, "a", poison=1),
         "scaler": lambda: check_flat(rank, world, "a", poison=1, scaler=True),
         "layouts": lambda: check_layouts(rank, world),
@@ -1264,6 +1269,21 @@ def test_flat_shards_equal_the_unsharded_run(ranks, cfg):
     # the filter saw the global shapes: exclude_bias_and_norm adapts the 2-D weights (on 1-D
     # local shards it would adapt nothing)
     assert res[0]["masks"] == [[True] * 4, [False] * 3]
+
+
+def test_sharded_step_is_one_fused_call_and_equals_the_unfused_step(ranks):
+    """After the all-reduce, a sharded LARS over plain momentum SGD steps the local shards with
+    one fused operator call (the inner SGD never steps); fused=False rewrites the gradients and
+    steps the inner SGD. Both equal the single-process run."""
+    fused, unfused = results_of(ranks, "flat_b"), results_of(ranks, "flat_b_unfused")
+    want = reference_run("b")
+    assert all(x["inner_steps"] == 0 for x in fused), [x["inner_steps"] for x in fused]
+    assert all(x["inner_steps"] == STEPS for x in unfused), [x["inner_steps"] for x in unfused]
+    for res, what in ((fused, "fused"), (unfused, "unfused")):
+        for n, (w, m) in want.items():
+            assert_close(unshard([x["params"][n] for x in res], w.shape), w, f"{what}: {n}")
+            assert_close(unshard([x["momentum"][n] for x in res], w.shape), m,
+                         f"{what}: momentum {n}")  # fmt: skip
 
 
 @pytest.mark.parametrize("cfg", ["flat_a", "flat_b", "nonfinite"])
