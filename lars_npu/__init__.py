@@ -22,6 +22,7 @@ if (_floor := torch_floor_error()) is not None:  # LARS(...) refuses; the import
 
 from . import reference
 from ._backends import BackendUnavailableError, available_backends
+from ._ops import TensorError, TensorRefusal, TensorTypeError
 from ._version import __version__
 from .filters import ParamInfo, default_lars_filter, exclude_bias_and_norm
 from .functional import lars_update, square_sum_all
@@ -34,6 +35,9 @@ __all__ = [
     "BackendUnavailableError",
     "ParamInfo",
     "ShardedLARS",
+    "TensorError",
+    "TensorRefusal",
+    "TensorTypeError",
     "__version__",
     "available_backends",
     "default_lars_filter",

@@ -41,10 +41,11 @@ def ops() -> Any:
     return torch.ops.lars_npu
 
 
-class TensorError(ValueError):
+class TensorRefusal(Exception):
     """A tensor an operator refused, before anything was written: ``role`` ("parameter",
-    "gradient", "momentum_buffer", "weight"), ``index`` in the operator's lists, and ``name``,
-    the parameter's (when the caller knew it)."""
+    "gradient", "momentum_buffer", "weight"), ``index`` in the operator's lists, ``name``, the
+    parameter's (when the caller knew it), and ``raw``, the operator's own message. Raised as
+    :class:`TensorError` (a ``ValueError``) or :class:`TensorTypeError` (a ``TypeError``)."""
 
     def __init__(
         self, message: str, role: str, index: int, name: str | None = None, raw: str = ""
@@ -53,20 +54,15 @@ class TensorError(ValueError):
         self.role = role
         self.index = index
         self.name = name
-        self.raw = raw  # the operator's own message
+        self.raw = raw
 
 
-class TensorTypeError(TypeError):
-    """:class:`TensorError` for a dtype (a ``TypeError``), with the same attributes."""
+class TensorError(TensorRefusal, ValueError):
+    """:class:`TensorRefusal` of a tensor's shape, layout, memory or device."""
 
-    def __init__(
-        self, message: str, role: str, index: int, name: str | None = None, raw: str = ""
-    ) -> None:
-        super().__init__(message)
-        self.role = role
-        self.index = index
-        self.name = name
-        self.raw = raw  # the operator's own message
+
+class TensorTypeError(TensorRefusal, TypeError):
+    """:class:`TensorRefusal` of a tensor's dtype."""
 
 
 def label(role: str, index: int, names: Sequence[str] | None) -> str:
@@ -95,14 +91,12 @@ def named(exc: BaseException, names: Sequence[str] | None) -> BaseException | No
     return cls(text, role, index, name, str(exc).strip())
 
 
-def renamed(
-    exc: TensorError | TensorTypeError, names: Sequence[str]
-) -> TensorError | TensorTypeError:
+def renamed(exc: TensorRefusal, names: Sequence[str]) -> TensorRefusal:
     """``exc`` again, naming the parameter by ``names`` (a caller that knows the names of the
     tensors it gave a backend)."""
     source: Exception = TypeError(exc.raw) if isinstance(exc, TypeError) else ValueError(exc.raw)
     out = named(source, names)
-    assert isinstance(out, (TensorError, TensorTypeError))
+    assert isinstance(out, TensorRefusal)
     return out
 
 

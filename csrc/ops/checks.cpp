@@ -204,4 +204,70 @@ void check_given_sums(const std::optional<at::Tensor>& given, int64_t n) {
                     n, ") (sums of squares of the weights, then of the gradients)");
 }
 
+void check_lengths(int64_t n, int64_t m, const char* what) {
+  TORCH_CHECK_VALUE(n == m, "lars_npu: ", what, " has ", m, " tensors, the parameters ", n);
+}
+
+c10::Device first_device(at::TensorList ts) {
+  for (const at::Tensor& t : ts) {
+    if (t.defined()) return t.device();
+  }
+  return c10::Device(c10::kCPU);
+}
+
+FusedStepChecks check_fused_step(at::TensorList params, at::TensorList grads,
+                                 at::TensorList bufs, const at::Tensor& group,
+                                 const at::Tensor& flags, const at::Tensor& hyper,
+                                 const std::optional<at::Tensor>& given_sums,
+                                 bool mixed_grad_dtypes) {
+  const auto n = static_cast<int64_t>(params.size());
+  check_lengths(n, static_cast<int64_t>(grads.size()), "grads");
+  check_step_arrays(group, flags, hyper, n);
+  check_given_sums(given_sums, n);
+  const uint8_t* f = flags.data_ptr<uint8_t>();
+  int64_t with_m = 0;
+  for (int64_t i = 0; i < n; ++i) with_m += (f[i] & kMomentum) ? 1 : 0;
+  TORCH_CHECK_VALUE(static_cast<int64_t>(bufs.size()) == with_m, "lars_npu: momentum_buffers has ",
+                    bufs.size(), " tensors, the flags ask for ", with_m);
+  FusedStepChecks c;
+  c.device = first_device(params);
+  c.w.resize(static_cast<size_t>(n));
+  c.g.resize(static_cast<size_t>(n));
+  c.m.resize(static_cast<size_t>(with_m));
+  c.buf_of.assign(static_cast<size_t>(n), -1);
+  std::vector<lars::ByteRange> ranges;
+  ranges.reserve(static_cast<size_t>(2 * n + with_m));
+  for (int64_t i = 0, b = 0; i < n; ++i) {
+    const auto k = static_cast<size_t>(i);
+    const at::Tensor& p = params[k];
+    const at::Tensor& g = grads[k];
+    c.w[k] = check_tensor(p, Role::kParameter, i, c.device, /*written=*/true);
+    c.g[k] = check_tensor(g, Role::kGradient, i, c.device, /*written=*/false);
+    check_same_shape(g, p, Role::kGradient, i);
+    if (g.scalar_type() != p.scalar_type()) {
+      const bool allowed = mixed_grad_dtypes && p.scalar_type() == at::kFloat &&
+                           (g.scalar_type() == at::kHalf || g.scalar_type() == at::kBFloat16);
+      if (!allowed) {
+        fail(Role::kGradient, i,
+             "has dtype " + dtype_name(g.scalar_type()) + ", the parameter " +
+                 dtype_name(p.scalar_type()),
+             /*type_error=*/true);
+      }
+    }
+    ranges.push_back({c.w[k].begin, c.w[k].end, true, i});
+    ranges.push_back({c.g[k].begin, c.g[k].end, false, n + i});
+    if (f[i] & kMomentum) {
+      const auto bk = static_cast<size_t>(b);
+      const at::Tensor& m = bufs[bk];
+      // any dtype check_tensor takes: the kernels get it in the parameter's (staged)
+      c.m[bk] = check_tensor(m, Role::kMomentumBuffer, i, c.device, /*written=*/true);
+      check_same_shape(m, p, Role::kMomentumBuffer, i);
+      ranges.push_back({c.m[bk].begin, c.m[bk].end, true, 2 * n + i});
+      c.buf_of[k] = b++;
+    }
+  }
+  check_disjoint(ranges, n);
+  return c;
+}
+
 }  // namespace lars_ops

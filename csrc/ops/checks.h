@@ -59,4 +59,25 @@ void check_step_arrays(const at::Tensor& group, const at::Tensor& flags, const a
                        int64_t n);
 void check_given_sums(const std::optional<at::Tensor>& given, int64_t n);
 
+// Everything fused_step_ checks before it writes (both its CPU and its NPU kernel): the
+// lengths, the per-step arrays, every parameter, gradient (its parameter's shape; its dtype
+// unless mixed_grad_dtypes allows fp16/bf16 for an fp32 parameter) and momentum buffer, and
+// memory shared between them. buf_of[i]: the index in `bufs` of tensor i's buffer, or -1.
+struct FusedStepChecks {
+  std::vector<Checked> w, g, m;
+  std::vector<int64_t> buf_of;
+  c10::Device device = c10::Device(c10::kCPU);
+};
+FusedStepChecks check_fused_step(at::TensorList params, at::TensorList grads,
+                                 at::TensorList bufs, const at::Tensor& group,
+                                 const at::Tensor& flags, const at::Tensor& hyper,
+                                 const std::optional<at::Tensor>& given_sums,
+                                 bool mixed_grad_dtypes);
+
+// "lars_npu: <what> has <m> tensors, the parameters <n>" unless n == m.
+void check_lengths(int64_t n, int64_t m, const char* what);
+
+// The device of the first defined tensor of `ts` (CPU when there is none).
+c10::Device first_device(at::TensorList ts);
+
 }  // namespace lars_ops

@@ -98,18 +98,6 @@ GroupValues per_tensor(const at::Tensor& group, const at::Tensor& flags, const a
 
 at::TensorOptions f64() { return at::TensorOptions().dtype(at::kDouble); }
 
-// The device of the first parameter (every tensor of the step must be there).
-c10::Device first_device(at::TensorList ts) {
-  for (const at::Tensor& t : ts) {
-    if (t.defined()) return t.device();
-  }
-  return c10::Device(c10::kCPU);
-}
-
-void check_lengths(int64_t n, int64_t m, const char* what) {
-  TORCH_CHECK_VALUE(n == m, "lars_npu: ", what, " has ", m, " tensors, the parameters ", n);
-}
-
 lars::Hyper hyper_of(double epsilon, double coefficient, bool use_clip, bool guard_zero_norm) {
   return lars::Hyper{epsilon, coefficient, use_clip, guard_zero_norm};
 }
@@ -121,51 +109,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_step_cpu(
     bool use_clip, bool guard_zero_norm, const std::optional<at::Tensor>& given_sums,
     bool mixed_grad_dtypes, int64_t cache_budget_bytes) {
   const auto n = static_cast<int64_t>(params.size());
-  check_lengths(n, static_cast<int64_t>(grads.size()), "grads");
-  check_step_arrays(group, flags, hyper, n);
-  check_given_sums(given_sums, n);
-  const uint8_t* f = flags.data_ptr<uint8_t>();
-  int64_t with_m = 0;
-  for (int64_t i = 0; i < n; ++i) with_m += (f[i] & kMomentum) ? 1 : 0;
-  TORCH_CHECK_VALUE(static_cast<int64_t>(bufs.size()) == with_m, "lars_npu: momentum_buffers has ",
-                    bufs.size(), " tensors, the flags ask for ", with_m);
-  const c10::Device dev = first_device(params);
-
   // every check, before anything is written
-  std::vector<Checked> cw(static_cast<size_t>(n)), cg(static_cast<size_t>(n));
-  std::vector<Checked> cm(static_cast<size_t>(with_m));
-  std::vector<lars::ByteRange> ranges;
-  ranges.reserve(static_cast<size_t>(2 * n + with_m));
-  std::vector<int64_t> buf_of(static_cast<size_t>(n), -1);
-  for (int64_t i = 0, b = 0; i < n; ++i) {
-    const auto k = static_cast<size_t>(i);
-    const at::Tensor& p = params[k];
-    const at::Tensor& g = grads[k];
-    cw[k] = check_tensor(p, Role::kParameter, i, dev, /*written=*/true);
-    cg[k] = check_tensor(g, Role::kGradient, i, dev, /*written=*/false);
-    check_same_shape(g, p, Role::kGradient, i);
-    if (g.scalar_type() != p.scalar_type()) {
-      const bool allowed = mixed_grad_dtypes && p.scalar_type() == at::kFloat &&
-                           (g.scalar_type() == at::kHalf || g.scalar_type() == at::kBFloat16);
-      if (!allowed) {
-        fail(Role::kGradient, i,
-             "has dtype " + dtype_name(g.scalar_type()) + ", the parameter " +
-                 dtype_name(p.scalar_type()),
-             /*type_error=*/true);
-      }
-    }
-    ranges.push_back({cw[k].begin, cw[k].end, true, i});
-    ranges.push_back({cg[k].begin, cg[k].end, false, n + i});
-    if (f[i] & kMomentum) {
-      const at::Tensor& m = bufs[static_cast<size_t>(b)];
-      cm[static_cast<size_t>(b)] = check_tensor(m, Role::kMomentumBuffer, i, dev, true);
-      check_same_shape(m, p, Role::kMomentumBuffer, i);
-      ranges.push_back({cm[static_cast<size_t>(b)].begin, cm[static_cast<size_t>(b)].end, true,
-                        2 * n + i});
-      buf_of[k] = b++;
-    }
-  }
-  check_disjoint(ranges, n);
+  const FusedStepChecks c = check_fused_step(params, grads, bufs, group, flags, hyper, given_sums,
+                                             mixed_grad_dtypes);
+  const uint8_t* f = flags.data_ptr<uint8_t>();
+  const std::vector<Checked>&cw = c.w, &cg = c.g, &cm = c.m;
+  const std::vector<int64_t>& buf_of = c.buf_of;
 
   const GroupValues v = per_tensor(group, flags, hyper, n);
   // Pointers the kernel uses: the tensors' own memory, or staged copies (rare: views, the
