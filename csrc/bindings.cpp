@@ -250,6 +250,9 @@ py::dict build_info() {
 #ifdef LARS_NPU_BUILD_TYPE
   d["build_type"] = std::string(LARS_NPU_BUILD_TYPE);
 #endif
+#ifdef LARS_NPU_TORCH_VERSION
+  d["torch"] = std::string(LARS_NPU_TORCH_VERSION);  // the torch whose libtorch it links
+#endif
 #ifdef LARS_NPU_CANN_VERSION
   d["cann"] = std::string(LARS_NPU_CANN_VERSION);
   d["soc_version"] = std::string(LARS_NPU_SOC_VERSION);

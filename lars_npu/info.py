@@ -93,9 +93,9 @@ def print_info(d: dict[str, Any]) -> None:
     if nb:
         print(
             f"native module lars_npu._C: {nb.get('compiler')}, OpenMP={nb.get('openmp')}, "
-            f"build={nb.get('build_type')}, CANN={nb.get('cann')}"
+            f"build={nb.get('build_type')}, torch={nb.get('torch')}, CANN={nb.get('cann')}"
         )
-        shown = {"compiler", "openmp", "build_type", "cann"}
+        shown = {"compiler", "openmp", "build_type", "torch", "cann"}
         rest = ", ".join(f"{k}={v}" for k, v in nb.items() if k not in shown)
         if rest:
             print(f"  build options: {rest}")
