@@ -176,11 +176,15 @@ void check_disjoint(std::vector<lars::ByteRange>& ranges, int64_t n) {
   last = ranges;
 }
 
-void check_step_arrays(const at::Tensor& group, const at::Tensor& flags, const at::Tensor& hyper,
-                       int64_t n) {
+void check_flags(const at::Tensor& flags, int64_t n) {
   TORCH_CHECK_VALUE(flags.device().is_cpu() && flags.scalar_type() == c10::kByte &&
                         flags.dim() == 1 && flags.size(0) == n && flags.is_contiguous(),
                     "lars_npu: flags must be a contiguous uint8 CPU tensor of shape (", n, ",)");
+}
+
+void check_step_arrays(const at::Tensor& group, const at::Tensor& flags, const at::Tensor& hyper,
+                       int64_t n) {
+  check_flags(flags, n);
   TORCH_CHECK_VALUE(group.device().is_cpu() && group.scalar_type() == c10::kLong &&
                         group.dim() == 1 && group.size(0) == n && group.is_contiguous(),
                     "lars_npu: group must be a contiguous int64 CPU tensor of shape (", n, ",)");

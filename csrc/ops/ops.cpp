@@ -174,9 +174,7 @@ std::tuple<at::Tensor, at::Tensor> square_sums_cpu(at::TensorList weights, at::T
                                                    const at::Tensor& flags) {
   const auto n = static_cast<int64_t>(grads.size());
   check_lengths(n, static_cast<int64_t>(weights.size()), "weights");
-  TORCH_CHECK_VALUE(flags.device().is_cpu() && flags.scalar_type() == c10::kByte &&
-                        flags.dim() == 1 && flags.size(0) == n && flags.is_contiguous(),
-                    "lars_npu: flags must be a contiguous uint8 CPU tensor of shape (", n, ",)");
+  check_flags(flags, n);
   const uint8_t* f = flags.data_ptr<uint8_t>();
   const c10::Device dev = first_device(grads);
   std::vector<Arg> w, g;
@@ -324,9 +322,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_step_meta(
   refuse_meta_among_real(grads, Role::kGradient, real);
   if (real && !flags.is_meta()) {
     const auto n = static_cast<int64_t>(params.size());
-    TORCH_CHECK_VALUE(flags.device().is_cpu() && flags.scalar_type() == c10::kByte &&
-                          flags.dim() == 1 && flags.size(0) == n && flags.is_contiguous(),
-                      "lars_npu: flags must be a contiguous uint8 CPU tensor of shape (", n, ",)");
+    check_flags(flags, n);
     const uint8_t* f = flags.data_ptr<uint8_t>();
     int64_t with_m = 0;
     for (int64_t i = 0; i < n; ++i) with_m += (f[i] & kMomentum) ? 1 : 0;
