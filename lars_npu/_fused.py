@@ -73,8 +73,6 @@ class FusedCall:
     mu: np.ndarray
     nesterov: np.ndarray  # uint8
     hyper: Hyper
-    cache: dict[str, Any]  # the backend's own, kept while the structure is the same; whatever it
-    # holds, the backend re-proves against the tensors every step
     # the operators' form of the per-tensor values: each tensor's group (int64) and the groups'
     # rows (float64 (groups, 4): lr, weight decay, momentum, nesterov); None: one group per tensor
     group: np.ndarray | None = None
@@ -110,7 +108,6 @@ class _Structure:
     masks: list[list[bool]]  # copies, to notice in-place edits
     momentum_on: list[bool]  # per group: momentum != 0
     subsets: dict[tuple[int, ...], _Structure] = field(default_factory=dict)
-    cache: dict[str, Any] = field(default_factory=dict)
 
 
 class SparseGradientError(ValueError):
@@ -288,7 +285,6 @@ class FusedDriver:
             mu=mu_g[gidx],
             nesterov=nest_g[gidx],
             hyper=hyper,
-            cache=sub.cache,
             group=gidx,
             table=group_table(lr_g, wd_g, mu_g, nest_g),
             names=sub.names,

@@ -166,7 +166,6 @@ def run_bf16_row(name: str, repeats: int, triad: float) -> Row | None:
         mu=np.full(n, MOMENTUM),
         nesterov=np.zeros(n, np.uint8),
         hyper=Hyper(EPS, COEF),
-        cache={},
         mixed_grad_dtypes=True,
     )
     backend = get_backend("cpu")

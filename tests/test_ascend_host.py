@@ -298,7 +298,7 @@ def test_npu_backend_step_has_no_host_wait(stand_in_npu, monkeypatch, bad):
         params=[p], grads=[gs[1][:0].new_full((5000,), float("nan")) if bad else g0[0]],
         bufs=[m], first=np.ones(1, np.uint8), adapt=np.ones(1, np.uint8),
         has_m=np.ones(1, np.uint8), wd=np.array([1e-4]), lr=np.array([0.1]),
-        mu=np.array([0.9]), nesterov=np.zeros(1, np.uint8), hyper=Hyper(), cache={},
+        mu=np.array([0.9]), nesterov=np.zeros(1, np.uint8), hyper=Hyper(),
     )  # fmt: skip
     res = backend.fused_sgd_(call)
     assert bool(res.found_inf) == bad
@@ -399,7 +399,7 @@ def test_fused_step_refuses_wd_lr_momentum_beyond_fp32(stand_in_npu, field, valu
     call = FusedCall(
         params=[p], grads=[g], bufs=[m], first=np.zeros(1, np.uint8),
         adapt=np.ones(1, np.uint8), has_m=np.ones(1, np.uint8), nesterov=np.zeros(1, np.uint8),
-        hyper=Hyper(), cache={}, **values,
+        hyper=Hyper(), **values,
     )  # fmt: skip
     for b in (backend, all_backends()["emu"]):
         with pytest.raises(ValueError, match=name):

@@ -34,7 +34,6 @@ def make_call(params, grads, bufs, first, adapt, wd, lr, mu, nesterov, hyper, fa
         mu=np.asarray(mu, dtype=np.float64),
         nesterov=np.asarray(nesterov, dtype=np.uint8),
         hyper=hyper,
-        cache={},
         checked=not fast,
         mixed_grad_dtypes=True,
     )

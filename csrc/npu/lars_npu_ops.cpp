@@ -541,6 +541,31 @@ Outputs4 empty_outputs(const c10::Device& dev) {
           at::empty({0}, f64_on(dev))};
 }
 
+// The launches of a call that writes (fused_step_, lars_), after the upload, and its outputs.
+// With given sums (`given` non-null) the skip is known on the host: nothing runs when they hold
+// inf/nan. Otherwise the kernels decide it on the device, and staged copies are written back
+// only where they did not skip.
+Outputs4 launch_writing(const Upload& u, const c10::Device& dev, int64_t n, uint64_t lam0,
+                        const Given* given, const std::vector<Staged>& written) {
+  if (given != nullptr) {
+    auto [w_s, g_s] = given_on_device(u, n);
+    if (given->found_inf) {  // nothing runs, nothing is written
+      return {bool_on(true, dev), at::full({n}, std::nan(""), f64_on(dev)), w_s, g_s};
+    }
+    run(u, dev, /*given=*/true, /*writes=*/true);
+    write_back(written);
+    bump(written);
+    const at::Tensor found = bool_on(false, dev);
+    return {found, lam_on_device(u, n, lam0, found), w_s, g_s};
+  }
+  run(u, dev, /*given=*/false, /*writes=*/true);
+  const at::Tensor found = found_on_device(u, dev);
+  write_back(written, found);
+  bump(written);
+  auto [w_s, g_s] = sums_on_device(u, n, dev);
+  return {found, lam_on_device(u, n, lam0, found), w_s, g_s};
+}
+
 // ---- fused LARS + momentum SGD -----------------------------------------------------------------
 Outputs4 fused_step_npu(at::TensorList params, at::TensorList grads, at::TensorList bufs,
                         const at::Tensor& group, const at::Tensor& flags, const at::Tensor& hyper,
@@ -603,23 +628,7 @@ Outputs4 fused_step_npu(at::TensorList params, at::TensorList grads, at::TensorL
   const Upload u = upload(std::move(sets), dev, extra.values);
   std::vector<Staged> written = w;
   written.insert(written.end(), m.begin(), m.end());
-  if (given.has_value()) {
-    auto [w_s, g_s] = given_on_device(u, n);
-    if (given->found_inf) {  // nothing runs, nothing is written
-      return {bool_on(true, dev), at::full({n}, std::nan(""), f64_on(dev)), w_s, g_s};
-    }
-    run(u, dev, /*given=*/true, /*writes=*/true);
-    write_back(written);
-    bump(written);
-    const at::Tensor found = bool_on(false, dev);
-    return {found, lam_on_device(u, n, extra.lam0, found), w_s, g_s};
-  }
-  run(u, dev, /*given=*/false, /*writes=*/true);
-  const at::Tensor found = found_on_device(u, dev);
-  write_back(written, found);
-  bump(written);
-  auto [w_s, g_s] = sums_on_device(u, n, dev);
-  return {found, lam_on_device(u, n, extra.lam0, found), w_s, g_s};
+  return launch_writing(u, dev, n, extra.lam0, given.has_value() ? &*given : nullptr, written);
 }
 
 // ---- the unfused pieces: square sums, and the in-place gradient rewrite ----------------------
@@ -755,23 +764,7 @@ Outputs4 lars_npu(at::TensorList weights, at::TensorList grads, const at::Tensor
   const lars::Hyper h{epsilon, coefficient, use_clip, guard_zero_norm};
   const Extra extra = extra_of(given_values, host_lam(f, n, grads, v, given_sums, h));
   const Upload u = upload(std::move(sets), dev, extra.values);
-  if (given) {
-    auto [w_s, g_s] = given_on_device(u, n);
-    if (given_values->found_inf) {
-      return {bool_on(true, dev), at::full({n}, std::nan(""), f64_on(dev)), w_s, g_s};
-    }
-    run(u, dev, /*given=*/true, /*writes=*/true);
-    write_back(written);
-    bump(written);
-    const at::Tensor found = bool_on(false, dev);
-    return {found, lam_on_device(u, n, extra.lam0, found), w_s, g_s};
-  }
-  run(u, dev, /*given=*/false, /*writes=*/true);
-  const at::Tensor found = found_on_device(u, dev);
-  write_back(written, found);
-  bump(written);
-  auto [w_s, g_s] = sums_on_device(u, n, dev);
-  return {found, lam_on_device(u, n, extra.lam0, found), w_s, g_s};
+  return launch_writing(u, dev, n, extra.lam0, given ? &*given_values : nullptr, written);
 }
 
 }  // namespace

@@ -182,6 +182,14 @@ void check_flags(const at::Tensor& flags, int64_t n) {
                     "lars_npu: flags must be a contiguous uint8 CPU tensor of shape (", n, ",)");
 }
 
+int64_t check_buffer_count(at::TensorList bufs, const uint8_t* flags, int64_t n) {
+  int64_t with_m = 0;
+  for (int64_t i = 0; i < n; ++i) with_m += (flags[i] & kMomentum) ? 1 : 0;
+  TORCH_CHECK_VALUE(static_cast<int64_t>(bufs.size()) == with_m, "lars_npu: momentum_buffers has ",
+                    bufs.size(), " tensors, the flags ask for ", with_m);
+  return with_m;
+}
+
 void check_step_arrays(const at::Tensor& group, const at::Tensor& flags, const at::Tensor& hyper,
                        int64_t n) {
   check_flags(flags, n);
@@ -229,10 +237,7 @@ FusedStepChecks check_fused_step(at::TensorList params, at::TensorList grads,
   check_step_arrays(group, flags, hyper, n);
   check_given_sums(given_sums, n);
   const uint8_t* f = flags.data_ptr<uint8_t>();
-  int64_t with_m = 0;
-  for (int64_t i = 0; i < n; ++i) with_m += (f[i] & kMomentum) ? 1 : 0;
-  TORCH_CHECK_VALUE(static_cast<int64_t>(bufs.size()) == with_m, "lars_npu: momentum_buffers has ",
-                    bufs.size(), " tensors, the flags ask for ", with_m);
+  const int64_t with_m = check_buffer_count(bufs, f, n);
   FusedStepChecks c;
   c.device = first_device(params);
   c.w.resize(static_cast<size_t>(n));

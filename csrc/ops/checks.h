@@ -56,6 +56,8 @@ constexpr uint8_t kAdapt = 1;
 constexpr uint8_t kMomentum = 2;
 constexpr uint8_t kFirst = 4;
 void check_flags(const at::Tensor& flags, int64_t n);  // uint8 [n], CPU, contiguous
+// One momentum buffer per tensor whose flags have the momentum bit: their number, or a ValueError.
+int64_t check_buffer_count(at::TensorList bufs, const uint8_t* flags, int64_t n);
 void check_step_arrays(const at::Tensor& group, const at::Tensor& flags, const at::Tensor& hyper,
                        int64_t n);
 void check_given_sums(const std::optional<at::Tensor>& given, int64_t n);

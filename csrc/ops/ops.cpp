@@ -324,10 +324,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_step_meta(
     const auto n = static_cast<int64_t>(params.size());
     check_flags(flags, n);
     const uint8_t* f = flags.data_ptr<uint8_t>();
-    int64_t with_m = 0;
-    for (int64_t i = 0; i < n; ++i) with_m += (f[i] & kMomentum) ? 1 : 0;
-    TORCH_CHECK_VALUE(static_cast<int64_t>(bufs.size()) == with_m, "lars_npu: momentum_buffers has ",
-                      bufs.size(), " tensors, the flags ask for ", with_m);
+    check_buffer_count(bufs, f, n);
     refuse_meta_among_real(bufs, Role::kMomentumBuffer, real, f);
   }
   return step_outputs(static_cast<int64_t>(params.size()), c10::Device(c10::kMeta));

@@ -16,11 +16,6 @@ import torch
 FP32_MAX = 3.4028234663852886e38
 
 
-class LayoutMismatch(Exception):
-    """A backend's fast path found a tensor that does not match its cached plan (raised before
-    anything is written); the caller re-validates and retries on the general path."""
-
-
 @dataclass(frozen=True)
 class Hyper:
     """LARS hyper-parameters shared by every tensor of a call (docs/semantics.md)."""
@@ -73,8 +68,8 @@ class Backend(TensorOps, Protocol):
     name: str
     # The dtypes it takes (None: every supported dtype; the check matrix skips the others).
     dtypes: tuple[torch.dtype, ...] | None
-    # Its fused step proves natively, each step, that the tensors fit its cached plan, raising
-    # LayoutMismatch otherwise: the fused driver may skip its own named checks until then.
+    # Its fused step checks every tensor natively, each step, before it writes (a refusal is a
+    # lars_npu.TensorError naming the parameter): the fused driver keeps no checks of its own.
     verifies_layout: bool
 
     def available(self) -> tuple[bool, str]:

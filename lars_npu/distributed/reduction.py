@@ -203,7 +203,7 @@ def _fused_given_sums(
     call = FusedCall(
         params=prep.weights, grads=prep.grads, bufs=bufs, first=first, adapt=adapt,
         has_m=has_m, wd=np.where(adapt != 0, wd_g[gidx], 0.0), lr=lr_g[gidx], mu=mu_g[gidx],
-        nesterov=nest_g[gidx], hyper=opt._hyper, cache={}, group=gidx,
+        nesterov=nest_g[gidx], hyper=opt._hyper, group=gidx,
         table=group_table(lr_g, wd_g, mu_g, nest_g), names=prep.names,
         given=torch.from_numpy(np.stack([w_tot[sl], g_tot[sl]]).astype(np.float64)),
     )  # fmt: skip
