@@ -472,7 +472,9 @@ inline void vector_deps(const char* op, std::initializer_list<VectorRange> range
   for (const VectorRange& r : ranges) {
     for (const Core::VectorUse& u : uses) {
       if (r.begin >= u.end || u.begin >= r.end || (!r.write && !u.write)) continue;
-      const char* kind = !r.write ? "reads UB that" : u.write ? "writes UB that" : "overwrites UB that";
+      const char* kind = !r.write  ? "reads UB that"
+                         : u.write ? "writes UB that"
+                                   : "overwrites UB that";
       throw Violation(std::string(op) + ": with auto-sync off, the vector instruction " + kind +
                       " an earlier " + u.op + " " + (u.write ? "wrote" : "reads") + " (UB bytes [" +
                       std::to_string(std::max(r.begin, u.begin)) + ", " +
@@ -931,7 +933,8 @@ void DataCopyPad(const GlobalTensor<T>& dst, const LocalTensor<T>& src,
   std::memcpy(dst.address(), src.ptr(), params.blockLen);  // exactly blockLen bytes
 }
 
-// ---- vector computation (elementwise over `count` elements) --------------------------------------
+// ---- vector computation (elementwise over `count` elements)
+// --------------------------------------
 namespace emu {
 constexpr float kHalfMax = 65504.0f;
 
@@ -1098,13 +1101,15 @@ void Duplicate(const LocalTensor<T>& dst, T scalar, uint32_t count) {
 
 // ReduceSum, count form, as Atlas A2 implements it (asc-devkit impl/basic_api/dav_c220/
 // kernel_operator_vec_reduce_impl.h, ReduceSumImpl): ONE vcadd over `count` elements in counter
-// mode; a V->S sync; the scalar unit reads the accumulator and stores it to dst[0] (a scalar
-// write of UB); then S->V and S->MTE3 syncs, so what follows may use dst on any pipe. The work
-// tensor is not touched at all (not even checked), and count must be in [1, UB bytes / 4]
-// (ASCENDC_CHECK_VALUE_RANGE in the interface). Summation order: a pairwise tree over adjacent
-// lanes within each 64-lane (256-byte) repeat, the repeats accumulated in order — not the naive
-// sequential sum, so a kernel or test cannot depend on bit-equality with one (the hardware's
-// exact tree is not documented: claim a tolerance, never bits).
+// mode; a V->S sync; the scalar unit reads the accumulator and stores it to dst[0] (a scalar write
+// of UB); then S->V and S->MTE3 syncs, so what follows may use dst on any pipe. The work tensor is
+// never touched, and count must be in [1, UB bytes / 4] (ASCENDC_CHECK_VALUE_RANGE in the
+// interface). lars_npu's rule, for the SoCs that do write it (the docs' two-level sum, one partial
+// per 64-lane repeat): the work tensor holds at least ceil(count / 64) floats rounded up to whole
+// 32-byte blocks, and does not overlap src (emu::check_reduce_work). Summation order: a pairwise
+// tree over adjacent lanes within each 64-lane (256-byte) repeat, the repeats accumulated in order
+// — not the naive sequential sum, so a kernel or test cannot depend on bit-equality with one (the
+// hardware's exact tree is not documented: claim a tolerance, never bits).
 namespace emu {
 // One repeat of vcadd (fp32, up to 64 lanes): a pairwise tree over adjacent lanes, the missing
 // lanes 0. The hardware's exact tree is not documented: claim a tolerance, never bits.
@@ -1118,16 +1123,36 @@ inline float vcadd_tree(const float* src, uint32_t n) {
 }
 }  // namespace emu
 
+namespace emu {
+template <typename T>
+void check_reduce_work(const LocalTensor<T>& src, const LocalTensor<T>& work, uint32_t count) {
+  const uint32_t repeats = count <= 64 ? 1 : (count + 63) / 64;
+  const uint32_t need = (repeats + 7) / 8 * 8;
+  if (work.GetSize() < need) {
+    throw Violation("ReduceSum: the work tensor holds " + std::to_string(work.GetSize()) +
+                    " elements, the docs ask for " + std::to_string(need) + " for count " +
+                    std::to_string(count) + " (A2 ignores it; other SoCs write it)");
+  }
+  const uint64_t s0 = src.ub_address(), s1 = s0 + uint64_t{count} * sizeof(T);
+  const uint64_t w0 = work.ub_address(), w1 = w0 + uint64_t{need} * sizeof(T);
+  if (s0 < w1 && w0 < s1) {
+    throw Violation("ReduceSum: the work tensor overlaps the source (A2 ignores it; other SoCs "
+                    "write their partial sums there while reading the source)");
+  }
+}
+}  // namespace emu
+
 template <typename T>
 void ReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src, const LocalTensor<T>& work,
                const int32_t count) {
   static_assert(std::is_same<T, float>::value, "the emulation's ReduceSum takes float");
-  (void)work;  // A2 ignores it
   if (count < 1 || static_cast<uint64_t>(count) * sizeof(T) > emu::kUbTotalA2) {
     throw emu::Violation("ReduceSum: count " + std::to_string(count) +
                          " outside [1, UB size / element size]");
   }
   const auto n = static_cast<uint32_t>(count);
+  work.check_count(0, "ReduceSum");
+  emu::check_reduce_work(src, work, n);  // lars_npu's rule: A2 itself never touches it
   dst.check_count(1, "ReduceSum");
   src.check_count(n, "ReduceSum");
   ++emu::core().count.vector_instrs;
@@ -1135,7 +1160,9 @@ void ReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src, const Local
   src.use(emu::V, false, "ReduceSum (vcadd)");
   emu::vector_deps("ReduceSum (vcadd)", {src.range(n, false)});
   float total = 0.0f;
-  for (uint32_t r = 0; r < n; r += 64) total += emu::vcadd_tree(src.ptr() + r, std::min(n - r, 64u));
+  for (uint32_t r = 0; r < n; r += 64) {
+    total += emu::vcadd_tree(src.ptr() + r, std::min(n - r, 64u));
+  }
   emu::implied_sync(emu::V, emu::S);
   dst.use(emu::S, true, "ReduceSum (scalar store of the accumulator)");
   dst.ptr()[0] = total;
