@@ -27,13 +27,19 @@
 //   - WaitFlag of an event that was not set, SetFlag of one already set, a SetFlag never
 //     waited for by the end of the kernel;
 //   - DataCopyPad to or from a buffer that is not VECIN / VECOUT (Atlas A2/A3);
-//   - Sqrt of a non-positive value (undefined on hardware).
+//   - Sqrt of a non-positive value (undefined on hardware);
+//   - with auto-sync off (LaunchOptions::auto_sync: as built without --cce-auto-sync), a vector
+//     instruction that reads UB an earlier one wrote, or writes UB one read or wrote, with no
+//     PipeBarrier<PIPE_V>, V->S wait or chain of pipe events between them (emu::vector_deps);
+//   - a ReduceSum work tensor smaller than the docs ask for, or overlapping the source (lars_npu's
+//     rule: A2 ignores it, other SoCs write it).
 // DataCopy on hardware silently rounds a length down to whole 32-byte blocks; the emulation
 // refuses it instead (use DataCopyPad for a ragged tail). DataCopyPad GM->UB fills the rest of
 // the last 32-byte block with NaN bytes unless padding is asked for, so a kernel that reads
 // those lanes shows it.
 // ReduceSum follows A2's implementation (see its comment): scalar store of dst, syncs by the
-// call, work tensor untouched, a pairwise (not sequential) summation order.
+// call, work tensor untouched, a pairwise (not sequential) summation order. WholeReduceSum too:
+// one vcadd, each repeat's sum written to UB by the vector unit.
 // A2's two floating-point modes (CTRL[48], see emu::saturating): every launch starts in the mode
 // the caller asks for (LaunchOptions::saturation; the stream's mode on hardware), a kernel may
 // switch with SetSaturationFlag<SaturationMode::FLOAT> and must put back what it found. In
@@ -41,8 +47,9 @@
 // ±65504 and every NaN is 0 (fp16 inputs of a conversion to fp32 included); fp32 stays IEEE.
 // AI cores run one after another (emu::Launch), forward, reversed or shuffled as the caller asks
 // (a kernel's results must not depend on it), each with its own UB, so per-core partials handed
-// over through global memory are real. Per core and launch the emulation counts bytes moved
-// GM->UB and UB->GM, scalar GM reads, vector instructions and waits (emu::Counters).
+// over through global memory are real. Per core and launch the emulation counts bytes and
+// instructions moved by DMA, scalar GM reads, vector instructions and elements, waits, barriers,
+// V->S round trips and what the scalar unit issued while the pipes were drained (emu::Counters).
 #pragma once
 
 #include <cmath>
