@@ -202,6 +202,13 @@ if(NOT LARS_NPU_CANN STREQUAL "OFF")
     else()
       # npu and sim: CANN's AscendC rules compile the kernels for the AI cores and generate
       # aclrtlaunch_<kernel>.h launch functions for the host.
+      # --cce-auto-sync: CANN's rules compile dav-c220-vec with it (asc-devkit cmake/asc/
+      # legacy_modules/bisheng_intf.cmake), and we leave it so. The kernels do not need it: they
+      # put PipeBarrier<PIPE_V> between dependent vector instructions themselves, and their
+      # cross-pipe syncs are the queues' and explicit SetFlag/WaitFlag; the emulation checks all
+      # of it with auto-sync off (LARS_NPU_EMU_AUTO_SYNC=off, tests/test_emu_kernels.py). On, the
+      # compiler can only add syncs: a safety net for orderings the emulation does not model
+      # (none known), never a change to the kernels' own.
       include(${_ascendc_cmake_dir}/ascendc.cmake)
       ascendc_library(lars_ascendc STATIC ${_kernels})
       set(LARS_NPU_CANN_SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/csrc/npu/lars_npu_launch.cpp)

@@ -160,7 +160,7 @@ py::tuple ascend_read_back(const Blob& blob, uint64_t n, uint64_t nc) {
 // kernels').
 py::object emu_launch(Blob& blob, uint64_t n, uint64_t nc, int dtype, bool run_sq,
                       bool run_update, int64_t block_dim, int64_t ub_bytes, bool staged,
-                      int64_t core_order, bool count, bool saturation) {
+                      int64_t core_order, bool count, bool saturation, bool auto_sync) {
   const host::Layout L = blob_layout(blob, n, nc);
   if (count && staged) throw std::invalid_argument("count: not with staged=True");
   uint8_t* ws = blob.mutable_data();
@@ -169,10 +169,10 @@ py::object emu_launch(Blob& blob, uint64_t n, uint64_t nc, int dtype, bool run_s
     py::gil_scoped_release release;
     if (staged) {
       lars_emu::launch_staged(ws, L, dtype, run_sq, run_update, block_dim, ub_bytes, core_order,
-                              saturation);
+                              saturation, auto_sync);
     } else {
       lars_emu::launch(ws, L, dtype, run_sq, run_update, block_dim, ub_bytes, core_order,
-                       count ? &counters : nullptr, saturation);
+                       count ? &counters : nullptr, saturation, auto_sync);
     }
   }
   if (!count) return py::none();
@@ -294,12 +294,15 @@ PYBIND11_MODULE(_C, m) {
         py::arg("dtype"), py::arg("run_square_sums"), py::arg("run_update"),
         py::arg("block_dim"), py::arg("ub_bytes"), py::arg("staged") = false,
         py::arg("core_order") = 0, py::arg("count") = false, py::arg("saturation") = true,
+        py::arg("auto_sync") = true,
         "Run the AscendC kernels on lars_npu's host emulation (not CANN's simulator), in place "
         "on a host workspace; staged=True goes through the staging runner CANN's cpu/sim "
         "builds use. core_order: 0 forward, -1 reverse, k > 0 a shuffle seeded with k. "
         "count=True returns the per-core counters, uint64 (launches, block_dim, fields), "
         "fields in emu_counter_fields. saturation: the floating-point mode each launch starts "
-        "in (the stream's on hardware): True saturation (CTRL[48] = 0), False INF_NAN.");
+        "in (the stream's on hardware): True saturation (CTRL[48] = 0), False INF_NAN. "
+        "auto_sync=False: refuse a vector instruction that depends on an earlier one with no "
+        "PipeBarrier<PIPE_V> between them (the kernels as built without --cce-auto-sync).");
   {
     py::list fields;
     for (const char* f : lars_emu::kCounterFields) fields.append(f);

@@ -84,6 +84,82 @@ def test_bench_cost_view_prints_the_model_table(capsys):
     out = capsys.readouterr().out
     assert "| tiny | 10,000 | 640,000 | 3 |" in out
     assert "not a hardware measurement" in out
+    assert "| model step with latency |" in out and "per V→S round trip" in out
     assert bench.main(["--set", "tiny", "--backend", "emu", "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["launches"] == 3 and row["params"] == 640_000
+    assert len(row["latency_by_launch"]) == 3 and row["latency_seconds"] > row["model_seconds"]
+
+
+# -- latency: what stalls the scalar unit, which issues everything (issue 22)
+
+# tensors of 10 chunks and a ragged tail, one of less than a block, one of 5 chunks: on 4 cores,
+# every core takes several chunks of several tensors
+SHAPES = [10 * CHUNK + 5, 7, 5 * CHUNK - 3, 1000]
+
+
+def test_pass_1_never_waits_for_the_vector_unit():
+    """The square-sums kernel sums each chunk's lanes on the vector unit (pairwise Adds, then one
+    WholeReduceSum), with no ReduceSum: no V -> S round trip on any core, and each core's DMA
+    pipe is filled once, by its first load, however many chunks it takes (at 159679a: two round
+    trips per chunk, each draining the pipe; the next chunk's loads waited for them). The λ
+    kernel makes two per adapted tensor (its sums, their square roots), the update kernel one
+    (the cores' flags)."""
+    C = native()
+    cost = emu.step_cost("t", SHAPES, cores=4)
+    assert cost.vs_round_trips_by_launch[0] == 0
+    assert cost.pipe_fills_by_launch[0] == 1
+    assert cost.vs_round_trips_by_launch[1:] == (2, 1)  # one tensor per core in the λ launch
+    # and on every core, not just the busiest: the raw counters
+    step = step_args(
+        w=np.full(4, torch.zeros(1).data_ptr()), g=np.full(4, torch.zeros(1).data_ptr()),
+        m=np.zeros(4, np.int64), numel=np.array([1, 1, 1, 1]), adapt=np.ones(4),
+        has_m=np.zeros(4), first=np.zeros(4), nesterov=np.zeros(4), wd=np.zeros(4),
+        lr=np.full(4, 0.1), mu=np.zeros(4),
+    )  # fmt: skip
+    blob, layout = C.ascend_plan(step)
+    counts = C.emu_launch(blob, 4, layout["num_chunks"], 0, True, False, 3, 192 * 1024, False,
+                          0, True)  # fmt: skip
+    f = C.emu_counter_fields.index
+    assert (counts[0, :, f("vs_round_trips")] == 0).all()
+    assert (counts[0, :, f("v_barriers")] > 0).all()  # its dependent vector instructions
+
+
+def test_the_lambda_kernel_reduces_only_the_lanes_that_carry_data():
+    """A tensor of one chunk has one 8-lane block of Σw² and one of Σg²: the λ kernel's vector
+    instructions go over a few dozen elements for it (at 159679a: 2 x 2,048 lanes zeroed and 2 x
+    2,048 reduced, whatever the chunk count)."""
+    C = native()
+    w = torch.zeros(CHUNK)
+    step = step_args(
+        w=np.array([w.data_ptr()]), g=np.array([w.data_ptr()]), m=np.zeros(1, np.int64),
+        numel=np.array([CHUNK]), adapt=np.ones(1), has_m=np.zeros(1), first=np.zeros(1),
+        nesterov=np.zeros(1), wd=np.zeros(1), lr=np.full(1, 0.1), mu=np.zeros(1),
+    )  # fmt: skip
+    blob, _ = C.ascend_plan(step)
+    counts = C.emu_launch(blob, 1, 1, 0, True, True, 1, 192 * 1024, False, 0, True)
+    assert counts[1, 0, C.emu_counter_fields.index("vector_elems")] <= 64
+
+
+@pytest.mark.parametrize(
+    ("constant", "counter"),
+    [
+        ("DMA_LATENCY_S", "pipe_fills_by_launch"),
+        ("SCALAR_GM_READ_S", "exposed_gm_reads_by_launch"),
+        ("VS_ROUND_TRIP_CYCLES", "vs_round_trips_by_launch"),
+        ("LAUNCH_HEAD_S", None),
+    ],
+)
+def test_the_latency_model_charges_each_input_as_stated(monkeypatch, constant, counter):
+    """Each latency input, alone and made huge (a second), adds itself once per counted event on
+    the core that has most of them, per launch (the launch head: once per launch): the model's
+    arithmetic, not a timing."""
+    for name in ("DMA_LATENCY_S", "SCALAR_GM_READ_S", "VS_ROUND_TRIP_CYCLES", "LAUNCH_HEAD_S"):
+        monkeypatch.setattr(emu, name, 0)
+    monkeypatch.setattr(emu, constant, emu.CLOCK_HZ if constant == "VS_ROUND_TRIP_CYCLES" else 1.0)
+    cost = emu.step_cost("t", SHAPES, cores=4)
+    events = sum(getattr(cost, counter)) if counter else cost.launches
+    assert events > 0
+    # what is left is max(streaming, vector work): microseconds here
+    assert cost.latency_seconds == pytest.approx(events, abs=1e-3)
+    assert cost.latency_seconds >= events + cost.model_seconds - 1e-12

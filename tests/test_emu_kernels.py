@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import lars_npu
 from lars_npu import reference
 from lars_npu._backends._ascend import step_args
 from lars_npu._backends._native import native
@@ -31,13 +32,18 @@ CHUNK = 16384
 ORDERS = [0, -1, 1, 2, 3]
 
 
-def launch(step, block_dim, ub, *, run_square_sums=True, run_update=True, order=0):
+def launch(step, block_dim, ub, *, run_square_sums=True, run_update=True, order=0, auto_sync=True):
     """One step of the kernels as the backends run it: host tiling (ascend_plan of the struct
-    `step`), the launch on emulated AI cores, and the read-back: (found_inf, lam, w_s, g_s)."""
+    `step`), the launch on emulated AI cores, and the read-back: (found_inf, lam, w_s, g_s).
+    auto_sync=False: as built without --cce-auto-sync (dependent vector instructions need the
+    kernels' own PipeBarrier<PIPE_V>)."""
     C = native()
     blob, layout = C.ascend_plan(step)
     n, nc = layout["n"], layout["num_chunks"]
-    C.emu_launch(blob, n, nc, step.dtype, run_square_sums, run_update, block_dim, ub, False, order)
+    C.emu_launch(
+        blob, n, nc, step.dtype, run_square_sums, run_update, block_dim, ub, False, order,
+        auto_sync=auto_sync,
+    )  # fmt: skip
     return C.ascend_read_back(blob, n, nc)
 
 
@@ -159,6 +165,83 @@ def test_kernels_relying_on_a_naive_reduce_sum_fail(case, message):
         native()._testing.emu_selftest(case)
 
 
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("nosync_raw", "Muls: with auto-sync off, the vector instruction reads UB that an "
+         "earlier Duplicate wrote .* no PipeBarrier<PIPE_V> between them \\(RAW"),
+        ("nosync_war", "Duplicate: with auto-sync off, the vector instruction overwrites UB "
+         "that an earlier Muls reads .*\\(WAR"),
+        ("nosync_waw", "Duplicate: with auto-sync off, the vector instruction writes UB that an "
+         "earlier Duplicate wrote .*\\(WAW"),
+        # a VECOUT buffer's EnQue/DeQue orders V before MTE3, not before the next vector read
+        ("nosync_queue_is_not_a_barrier", "Muls: with auto-sync off, the vector instruction "
+         "reads UB that an earlier Duplicate wrote"),
+    ],
+)  # fmt: skip
+def test_with_auto_sync_off_dependent_vector_instructions_need_a_barrier(case, message):
+    """As built without --cce-auto-sync (A2 overlaps consecutive vector instructions; the
+    compiler's auto-sync is what inserts PipeBarrier<PIPE_V> between dependent ones): each wrong
+    mini-kernel misses one barrier and is refused, naming the instruction. The "nosync_ok" case
+    orders the same dependencies by a barrier, a V -> S wait, ReduceSum's own sync and a chain of
+    pipe events, and leaves independent instructions (disjoint UB, two reads) unordered: it
+    runs. With auto-sync on (the default) the wrong ones run, as they would with the compiler's
+    barriers."""
+    T = native()._testing
+    T.emu_selftest("nosync_ok")
+    with pytest.raises(RuntimeError, match=message):
+        T.emu_selftest(case)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+def test_the_optimizer_steps_alike_with_auto_sync_off(monkeypatch, fused):
+    """LARS_NPU_EMU_AUTO_SYNC=off through the emu backend: three optimizer steps of a small model
+    run, with the bits of the default (the emulated numbers do not depend on it); an unknown
+    value is a clear error."""
+    from torch import nn
+
+    from lars_npu import LARS
+
+    def train(auto_sync):
+        monkeypatch.setenv("LARS_NPU_EMU_AUTO_SYNC", auto_sync)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 40), nn.Tanh(), nn.Linear(40, 3))
+        opt = LARS(
+            torch.optim.SGD(model.named_parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4),
+            backend="emu",
+            fused=fused,
+        )
+        for t in range(3):
+            gen = torch.Generator().manual_seed(t)
+            opt.zero_grad()
+            model(torch.randn(16, 6, generator=gen)).square().mean().backward()
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    for a, b in zip(train("on"), train("off"), strict=True):
+        assert torch.equal(a, b)
+    monkeypatch.setenv("LARS_NPU_EMU_AUTO_SYNC", "maybe")
+    with pytest.raises(ValueError, match="LARS_NPU_EMU_AUTO_SYNC='maybe': expected on or off"):
+        lars_npu.square_sum_all(torch.ones(10), torch.ones(10), backend="emu")
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("reduce_sum_work_is_src", "the work tensor overlaps the source"),
+        ("reduce_sum_work_too_small", "the work tensor holds 8 elements, the docs ask for 16 "
+         "for count 1024"),
+    ],
+)  # fmt: skip
+def test_reduce_sum_needs_a_real_work_tensor(case, message):
+    """A2 never touches ReduceSum's work tensor, the SoCs that write partials there do: lars_npu's
+    rule is a work tensor of the documented size (one float per 64-lane repeat, whole blocks),
+    apart from the source. The kernels at 159679a passed the source."""
+    native()._testing.emu_selftest("ok")
+    with pytest.raises(RuntimeError, match=message):
+        native()._testing.emu_selftest(case)
+
+
 FREE_TENSOR_KERNEL = """
 #include "kernel_operator.h"
 void kernel() {
@@ -254,35 +337,58 @@ def test_a_kernel_that_depends_on_another_cores_progress_gives_different_results
     assert len(results) > 1
 
 
+def every_path_step(dtype, mode, block_dim, *, order=0, auto_sync=True, nesterov=False):
+    """One step over SIZES (one element, less than a block, whole blocks and tiles, tails, more
+    chunks than cores) that takes every path of the kernels: adapted or not, momentum buffer or
+    none, first step or not; the bytes of everything it wrote and read back."""
+    gen = torch.Generator().manual_seed(5)
+    k = len(SIZES)
+    ws = [torch.randn(n, generator=gen).to(dtype) for n in SIZES]
+    gs = [(torch.randn(n, generator=gen) * 0.01).to(dtype) for n in SIZES]
+    ms = [(torch.randn(n, generator=gen) * 0.01).to(dtype) if i % 3 else None
+          for i, n in enumerate(SIZES)]  # fmt: skip
+    step = step_args(
+        w=ptrs(ws), g=ptrs(gs), m=ptrs(ms), numel=np.array(SIZES, dtype=np.int64),
+        adapt=np.array([i % 4 != 3 for i in range(k)], dtype=np.uint8),
+        has_m=np.array([m is not None for m in ms]), first=np.array([i % 2 for i in range(k)]),
+        nesterov=np.full(k, nesterov, dtype=np.uint8), wd=np.full(k, 1e-3), lr=np.full(k, 0.1),
+        mu=np.full(k, 0.9), dtype=0 if dtype == torch.float32 else 1, mode=mode,
+        tile_sq=4096, tile_up=2048, chunk_elems=CHUNK,
+    )  # fmt: skip
+    found, lam, w_s, g_s = launch(step, block_dim, UB_910B, order=order, auto_sync=auto_sync)
+    assert not found
+    tensors = ws + gs + [m for m in ms if m is not None]
+    return (
+        b"".join(t.numpy().tobytes() for t in tensors)
+        + lam.tobytes()
+        + w_s.tobytes()
+        + g_s.tobytes()
+    )
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("mode", [0, 1], ids=["rewrite", "fused"])
 @pytest.mark.parametrize("block_dim", [3, 40])
 def test_kernels_give_the_same_bytes_in_every_core_order(dtype, mode, block_dim):
-    gen = torch.Generator().manual_seed(5)
-    k = len(SIZES)
-    w0 = [torch.randn(n, generator=gen).to(dtype) for n in SIZES]
-    g0 = [(torch.randn(n, generator=gen) * 0.01).to(dtype) for n in SIZES]
-    m0 = [(torch.randn(n, generator=gen) * 0.01).to(dtype) for n in SIZES]
-    outs = []
-    for order in ORDERS:
-        ws, gs, ms = [t.clone() for t in w0], [t.clone() for t in g0], [t.clone() for t in m0]
-        step = step_args(
-            w=ptrs(ws), g=ptrs(gs), m=ptrs(ms), numel=np.array(SIZES, dtype=np.int64),
-            adapt=np.array([i % 4 != 3 for i in range(k)], dtype=np.uint8),
-            has_m=np.ones(k, dtype=np.uint8), first=np.array([i % 2 for i in range(k)]),
-            nesterov=np.zeros(k, dtype=np.uint8), wd=np.full(k, 1e-3), lr=np.full(k, 0.1),
-            mu=np.full(k, 0.9), dtype=0 if dtype == torch.float32 else 1, mode=mode,
-            tile_sq=4096, tile_up=2048, chunk_elems=CHUNK,
-        )  # fmt: skip
-        found, lam, w_s, g_s = launch(step, block_dim, UB_910B, order=order)
-        assert not found
-        outs.append(
-            b"".join(t.numpy().tobytes() for t in ws + gs + ms)
-            + lam.tobytes()
-            + w_s.tobytes()
-            + g_s.tobytes()
-        )
+    outs = [every_path_step(dtype, mode, block_dim, order=order) for order in ORDERS]
     assert all(o == outs[0] for o in outs[1:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("mode", [0, 1], ids=["rewrite", "fused"])
+@pytest.mark.parametrize("nesterov", [False, True], ids=["plain", "nesterov"])
+def test_kernels_need_no_auto_sync(dtype, mode, nesterov):
+    """Built without --cce-auto-sync, nothing orders two dependent vector instructions but the
+    kernels' own PipeBarrier<PIPE_V>: with auto-sync off the emulation refuses any vector
+    instruction that depends on an earlier one without one (RAW, WAR, WAW on UB). Every path of
+    the three kernels runs so, on 3 and 40 cores, in every core order, with the bytes of the
+    auto-sync run (the emulated numbers do not depend on it)."""
+    for block_dim in (3, 40):
+        expected = every_path_step(dtype, mode, block_dim, nesterov=nesterov)
+        for order in ORDERS:
+            got = every_path_step(dtype, mode, block_dim, order=order, auto_sync=False,
+                                  nesterov=nesterov)  # fmt: skip
+            assert got == expected
 
 
 def test_block_count_is_at_most_the_workspaces_flag_slots():
@@ -294,7 +400,8 @@ def test_block_count_is_at_most_the_workspaces_flag_slots():
 
 def test_lambda_of_a_tensor_with_hundreds_of_chunks():
     """The λ kernel adds a tensor's chunk blocks 256 at a time: a tensor of 600 chunks (three UB
-    tiles of blocks) gets the reference λ, with the same bits on 1, 7 and 48 cores."""
+    tiles of blocks) gets the reference λ, with the same bits on 1, 7 and 48 cores (and with
+    auto-sync off: its barriers order the adds and the folds)."""
     gen = torch.Generator().manual_seed(9)
     w = torch.randn(600 * 16, generator=gen)
     g = torch.randn(600 * 16, generator=gen) * 0.01
@@ -307,7 +414,7 @@ def test_lambda_of_a_tensor_with_hundreds_of_chunks():
             wd=np.full(1, 1e-3), lr=np.full(1, 0.1), mu=np.zeros(1), mode=0, tile_up=16,
             chunk_elems=16,
         )  # fmt: skip
-        found, lam, _, _ = launch(step, block_dim, UB_910B)
+        found, lam, _, _ = launch(step, block_dim, UB_910B, auto_sync=False)
         assert not found
         lams.append(lam[0])
     wn, gn = w.double().numpy(), g.double().numpy()
@@ -513,13 +620,15 @@ def test_ragged_tails_write_exactly_their_elements(dtype, n):
 
 UB_BUDGET = 184 * 1024  # Atlas A2: 192 KiB less the top 8 KiB of API scratch
 # The largest tiles, worked out by hand from the kernels' Init (32-byte blocks):
-#   square sums: 2 input tiles in the storage type + 2 fp32 tiles + 160 B
-#   update: 3 x 2 input + 2 output tiles in the storage type + 3 fp32 tiles + 8 KiB + 32 B
+#   square sums: 2 input tiles in the storage type + the fp32 accumulator (+ an fp32 work tile for
+#     fp16) + 96 B
+#   update: 3 x 2 input + 2 output tiles in the storage type (+ 3 fp32 work tiles for fp16)
+#     + 8 KiB of flags + 32 B + ReduceSum's 128-byte work tensor
 MAX_TILES = {
-    ("square_sums", 0): 11760,  # 16 B/element: (188416 - 160) / 16 = 11766.0 -> 11760
-    ("square_sums", 1): 15680,  # 12 B/element: 15688.0 -> 15680
-    ("update", 0): 4080,  # 44 B/element: (188416 - 8224) / 44 = 4095.3 -> 4080
-    ("update", 1): 6432,  # 28 B/element: 6435.4 -> 6432
+    ("square_sums", 0): 15680,  # 12 B/element: (188416 - 96) / 12 = 15693.3 -> 15680
+    ("square_sums", 1): 15680,  # 12 B/element (2 x 2 + 4 + 4)
+    ("update", 0): 5616,  # 32 B/element: (188416 - 8352) / 32 = 5627.0 -> 5616
+    ("update", 1): 6416,  # 28 B/element: 6430.9 -> 6416
 }
 
 
@@ -549,9 +658,10 @@ def edge_step(ws, gs, ms, *, code, mode, tile_sq, tile_up):
 @pytest.mark.parametrize("mode", [0, 1], ids=["rewrite", "fused"])
 def test_the_largest_legal_tiles_run_and_the_next_ones_are_refused(dtype, mode):
     """At the largest tiles of the formula, both kernels run on the emulation (which refuses UB
-    beyond 184 KiB on its own) and match the reference, and the emulation's count of the UB each
-    core's TPipe took is the formula's, byte for byte; one multiple of 16 more is refused by the
-    host plan before anything runs, naming the field and the maximum."""
+    beyond 184 KiB on its own; auto-sync off: the kernels' own barriers) and match the
+    reference, and the emulation's count of the UB each core's TPipe took is the formula's, byte
+    for byte; one multiple of 16 more is refused by the host plan before anything runs, naming
+    the field and the maximum."""
     C = native()
     T = C._testing
     code = 0 if dtype == torch.float32 else 1
@@ -576,8 +686,9 @@ def test_the_largest_legal_tiles_run_and_the_next_ones_are_refused(dtype, mode):
     step = edge_step(ws, gs, ms, code=code, mode=mode, tile_sq=top_sq, tile_up=top_up)
     blob, layout = C.ascend_plan(step)
     counts = C.emu_launch(
-        blob, layout["n"], layout["num_chunks"], code, True, True, 3, UB_910B, False, 0, True
-    )
+        blob, layout["n"], layout["num_chunks"], code, True, True, 3, UB_910B, False, 0, True,
+        auto_sync=False,
+    )  # fmt: skip
     ub = counts[:, :, C.emu_counter_fields.index("ub_bytes")]
     assert (ub[0] == T.ascend_ub_bytes("square_sums", top_sq, code)).all()
     assert (ub[1] == T.ascend_ub_bytes("lambda", 0, code)).all()

@@ -3,31 +3,38 @@
 // (csrc/emu/kernel_operator.h); no #ifdef forks of the math. Needs DataCopyPad: Atlas A2 / A3.
 //
 // Work: a flat list of chunks over all tensors (lars_tiling.h). Every AI core takes the chunks
-// blockIdx, blockIdx + blockNum, ...; per chunk it streams w and g through UB in tiles
-// (CopyIn → Compute stages joined by a TQue, BUFFER_NUM = 2 for double buffering), accumulates
-// x*x in fp32 lanes and reduces them with ReduceSum straight into a 64-byte UB block
-// [sum(w^2), 0 x7 | sum(g^2), 0 x7], whose halves two DataCopy write to the chunk's Σw² and Σg²
-// blocks of the workspace's results region (lars_tiling.h). Each core also keeps, in vector
-// lanes, 0·Σg² summed over its chunks (0 while every Σg² is finite, NaN once one is inf/nan) and
-// writes it as its non-finite flag at the end, so the update kernel decides found_inf from
-// O(cores) flags. (λ per tensor: csrc/ascendc/lars_lambda.h, the next launch.) The only scalar access to UB is ReduceSum's own store of its result, which the
-// call orders itself; every other cross-pipe hand-off is a queue's. A tensor's last tile may be
-// ragged: it is moved with DataCopyPad and computed on exactly its elements (the pad lanes are
-// never read). The λ kernel (and the host) add a tensor's chunk partials the same way whatever
-// the block count, so the result does not depend on it.
+// blockIdx, blockIdx + blockNum, ...; per chunk it streams w and then g through UB in tiles (CopyIn
+// → Compute stages joined by a TQue, BUFFER_NUM = 2 for double buffering) and accumulates x*x in
+// fp32 lanes (fp32 squares the input tile in place, with no copy; fp16 widens it by Cast into a
+// work tile first). At the end of each tensor's part of the chunk the lanes are summed on the
+// vector unit alone (lars_vector.h FoldSum: pairwise Adds, then one WholeReduceSum) into a 64-byte
+// UB block [sum(w^2), 0 x7 | sum(g^2), 0 x7], whose halves two DataCopy write to the chunk's Σw²
+// and Σg² blocks of the workspace's results region (lars_tiling.h). Each core also keeps, in vector
+// lanes of its flag block, 0·Σg² summed over its chunks (0 while every Σg² is finite, NaN once one
+// is inf/nan) and writes it as its non-finite flag at the end, so the update kernel decides
+// found_inf from O(cores) flags. (λ per tensor: csrc/ascendc/lars_lambda.h, the next launch.)
 //
-// ReduceSum on A2 (dav_c220) is one vcadd whose accumulator the scalar unit stores to dst after
-// its own V->S sync, then it syncs S->V and S->MTE3 itself; it never touches its work tensor, so
-// none is budgeted (the accumulator tile is passed in that place).
-// UB per core: SquareSumsUbBytes in lars_tiling.h (Init takes its buffers from there) =
-// 2 x tile in the storage type (input queue) + 2 fp32 tiles (work, accumulator) + 160 B of
-// blocks: with tile_elems = 4096, 64.2 KiB (fp32) or 48.2 KiB (fp16), of the 184 KiB that Atlas
-// A2 (910B) leaves to a kernel (192 KiB, the top 8 KiB reserved as API scratch). The host plan
-// refuses a tile above MaxTileSquareSums: 11,760 elements (fp32), 15,680 (fp16). 910A / 310P have
-// 256 KiB, but no DataCopyPad (the ragged tail would need another path there).
+// No scalar step touches UB and the scalar unit never waits for the vector unit (no ReduceSum,
+// no V -> S sync): while the vector unit works on a chunk's tiles, the scalar unit reads the next
+// chunk's descriptor and issues its copies, so the DMA pipe never runs dry between chunks.
+// Cross-pipe hand-offs are the queues'; dependent vector instructions are separated by
+// PipeBarrier<PIPE_V> (the kernels do not rely on --cce-auto-sync: docs/emulation.md). A tensor's
+// last tile may be ragged: it is moved with DataCopyPad and computed on exactly its elements (the
+// pad lanes are never read). The sum of a chunk depends on its length and the tile size only, and
+// the λ kernel (and the host) add a tensor's chunk partials the same way whatever the block
+// count, so the result does not depend on it.
+//
+// UB per core: SquareSumsUbBytes in lars_tiling.h (Init takes its buffers from there) = 2 x tile in
+// the storage type (input queue) + the fp32 accumulator tile (+ an fp32 work tile for fp16) + 128 B
+// of blocks: with tile_elems = 4096, 48.1 KiB in both (fp32: 2 x 16 + 16 KiB; fp16: 2 x 8 + 16 +
+// 16 KiB), of the 184 KiB that Atlas A2 (910B) leaves to a kernel (192 KiB, the top 8 KiB reserved
+// as API scratch). The host plan refuses a tile above MaxTileSquareSums: 15,680 elements (fp32 and
+// fp16). 910A / 310P have 256 KiB, but no DataCopyPad (the ragged tail would need another path
+// there).
 #pragma once
 
 #include "lars_tiling.h"
+#include "lars_vector.h"
 
 namespace lars_ascendc {
 
@@ -57,14 +64,14 @@ class KernelSquareSums {
     pipe_.InitBuffer(inQueue_, BUFFER_NUM, static_cast<uint32_t>(ub.in));
     pipe_.InitBuffer(outQueue_, 1, static_cast<uint32_t>(ub.out));
     pipe_.InitBuffer(flagOut_, 1, static_cast<uint32_t>(ub.flag_out));
-    pipe_.InitBuffer(flagBuf_, static_cast<uint32_t>(ub.flag));
-    pipe_.InitBuffer(workBuf_, static_cast<uint32_t>(ub.work));
+    if (ub.work > 0) pipe_.InitBuffer(workBuf_, static_cast<uint32_t>(ub.work));
     pipe_.InitBuffer(accBuf_, static_cast<uint32_t>(ub.acc));
   }
 
   __aicore__ inline void Process() {
-    AscendC::LocalTensor<float> flag = flagBuf_.Get<float>();  // [0·Σg² so far | scratch]
-    AscendC::Duplicate(flag, 0.0f, 2 * kBlock);
+    // [the core's flag: 0·Σg² so far, copied out at the end | scratch]
+    AscendC::LocalTensor<float> flag = flagOut_.template AllocTensor<float>();
+    AscendC::Duplicate(flag, 0.0f, kBlock);
     const int64_t step = AscendC::GetBlockNum();
     for (int64_t c = AscendC::GetBlockIdx(); c < static_cast<int64_t>(tiling_.num_chunks);
          c += step) {
@@ -81,42 +88,47 @@ class KernelSquareSums {
       SumSquares(curW_, offset, length, out);
       SumSquares(curG_, offset, length, out[kBlock]);
       // 0·Σg²: 0 for a finite sum, NaN for inf/nan; added up, the core's flag
+      AscendC::PipeBarrier<PIPE_V>();
       AscendC::Muls(flag[kBlock], out[kBlock], 0.0f, kBlock);
+      AscendC::PipeBarrier<PIPE_V>();
       AscendC::Add(flag, flag, flag[kBlock], kBlock);
       outQueue_.EnQue(out);
       CopyOut(c);
     }
     // every core writes its flag (one with no chunk: 0), so no stale flag survives
     const int64_t core = AscendC::GetBlockIdx();
+    flagOut_.EnQue(flag);
+    flag = flagOut_.template DeQue<float>();
     if (core < static_cast<int64_t>(kMaxCoreFlags)) {
-      AscendC::LocalTensor<float> f = flagOut_.template AllocTensor<float>();
-      AscendC::Muls(f, flag, 1.0f, kBlock);
-      flagOut_.EnQue(f);
-      f = flagOut_.template DeQue<float>();
       const uint64_t at = (uint64_t{2} * tiling_.num_chunks + uint64_t(core)) * kBlock;
-      AscendC::DataCopy(partials_[at], f, kBlock);
-      flagOut_.FreeTensor(f);
+      AscendC::DataCopy(partials_[at], flag, kBlock);
     }
+    flagOut_.FreeTensor(flag);
   }
 
  private:
   // dst[0] = sum(x^2) over x[offset, offset + length) of the tensor at GM address `addr`
-  // (0: absent, dst stays 0).
+  // (0: absent, dst stays 0), on the vector unit: fp32 lanes of the accumulator, then FoldSum.
   __aicore__ inline void SumSquares(uint64_t addr, uint64_t offset, uint64_t length,
                                     const AscendC::LocalTensor<float>& dst) {
     if (addr == 0 || length == 0) return;
     AscendC::GlobalTensor<T> x;
     x.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(addr) + offset, length);
+    // the lanes the tiles reach, in whole blocks (a multiple of kBlock: the tile is one of 16)
+    const uint32_t lanes = static_cast<uint32_t>(
+        length < tiling_.tile_elems ? (length + kBlock - 1) / kBlock * kBlock
+                                    : tiling_.tile_elems);
     AscendC::LocalTensor<float> acc = accBuf_.Get<float>();
-    AscendC::Duplicate(acc, 0.0f, tiling_.tile_elems);
+    AscendC::PipeBarrier<PIPE_V>();  // the last fold's reads of acc come first
+    AscendC::Duplicate(acc, 0.0f, lanes);
     for (uint64_t done = 0; done < length; done += tiling_.tile_elems) {
       const uint32_t n = static_cast<uint32_t>(
           length - done < tiling_.tile_elems ? length - done : tiling_.tile_elems);
       CopyIn(x, done, n);
       Compute(acc, n);
     }
-    // the work-tensor argument is ignored on A2 (see the header comment): acc stands in for it
-    AscendC::ReduceSum(dst, acc, acc, static_cast<int32_t>(tiling_.tile_elems));
+    AscendC::PipeBarrier<PIPE_V>();
+    FoldSum(dst, acc, lanes);
   }
 
   // n elements from x[start]: whole 32-byte blocks with DataCopy, a ragged tail with DataCopyPad.
@@ -135,10 +147,19 @@ class KernelSquareSums {
   // acc[0:n] += x*x, in fp32 whatever the storage type (lanes n.. of the tile are not touched).
   __aicore__ inline void Compute(const AscendC::LocalTensor<float>& acc, uint32_t n) {
     AscendC::LocalTensor<T> in = inQueue_.template DeQue<T>();
-    AscendC::LocalTensor<float> work = workBuf_.Get<float>();
-    Widen(work, in, n);
-    AscendC::Mul(work, work, work, n);
-    AscendC::Add(acc, acc, work, n);
+    if constexpr (sizeof(T) == sizeof(float)) {
+      AscendC::Mul(in, in, in, n);  // in place: the tile is this stage's until FreeTensor
+      AscendC::PipeBarrier<PIPE_V>();  // (and the previous tile's Add, or the Duplicate, first)
+      AscendC::Add(acc, acc, in, n);
+    } else {
+      AscendC::LocalTensor<float> work = workBuf_.Get<float>();
+      AscendC::PipeBarrier<PIPE_V>();  // the previous tile's Add read work
+      AscendC::Cast(work, in, AscendC::RoundMode::CAST_NONE, n);
+      AscendC::PipeBarrier<PIPE_V>();
+      AscendC::Mul(work, work, work, n);
+      AscendC::PipeBarrier<PIPE_V>();
+      AscendC::Add(acc, acc, work, n);
+    }
     inQueue_.FreeTensor(in);
   }
 
@@ -150,21 +171,11 @@ class KernelSquareSums {
     outQueue_.FreeTensor(out);
   }
 
-  __aicore__ inline void Widen(const AscendC::LocalTensor<float>& dst,
-                               const AscendC::LocalTensor<float>& src, uint32_t n) {
-    AscendC::Muls(dst, src, 1.0f, n);  // a copy through the vector unit
-  }
-  __aicore__ inline void Widen(const AscendC::LocalTensor<float>& dst,
-                               const AscendC::LocalTensor<half>& src, uint32_t n) {
-    AscendC::Cast(dst, src, AscendC::RoundMode::CAST_NONE, n);
-  }
-
   SquareSumTiling tiling_{};
   AscendC::TPipe pipe_;
   AscendC::TQue<AscendC::TPosition::VECIN, BUFFER_NUM> inQueue_;
   AscendC::TQue<AscendC::TPosition::VECOUT, 1> outQueue_;
   AscendC::TQue<AscendC::TPosition::VECOUT, 1> flagOut_;
-  AscendC::TBuf<AscendC::TPosition::VECCALC> flagBuf_;
   AscendC::TBuf<AscendC::TPosition::VECCALC> workBuf_;
   AscendC::TBuf<AscendC::TPosition::VECCALC> accBuf_;
   AscendC::GlobalTensor<uint64_t> wAddr_;

@@ -34,8 +34,8 @@ constexpr uint32_t kMaxCoreFlags = 256;  // blockDim of a launch is at most this
 constexpr uint32_t kPartialTile = 2048;  // floats of partial blocks per UB tile (256 chunks)
 
 // The host's default tiling (the one source of these numbers: Python reads them from
-// lars_npu._C.build_info()). UB per core (the formulas below): 64.2 KiB (square sums, fp32) and
-// 96.0 KiB (update, fp32) of the 184 KiB an Atlas A2 kernel may use. Chunks of the flat work list
+// lars_npu._C.build_info()). UB per core (the formulas below): 48.1 KiB (square sums, fp32) and
+// 72.2 KiB (update, fp32) of the 184 KiB an Atlas A2 kernel may use. Chunks of the flat work list
 // have kChunkElements elements, the CPU kernels' chunk too (bindings.cpp asserts it).
 constexpr uint32_t kTileSquareSums = 4096;
 constexpr uint32_t kTileUpdate = 2048;
@@ -60,6 +60,16 @@ constexpr uint64_t kUbBudgetBytes = 184 * 1024;
 // TPipe::InitBuffer rounds every buffer up to whole 32-byte blocks.
 LARS_TILING_FN uint64_t UbBlocks(uint64_t bytes) { return (bytes + 31) / 32 * 32; }
 
+// ReduceSum's work tensor (sharedTmpBuffer) for `count` fp32 elements, in floats, as the AscendC
+// docs size it (ReduceSum, 关键特性说明: the two-level sum writes one partial per 64-lane repeat
+// there, rounded up to whole 32-byte blocks; the docs' count / 64 taken rounded up). Atlas A2's
+// count form never touches it (one vcadd, csrc/emu/kernel_operator.h), other SoCs do: the kernels
+// give every ReduceSum one of this size (the emulation refuses less, or one overlapping src).
+LARS_TILING_FN uint64_t ReduceSumWorkFloats(uint64_t count) {
+  const uint64_t repeats = count <= 64 ? 1 : (count + 63) / 64;
+  return (repeats + kBlock - 1) / kBlock * kBlock;
+}
+
 // The square-sums kernel's buffers (KernelSquareSums::Init), for `tile` elements of
 // `elem_bytes` each (4 fp32, 2 fp16). Bytes in 64 bits, so that no tile a caller writes into the
 // tiling overflows them; the kernels take them for InitBuffer's uint32 length once the host plan
@@ -67,54 +77,59 @@ LARS_TILING_FN uint64_t UbBlocks(uint64_t bytes) { return (bytes + 31) / 32 * 32
 struct SquareSumsUb {
   uint64_t in;        // input queue, BUFFER_NUM buffers: a tile of w or g in its storage type
   uint64_t out;       // output queue, 1 buffer: the chunk's Σw² and Σg² blocks
-  uint64_t flag_out;  // output queue, 1 buffer: the core's flag block
-  uint64_t flag;      // 0·Σg² so far, and scratch: two blocks
-  uint64_t work;      // the tile widened to fp32
-  uint64_t acc;       // fp32 lanes of Σx²
+  uint64_t flag_out;  // output queue, 1 buffer: the core's flag block, held for the whole run,
+                      // and a block of scratch
+  uint64_t work;      // fp16 only: the tile widened to fp32 (fp32 squares the input tile itself)
+  uint64_t acc;       // fp32 lanes of Σx² of the chunk
 };
 LARS_TILING_FN SquareSumsUb SquareSumsBuffers(uint32_t tile, uint32_t elem_bytes) {
   const uint64_t t = tile;
-  return SquareSumsUb{t * elem_bytes, 2 * kBlock * 4, kBlock * 4, 2 * kBlock * 4, t * 4, t * 4};
+  return SquareSumsUb{t * elem_bytes, 2 * kBlock * 4, 2 * kBlock * 4,
+                      elem_bytes == 4 ? 0 : t * 4, t * 4};
 }
 LARS_TILING_FN uint64_t SquareSumsUbBytes(uint32_t tile, uint32_t elem_bytes) {
   const SquareSumsUb b = SquareSumsBuffers(tile, elem_bytes);
-  return BUFFER_NUM * UbBlocks(b.in) + UbBlocks(b.out) + UbBlocks(b.flag_out) + UbBlocks(b.flag) +
-         UbBlocks(b.work) + UbBlocks(b.acc);
+  return BUFFER_NUM * UbBlocks(b.in) + UbBlocks(b.out) + UbBlocks(b.flag_out) + UbBlocks(b.work) +
+         UbBlocks(b.acc);
 }
 
 // The update kernel's buffers (KernelUpdate::Init); the same in both modes (rewrite, fused).
 struct UpdateUb {
   uint64_t in;     // input queues of w, g, m, BUFFER_NUM buffers each: a tile in its storage type
   uint64_t out;    // output queues A (g' or w) and B (m), 1 buffer each
-  uint64_t work;   // fp32 tiles of w, g, m
+  uint64_t work;   // fp16 only: fp32 tiles of w, g, m (fp32 computes on the queues' tiles)
   uint64_t flags;  // input queue, 1 buffer: every core's non-finite flag block
   uint64_t sums;   // ReduceSum's result block
+  uint64_t reduce_work;  // ReduceSum's work tensor for every core's flag block
 };
 LARS_TILING_FN UpdateUb UpdateBuffers(uint32_t tile, uint32_t elem_bytes) {
   const uint64_t t = tile;
-  return UpdateUb{t * elem_bytes, t * elem_bytes, t * 4, kMaxCoreFlags * kBlock * 4, kBlock * 4};
+  return UpdateUb{t * elem_bytes,
+                  t * elem_bytes,
+                  elem_bytes == 4 ? 0 : t * 4,
+                  kMaxCoreFlags * kBlock * 4,
+                  kBlock * 4,
+                  ReduceSumWorkFloats(kMaxCoreFlags * kBlock) * 4};
 }
 LARS_TILING_FN uint64_t UpdateUbBytes(uint32_t tile, uint32_t elem_bytes) {
   const UpdateUb b = UpdateBuffers(tile, elem_bytes);
   return 3 * BUFFER_NUM * UbBlocks(b.in) + 2 * UbBlocks(b.out) + 3 * UbBlocks(b.work) +
-         UbBlocks(b.flags) + UbBlocks(b.sums);
+         UbBlocks(b.flags) + UbBlocks(b.sums) + UbBlocks(b.reduce_work);
 }
 
 // The λ kernel's (KernelLambda::Init): no tile, a fixed size.
 struct LambdaUb {
   uint64_t partials;  // input queue, 1 buffer: a tile of partial blocks
   uint64_t acc;       // two fp32 accumulators (Σw², Σg²)
-  uint64_t sums;      // ReduceSum's two result blocks
-  uint64_t norm;      // one block for the vector Sqrt
+  uint64_t norm;      // one block: the two sums, then their square roots
   uint64_t out;       // output queue, 1 buffer: the λ block
 };
 LARS_TILING_FN LambdaUb LambdaBuffers() {
-  return LambdaUb{kPartialTile * 4, kPartialTile * 4, 2 * kBlock * 4, kBlock * 4, kBlock * 4};
+  return LambdaUb{kPartialTile * 4, kPartialTile * 4, kBlock * 4, kBlock * 4};
 }
 LARS_TILING_FN uint64_t LambdaUbBytes() {
   const LambdaUb b = LambdaBuffers();
-  return UbBlocks(b.partials) + 2 * UbBlocks(b.acc) + UbBlocks(b.sums) + UbBlocks(b.norm) +
-         UbBlocks(b.out);
+  return UbBlocks(b.partials) + 2 * UbBlocks(b.acc) + UbBlocks(b.norm) + UbBlocks(b.out);
 }
 
 // The largest tile (a multiple of 16 elements: 32 bytes of fp16) whose UB fits kUbBudgetBytes.

@@ -3,26 +3,30 @@
 // DataCacheCleanAndInvalid: Atlas A2 / A3.
 //
 // Reads what the earlier launches of the step wrote: first the cores' non-finite flags (from
-// KernelSquareSums; O(cores) bytes by one DataCopy, added by ReduceSum, no scalar read of global
-// memory): if one is NaN, the core returns without writing (the step is skipped on the device,
-// with no host synchronisation; the host reads the same flags when it asks). Then, for its chunks
-// (blockIdx, blockIdx + blockNum, ...), it takes λ of the chunk's tensor from the table
-// KernelLambda wrote (one scalar read per tensor it touches, after the data cache maintenance of
-// Init) and streams the chunk through UB:
+// KernelSquareSums; O(cores) bytes by one DataCopy, added by ReduceSum — given a work tensor of the
+// size the AscendC docs ask for, though A2 ignores it —, no scalar read of global memory; the
+// launch's one V -> S round trip): if one is NaN, the core returns without writing (the step is
+// skipped on the device, with no host synchronisation; the host reads the same flags when it asks).
+// Then, for its chunks (blockIdx, blockIdx + blockNum, ...), it takes λ of the chunk's tensor from
+// the table KernelLambda wrote (one scalar read per tensor it touches, after the data cache
+// maintenance of Init) and streams the chunk through UB:
 //   mode 0 (LARSUpdate):  g  <- λ(g + wd·w)
 //   mode 1 (fused step):  g' = λ(g + wd·w) (g' = g where not adapted); m <- g' (first step) or
 //                         μ·m + g'; d = g' + μ·m (nesterov) or m (μ = 0: no buffer, d = g');
 //                         w <- w - lr·d
 // A tensor's last tile may be ragged: DataCopyPad moves exactly its elements in and out and the
 // vector instructions run on exactly those (no scalar access to tensor data, whose cache lines
-// could be shared with data DMA writes).
+// could be shared with data DMA writes). fp32 computes on the input queues' tiles in place and
+// writes the results straight into the output queues' (no widening or narrowing copies); fp16
+// widens by Cast into fp32 work tiles and narrows by Cast. Dependent vector instructions are
+// separated by PipeBarrier<PIPE_V> (the kernels do not rely on --cce-auto-sync: docs/emulation.md).
 // Scalar reads of global memory per core: the tiling, per chunk its descriptor, per tensor it
 // touches its parameters, addresses and λ: O(chunks it updates), never O(all chunks).
-// UB per core: UpdateUbBytes in lars_tiling.h (Init takes its buffers from there), the same in
-// both modes = 3 input queues x 2 tiles + 2 output queues x 1 tile in the storage type + 3 fp32
-// work tiles + the flags queue 8 KiB + 32 B: with tile_elems = 2048, 96.0 KiB (fp32) or 64.0 KiB
-// (fp16), of the 184 KiB usable on 910B (256 KiB on 910A, which has no DataCopyPad). The host
-// plan refuses a tile above MaxTileUpdate: 4,080 elements (fp32), 6,432 (fp16).
+// UB per core: UpdateUbBytes in lars_tiling.h (Init takes its buffers from there), the same in both
+// modes = 3 input queues x 2 tiles + 2 output queues x 1 tile in the storage type (+ 3 fp32 work
+// tiles for fp16) + the flags queue 8 KiB + 160 B: with tile_elems = 2048, 72.2 KiB (fp32) or 64.2
+// KiB (fp16), of the 184 KiB usable on 910B (256 KiB on 910A, which has no DataCopyPad). The host
+// plan refuses a tile above MaxTileUpdate: 5,616 elements (fp32), 6,416 (fp16).
 #pragma once
 
 #include "lars_tiling.h"
@@ -59,11 +63,14 @@ class KernelUpdate {
     pipe_.InitBuffer(inM_, BUFFER_NUM, static_cast<uint32_t>(ub.in));
     pipe_.InitBuffer(outA_, 1, static_cast<uint32_t>(ub.out));
     pipe_.InitBuffer(outB_, 1, static_cast<uint32_t>(ub.out));
-    pipe_.InitBuffer(bufW_, static_cast<uint32_t>(ub.work));
-    pipe_.InitBuffer(bufG_, static_cast<uint32_t>(ub.work));
-    pipe_.InitBuffer(bufM_, static_cast<uint32_t>(ub.work));
+    if (ub.work > 0) {
+      pipe_.InitBuffer(bufW_, static_cast<uint32_t>(ub.work));
+      pipe_.InitBuffer(bufG_, static_cast<uint32_t>(ub.work));
+      pipe_.InitBuffer(bufM_, static_cast<uint32_t>(ub.work));
+    }
     pipe_.InitBuffer(inP_, 1, static_cast<uint32_t>(ub.flags));
     pipe_.InitBuffer(bufSums_, static_cast<uint32_t>(ub.sums));
+    pipe_.InitBuffer(bufReduce_, static_cast<uint32_t>(ub.reduce_work));
   }
 
   __aicore__ inline void Process() {
@@ -90,8 +97,8 @@ class KernelUpdate {
     AscendC::DataCopy(in, partials_[uint64_t{2} * tiling_.num_chunks * kBlock], count);
     inP_.EnQue(in);
     in = inP_.template DeQue<float>();
-    AscendC::LocalTensor<float> sums = bufSums_.Get<float>();
-    AscendC::ReduceSum(sums, in, in, static_cast<int32_t>(count));  // stored by the scalar unit
+    AscendC::LocalTensor<float> sums = bufSums_.Get<float>(), work = bufReduce_.Get<float>();
+    AscendC::ReduceSum(sums, in, work, static_cast<int32_t>(count));  // stored by the scalar unit
     inP_.FreeTensor(in);
     const float total = sums.GetValue(0);  // UB: the scalar unit's own store
     return total - total != 0.0f;
@@ -189,47 +196,123 @@ class KernelUpdate {
                                  bool use_m, bool first, bool nesterov) {
     AscendC::LocalTensor<T> lw = inW_.template DeQue<T>();
     AscendC::LocalTensor<T> lg = inG_.template DeQue<T>();
+    AscendC::LocalTensor<T> lm;
+    if (use_m && !first) lm = inM_.template DeQue<T>();
+    AscendC::LocalTensor<T> outA = outA_.template AllocTensor<T>();
+    AscendC::LocalTensor<T> outB;
+    if (fused) outB = outB_.template AllocTensor<T>();
+    if constexpr (sizeof(T) == sizeof(float)) {
+      ComputeFp32(lw, lg, lm, outA, outB, n, lam, wd, lr, mu, fused, use_m, first, nesterov);
+    } else {
+      ComputeFp16(lw, lg, lm, outA, outB, n, lam, wd, lr, mu, fused, use_m, first, nesterov);
+    }
+    inW_.FreeTensor(lw);
+    inG_.FreeTensor(lg);
+    if (use_m && !first) inM_.FreeTensor(lm);
+    outA_.EnQue(outA);
+    if (fused) outB_.EnQue(outB);
+  }
+
+  // fp32: on the input tiles in place, results straight into the output tiles (outA doubles as
+  // scratch until it receives the result). The same multiplies and adds, each rounded once, as
+  // when everything went through fp32 work tiles.
+  __aicore__ inline void ComputeFp32(const AscendC::LocalTensor<T>& lw,
+                                     const AscendC::LocalTensor<T>& lg,
+                                     const AscendC::LocalTensor<T>& lm,
+                                     const AscendC::LocalTensor<T>& outA,
+                                     const AscendC::LocalTensor<T>& outB, uint32_t n, float lam,
+                                     float wd, float lr, float mu, bool fused, bool use_m,
+                                     bool first, bool nesterov) {
+    AscendC::Muls(outA, lw, wd, n);  // wd·w
+    AscendC::PipeBarrier<PIPE_V>();
+    AscendC::Add(lg, lg, outA, n);  // g + wd·w
+    AscendC::PipeBarrier<PIPE_V>();
+    if (!fused) {
+      AscendC::Muls(outA, lg, lam, n);  // g' = λ(g + wd·w)
+      return;
+    }
+    AscendC::LocalTensor<T> d = lg;  // the direction w moves along
+    if (use_m) {
+      AscendC::Muls(outB, lg, lam, n);  // m = g' (first step)
+      if (!first) {
+        AscendC::Muls(lm, lm, mu, n);  // μ·m
+        AscendC::PipeBarrier<PIPE_V>();
+        AscendC::Add(outB, outB, lm, n);  // m = μ·m + g'
+      }
+      if (nesterov) {
+        AscendC::PipeBarrier<PIPE_V>();
+        AscendC::Muls(lg, lg, lam, n);    // g'
+        AscendC::Muls(outA, outB, mu, n);  // μ·m
+        AscendC::PipeBarrier<PIPE_V>();
+        AscendC::Add(lg, lg, outA, n);  // d = g' + μ·m
+      } else {
+        d = outB;  // d = m
+      }
+    } else {
+      AscendC::Muls(lg, lg, lam, n);  // d = g'
+    }
+    AscendC::PipeBarrier<PIPE_V>();
+    AscendC::Muls(outA, d, -lr, n);  // -lr·d
+    AscendC::PipeBarrier<PIPE_V>();
+    AscendC::Add(outA, outA, lw, n);  // w - lr·d
+  }
+
+  // fp16: widened by Cast into the fp32 work tiles, computed there, narrowed by Cast.
+  __aicore__ inline void ComputeFp16(const AscendC::LocalTensor<T>& lw,
+                                     const AscendC::LocalTensor<T>& lg,
+                                     const AscendC::LocalTensor<T>& lm,
+                                     const AscendC::LocalTensor<T>& outA,
+                                     const AscendC::LocalTensor<T>& outB, uint32_t n, float lam,
+                                     float wd, float lr, float mu, bool fused, bool use_m,
+                                     bool first, bool nesterov) {
     AscendC::LocalTensor<float> fw = bufW_.Get<float>();
     AscendC::LocalTensor<float> fg = bufG_.Get<float>();
     AscendC::LocalTensor<float> fm = bufM_.Get<float>();
-    Widen(fw, lw, n);
-    Widen(fg, lg, n);
-    inW_.FreeTensor(lw);
-    inG_.FreeTensor(lg);
-    AscendC::Muls(fm, fw, wd, n);    // wd·w
-    AscendC::Add(fg, fg, fm, n);     // g + wd·w
-    AscendC::Muls(fg, fg, lam, n);   // g' = λ(g + wd·w)
-    AscendC::LocalTensor<T> outA = outA_.template AllocTensor<T>();
+    AscendC::PipeBarrier<PIPE_V>();  // the previous tile's reads and writes of the work tiles
+    AscendC::Cast(fw, lw, AscendC::RoundMode::CAST_NONE, n);
+    AscendC::Cast(fg, lg, AscendC::RoundMode::CAST_NONE, n);
+    AscendC::PipeBarrier<PIPE_V>();
+    AscendC::Muls(fm, fw, wd, n);  // wd·w
+    AscendC::PipeBarrier<PIPE_V>();
+    AscendC::Add(fg, fg, fm, n);  // g + wd·w
+    AscendC::PipeBarrier<PIPE_V>();
+    AscendC::Muls(fg, fg, lam, n);  // g' = λ(g + wd·w)
     if (!fused) {
-      Narrow(outA, fg, n);
-      outA_.EnQue(outA);
+      AscendC::PipeBarrier<PIPE_V>();
+      AscendC::Cast(outA, fg, AscendC::RoundMode::CAST_RINT, n);
       return;
     }
-    AscendC::LocalTensor<T> outB = outB_.template AllocTensor<T>();
+    AscendC::LocalTensor<float> d = fg;  // the direction w moves along
     if (use_m) {
       if (first) {
-        Narrow(outB, fg, n);                 // m = g'
+        AscendC::PipeBarrier<PIPE_V>();
+        AscendC::Cast(outB, fg, AscendC::RoundMode::CAST_RINT, n);  // m = g'
       } else {
-        AscendC::LocalTensor<T> lm = inM_.template DeQue<T>();
-        Widen(fm, lm, n);
-        inM_.FreeTensor(lm);
-        AscendC::Muls(fm, fm, mu, n);        // μ·m
-        AscendC::Add(fm, fm, fg, n);         // μ·m + g'
-        Narrow(outB, fm, n);
+        AscendC::Cast(fm, lm, AscendC::RoundMode::CAST_NONE, n);  // (fm's wd·w was read above)
+        AscendC::PipeBarrier<PIPE_V>();
+        AscendC::Muls(fm, fm, mu, n);  // μ·m
+        AscendC::PipeBarrier<PIPE_V>();
+        AscendC::Add(fm, fm, fg, n);  // μ·m + g'
+        AscendC::PipeBarrier<PIPE_V>();
+        AscendC::Cast(outB, fm, AscendC::RoundMode::CAST_RINT, n);
       }
-      Widen(fm, outB, n);                    // the stored (rounded) buffer, as torch reads it
+      AscendC::PipeBarrier<PIPE_V>();
+      AscendC::Cast(fm, outB, AscendC::RoundMode::CAST_NONE, n);  // the stored (rounded) buffer,
+      AscendC::PipeBarrier<PIPE_V>();                             // as torch reads it
       if (nesterov) {
         AscendC::Muls(fm, fm, mu, n);
-        AscendC::Add(fg, fg, fm, n);         // d = g' + μ·m
+        AscendC::PipeBarrier<PIPE_V>();
+        AscendC::Add(fg, fg, fm, n);  // d = g' + μ·m
       } else {
-        AscendC::Muls(fg, fm, 1.0f, n);      // d = m
+        d = fm;  // d = m
       }
     }
-    AscendC::Muls(fg, fg, -lr, n);           // -lr·d
-    AscendC::Add(fw, fw, fg, n);             // w - lr·d
-    Narrow(outA, fw, n);
-    outA_.EnQue(outA);
-    outB_.EnQue(outB);
+    AscendC::PipeBarrier<PIPE_V>();
+    AscendC::Muls(d, d, -lr, n);  // -lr·d
+    AscendC::PipeBarrier<PIPE_V>();
+    AscendC::Add(fw, fw, d, n);  // w - lr·d
+    AscendC::PipeBarrier<PIPE_V>();
+    AscendC::Cast(outA, fw, AscendC::RoundMode::CAST_RINT, n);
   }
 
   __aicore__ inline void CopyOut(const AscendC::GlobalTensor<T>& w,
@@ -246,30 +329,13 @@ class KernelUpdate {
     }
   }
 
-  __aicore__ inline void Widen(const AscendC::LocalTensor<float>& dst,
-                               const AscendC::LocalTensor<float>& src, uint32_t n) {
-    AscendC::Muls(dst, src, 1.0f, n);
-  }
-  __aicore__ inline void Widen(const AscendC::LocalTensor<float>& dst,
-                               const AscendC::LocalTensor<half>& src, uint32_t n) {
-    AscendC::Cast(dst, src, AscendC::RoundMode::CAST_NONE, n);
-  }
-  __aicore__ inline void Narrow(const AscendC::LocalTensor<float>& dst,
-                                const AscendC::LocalTensor<float>& src, uint32_t n) {
-    AscendC::Muls(dst, src, 1.0f, n);
-  }
-  __aicore__ inline void Narrow(const AscendC::LocalTensor<half>& dst,
-                                const AscendC::LocalTensor<float>& src, uint32_t n) {
-    AscendC::Cast(dst, src, AscendC::RoundMode::CAST_RINT, n);
-  }
-
   UpdateTiling tiling_{};
   AscendC::TPipe pipe_;
   AscendC::TQue<AscendC::TPosition::VECIN, BUFFER_NUM> inW_, inG_, inM_;
   AscendC::TQue<AscendC::TPosition::VECOUT, 1> outA_, outB_;
   AscendC::TBuf<AscendC::TPosition::VECCALC> bufW_, bufG_, bufM_;
   AscendC::TQue<AscendC::TPosition::VECIN, 1> inP_;  // the cores' flag blocks from GM
-  AscendC::TBuf<AscendC::TPosition::VECCALC> bufSums_;
+  AscendC::TBuf<AscendC::TPosition::VECCALC> bufSums_, bufReduce_;
   AscendC::GlobalTensor<uint64_t> wAddr_, gAddr_, mAddr_, chunks_;
   AscendC::GlobalTensor<float> partials_, params_;
   uint64_t curTensor_ = ~uint64_t{0};  // the tensor whose arguments are in cur_

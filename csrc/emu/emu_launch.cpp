@@ -18,13 +18,17 @@ extern "C" void lars_update_fp16(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM
 
 namespace lars_emu {
 
+static_assert(sizeof(AscendC::emu::Counters) == kNumCounterFields * sizeof(uint64_t),
+              "every field of AscendC::emu::Counters is in kCounterFields, in order");
+
 namespace {
 // Sets the emulation's launch options for this thread, and puts the previous ones back.
 class ScopedOptions {
  public:
-  ScopedOptions(int64_t order, std::vector<AscendC::emu::Counters>* counters, bool saturation)
+  ScopedOptions(int64_t order, std::vector<AscendC::emu::Counters>* counters, bool saturation,
+                bool auto_sync)
       : saved_(AscendC::emu::launch_options()) {
-    AscendC::emu::launch_options() = {order, counters, saturation};
+    AscendC::emu::launch_options() = {order, counters, saturation, auto_sync};
   }
   ~ScopedOptions() { AscendC::emu::launch_options() = saved_; }
   ScopedOptions(const ScopedOptions&) = delete;
@@ -37,7 +41,7 @@ class ScopedOptions {
 
 void launch(uint8_t* ws, const Layout& L, int dtype, bool run_sq, bool run_update,
             int64_t block_dim, int64_t ub_bytes, int64_t core_order,
-            std::vector<uint64_t>* counters, bool saturation) {
+            std::vector<uint64_t>* counters, bool saturation, bool auto_sync) {
   if (dtype != 0 && dtype != 1) throw std::invalid_argument("dtype: fp32 (0) or fp16 (1)");
   if (block_dim > int64_t{lars_ascendc::kMaxCoreFlags}) {
     throw std::invalid_argument("block_dim: at most " +
@@ -45,7 +49,8 @@ void launch(uint8_t* ws, const Layout& L, int dtype, bool run_sq, bool run_updat
                                 " (one non-finite flag slot per core in the workspace)");
   }
   std::vector<AscendC::emu::Counters> per_core;
-  ScopedOptions options(core_order, counters != nullptr ? &per_core : nullptr, saturation);
+  ScopedOptions options(core_order, counters != nullptr ? &per_core : nullptr, saturation,
+                        auto_sync);
   auto gm = [ws](uint64_t offset) { return reinterpret_cast<GM_ADDR>(ws + offset); };
   auto* sq = dtype == 0 ? &lars_square_sums_fp32 : &lars_square_sums_fp16;
   auto* up = dtype == 0 ? &lars_update_fp32 : &lars_update_fp16;
@@ -68,9 +73,10 @@ void launch(uint8_t* ws, const Layout& L, int dtype, bool run_sq, bool run_updat
   }
   if (counters != nullptr) {
     for (const auto& c : per_core) {
-      counters->insert(counters->end(), {c.gm_to_ub_bytes, c.ub_to_gm_bytes, c.scalar_gm_reads,
-                                         c.vector_instrs, c.queue_waits, c.flag_waits,
-                                         c.ub_bytes});
+      counters->insert(counters->end(),
+                       {c.gm_to_ub_bytes, c.ub_to_gm_bytes, c.scalar_gm_reads, c.vector_instrs,
+                        c.queue_waits, c.flag_waits, c.ub_bytes, c.dma_ops, c.vector_elems,
+                        c.v_barriers, c.vs_round_trips, c.pipe_fills, c.exposed_gm_reads});
     }
   }
 }
@@ -81,8 +87,12 @@ namespace {
 // allocations, so the address rewriting and the copies in and out are real.
 class EmuMemory {
  public:
-  EmuMemory(int64_t block_dim, int64_t ub_bytes, int64_t order, bool saturation)
-      : block_dim_(block_dim), ub_bytes_(ub_bytes), order_(order), saturation_(saturation) {}
+  EmuMemory(int64_t block_dim, int64_t ub_bytes, int64_t order, bool saturation, bool auto_sync)
+      : block_dim_(block_dim),
+        ub_bytes_(ub_bytes),
+        order_(order),
+        saturation_(saturation),
+        auto_sync_(auto_sync) {}
   uint64_t alloc(uint64_t bytes) {
     buffers_.push_back(std::make_unique<uint8_t[]>(bytes + 32));
     // 32-byte aligned, as device allocations are
@@ -99,20 +109,21 @@ class EmuMemory {
   void run(uint64_t ws, const Layout& L, int dtype, bool run_sq, bool run_update,
            uint32_t /*block_dim*/) {
     launch(reinterpret_cast<uint8_t*>(ws), L, dtype, run_sq, run_update, block_dim_, ub_bytes_,
-           order_, nullptr, saturation_);
+           order_, nullptr, saturation_, auto_sync_);
   }
 
  private:
   int64_t block_dim_, ub_bytes_, order_;
-  bool saturation_;
+  bool saturation_, auto_sync_;
   std::vector<std::unique_ptr<uint8_t[]>> buffers_;
 };
 
 }  // namespace
 
 void launch_staged(uint8_t* ws, const Layout& L, int dtype, bool run_sq, bool run_update,
-                   int64_t block_dim, int64_t ub_bytes, int64_t core_order, bool saturation) {
-  EmuMemory mem(block_dim, ub_bytes, core_order, saturation);
+                   int64_t block_dim, int64_t ub_bytes, int64_t core_order, bool saturation,
+                   bool auto_sync) {
+  EmuMemory mem(block_dim, ub_bytes, core_order, saturation, auto_sync);
   lars_npu_host::run_staged(mem, ws, L, dtype, run_sq, run_update,
                             static_cast<uint32_t>(block_dim));
 }

@@ -22,21 +22,27 @@ using lars_ascendc::host::Layout;
 // (kNumCounterFields per core, in the order of kCounterFields), block_dim rows per launch.
 // saturation: the floating-point mode every launch starts in, as the stream's mode on hardware
 // (true saturation, false INF_NAN; AscendC::emu::LaunchOptions).
+// auto_sync: false refuses a vector instruction that depends on an earlier one with no
+// PipeBarrier<PIPE_V> between them (the kernels as built without --cce-auto-sync;
+// AscendC::emu::LaunchOptions).
 void launch(uint8_t* ws, const Layout& L, int dtype, bool run_sq, bool run_update,
             int64_t block_dim, int64_t ub_bytes, int64_t core_order = 0,
-            std::vector<uint64_t>* counters = nullptr, bool saturation = true);
+            std::vector<uint64_t>* counters = nullptr, bool saturation = true,
+            bool auto_sync = true);
 
-constexpr int kNumCounterFields = 7;
+// AscendC::emu::Counters, field by field.
+constexpr int kNumCounterFields = 13;
 constexpr const char* kCounterFields[kNumCounterFields] = {
-    "gm_to_ub_bytes", "ub_to_gm_bytes", "scalar_gm_reads", "vector_instrs",
-    "queue_waits",    "flag_waits",     "ub_bytes"};
+    "gm_to_ub_bytes", "ub_to_gm_bytes", "scalar_gm_reads", "vector_instrs", "queue_waits",
+    "flag_waits",     "ub_bytes",       "dma_ops",         "vector_elems",  "v_barriers",
+    "vs_round_trips", "pipe_fills",     "exposed_gm_reads"};
 
 // The same launch through the staging runner of csrc/npu/lars_staging.h (every tensor copied
 // into one separate "device" buffer, address tables rewritten, results copied back): the path
 // CANN's RUN_MODE cpu / sim builds take, exercised here on the emulation.
 void launch_staged(uint8_t* ws, const Layout& L, int dtype, bool run_sq, bool run_update,
                    int64_t block_dim, int64_t ub_bytes, int64_t core_order = 0,
-                   bool saturation = true);
+                   bool saturation = true, bool auto_sync = true);
 
 // Runs a deliberately broken mini-kernel (or "ok") on the emulation, its core starting in
 // saturation or INF_NAN mode; see emu_selftest.cpp.

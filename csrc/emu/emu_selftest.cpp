@@ -59,8 +59,10 @@ float sum_squares_fp16(AscendC::TPipe& pipe, float special) {
   AscendC::SetFlag<AscendC::HardEvent::S_V>(0);
   AscendC::WaitFlag<AscendC::HardEvent::S_V>(0);
   AscendC::Cast(f, h, AscendC::RoundMode::CAST_NONE, 16);
+  AscendC::PipeBarrier<PIPE_V>();
   AscendC::Mul(f, f, f, 16);
-  AscendC::ReduceSum(sum, f, f, 16);  // stored by the scalar unit, read by it
+  AscendC::PipeBarrier<PIPE_V>();
+  AscendC::ReduceSum(sum, f, sum, 16);  // stored by the scalar unit, read by it (work: dst)
   return sum.GetValue(0);
 }
 }  // namespace
@@ -68,6 +70,8 @@ float sum_squares_fp16(AscendC::TPipe& pipe, float special) {
 void selftest(const std::string& which, bool saturation) {
   AscendC::emu::LaunchOptions options;
   options.saturation = saturation;
+  // the "nosync_" cases run as kernels built without --cce-auto-sync
+  options.auto_sync = which.rfind("nosync_", 0) != 0;
   WithOptions with(options);
   alignas(64) float gm_data[64] = {};
   AscendC::emu::Launch(1, 192 * 1024, [&] {
@@ -210,7 +214,7 @@ void selftest(const std::string& which, bool saturation) {
       for (int i = 0; i < 64; ++i) sequential += src.GetValue(i);
       AscendC::SetFlag<AscendC::HardEvent::S_V>(0);
       AscendC::WaitFlag<AscendC::HardEvent::S_V>(0);
-      AscendC::ReduceSum(dst, src, src, 64);
+      AscendC::ReduceSum(dst, src, dst, 64);  // work: dst's 8 floats (the docs allow dst there)
       if (dst.GetValue(0) != sequential) {
         throw std::logic_error("kernel result wrong: ReduceSum is not a sequential sum");
       }
@@ -236,6 +240,89 @@ void selftest(const std::string& which, bool saturation) {
       // WRONG: switches the core's floating-point mode and leaves it switched for what runs next
       AscendC::SetSaturationFlag<AscendC::SaturationMode::FLOAT>(
           !AscendC::GetSaturationFlag<AscendC::SaturationMode::FLOAT>());
+    } else if (which == "reduce_sum_work_is_src") {
+      // WRONG for lars_npu's kernels: the source passed as the work tensor. A2 ignores it, but the
+      // SoCs that use it write partial sums there while reading the source.
+      AscendC::TBuf<AscendC::TPosition::VECCALC> buf;
+      pipe.InitBuffer(buf, 72 * sizeof(float));
+      AscendC::LocalTensor<float> src = buf.Get<float>(), dst = src[64];
+      AscendC::Duplicate(src, 1.0f, 64);
+      AscendC::PipeBarrier<PIPE_V>();
+      AscendC::ReduceSum(dst, src, src, 64);
+    } else if (which == "reduce_sum_work_too_small") {
+      // WRONG: 8 floats of work for 1,024 elements (16 repeats: the docs ask for 16)
+      AscendC::TBuf<AscendC::TPosition::VECCALC> buf, wb;
+      pipe.InitBuffer(buf, 1032 * sizeof(float));
+      pipe.InitBuffer(wb, 8 * sizeof(float));
+      AscendC::LocalTensor<float> src = buf.Get<float>(), dst = src[1024];
+      AscendC::Duplicate(src, 1.0f, 1024);
+      AscendC::PipeBarrier<PIPE_V>();
+      AscendC::ReduceSum(dst, src, wb.Get<float>(), 1024);
+    } else if (which == "nosync_raw" || which == "nosync_war" || which == "nosync_waw") {
+      // WRONG with auto-sync off: two dependent vector instructions, no PipeBarrier<PIPE_V>
+      AscendC::TBuf<AscendC::TPosition::VECCALC> buf;
+      pipe.InitBuffer(buf, 64 * sizeof(float));
+      AscendC::LocalTensor<float> a = buf.Get<float>(), b = a[32];
+      AscendC::Duplicate(b, 0.0f, 32);
+      AscendC::PipeBarrier<PIPE_V>();
+      if (which == "nosync_raw") {
+        AscendC::Duplicate(a, 1.0f, 32);
+        AscendC::Muls(b, a, 2.0f, 32);  // reads what the Duplicate writes
+      } else if (which == "nosync_war") {
+        AscendC::Muls(b, a[8], 2.0f, 8);
+        AscendC::Duplicate(a, 1.0f, 16);  // overwrites what the Muls reads
+      } else {
+        AscendC::Duplicate(a, 1.0f, 32);
+        AscendC::Duplicate(a[24], 2.0f, 8);  // writes over the first one's last block
+      }
+    } else if (which == "nosync_queue_is_not_a_barrier") {
+      // WRONG with auto-sync off: a VECOUT buffer's EnQue/DeQue orders V before MTE3, not before
+      // the next vector instruction, which reads what the first one wrote
+      AscendC::TQue<AscendC::TPosition::VECOUT, 1> out;
+      AscendC::TBuf<AscendC::TPosition::VECCALC> buf;
+      pipe.InitBuffer(out, 1, 8 * sizeof(float));
+      pipe.InitBuffer(buf, 8 * sizeof(float));
+      AscendC::LocalTensor<float> o = out.AllocTensor<float>();
+      AscendC::Duplicate(o, 1.0f, 8);
+      out.EnQue(o);
+      o = out.DeQue<float>();
+      AscendC::DataCopy(gm, o, 8);
+      AscendC::Muls(buf.Get<float>(), o, 2.0f, 8);
+    } else if (which == "nosync_ok") {
+      // the same with auto-sync off, each dependency ordered: a PipeBarrier<PIPE_V>; a V -> S
+      // wait (the scalar unit issues what follows); a chain of pipe events (a VECOUT buffer
+      // copied out, freed, allocated again); ReduceSum (its own V -> S sync); and independent
+      // vector instructions (disjoint UB, or reads only) need nothing
+      AscendC::TBuf<AscendC::TPosition::VECCALC> buf;
+      pipe.InitBuffer(buf, 96 * sizeof(float));
+      AscendC::LocalTensor<float> a = buf.Get<float>(), b = a[32], w = a[64];
+      AscendC::Duplicate(a, 1.0f, 16);
+      AscendC::Duplicate(a[16], 1.0f, 16);  // disjoint
+      AscendC::PipeBarrier<PIPE_V>();
+      AscendC::Muls(b, a, 2.0f, 32);
+      AscendC::Muls(w, a, 3.0f, 32);  // reads a too: no dependency on the other read
+      AscendC::SetFlag<AscendC::HardEvent::V_S>(0);
+      AscendC::WaitFlag<AscendC::HardEvent::V_S>(0);
+      AscendC::Add(a, b, w, 32);  // a = 5
+      AscendC::PipeBarrier<PIPE_V>();
+      AscendC::ReduceSum(b, a, b[8], 32);  // 160, by the scalar unit; orders V before V itself
+      AscendC::Duplicate(a, 0.0f, 32);
+      AscendC::PipeBarrier<PIPE_V>();
+      AscendC::TQue<AscendC::TPosition::VECOUT, 1> out;
+      pipe.InitBuffer(out, 1, 8 * sizeof(float));
+      for (int round = 0; round < 2; ++round) {  // round 1's Duplicate after round 0's copy
+        AscendC::LocalTensor<float> o = out.AllocTensor<float>();
+        AscendC::Duplicate(o, 1.0f + static_cast<float>(round), 8);
+        out.EnQue(o);
+        o = out.DeQue<float>();
+        AscendC::DataCopy(gm[8 * round], o, 8);
+        out.FreeTensor(o);
+      }
+      AscendC::SetFlag<AscendC::HardEvent::MTE3_S>(0);
+      AscendC::WaitFlag<AscendC::HardEvent::MTE3_S>(0);
+      if (b.GetValue(0) != 160.0f || gm_data[0] != 1.0f || gm_data[8] != 2.0f) {
+        throw std::logic_error("selftest nosync_ok: wrong data");
+      }
     } else if (which == "ok") {
       // the same moves, each ordered as the hardware needs
       AscendC::LocalTensor<float> t = que.AllocTensor<float>();
@@ -299,7 +386,7 @@ void selftest(const std::string& which, bool saturation) {
       pipe.InitBuffer(red, 1, 96 * sizeof(float));
       AscendC::LocalTensor<float> r = red.AllocTensor<float>();
       AscendC::Duplicate(r, 0.5f, 96);
-      AscendC::ReduceSum(r[88], r, r, 80);  // work ignored: the source stands in for it
+      AscendC::ReduceSum(r[88], r, r[88], 80);  // work: dst's block (8 floats, as the docs ask)
       red.EnQue(r);
       r = red.DeQue<float>();
       AscendC::DataCopy(gm[32], r[88], 8);
@@ -332,6 +419,27 @@ void selftest(const std::string& which, bool saturation) {
                                         AscendC::DcciDst::CACHELINE_OUT>(gm[48]);
       if (gm.GetValue(32) != 40.0f || gm.GetValue(48) != gm_data[48]) {
         throw std::logic_error("selftest ok: wrong data (GetValue)");
+      }
+      // MulAddDst (dst += a * b), Axpy (dst += a * s) and WholeReduceSum (each repeat's sum to
+      // UB by the vector unit, no scalar step): the values, read after a V -> S wait
+      AscendC::TBuf<AscendC::TPosition::VECCALC> fb;
+      pipe.InitBuffer(fb, 208 * sizeof(float));
+      AscendC::LocalTensor<float> acc = fb.Get<float>(), x = acc[64], sums = acc[192];
+      AscendC::Duplicate(acc, 1.0f, 64);
+      AscendC::Duplicate(x, 2.0f, 128);
+      AscendC::Duplicate(sums, 0.0f, 16);
+      AscendC::PipeBarrier<PIPE_V>();
+      AscendC::MulAddDst(acc, x, x, 64);  // 1 + 2 * 2 = 5
+      AscendC::PipeBarrier<PIPE_V>();
+      AscendC::Axpy(acc, x, 0.5f, 64);  // 5 + 2 * 0.5 = 6
+      AscendC::PipeBarrier<PIPE_V>();
+      AscendC::WholeReduceSum(sums, acc, 64, 1, 1, 1, 8);        // 384 into sums[0]
+      AscendC::WholeReduceSum(sums[9], x, 5, 2, 2, 1, 8);        // 10 into sums[9] and sums[11]
+      AscendC::SetFlag<AscendC::HardEvent::V_S>(0);
+      AscendC::WaitFlag<AscendC::HardEvent::V_S>(0);
+      if (sums.GetValue(0) != 384.0f || sums.GetValue(1) != 0.0f || sums.GetValue(9) != 10.0f ||
+          sums.GetValue(10) != 0.0f || sums.GetValue(11) != 10.0f) {
+        throw std::logic_error("selftest ok: wrong data (MulAddDst, Axpy, WholeReduceSum)");
       }
     } else {
       throw std::invalid_argument("unknown selftest case " + which);

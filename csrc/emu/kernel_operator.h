@@ -27,13 +27,19 @@
 //   - WaitFlag of an event that was not set, SetFlag of one already set, a SetFlag never
 //     waited for by the end of the kernel;
 //   - DataCopyPad to or from a buffer that is not VECIN / VECOUT (Atlas A2/A3);
-//   - Sqrt of a non-positive value (undefined on hardware).
+//   - Sqrt of a non-positive value (undefined on hardware);
+//   - with auto-sync off (LaunchOptions::auto_sync: as built without --cce-auto-sync), a vector
+//     instruction that reads UB an earlier one wrote, or writes UB one read or wrote, with no
+//     PipeBarrier<PIPE_V>, V->S wait or chain of pipe events between them (emu::vector_deps);
+//   - a ReduceSum work tensor smaller than the docs ask for, or overlapping the source (lars_npu's
+//     rule: A2 ignores it, other SoCs write it).
 // DataCopy on hardware silently rounds a length down to whole 32-byte blocks; the emulation
 // refuses it instead (use DataCopyPad for a ragged tail). DataCopyPad GM->UB fills the rest of
 // the last 32-byte block with NaN bytes unless padding is asked for, so a kernel that reads
 // those lanes shows it.
 // ReduceSum follows A2's implementation (see its comment): scalar store of dst, syncs by the
-// call, work tensor untouched, a pairwise (not sequential) summation order.
+// call, work tensor untouched, a pairwise (not sequential) summation order. WholeReduceSum too:
+// one vcadd, each repeat's sum written to UB by the vector unit.
 // A2's two floating-point modes (CTRL[48], see emu::saturating): every launch starts in the mode
 // the caller asks for (LaunchOptions::saturation; the stream's mode on hardware), a kernel may
 // switch with SetSaturationFlag<SaturationMode::FLOAT> and must put back what it found. In
@@ -41,8 +47,9 @@
 // ±65504 and every NaN is 0 (fp16 inputs of a conversion to fp32 included); fp32 stays IEEE.
 // AI cores run one after another (emu::Launch), forward, reversed or shuffled as the caller asks
 // (a kernel's results must not depend on it), each with its own UB, so per-core partials handed
-// over through global memory are real. Per core and launch the emulation counts bytes moved
-// GM->UB and UB->GM, scalar GM reads, vector instructions and waits (emu::Counters).
+// over through global memory are real. Per core and launch the emulation counts bytes and
+// instructions moved by DMA, scalar GM reads, vector instructions and elements, waits, barriers,
+// V->S round trips and what the scalar unit issued while the pipes were drained (emu::Counters).
 #pragma once
 
 #include <cmath>
@@ -50,6 +57,7 @@
 #include <cstring>
 #include <algorithm>
 #include <functional>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <random>
@@ -84,6 +92,10 @@ struct half {
 // Event ids handed out by TPipe::FetchEventID (a global enum in AscendC).
 enum event_t : int8_t { EVENT_ID0 = 0, EVENT_ID1, EVENT_ID2, EVENT_ID3, EVENT_ID4, EVENT_ID5,
                         EVENT_ID6, EVENT_ID7 };
+
+// The pipes PipeBarrier takes (a global enum in AscendC, as the compiler's pipe_t).
+enum pipe_t : uint8_t { PIPE_S = 0, PIPE_V, PIPE_M, PIPE_MTE1, PIPE_MTE2, PIPE_MTE3, PIPE_ALL,
+                        PIPE_FIX };
 
 namespace AscendC {
 
@@ -144,14 +156,26 @@ class Violation : public std::runtime_error {
 
 // What the emulated cores did, per core and per launch: the inputs of lars_npu's NPU cost model
 // (counted, never timed; see README "AscendC kernels").
+// The last four are the latency inputs of the model (lars_npu/_backends/emu.py, step_cost): the
+// scalar unit issues every instruction in order, so when it waits for another pipe (WaitFlag<X_S>,
+// or the V->S sync ReduceSum performs itself) nothing new is queued behind the pipes until the
+// wait is over: the core is "drained", and the next GM->UB copy pays the full DMA latency
+// (pipe_fills), as does every scalar read of global memory issued before it (exposed_gm_reads).
+// The launch starts drained. A scalar GM read while loads are queued is hidden behind them.
 struct Counters {
-  uint64_t gm_to_ub_bytes = 0;   // DataCopy / DataCopyPad GM -> UB
-  uint64_t ub_to_gm_bytes = 0;   // DataCopy / DataCopyPad UB -> GM
-  uint64_t scalar_gm_reads = 0;  // GlobalTensor::GetValue
-  uint64_t vector_instrs = 0;    // vector API calls (each one instruction stream of `count`)
-  uint64_t queue_waits = 0;      // DeQue, and AllocTensor of a freed buffer (the queues' events)
-  uint64_t flag_waits = 0;       // WaitFlag, and the syncs API calls perform themselves
-  uint64_t ub_bytes = 0;         // Unified Buffer the core's TPipe took (32-byte blocks)
+  uint64_t gm_to_ub_bytes = 0;    // DataCopy / DataCopyPad GM -> UB
+  uint64_t ub_to_gm_bytes = 0;    // DataCopy / DataCopyPad UB -> GM
+  uint64_t scalar_gm_reads = 0;   // GlobalTensor::GetValue
+  uint64_t vector_instrs = 0;     // vector API calls (each one instruction stream of `count`)
+  uint64_t queue_waits = 0;       // DeQue, and AllocTensor of a freed buffer (the queues' events)
+  uint64_t flag_waits = 0;        // WaitFlag, and the syncs API calls perform themselves
+  uint64_t ub_bytes = 0;          // Unified Buffer the core's TPipe took (32-byte blocks)
+  uint64_t dma_ops = 0;           // DataCopy / DataCopyPad instructions, both directions
+  uint64_t vector_elems = 0;      // elements the vector instructions went over (their counts)
+  uint64_t v_barriers = 0;        // PipeBarrier<PIPE_V> and PipeBarrier<PIPE_ALL>
+  uint64_t vs_round_trips = 0;    // V->S waits: WaitFlag<V_S>, and ReduceSum's own
+  uint64_t pipe_fills = 0;        // GM->UB copies issued while drained (see above)
+  uint64_t exposed_gm_reads = 0;  // scalar GM reads issued while drained
 };
 
 // State shared by the cores of one launch: global-memory writes by DMA, numbered with the data
@@ -186,6 +210,18 @@ struct Core {
   Counters count;
   // CTRL[48] as a flag: true = 0, saturation mode; false = 1, INF_NAN (IEEE) mode.
   bool saturating = true;
+  // The scalar unit waited for another pipe and has issued no GM->UB copy since (Counters).
+  bool drained = true;
+  // With auto-sync off (LaunchOptions::auto_sync): the UB ranges vector instructions read and
+  // wrote, not yet known to be complete (emu::vector_deps).
+  bool auto_sync = true;
+  struct VectorUse {
+    uint64_t begin, end;  // UB bytes
+    bool write;
+    uint64_t seq;  // the instruction's place among the core's UB accesses
+    const char* op;
+  };
+  std::vector<VectorUse> vector_uses;
 };
 
 inline Core*& current() {
@@ -208,10 +244,17 @@ inline Core& core() {
 // from the stream's mode on hardware (aclrtSetDeviceSatMode; torch_npu's INF_NAN_MODE_ENABLE):
 // true saturation, false INF_NAN. Saturation by default: the register's reset value, and the mode
 // in which a kernel that relies on fp16 inf/NaN fails.
+// auto_sync: whether the kernel is taken to be built with the compiler's --cce-auto-sync (CANN's
+// default), which inserts PipeBarrier<PIPE_V> between dependent vector instructions on A2 (2201).
+// Off, the emulation refuses a vector instruction that reads or writes UB an earlier vector
+// instruction wrote, or writes UB one read, unless a PipeBarrier<PIPE_V> (or <PIPE_ALL>), a V->S
+// wait, or a chain of pipe events (e.g. a VECOUT buffer copied out, freed and allocated again)
+// orders the two (emu::vector_deps). On by default: today's behaviour.
 struct LaunchOptions {
   int64_t order = 0;
   std::vector<Counters>* counters = nullptr;  // per core, appended per launch when set
   bool saturation = true;
+  bool auto_sync = true;
 };
 
 inline LaunchOptions& launch_options() {
@@ -256,6 +299,7 @@ inline void Launch(int64_t block_dim, size_t ub_bytes, const std::function<void(
     c.ub_usable = ub_bytes - kUbReservedA2;
     c.launch = &state;
     c.saturating = opts.saturation;
+    c.auto_sync = opts.auto_sync;
     current() = &c;
     try {
       kernel();
@@ -288,6 +332,16 @@ inline void dma_wrote(const void* addr, uint64_t bytes) {
   c.launch->dma_writes[start] = {start + bytes, ++c.launch->gm_seq};
   if (bytes > c.launch->longest_write) c.launch->longest_write = bytes;
   c.count.ub_to_gm_bytes += bytes;
+  ++c.count.dma_ops;
+}
+
+// A GM -> UB copy of `bytes` is issued: the first one after a drain refills the DMA pipe.
+inline void dma_read(uint64_t bytes) {
+  Core& c = core();
+  c.count.gm_to_ub_bytes += bytes;
+  ++c.count.dma_ops;
+  if (c.drained) ++c.count.pipe_fills;
+  c.drained = false;
 }
 
 // A scalar read of global memory goes through the core's data cache, which may hold a line from
@@ -297,6 +351,7 @@ inline void dma_wrote(const void* addr, uint64_t bytes) {
 inline void scalar_gm_read(const void* addr, size_t bytes) {
   Core& c = core();
   ++c.count.scalar_gm_reads;
+  if (c.drained) ++c.count.exposed_gm_reads;
   const auto a = reinterpret_cast<uintptr_t>(addr);
   uint64_t dcci = c.dcci_all;
   for (uintptr_t line = a / 64; line <= (a + bytes - 1) / 64; ++line) {
@@ -353,6 +408,20 @@ inline Event set_event(int from, int to) {
   return e;
 }
 
+// What a wait of pipe `to` for pipe `from` means beyond the pair: when the scalar unit waits
+// (to == S) it issues nothing until the wait is over, so the core is drained (Counters), and a
+// V -> S wait orders every earlier vector instruction before every later one (the scalar unit
+// issues them: PipeBarrier<PIPE_V>'s effect, for the auto-sync-off rule of emu::vector_deps).
+inline void waited_for(int from, int to) {
+  Core& c = core();
+  if (to != S) return;
+  c.drained = true;
+  if (from == V) {
+    ++c.count.vs_round_trips;
+    if (c.waited[V][S] > c.waited[V][V]) c.waited[V][V] = c.waited[V][S];
+  }
+}
+
 // ... and of WaitFlag: pipe `to` goes on only after everything `from` issued before the set
 // (and, transitively, what `from` had waited for). A queue's event is a pipe barrier on
 // hardware, not a per-buffer one.
@@ -366,6 +435,7 @@ inline void wait_event(Event& e) {
     if (e.before[x] > c.waited[x][e.to]) c.waited[x][e.to] = e.before[x];
   }
   e.set = false;
+  waited_for(e.from, e.to);
 }
 
 // A synchronisation an API call performs itself (SetFlag immediately followed by WaitFlag).
@@ -374,6 +444,54 @@ inline void implied_sync(int from, int to) {
   wait_event(e);
   --core().count.queue_waits;  // a flag wait, not a queue's
   ++core().count.flag_waits;
+}
+
+// With auto-sync off (LaunchOptions::auto_sync), a vector instruction `op` that reads or writes
+// these UB ranges: refused when it reads what an earlier vector instruction wrote (RAW), or writes
+// what one read or wrote (WAR, WAW), and nothing orders the earlier one before it. On A2 (2201)
+// consecutive vector instructions overlap in the V pipe ("同一流水中虽然指令是顺序执行，但并不意味着
+// 后一条指令开始执行时前一条指令执行结束": asc-devkit docs, PipeBarrier / 核内同步), and the V-V
+// syncs are the compiler's (--cce-auto-sync) or the kernel's. What orders them here:
+// PipeBarrier<PIPE_V> or <PIPE_ALL>; a V -> S wait (WaitFlag<V_S>, ReduceSum's own): the scalar
+// unit issues the later instruction only after it; and a chain of pipe events that ends in the V
+// pipe, e.g. a VECOUT buffer's EnQue/DeQue (V -> MTE3) then FreeTensor/AllocTensor (MTE3 -> V):
+// the V pipe then waits for an MTE3 copy that started after the earlier instruction had finished.
+// A SetFlag<V_X> alone (EnQue of a VECOUT buffer, FreeTensor of a VECIN one) is not counted as a
+// barrier: whether it holds back the vector instructions behind it is not documented.
+struct VectorRange {
+  uint64_t begin, end;
+  bool write;
+};
+
+template <typename T>
+VectorRange vector_range(uint64_t ub_address, uint64_t count, bool write) {
+  return VectorRange{ub_address, ub_address + count * sizeof(T), write};
+}
+
+inline void vector_deps(const char* op, std::initializer_list<VectorRange> ranges) {
+  Core& c = core();
+  if (c.auto_sync) return;
+  const uint64_t done = c.waited[V][V];  // vector uses numbered below this are complete
+  auto& uses = c.vector_uses;
+  uses.erase(std::remove_if(uses.begin(), uses.end(),
+                            [done](const Core::VectorUse& u) { return u.seq < done; }),
+             uses.end());
+  for (const VectorRange& r : ranges) {
+    for (const Core::VectorUse& u : uses) {
+      if (r.begin >= u.end || u.begin >= r.end || (!r.write && !u.write)) continue;
+      const char* kind = !r.write  ? "reads UB that"
+                         : u.write ? "writes UB that"
+                                   : "overwrites UB that";
+      throw Violation(std::string(op) + ": with auto-sync off, the vector instruction " + kind +
+                      " an earlier " + u.op + " " + (u.write ? "wrote" : "reads") + " (UB bytes [" +
+                      std::to_string(std::max(r.begin, u.begin)) + ", " +
+                      std::to_string(std::min(r.end, u.end)) + ")) with no PipeBarrier<PIPE_V> "
+                      "between them (" + (!r.write ? "RAW" : u.write ? "WAW" : "WAR") +
+                      "; vector instructions overlap in the V pipe)");
+    }
+  }
+  ++c.seq;  // the instruction's number, above every earlier UB access
+  for (const VectorRange& r : ranges) uses.push_back({r.begin, r.end, r.write, c.seq, op});
 }
 
 // Whether pipe a's use numbered `seq` is ordered before pipe b's next use.
@@ -486,6 +604,10 @@ class LocalTensor {
   }
   const std::shared_ptr<emu::Slot>& slot() const { return slot_; }
   void use(int pipe, bool write, const char* op) const { emu::access(*slot_, pipe, write, op); }
+  // The UB bytes of `count` elements from here, as a vector instruction reads or writes them.
+  emu::VectorRange range(uint64_t count, bool write) const {
+    return emu::vector_range<T>(ub_address(), count, write);
+  }
 
  private:
   void alive() const {
@@ -637,10 +759,33 @@ void WaitFlag(TEventID id) {
         if (it->before[x] > c.waited[x][to]) c.waited[x][to] = it->before[x];
       }
       c.flags_set.erase(it);
+      emu::waited_for(from, to);
       return;
     }
   }
   throw emu::Violation("WaitFlag of an event that was not set (SetFlag first)");
+}
+
+// Orders, within a pipe, every earlier instruction's reads and writes before the next one starts
+// (asc-devkit docs, PipeBarrier(ISASI)). PIPE_V: what the auto-sync-off rule of emu::vector_deps
+// asks for between dependent vector instructions. PIPE_ALL: every pipe waits for every earlier
+// instruction of every pipe (the scalar unit too: the core is drained). PIPE_MTE2 / PIPE_MTE3
+// (copies whose UB or GM ranges overlap) are accepted and not modelled: no kernel here has such
+// copies. PIPE_S is not supported by the hardware (the scalar pipe is in order), as in AscendC.
+template <pipe_t pipe>
+void PipeBarrier() {
+  static_assert(pipe != PIPE_S, "PipeBarrier<PIPE_S> is not supported");
+  emu::Core& c = emu::core();
+  if (pipe == PIPE_V || pipe == PIPE_ALL) {
+    ++c.count.v_barriers;
+    c.waited[emu::V][emu::V] = c.seq + 1;
+  }
+  if (pipe == PIPE_ALL) {
+    for (auto& row : c.waited) {
+      for (uint64_t& w : row) w = std::max(w, c.seq + 1);
+    }
+    c.drained = true;
+  }
 }
 
 // Data-cache maintenance before scalar reads of global memory that DMA, the host or an earlier
@@ -703,7 +848,7 @@ void DataCopy(const LocalTensor<T>& dst, const GlobalTensor<T>& src, uint32_t co
   emu::check_copy(dst, src.size(), count, "DataCopy GM->UB");
   emu::check_gm_alignment(src.address(), "DataCopy GM->UB");
   dst.use(emu::MTE2, true, "DataCopy GM->UB");
-  emu::core().count.gm_to_ub_bytes += uint64_t{count} * sizeof(T);
+  emu::dma_read(uint64_t{count} * sizeof(T));
   std::memcpy(dst.ptr(), src.address(), count * sizeof(T));
 }
 
@@ -771,7 +916,7 @@ void DataCopyPad(const LocalTensor<T>& dst, const GlobalTensor<T>& src,
   emu::check_pad_position(dst, "DataCopyPad GM->UB");
   emu::check_gm_alignment(src.address(), "DataCopyPad GM->UB");
   dst.use(emu::MTE2, true, "DataCopyPad GM->UB");
-  emu::core().count.gm_to_ub_bytes += params.blockLen;
+  emu::dma_read(params.blockLen);
   const uint32_t padded = (params.blockLen + ONE_BLK_SIZE - 1) / ONE_BLK_SIZE * ONE_BLK_SIZE;
   std::memset(reinterpret_cast<uint8_t*>(dst.ptr()) + params.blockLen, 0xFF,
               padded - params.blockLen);  // hardware: the block's first element; NaN here,
@@ -795,7 +940,8 @@ void DataCopyPad(const GlobalTensor<T>& dst, const LocalTensor<T>& src,
   std::memcpy(dst.address(), src.ptr(), params.blockLen);  // exactly blockLen bytes
 }
 
-// ---- vector computation (elementwise over `count` elements) --------------------------------------
+// ---- vector computation (elementwise over `count` elements)
+// --------------------------------------
 namespace emu {
 constexpr float kHalfMax = 65504.0f;
 
@@ -831,12 +977,28 @@ inline half out<half>(float v) {
   return saturating() ? half(saturate_half_value(static_cast<float>(h))) : h;
 }
 
-// A vector instruction: reads its sources, then writes its destination, on the V pipe.
+// A vector instruction over `count` elements: reads its sources, then writes its destination,
+// on the V pipe.
 template <typename D, typename... Srcs>
-void vector_op(const char* op, const LocalTensor<D>& dst, const Srcs&... srcs) {
-  ++core().count.vector_instrs;
+void vector_op(const char* op, uint32_t count, const LocalTensor<D>& dst, const Srcs&... srcs) {
+  Core& c = core();
+  ++c.count.vector_instrs;
+  c.count.vector_elems += count;
   (srcs.use(V, false, op), ...);
   dst.use(V, true, op);
+  vector_deps(op, {srcs.range(count, false)..., dst.range(count, true)});
+}
+
+// ... one that also reads its destination (dst = f(srcs) + dst: MulAddDst, Axpy).
+template <typename D, typename... Srcs>
+void vector_acc_op(const char* op, uint32_t count, const LocalTensor<D>& dst,
+                   const Srcs&... srcs) {
+  Core& c = core();
+  ++c.count.vector_instrs;
+  c.count.vector_elems += count;
+  (srcs.use(V, false, op), ...);
+  dst.use(V, true, op);
+  vector_deps(op, {srcs.range(count, false)..., dst.range(count, false), dst.range(count, true)});
 }
 }  // namespace emu
 
@@ -846,7 +1008,7 @@ void Mul(const LocalTensor<T>& dst, const LocalTensor<T>& a, const LocalTensor<T
   dst.check_count(count, "Mul");
   a.check_count(count, "Mul");
   b.check_count(count, "Mul");
-  emu::vector_op("Mul", dst, a, b);
+  emu::vector_op("Mul", count, dst, a, b);
   for (uint32_t i = 0; i < count; ++i) {
     dst.ptr()[i] = emu::out<T>(emu::in(a.ptr()[i]) * emu::in(b.ptr()[i]));
   }
@@ -858,7 +1020,7 @@ void Add(const LocalTensor<T>& dst, const LocalTensor<T>& a, const LocalTensor<T
   dst.check_count(count, "Add");
   a.check_count(count, "Add");
   b.check_count(count, "Add");
-  emu::vector_op("Add", dst, a, b);
+  emu::vector_op("Add", count, dst, a, b);
   for (uint32_t i = 0; i < count; ++i) {
     dst.ptr()[i] = emu::out<T>(emu::in(a.ptr()[i]) + emu::in(b.ptr()[i]));
   }
@@ -868,17 +1030,65 @@ template <typename T>
 void Muls(const LocalTensor<T>& dst, const LocalTensor<T>& src, T scalar, uint32_t count) {
   dst.check_count(count, "Muls");
   src.check_count(count, "Muls");
-  emu::vector_op("Muls", dst, src);
+  emu::vector_op("Muls", count, dst, src);
   for (uint32_t i = 0; i < count; ++i) {
     dst.ptr()[i] = emu::out<T>(emu::in(src.ptr()[i]) * emu::in(scalar));
   }
+}
+
+namespace emu {
+// a * b rounded to float, kept from being contracted with what follows into one fused
+// multiply-add (which some compilers do by default where the target has one): MulAddDst and Axpy
+// are modelled as a multiply and an add, each rounded, like the Mul + Add they replace. Whether
+// A2's vmla / vaxpy round once or twice is not documented: claim a tolerance, never bits.
+inline void products(float* out, const float* a, const float* b, float scalar, uint32_t n) {
+  for (uint32_t i = 0; i < n; ++i) out[i] = a[i] * (b != nullptr ? b[i] : scalar);
+}
+}  // namespace emu
+
+// dst = src0 * src1 + dst (vmla on A2). T float with U float or half, or both half.
+template <typename T, typename U>
+void MulAddDst(const LocalTensor<T>& dst, const LocalTensor<U>& src0, const LocalTensor<U>& src1,
+               const int32_t& count) {
+  static_assert(std::is_same<T, U>::value || (std::is_same<T, float>::value &&
+                                              std::is_same<U, half>::value),
+                "MulAddDst: src half with dst half / float, or src and dst float");
+  const auto n = static_cast<uint32_t>(count);
+  dst.check_count(n, "MulAddDst");
+  src0.check_count(n, "MulAddDst");
+  src1.check_count(n, "MulAddDst");
+  emu::vector_acc_op("MulAddDst", n, dst, src0, src1);
+  std::vector<float> a(n), b(n), p(n);
+  for (uint32_t i = 0; i < n; ++i) {
+    a[i] = emu::in(src0.ptr()[i]);
+    b[i] = emu::in(src1.ptr()[i]);
+  }
+  emu::products(p.data(), a.data(), b.data(), 0.0f, n);
+  for (uint32_t i = 0; i < n; ++i) dst.ptr()[i] = emu::out<T>(p[i] + emu::in(dst.ptr()[i]));
+}
+
+// dst = src * scalar + dst (vaxpy on A2). T float with U float or half, or both half.
+template <typename T, typename U>
+void Axpy(const LocalTensor<T>& dst, const LocalTensor<U>& src, const U& scalar,
+          const int32_t& count) {
+  static_assert(std::is_same<T, U>::value || (std::is_same<T, float>::value &&
+                                              std::is_same<U, half>::value),
+                "Axpy: src half with dst half / float, or src and dst float");
+  const auto n = static_cast<uint32_t>(count);
+  dst.check_count(n, "Axpy");
+  src.check_count(n, "Axpy");
+  emu::vector_acc_op("Axpy", n, dst, src);
+  std::vector<float> a(n), p(n);
+  for (uint32_t i = 0; i < n; ++i) a[i] = emu::in(src.ptr()[i]);
+  emu::products(p.data(), a.data(), nullptr, emu::in(scalar), n);
+  for (uint32_t i = 0; i < n; ++i) dst.ptr()[i] = emu::out<T>(p[i] + emu::in(dst.ptr()[i]));
 }
 
 template <typename T>
 void Sqrt(const LocalTensor<T>& dst, const LocalTensor<T>& src, uint32_t count) {
   dst.check_count(count, "Sqrt");
   src.check_count(count, "Sqrt");
-  emu::vector_op("Sqrt", dst, src);
+  emu::vector_op("Sqrt", count, dst, src);
   for (uint32_t i = 0; i < count; ++i) {  // documented: undefined for a non-positive input
     if (static_cast<float>(src.ptr()[i]) <= 0.0f) {
       throw emu::Violation("Sqrt of a non-positive value (undefined on hardware)");
@@ -892,47 +1102,120 @@ void Sqrt(const LocalTensor<T>& dst, const LocalTensor<T>& src, uint32_t count) 
 template <typename T>
 void Duplicate(const LocalTensor<T>& dst, T scalar, uint32_t count) {
   dst.check_count(count, "Duplicate");
-  emu::vector_op("Duplicate", dst);
+  emu::vector_op("Duplicate", count, dst);
   for (uint32_t i = 0; i < count; ++i) dst.ptr()[i] = scalar;
 }
 
 // ReduceSum, count form, as Atlas A2 implements it (asc-devkit impl/basic_api/dav_c220/
 // kernel_operator_vec_reduce_impl.h, ReduceSumImpl): ONE vcadd over `count` elements in counter
-// mode; a V->S sync; the scalar unit reads the accumulator and stores it to dst[0] (a scalar
-// write of UB); then S->V and S->MTE3 syncs, so what follows may use dst on any pipe. The work
-// tensor is not touched at all (not even checked), and count must be in [1, UB bytes / 4]
-// (ASCENDC_CHECK_VALUE_RANGE in the interface). Summation order: a pairwise tree over adjacent
-// lanes within each 64-lane (256-byte) repeat, the repeats accumulated in order — not the naive
-// sequential sum, so a kernel or test cannot depend on bit-equality with one (the hardware's
-// exact tree is not documented: claim a tolerance, never bits).
+// mode; a V->S sync; the scalar unit reads the accumulator and stores it to dst[0] (a scalar write
+// of UB); then S->V and S->MTE3 syncs, so what follows may use dst on any pipe. The work tensor is
+// never touched, and count must be in [1, UB bytes / 4] (ASCENDC_CHECK_VALUE_RANGE in the
+// interface). lars_npu's rule, for the SoCs that do write it (the docs' two-level sum, one partial
+// per 64-lane repeat): the work tensor holds at least ceil(count / 64) floats rounded up to whole
+// 32-byte blocks, and does not overlap src (emu::check_reduce_work). Summation order: a pairwise
+// tree over adjacent lanes within each 64-lane (256-byte) repeat, the repeats accumulated in order
+// — not the naive sequential sum, so a kernel or test cannot depend on bit-equality with one (the
+// hardware's exact tree is not documented: claim a tolerance, never bits).
+namespace emu {
+// One repeat of vcadd (fp32, up to 64 lanes): a pairwise tree over adjacent lanes, the missing
+// lanes 0. The hardware's exact tree is not documented: claim a tolerance, never bits.
+inline float vcadd_tree(const float* src, uint32_t n) {
+  float lane[64];
+  for (uint32_t i = 0; i < 64; ++i) lane[i] = i < n ? src[i] : 0.0f;
+  for (uint32_t width = 32; width >= 1; width /= 2) {
+    for (uint32_t i = 0; i < width; ++i) lane[i] = lane[2 * i] + lane[2 * i + 1];
+  }
+  return lane[0];
+}
+}  // namespace emu
+
+namespace emu {
+template <typename T>
+void check_reduce_work(const LocalTensor<T>& src, const LocalTensor<T>& work, uint32_t count) {
+  const uint32_t repeats = count <= 64 ? 1 : (count + 63) / 64;
+  const uint32_t need = (repeats + 7) / 8 * 8;
+  if (work.GetSize() < need) {
+    throw Violation("ReduceSum: the work tensor holds " + std::to_string(work.GetSize()) +
+                    " elements, the docs ask for " + std::to_string(need) + " for count " +
+                    std::to_string(count) + " (A2 ignores it; other SoCs write it)");
+  }
+  const uint64_t s0 = src.ub_address(), s1 = s0 + uint64_t{count} * sizeof(T);
+  const uint64_t w0 = work.ub_address(), w1 = w0 + uint64_t{need} * sizeof(T);
+  if (s0 < w1 && w0 < s1) {
+    throw Violation("ReduceSum: the work tensor overlaps the source (A2 ignores it; other SoCs "
+                    "write their partial sums there while reading the source)");
+  }
+}
+}  // namespace emu
+
 template <typename T>
 void ReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src, const LocalTensor<T>& work,
                const int32_t count) {
   static_assert(std::is_same<T, float>::value, "the emulation's ReduceSum takes float");
-  (void)work;  // A2 ignores it
   if (count < 1 || static_cast<uint64_t>(count) * sizeof(T) > emu::kUbTotalA2) {
     throw emu::Violation("ReduceSum: count " + std::to_string(count) +
                          " outside [1, UB size / element size]");
   }
   const auto n = static_cast<uint32_t>(count);
+  work.check_count(0, "ReduceSum");
+  emu::check_reduce_work(src, work, n);  // lars_npu's rule: A2 itself never touches it
   dst.check_count(1, "ReduceSum");
   src.check_count(n, "ReduceSum");
   ++emu::core().count.vector_instrs;
+  emu::core().count.vector_elems += n;
   src.use(emu::V, false, "ReduceSum (vcadd)");
+  emu::vector_deps("ReduceSum (vcadd)", {src.range(n, false)});
   float total = 0.0f;
   for (uint32_t r = 0; r < n; r += 64) {
-    float lane[64];
-    for (uint32_t i = 0; i < 64; ++i) lane[i] = r + i < n ? src.ptr()[r + i] : 0.0f;
-    for (uint32_t width = 32; width >= 1; width /= 2) {
-      for (uint32_t i = 0; i < width; ++i) lane[i] = lane[2 * i] + lane[2 * i + 1];
-    }
-    total += lane[0];
+    total += emu::vcadd_tree(src.ptr() + r, std::min(n - r, 64u));
   }
   emu::implied_sync(emu::V, emu::S);
   dst.use(emu::S, true, "ReduceSum (scalar store of the accumulator)");
   dst.ptr()[0] = total;
   emu::implied_sync(emu::S, emu::V);
   emu::implied_sync(emu::S, emu::MTE3);
+}
+
+// WholeReduceSum, continuous-mask form, as A2 implements it (dav_c220 WholeReduceSumImpl: the mask
+// set, then ONE vcadd with `repeatTime` repeats in normal mode, each repeat's sum written to UB by
+// the vector unit: no scalar step, no sync). fp32 only here; `mask` lanes (1..64) of each repeat,
+// repeat r reading from src + r * srcRepStride blocks and writing ONE element at
+// dst + r * dstRepStride elements (the docs: dst needs only 4-byte alignment for an fp32 sum).
+// srcBlkStride 1 (contiguous lanes) is the only one emulated. Summation order per repeat: the
+// same pairwise tree as ReduceSum's (emu::vcadd_tree).
+template <typename T, bool isSetMask = true>
+void WholeReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src, const int32_t mask,
+                    const int32_t repeatTime, const int32_t dstRepStride,
+                    const int32_t srcBlkStride, const int32_t srcRepStride) {
+  static_assert(std::is_same<T, float>::value, "the emulation's WholeReduceSum takes float");
+  static_assert(isSetMask, "the emulation's WholeReduceSum sets its mask itself");
+  if (mask < 1 || mask > 64 || repeatTime < 0 || repeatTime > 255 || dstRepStride < 0 ||
+      srcRepStride < 0) {
+    throw emu::Violation("WholeReduceSum: mask in [1, 64], repeatTime in [0, 255], strides >= 0");
+  }
+  if (srcBlkStride != 1) throw emu::Violation("WholeReduceSum: only srcBlkStride 1 is emulated");
+  if (repeatTime == 0) return;  // a no-op on A2
+  const auto reps = static_cast<uint32_t>(repeatTime), lanes = static_cast<uint32_t>(mask);
+  const uint32_t src_span = (reps - 1) * static_cast<uint32_t>(srcRepStride) * 8 + lanes;
+  const uint32_t dst_span = (reps - 1) * static_cast<uint32_t>(dstRepStride) + 1;
+  src.check_count(src_span, "WholeReduceSum");
+  dst.check_count(dst_span, "WholeReduceSum");
+  if (src.ub_address() % ONE_BLK_SIZE != 0) {
+    throw emu::Violation("WholeReduceSum: source not 32-byte aligned in UB");
+  }
+  emu::Core& c = emu::core();
+  ++c.count.vector_instrs;
+  c.count.vector_elems += uint64_t{reps} * lanes;
+  src.use(emu::V, false, "WholeReduceSum (vcadd)");
+  dst.use(emu::V, true, "WholeReduceSum (vcadd)");
+  emu::vector_deps("WholeReduceSum (vcadd)", {src.range(src_span, false),
+                                              dst.range(dst_span, true)});
+  std::vector<float> sums(reps);
+  for (uint32_t r = 0; r < reps; ++r) {
+    sums[r] = emu::vcadd_tree(src.ptr() + r * static_cast<uint32_t>(srcRepStride) * 8, lanes);
+  }
+  for (uint32_t r = 0; r < reps; ++r) dst.ptr()[r * static_cast<uint32_t>(dstRepStride)] = sums[r];
 }
 
 enum class RoundMode { CAST_NONE, CAST_RINT };
@@ -944,7 +1227,7 @@ inline void Cast(const LocalTensor<float>& dst, const LocalTensor<half>& src, Ro
                  uint32_t count) {
   dst.check_count(count, "Cast");
   src.check_count(count, "Cast");
-  emu::vector_op("Cast", dst, src);
+  emu::vector_op("Cast", count, dst, src);
   const bool sat = emu::saturating();
   for (uint32_t i = 0; i < count; ++i) {
     const float v = static_cast<float>(src.ptr()[i]);
@@ -956,7 +1239,7 @@ inline void Cast(const LocalTensor<half>& dst, const LocalTensor<float>& src, Ro
                  uint32_t count) {
   dst.check_count(count, "Cast");
   src.check_count(count, "Cast");
-  emu::vector_op("Cast", dst, src);
+  emu::vector_op("Cast", count, dst, src);
   for (uint32_t i = 0; i < count; ++i) dst.ptr()[i] = emu::out<half>(src.ptr()[i]);
 }
 

@@ -23,6 +23,10 @@ which the emulation runs a launch's cores; results must not depend on it.
 floating-point mode (CTRL[48]) every emulated launch starts in, as a stream's mode does on the
 device: in saturation mode fp16 inf / NaN become ±65504 / 0. The fp16 kernels switch to INF_NAN
 for their run and back (csrc/ascendc/lars_float_mode.h), so results must not depend on it either.
+
+``LARS_NPU_EMU_AUTO_SYNC`` (``on``, the default, or ``off``): off, the emulation takes the kernels
+to be built without the compiler's ``--cce-auto-sync`` and refuses a vector instruction that
+depends on an earlier one with no ``PipeBarrier<PIPE_V>`` between them (docs/emulation.md).
 """
 
 from __future__ import annotations
@@ -76,6 +80,19 @@ def saturation() -> bool:
     if raw not in FLOAT_MODES:
         raise ValueError(f"{FLOAT_MODE_ENV}={raw!r}: expected one of {', '.join(FLOAT_MODES)}")
     return raw == "saturation"
+
+
+# Whether the emulated kernels count as built with --cce-auto-sync (on) or without (off).
+AUTO_SYNC_ENV = "LARS_NPU_EMU_AUTO_SYNC"
+
+
+def auto_sync() -> bool:
+    """``LARS_NPU_EMU_AUTO_SYNC`` as the emulation's flag: True for ``on`` (the default), False
+    for ``off`` (ValueError for anything else)."""
+    raw = os.environ.get(AUTO_SYNC_ENV, "").strip() or "on"
+    if raw not in ("on", "off"):
+        raise ValueError(f"{AUTO_SYNC_ENV}={raw!r}: expected on or off")
+    return raw == "on"
 
 
 def runner() -> str:
@@ -133,6 +150,7 @@ class EmuBackend(AscendKernelBackend):
             how == "staged",
             core_order(),
             saturation=saturation(),
+            auto_sync=auto_sync(),
         )
 
 
@@ -144,10 +162,31 @@ HBM_BYTES_PER_S = 1.6e12
 CORES_910B = 48
 IDEAL_FP32_BYTES_PER_PARAM = 28  # pass 1 reads w, g; pass 2 reads w, g, m and writes m, w
 
+# Latency inputs of the model (docs/benchmarks.md, "The NPU cost model"). Documented ones name
+# their source; the others are ASSUMPTIONS, round numbers of the right order, not measurements.
+# Documented: a launch of an Atlas A2 kernel on every core costs ~20-21 µs before its first
+# instruction (core start, TLB misses; asc-devkit docs/zh/guide "分析性能数据", 头开销).
+LAUNCH_HEAD_S = 20e-6
+# Assumption: the vector cores' clock. 910B's documented fp32 vector peak of 11.06 TOPS for a
+# 48-vector-core part (same docs, "理论参数") is 48 x 1.8 GHz x 128.
+CLOCK_HZ = 1.8e9
+# Assumption: one 256-byte repeat of a vector instruction per cycle (fp32: 64 lanes).
+VECTOR_BYTES_PER_CYCLE = 256
+# Assumption: a GM -> UB copy issued to an idle DMA pipe waits this long for its first bytes
+# (HBM access through the MTE; GPUs' HBM latency is ~0.5-1 µs).
+DMA_LATENCY_S = 1.0e-6
+# Assumption: a scalar read of global memory that misses the data cache (every kernel invalidates
+# it at the start: DataCacheCleanAndInvalid) stalls the scalar unit this long.
+SCALAR_GM_READ_S = 0.5e-6
+# Assumption: a V -> S round trip (the vector pipe drains, its flag reaches the scalar unit, which
+# resumes issuing): a few hundred cycles.
+VS_ROUND_TRIP_CYCLES = 200
+
 
 @dataclass
 class StepCost:
-    """One fused fp32 LARS + momentum step of the AscendC kernels, as the emulation counts it."""
+    """One fused fp32 LARS + momentum step of the AscendC kernels, as the emulation counts it.
+    Per-core figures are the busiest core's per launch, summed over the launches."""
 
     name: str
     tensors: int
@@ -162,6 +201,15 @@ class StepCost:
     flag_waits_max_core: int
     model_seconds: float  # sum over launches of the busiest core's bytes at its bandwidth share
     scalar_reads_by_launch: tuple[int, ...] = ()  # the busiest core's, per launch
+    # the latency model (latency_seconds): per launch, the launch head plus the slowest core's
+    # max(DMA streaming, vector work) + DMA pipe refills + exposed scalar GM reads + V->S trips
+    latency_seconds: float = 0.0
+    latency_by_launch: tuple[float, ...] = ()  # seconds, per launch
+    vs_round_trips_by_launch: tuple[int, ...] = ()  # the busiest core's, per launch
+    pipe_fills_by_launch: tuple[int, ...] = ()
+    exposed_gm_reads_by_launch: tuple[int, ...] = ()
+    v_barriers_max_core: int = 0
+    dma_ops_max_core: int = 0
 
     @property
     def bytes_per_param(self) -> float:
@@ -170,6 +218,32 @@ class StepCost:
     @property
     def excess_bytes(self) -> int:
         return self.dma_bytes - IDEAL_FP32_BYTES_PER_PARAM * self.params
+
+
+def core_seconds(
+    counts: np.ndarray, fields: dict[str, int], cores: int, *, latency: bool = True
+) -> np.ndarray:
+    """The model's time of every core in every launch, (launches, cores), from the emulation's
+    counters (launches, cores, fields). Streaming: the core's DMA bytes at its share of HBM
+    bandwidth when all cores stream at once; the vector work overlaps it (double buffering), so
+    the longer of the two counts. With latency, added to it: a DMA latency per refill of an idle
+    DMA pipe (the launch's first load, and the first after each time the scalar unit waited for a
+    pipe: it issues everything, so nothing was queued meanwhile), a scalar GM read latency per
+    read issued while idle so, and a V -> S round trip per one."""
+
+    def c(field: str) -> np.ndarray:
+        return counts[:, :, fields[field]].astype(np.float64)
+
+    stream = (c("gm_to_ub_bytes") + c("ub_to_gm_bytes")) / (HBM_BYTES_PER_S / cores)
+    vector = c("vector_elems") * 4 / VECTOR_BYTES_PER_CYCLE / CLOCK_HZ
+    if not latency:
+        return stream
+    stalls = (
+        c("pipe_fills") * DMA_LATENCY_S
+        + c("exposed_gm_reads") * SCALAR_GM_READ_S
+        + c("vs_round_trips") * VS_ROUND_TRIP_CYCLES / CLOCK_HZ
+    )
+    return np.maximum(stream, vector) + stalls
 
 
 def step_cost(
@@ -214,10 +288,13 @@ def step_cost(
     )  # (launches, cores, fields)
     f = {k: i for i, k in enumerate(C.emu_counter_fields)}
     dma = counts[:, :, f["gm_to_ub_bytes"]] + counts[:, :, f["ub_to_gm_bytes"]]
-    share = HBM_BYTES_PER_S / cores  # each core's share of HBM when all stream at once
+    per_launch = LAUNCH_HEAD_S + core_seconds(counts, f, cores).max(axis=1)
 
     def busiest(field: str) -> int:
         return int(counts[:, :, f[field]].max(axis=1).sum())
+
+    def by_launch(field: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in counts[:, :, f[field]].max(axis=1))
 
     return StepCost(
         name=name,
@@ -231,15 +308,25 @@ def step_cost(
         vector_instrs_max_core=busiest("vector_instrs"),
         queue_waits_max_core=busiest("queue_waits"),
         flag_waits_max_core=busiest("flag_waits"),
-        model_seconds=float(dma.max(axis=1).sum()) / share,
-        scalar_reads_by_launch=tuple(
-            int(x) for x in counts[:, :, f["scalar_gm_reads"]].max(axis=1)
-        ),
+        model_seconds=float(core_seconds(counts, f, cores, latency=False).max(axis=1).sum()),
+        scalar_reads_by_launch=by_launch("scalar_gm_reads"),
+        latency_seconds=float(per_launch.sum()),
+        latency_by_launch=tuple(float(x) for x in per_launch),
+        vs_round_trips_by_launch=by_launch("vs_round_trips"),
+        pipe_fills_by_launch=by_launch("pipe_fills"),
+        exposed_gm_reads_by_launch=by_launch("exposed_gm_reads"),
+        v_barriers_max_core=busiest("v_barriers"),
+        dma_ops_max_core=busiest("dma_ops"),
     )
 
 
+def _per_launch(values: tuple[int, ...] | tuple[float, ...], fmt: str = "{:,}") -> str:
+    return " / ".join(fmt.format(v) for v in values)
+
+
 def format_costs(costs: list[StepCost]) -> str:
-    """The cost table (README "AscendC kernels"): a model from the emulation's counters."""
+    """The cost tables (docs/benchmarks.md, "The NPU cost model"): a model from the emulation's
+    counters. The first is bandwidth only; the second adds the latency terms."""
     head = (
         "| set | tensors | params | launches | GM bytes/param | above 28 B/param | workspace "
         "(H2D) | scalar GM reads/core | vector instrs/core | queue+flag waits/core | model "
@@ -252,12 +339,29 @@ def format_costs(costs: list[StepCost]) -> str:
         f"{c.model_seconds * 1e6:,.0f} µs |"
         for c in costs
     ]
+    lat_head = (
+        "| set | V→S round trips/core | DMA pipe refills/core | exposed scalar GM reads/core | "
+        "DMA ops/core | PipeBarrier<PIPE_V>/core | model step per launch | model step with "
+        "latency |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    lat_rows = [
+        f"| {c.name} | {_per_launch(c.vs_round_trips_by_launch)} | "
+        f"{_per_launch(c.pipe_fills_by_launch)} | {_per_launch(c.exposed_gm_reads_by_launch)} | "
+        f"{c.dma_ops_max_core:,} | {c.v_barriers_max_core:,} | "
+        f"{_per_launch(tuple(t * 1e6 for t in c.latency_by_launch), '{:,.0f}')} µs | "
+        f"{c.latency_seconds * 1e6:,.0f} µs |"
+        for c in costs
+    ]
     cores = costs[0].cores if costs else CORES_910B
     note = (
         f"\nA MODEL from lars_npu's AscendC emulation counters (one fused fp32 momentum step, "
-        f"{cores} vector cores; per core: the busiest core, summed over the launches), not a "
-        "hardware measurement. Model step = the busiest core's DMA bytes per launch at "
-        f"{HBM_BYTES_PER_S / 1e12:.1f} TB/s / {cores}; scalar reads, launch overheads and the "
-        "workspace copy are not in it."
+        f"{cores} vector cores; per core: the busiest core, summed over the launches or per "
+        "launch: square sums / λ / update), not a hardware measurement. First table: the busiest "
+        f"core's DMA bytes per launch at {HBM_BYTES_PER_S / 1e12:.1f} TB/s / {cores}. Second: per "
+        f"launch {LAUNCH_HEAD_S * 1e6:.0f} µs of launch head (documented) + the slowest core's "
+        "max(DMA streaming, vector work at 256 B/cycle) + assumed latencies: "
+        f"{DMA_LATENCY_S * 1e6:g} µs per DMA pipe refill, {SCALAR_GM_READ_S * 1e6:g} µs per "
+        f"exposed scalar GM read, {VS_ROUND_TRIP_CYCLES} cycles at {CLOCK_HZ / 1e9:g} GHz per "
+        "V→S round trip. The workspace copy is in neither."
     )
-    return "\n".join([head, *rows]) + note
+    return "\n".join([head, *rows, "", lat_head, *lat_rows]) + note
