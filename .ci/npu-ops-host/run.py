@@ -213,8 +213,8 @@ def check_resident() -> None:
         return counts
 
     params_bytes = 16 * n  # {wd, lr, mu, flags} in fp32 per tensor, whole 32-byte blocks
-    sent, zeroed, full = step(0.1, True)
-    assert full and sent > 0 and zeroed > 0, (sent, zeroed, full)
+    sent_full, zeroed, full = step(0.1, True)
+    assert full and sent_full > 0 and zeroed > 0, (sent_full, zeroed, full)
     sent, _, full = step(0.1, False)  # the first-step flags flip: the parameters' region
     assert not full and 0 < sent <= params_bytes + 32, sent
     sent, _, full = step(0.1, False)  # steady: nothing but the flags zeroed on the device
@@ -228,11 +228,13 @@ def check_resident() -> None:
     # a call that throws after its upload: nothing is known of the buffer any more
     step(0.05, False, refuse=True)
     sent, _, full = step(0.05, False)
-    assert full and sent > 0, (sent, full)
-    # a re-pointed parameter (another tensor, same shape): its address is sent, results right
+    assert full and sent == sent_full, (sent, full)
+    # a re-pointed parameter (another tensor, same shape): other tables, so the call takes
+    # another buffer while the stream has room (everything sent), else this one (the address sent)
+    first_sent = sent_full
     p1[2], p2[2] = twin([p1[2]])[0], twin([p2[2]])[0]
     sent, _, full = step(0.05, False)
-    assert not full and 0 < sent <= 512, sent
+    assert (full and sent == first_sent) or (not full and 0 < sent <= 512), (sent, full)
     sent, _, full = step(0.05, False)
     assert not full and sent == 0, sent
 

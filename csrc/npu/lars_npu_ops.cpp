@@ -408,39 +408,37 @@ class ResidentBuffers {
     return *pool;
   }
 
-  // An idle buffer of (dev, stream), leased to the caller until release(): the one that needs
-  // fewest bytes for `cur` (a byte comparison with what each is known to hold), else one to
-  // reuse or a new one. The choice never decides what is sent (Resident::sync does).
+  // An idle buffer of (dev, stream), leased to the caller until release(), by a byte comparison
+  // of `cur` with what each is known to hold: the known one that needs fewest bytes, if it needs
+  // at most half of what it holds (the same model: a new lr, a gradient re-allocated); else one
+  // nothing is known of, or a new one while the stream has fewer than kPerStream (another model
+  // gets its own); else that known one, or the least recently used. The choice never decides
+  // what is sent: Resident::sync does.
   ResidentBuffer* acquire(const c10::Device& dev, uint64_t stream, const uint8_t* cur,
                           uint64_t total, const std::vector<resident::Segment>& segs) {
     const std::lock_guard<std::mutex> guard(lock_);
-    ResidentBuffer* best = nullptr;
-    uint64_t best_diff = UINT64_MAX;
-    ResidentBuffer* oldest = nullptr;
+    ResidentBuffer *near = nullptr, *unknown = nullptr, *oldest = nullptr;
+    resident::Resident::Difference near_d;
     size_t mine = 0;
     for (const auto& e : all_) {
       if (e->device != dev || e->stream != stream) continue;
       ++mine;
       if (e->busy) continue;
       if (oldest == nullptr || e->last_use < oldest->last_use) oldest = e.get();
-      if (!e->buf.defined()) continue;
-      const auto cap = static_cast<uint64_t>(e->buf.numel());
-      const uint64_t diff = e->state.differing(reinterpret_cast<uint64_t>(e->buf.data_ptr()),
-                                               cap, cur, total, segs);
-      if (diff < best_diff) {
-        best = e.get();
-        best_diff = diff;
+      const resident::Resident::Difference d =
+          e->buf.defined()
+              ? e->state.differing(reinterpret_cast<uint64_t>(e->buf.data_ptr()),
+                                   static_cast<uint64_t>(e->buf.numel()), cur, total, segs)
+              : resident::Resident::Difference{};
+      if (d.known && (near == nullptr || d.differ < near_d.differ)) {
+        near = e.get();
+        near_d = d;
+      } else if (!d.known && unknown == nullptr && !e->state.known()) {
+        unknown = e.get();
       }
     }
-    if (best == nullptr) {  // nothing known fits: an idle buffer nothing is known of, or a new one
-      for (const auto& e : all_) {
-        if (e->device == dev && e->stream == stream && !e->busy && !e->state.known()) {
-          best = e.get();
-          break;
-        }
-      }
-    }
-    if (best == nullptr && mine >= kPerStream) best = oldest;
+    ResidentBuffer* best = near != nullptr && 2 * near_d.differ <= near_d.compared ? near : unknown;
+    if (best == nullptr && mine >= kPerStream) best = near != nullptr ? near : oldest;
     if (best == nullptr) {
       all_.push_back(std::make_unique<ResidentBuffer>());
       best = all_.back().get();
