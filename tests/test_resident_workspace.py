@@ -520,3 +520,53 @@ def test_npu_backend_mixed_and_given_sum_launches_stay_right(npu_path):
 def test_stand_in_native_is_the_one_of_test_ascend_host():
     assert StandInNative.__module__.endswith("test_ascend_host")
     assert constants().flag_slots * 32 == FLAG_BYTES
+
+
+# ---- the table of docs/ascend.md ("The resident workspace") ----------------------------------
+
+
+def model_workspace(numels, *, lr=0.1, first=False, given=None):
+    """The workspace of one fused fp32 step over tensors of these sizes, each at its own aligned
+    address (as a model's are; nothing is dereferenced)."""
+    n = len(numels)
+    k = constants()
+    sizes = [-(-x * 4 // 32) * 32 for x in numels]
+    offsets = np.cumsum([0, *sizes[:-1]], dtype=np.int64)
+    ones, zeros = np.ones(n, np.uint8), np.zeros(n, np.uint8)
+    step = _ascend.step_args(
+        w=(1 << 40) + offsets, g=(2 << 40) + offsets, m=(3 << 40) + offsets,
+        numel=np.asarray(numels, np.int64), adapt=ones, has_m=ones,
+        first=ones if first else zeros, nesterov=zeros, wd=np.full(n, 5e-5),
+        lr=np.full(n, lr), mu=np.full(n, 0.9), dtype=0, mode=1, tile_sq=k.tile_square_sums,
+        tile_up=k.tile_update, chunk_elems=k.chunk,
+    )  # fmt: skip
+    if given is not None:
+        step.given_ws, step.given_gs = given
+    return native().ascend_plan(step)
+
+
+def test_the_docs_table_is_what_the_rules_send():
+    from pathlib import Path
+
+    from lars_npu._tools.shapes import SETS
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "ascend.md").read_text()
+    section = doc.split("## The resident workspace", 1)[1]
+    for name in ("resnet50", "bert-large"):
+        numels = [int(np.prod(s)) for _, s in SETS[name]()]
+        n = len(numels)
+        first, layout = model_workspace(numels, first=True)
+        steady, _ = model_workspace(numels)
+        lr, _ = model_workspace(numels, lr=0.05)
+        g1, _ = model_workspace(numels, given=(np.ones(n), np.ones(n)))
+        g2, _ = model_workspace(numels, given=(np.full(n, 2.0), np.full(n, 3.0)))
+        row = [
+            layout["bytes"],
+            _ascend.workspace_upload(layout, None, first)["bytes"],
+            _ascend.workspace_upload(layout, first, steady)["bytes"],
+            _ascend.workspace_upload(layout, steady, steady)["bytes"],
+            _ascend.workspace_upload(layout, steady, lr)["bytes"],
+            _ascend.workspace_upload(layout, g1, g2, run_square_sums=False)["bytes"],
+        ]
+        want = "| " + name + " | " + " | ".join(f"{b:,} B" for b in row) + " |"
+        assert want in section, want
