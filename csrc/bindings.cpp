@@ -14,6 +14,7 @@
 #include "cpu/fused.h"  // last_level_cache_bytes
 #include "cpu/overlap.h"
 #include "emu/emu_launch.h"
+#include "npu/lars_emu_device.h"  // the resident workspace, staged on the emulation
 #if defined(LARS_NPU_NPU_LAUNCHER) || defined(LARS_NPU_CANN_HOST_RUNNER)
 #include "npu/lars_npu_launch.h"
 #endif
@@ -185,6 +186,68 @@ py::object emu_launch(Blob& blob, uint64_t n, uint64_t nc, int dtype, bool run_s
   return result;
 }
 
+// ---- the resident workspace (csrc/npu/lars_resident.h) ----------------------------------------
+namespace resident = lars_npu_host::resident;
+
+py::dict counts_dict(const resident::Counts& c) {
+  py::dict d, regions;
+  d["bytes"] = c.sent;
+  d["zeroed"] = c.zeroed;
+  d["copies"] = c.copies;
+  d["compared"] = c.compared;
+  d["full"] = c.full;
+  d["zero_by_copy"] = c.zero_by_copy;
+  for (int r = 0; r < resident::kNumRegions; ++r) {
+    if (c.sent_by_region[r] != 0) regions[resident::region_name(r)] = c.sent_by_region[r];
+  }
+  d["regions"] = regions;
+  return d;
+}
+
+// What the resident policy sends of `current` to a buffer that holds `previous` (None: a new
+// buffer), for one workspace of layout (n, nc).
+py::dict workspace_upload(uint64_t n, uint64_t nc, const py::object& previous,
+                          const Blob& current, bool run_sq, bool run_update) {
+  blob_layout(current, n, nc);
+  Blob prev;
+  if (!previous.is_none()) {
+    prev = previous.cast<Blob>();
+    blob_layout(prev, n, nc);
+  }
+  const resident::Plan p = resident::workspace_plan(
+      n, nc, previous.is_none() ? nullptr : prev.data(), current.data(), run_sq, run_update);
+  py::dict d = counts_dict(p.counts);
+  py::list ranges;
+  for (const resident::Range& r : p.ranges) {
+    ranges.append(py::make_tuple(r.offset, r.bytes, r.zero));
+  }
+  d["ranges"] = ranges;
+  return d;
+}
+
+py::dict staged_runner_launch(lars_npu_host::EmuStagedRunner& r, Blob& blob, uint64_t n,
+                              uint64_t nc, int dtype, bool run_sq, bool run_update,
+                              int64_t core_order, bool saturation) {
+  const host::Layout L = blob_layout(blob, n, nc);
+  if (dtype != 0 && dtype != 1) throw std::invalid_argument("dtype: fp32 (0) or fp16 (1)");
+  r.mem.core_order = core_order;
+  r.mem.saturation = saturation;
+  {
+    py::gil_scoped_release release;
+    r.launch(blob.mutable_data(), L, dtype, run_sq, run_update);
+  }
+  py::dict d = counts_dict(r.buf.last);
+  d["tensor_bytes"] = r.buf.last_tensor_bytes;
+  d["allocations"] = r.buf.allocations;
+  py::dict moved;  // what the emulated device saw, counted by its memory policy
+  moved["in"] = r.mem.bytes_in;
+  moved["zeroed"] = r.mem.bytes_zeroed;
+  moved["out"] = r.mem.bytes_out;
+  moved["copies_in"] = r.mem.copies_in;
+  d["moved"] = moved;
+  return d;
+}
+
 #ifdef LARS_NPU_NPU_LAUNCHER
 // The NPU launch: both kernels on `stream` (torch_npu's current stream), workspace already in
 // device memory at `ws_addr`. Asynchronous, like any launch on a stream.
@@ -319,6 +382,55 @@ PYBIND11_MODULE(_C, m) {
         py::arg("core_order"),
         "A deliberately wrong kernel (core b reads what core b-1 wrote in the same launch) on the "
         "emulation in the given core order: its result depends on the order.");
+  m.def("workspace_upload", &workspace_upload, py::arg("n"), py::arg("num_chunks"),
+        py::arg("previous"), py::arg("current"), py::arg("run_square_sums") = true,
+        py::arg("run_update") = true,
+        "What the resident workspace (csrc/npu/lars_resident.h) sends of `current` (a workspace "
+        "of layout n, num_chunks) to a device buffer that holds `previous` from the last "
+        "step (None: a new buffer): {bytes, zeroed, copies, compared, full, zero_by_copy, "
+        "regions: {name: bytes sent}, ranges: [(offset, bytes, zero)]}.");
+  py::class_<lars_npu_host::EmuStagedRunner>(
+      m, "StagedRunner",
+      "The staging runner of CANN's cpu / sim builds (csrc/npu/lars_staging.h) on lars_npu's "
+      "emulation, its device buffer kept between calls: the resident workspace sends only what "
+      "changed. One caller at a time.")
+      .def(py::init([](int64_t block_dim, int64_t ub_bytes) {
+             if (block_dim < 1 || block_dim > int64_t{lars_ascendc::kMaxCoreFlags}) {
+               throw std::invalid_argument("block_dim: 1 to " +
+                                           std::to_string(lars_ascendc::kMaxCoreFlags));
+             }
+             auto r = std::make_unique<lars_npu_host::EmuStagedRunner>();
+             r->mem.block_dim = block_dim;
+             r->mem.ub_bytes = ub_bytes;
+             return r;
+           }),
+           py::arg("block_dim") = 8, py::arg("ub_bytes") = 192 * 1024)
+      .def("launch", &staged_runner_launch, py::arg("workspace"), py::arg("n"),
+           py::arg("num_chunks"), py::arg("dtype"), py::arg("run_square_sums"),
+           py::arg("run_update"), py::arg("core_order") = 0, py::arg("saturation") = true,
+           "Run the kernels through the staging runner on this runner's buffer, in place on the "
+           "host workspace; returns the workspace upload's counts (workspace_upload's keys), "
+           "tensor_bytes, allocations and what the device moved.")
+      .def("release", &lars_npu_host::EmuStagedRunner::release,
+           "Free the buffer; the next launch starts on a new one.")
+      .def_property(
+          "block_dim", [](const lars_npu_host::EmuStagedRunner& r) { return r.mem.block_dim; },
+          [](lars_npu_host::EmuStagedRunner& r, int64_t v) {
+            if (v < 1 || v > int64_t{lars_ascendc::kMaxCoreFlags}) {
+              throw std::invalid_argument("block_dim: 1 to " +
+                                          std::to_string(lars_ascendc::kMaxCoreFlags));
+            }
+            r.mem.block_dim = v;
+          })
+      .def_property_readonly(
+          "known", [](const lars_npu_host::EmuStagedRunner& r) { return r.buf.ws.known(); },
+          "Whether anything of the buffer is known (false: the next launch sends everything).")
+      .def_property(
+          "fail_after_copies",
+          [](const lars_npu_host::EmuStagedRunner& r) { return r.mem.fail_after_copies; },
+          [](lars_npu_host::EmuStagedRunner& r, int64_t v) { r.mem.fail_after_copies = v; },
+          "Test hook: >= 0 makes the host-to-device copy after this many (in the next launch) "
+          "throw once.");
 #ifdef LARS_NPU_NPU_LAUNCHER
   m.def("npu_launch", &npu_launch, py::arg("stream"), py::arg("workspace_addr"), py::arg("n"),
         py::arg("num_chunks"), py::arg("dtype"), py::arg("run_square_sums"),

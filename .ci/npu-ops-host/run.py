@@ -14,6 +14,10 @@ import torch
 lib = ctypes.CDLL(sys.argv[1], mode=os.RTLD_NOW | os.RTLD_LOCAL)
 launches = ctypes.c_int.in_dll(lib, "lars_host_check_launches")
 core_order = ctypes.c_int.in_dll(lib, "lars_host_check_core_order")
+refuse_launches = ctypes.c_int.in_dll(lib, "lars_host_check_refuse_launches")
+_last_upload = lib.lars_npu_ops_last_upload
+_last_upload.argtypes = [ctypes.POINTER(ctypes.c_uint64)]
+_last_upload.restype = None
 # pinned host memory needs an accelerator; the stand-in PrivateUse1 backend is one once named
 torch.utils.rename_privateuse1_backend("npu_host_check")
 ops = torch.ops.lars_npu
@@ -157,6 +161,84 @@ def check_fused(
     return skipped
 
 
+def last_upload() -> tuple[int, int, bool]:
+    """(bytes sent, bytes zeroed, nothing known) of this thread's last operator call's upload to
+    its resident device buffer (csrc/npu/lars_resident.h)."""
+    out = (ctypes.c_uint64 * 4)()
+    _last_upload(out)
+    return out[0], out[1], bool(out[3])
+
+
+def check_resident() -> None:
+    """Steps of fused_step_ on the SAME tensors, each compared with the CPU operator: the
+    resident buffer keeps the tables (nothing sent on a steady step), sends the per-tensor
+    parameters when lr or the first-step flag change, everything again after a call that threw
+    after its upload, and a re-pointed tensor's address; another operator in between takes its
+    own buffer. Results agree with the CPU's at every step."""
+    n = 6
+    ps = [rnd((40000,)), rnd((3, 5)), rnd((17, 33)), rnd((1,)), rnd((20000,)), rnd((64,))]
+    ms = [torch.zeros_like(p) for p in ps]
+    gs = [torch.zeros_like(p) for p in ps]
+    p1, m1, g1, p2, m2, g2 = twin(ps), twin(ms), twin(gs), twin(ps), twin(ms), twin(gs)
+    group = torch.zeros(n, dtype=torch.int64)
+
+    def step(lr: float, first: bool, refuse: bool = False) -> tuple[int, int, bool]:
+        for a, b in zip(g1, g2, strict=True):
+            a.copy_(rnd(a.shape, scale=0.1))
+            b.copy_(a)
+        hyper = table([lr], [1e-4], [0.9], [0.0])
+        fl = flags([True] * n, [True] * n, [first] * n)
+
+        def args(p, g, m):
+            return (p, g, m, group, fl, hyper, 1e-5, 1e-3, False, False, None, False, 0)
+
+        if refuse:  # the first launch throws, after the upload: nothing written
+            before = [x.clone() for x in (*p2, *m2)]
+            refuse_launches.value = 1
+            try:
+                npu("fused_step_", *args(p2, g2, m2))
+            except RuntimeError as exc:
+                assert "refused by run.py" in str(exc), exc
+            else:
+                sys.exit("FAIL a refused launch did not raise")
+            assert all(same_bits(a, b) for a, b in zip(before, (*p2, *m2), strict=True))
+            return last_upload()
+        want, got = cpu("fused_step_", *args(p1, g1, m1)), npu("fused_step_", *args(p2, g2, m2))
+        counts = last_upload()
+        assert bool(want[0]) == bool(got[0]) is False
+        close(got[1], want[1], 2e-5, "resident fused_step_ lam")
+        for i in range(n):
+            close(p2[i], p1[i], 2e-5, f"resident fused_step_ parameter {i}")
+            close(m2[i], m1[i], 2e-5, f"resident fused_step_ momentum buffer {i}")
+        return counts
+
+    params_bytes = 16 * n  # {wd, lr, mu, flags} in fp32 per tensor, whole 32-byte blocks
+    sent_full, zeroed, full = step(0.1, True)
+    assert full and sent_full > 0 and zeroed > 0, (sent_full, zeroed, full)
+    sent, _, full = step(0.1, False)  # the first-step flags flip: the parameters' region
+    assert not full and 0 < sent <= params_bytes + 32, sent
+    sent, _, full = step(0.1, False)  # steady: nothing but the flags zeroed on the device
+    assert not full and sent == 0, sent
+    sent, _, full = step(0.05, False)  # a scheduler's lr
+    assert not full and 0 < sent <= params_bytes + 32, sent
+    # another operator on the stream in between: its own buffer; ours is still known after it
+    npu("square_sums", p2, g2, flags([True] * n))
+    sent, _, full = step(0.05, False)
+    assert not full and sent == 0, sent
+    # a call that throws after its upload: nothing is known of the buffer any more
+    step(0.05, False, refuse=True)
+    sent, _, full = step(0.05, False)
+    assert full and sent == sent_full, (sent, full)
+    # a re-pointed parameter (another tensor, same shape): other tables, so the call takes
+    # another buffer while the stream has room (everything sent), else this one (the address sent)
+    first_sent = sent_full
+    p1[2], p2[2] = twin([p1[2]])[0], twin([p2[2]])[0]
+    sent, _, full = step(0.05, False)
+    assert (full and sent == first_sent) or (not full and 0 < sent <= 512), (sent, full)
+    sent, _, full = step(0.05, False)
+    assert not full and sent == 0, sent
+
+
 def expect(error: type, text: str, op: str, *args) -> None:
     try:
         npu(op, *args)
@@ -222,9 +304,10 @@ def main() -> None:
     expect(ValueError, "LARS_NPU_BLOCK_DIM='two'", "lars_", [rnd((3,))], [rnd((3,))], *one,
            table([0.1], [0.0], [0.0], [0.0]), 1e-5, 1e-3, False, False, None)  # fmt: skip
     del os.environ["LARS_NPU_BLOCK_DIM"]
+    check_resident()
     print(
         f"PrivateUse1 kernels on the emulation match the CPU kernels "
-        f"({launches.value} emulated launches)"
+        f"({launches.value} emulated launches; resident workspace: steady steps send nothing)"
     )
 
 

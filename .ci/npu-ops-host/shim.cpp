@@ -5,7 +5,8 @@
 // - c10_npu::getCurrentNPUStream / NPUStream::stream: a null stream (the launches below ignore it);
 // - lars_npu_host::launch_on_stream: the launcher's contract (square sums, then λ and update, on
 //   the workspace at `ws`) on the emulation, whose "global memory" is host memory: the tensors
-//   are CPU tensors, the workspace a CPU tensor;
+//   are CPU tensors, the workspace a CPU tensor (the operators' resident buffer); it refuses a
+//   launch when run.py asks (a call that fails after its upload);
 // - a PrivateUse1 device guard (no-op) and hooks whose pinned-memory allocator is the CPU one,
 //   so that the operator's pinned host buffer and its DeviceGuard work on CPU tensors.
 #include <ATen/detail/PrivateUse1HooksInterface.h>
@@ -13,6 +14,7 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <cstdint>
+#include <stdexcept>
 
 #include "emu/emu_launch.h"
 #include "npu/lars_npu_launch.h"
@@ -26,16 +28,22 @@ NPUStream getCurrentNPUStream(c10::DeviceIndex) {
 }
 }  // namespace c10_npu
 
-// Read and set by run.py through ctypes: launches made, and the emulated cores' order.
+// Read and set by run.py through ctypes: launches made, the emulated cores' order, and launches
+// to refuse (each refused one counts down: a call that throws after its workspace upload).
 extern "C" {
 int lars_host_check_launches = 0;
 int lars_host_check_core_order = 0;
+int lars_host_check_refuse_launches = 0;
 }
 
 namespace lars_npu_host {
 void launch_on_stream(uint64_t /*stream*/, uint64_t ws, const lars_ascendc::host::Layout& L,
                       int dtype, bool run_sq, bool run_update, uint32_t block_dim) {
   if (L.num_chunks == 0) return;  // as the real launcher
+  if (lars_host_check_refuse_launches > 0) {
+    --lars_host_check_refuse_launches;
+    throw std::runtime_error("lars_npu: launch of lars_square_sums failed (refused by run.py)");
+  }
   ++lars_host_check_launches;
   lars_emu::launch(reinterpret_cast<uint8_t*>(ws), L, dtype, run_sq, run_update,
                    block_dim != 0 ? block_dim : 7, lars_ascendc::kUbBudgetBytes,

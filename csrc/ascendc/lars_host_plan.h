@@ -3,20 +3,25 @@
 // host emulation (csrc/emu/). Plain C++17, no AscendC or ACL headers.
 //
 // One step of the kernels reads everything from ONE workspace buffer in global memory, so the host
-// builds it as one byte blob and moves it with one copy:
+// builds it as one byte blob. It has three parts, in this order, so that a launcher can keep the
+// buffer resident on the device and send only what changed (csrc/npu/lars_resident.h):
 //
+//   tables: the same step after step for an unchanged model (same tensors at the same addresses)
 //   w_addrs[n] wsq_addrs[n] g_addrs[n] m_addrs[n]   uint64 device addresses (0 = absent)
 //   chunks[nc]                                      Chunk {tensor, offset, length}: the flat work list
 //   tensor_chunks[n + 1]                            uint64: chunks of tensor t are [tc[t], tc[t+1])
+//   sq_tiling[8], up_tiling[8]                      uint32: SquareSumTiling, UpdateTiling
+//   per step: what a scheduler or the first momentum step changes
 //   params[n * kTensorParams]                       fp32 {wd, lr, mu, flags} per tensor
 //   hyper[8]                                        fp32 {epsilon, coefficient, use_clip, guard}
-//   sq_tiling[8], up_tiling[8]                      uint32: SquareSumTiling, UpdateTiling
 //   results[(2 nc + kMaxCoreFlags + n) * kBlock]    fp32 blocks: Σw² and Σg² per chunk, a
 //                                                   non-finite flag per core, λ per tensor
 //                                                   (lars_tiling.h); written by the kernels
+//                                                   (the host writes them only for given sums)
 //
-// Every region starts on a 32-byte boundary. The layout is a pure function of (n, nc), so a
-// launcher needs only the buffer's address, n and nc.
+// Neither kernel writes the tables or the per-step part. Every region starts on a 32-byte
+// boundary. The layout is a pure function of (n, nc), so a launcher needs only the buffer's
+// address, n and nc.
 #pragma once
 
 #include <cmath>
@@ -35,9 +40,14 @@ namespace host {
 
 struct Layout {
   uint64_t n = 0, num_chunks = 0;
+  // tables: [0, params)
   uint64_t w_addrs = 0, wsq_addrs = 0, g_addrs = 0, m_addrs = 0;
-  uint64_t chunks = 0, tensor_chunks = 0, params = 0, hyper = 0;
-  uint64_t sq_tiling = 0, up_tiling = 0, partials = 0;
+  uint64_t chunks = 0, tensor_chunks = 0, sq_tiling = 0, up_tiling = 0;
+  // per step: [params, partials)
+  uint64_t params = 0, hyper = 0;
+  // results: [partials, bytes) = chunk sums [partials, flags), the cores' flags [flags, lambda),
+  // λ per tensor [lambda, bytes)
+  uint64_t partials = 0, flags = 0, lambda = 0;
   uint64_t bytes = 0;  // total size of the workspace
 };
 
@@ -59,11 +69,13 @@ inline Layout make_layout(uint64_t n, uint64_t nc) {
   L.m_addrs = take(8 * n);
   L.chunks = take(sizeof(Chunk) * nc);
   L.tensor_chunks = take(8 * (n + 1));
-  L.params = take(sizeof(float) * kTensorParams * n);
-  L.hyper = take(sizeof(float) * 8);
   L.sq_tiling = take(sizeof(uint32_t) * 8);
   L.up_tiling = take(sizeof(uint32_t) * 8);
-  L.partials = take(sizeof(float) * kBlock * (2 * nc + kMaxCoreFlags + n));
+  L.params = take(sizeof(float) * kTensorParams * n);
+  L.hyper = take(sizeof(float) * 8);
+  L.partials = take(sizeof(float) * kBlock * 2 * nc);
+  L.flags = take(sizeof(float) * kBlock * kMaxCoreFlags);
+  L.lambda = take(sizeof(float) * kBlock * n);
   L.bytes = at;
   return L;
 }

@@ -3,6 +3,7 @@
 // tensors into GmAlloc buffers (lars_staging.h) and launches with ICPU_RUN_KF. Built only with
 // CANN (cmake/LarsAscend.cmake, RUN_MODE=cpu); never compiled on lars_npu's CI machines.
 #include <cstring>
+#include <mutex>
 #include <stdexcept>
 
 #include "kernel_operator.h"
@@ -24,6 +25,7 @@ namespace lars_npu_host {
 
 namespace {
 
+// GmAlloc buffers live until GmFree: the staging buffer is kept between calls.
 class CpuDebugMemory {
  public:
   uint64_t alloc(uint64_t bytes) {
@@ -36,6 +38,7 @@ class CpuDebugMemory {
   void to_host(void* dst, uint64_t src, uint64_t bytes) {
     std::memcpy(dst, reinterpret_cast<const void*>(src), bytes);
   }
+  void zero(uint64_t dst, uint64_t bytes) { std::memset(reinterpret_cast<void*>(dst), 0, bytes); }
   void run(uint64_t ws, const lars_ascendc::host::Layout& L, int dtype, bool run_sq,
            bool run_update, uint32_t block_dim) {
     auto gm = [ws](uint64_t offset) { return reinterpret_cast<uint8_t*>(ws + offset); };
@@ -72,7 +75,16 @@ void cann_host_launch(uint8_t* ws, const lars_ascendc::host::Layout& L, int dtyp
   CpuDebugMemory mem;
   uint32_t dim = block_dim == 0 ? 8u : block_dim;
   if (dim > lars_ascendc::kMaxCoreFlags) dim = lars_ascendc::kMaxCoreFlags;  // one flag slot each
-  run_staged(mem, ws, L, dtype, run_sq, run_update, dim);
+  // one staging buffer, kept between calls (lars_resident.h); one call at a time
+  static std::mutex lock;
+  static auto* buf = new StagedBuffer();
+  const std::lock_guard<std::mutex> guard(lock);
+  try {
+    run_staged(mem, *buf, ws, L, dtype, run_sq, run_update, dim);
+  } catch (...) {
+    buf->ws.invalidate();  // a failed step: nothing is known of the buffer
+    throw;
+  }
 }
 
 }  // namespace lars_npu_host

@@ -6,6 +6,8 @@
 // (lars_host_plan.h, lars_staging.h) is what CI tests, on lars_npu's emulation.
 #include "lars_npu_launch.h"
 
+#include <map>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -101,7 +103,9 @@ void launch_on_stream(uint64_t stream, uint64_t ws, const lars_ascendc::host::La
 namespace {
 
 // Memory policy of the staging runner on ACL device memory (RUN_MODE npu, or sim on CANN's
-// simulator): host tensors are copied to the current device and back.
+// simulator): host tensors are copied to the current device and back. Its allocations outlive it
+// (aclrtMalloc), so the staging buffer is kept between calls (cann_host_launch). No zero(): the
+// resident workspace copies the zeros of the flags region from the host (8 KiB).
 class AclMemory {
  public:
   AclMemory() {
@@ -146,7 +150,21 @@ class AclMemory {
 void cann_host_launch(uint8_t* ws, const lars_ascendc::host::Layout& L, int dtype, bool run_sq,
                       bool run_update, uint32_t block_dim) {
   AclMemory mem;
-  run_staged(mem, ws, L, dtype, run_sq, run_update, block_dim);
+  int32_t device = 0;
+  check(aclrtGetDevice(&device), "aclrtGetDevice");
+  // One staging buffer per device, kept between calls (lars_resident.h sends only what changed
+  // of the workspace); every call waits for its kernels (AclMemory::run), so a call finds the
+  // buffer idle. One call at a time. Never freed: process exit would come after aclFinalize.
+  static std::mutex lock;
+  static auto* buffers = new std::map<int32_t, StagedBuffer>();
+  const std::lock_guard<std::mutex> guard(lock);
+  StagedBuffer& buf = (*buffers)[device];
+  try {
+    run_staged(mem, buf, ws, L, dtype, run_sq, run_update, block_dim);
+  } catch (...) {
+    buf.ws.invalidate();  // a failed step: nothing is known of the buffer
+    throw;
+  }
 }
 #endif
 

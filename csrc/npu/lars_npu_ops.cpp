@@ -21,8 +21,10 @@
 //   3. the tensors go into launch sets, one dtype each (the kernels take one dtype per launch):
 //      each set is one workspace of lars_host_plan.h (host::validate / plan / fill). All the
 //      workspaces, with the index tables that map a set's tensors and chunks back to the call's,
-//      are built in ONE pinned host buffer and moved by ONE asynchronous host-to-device copy on
-//      the current stream;
+//      are built in ONE pinned host buffer, compared byte for byte with what the call's resident
+//      device buffer (kept per device and stream) is known to hold, and only what differs is
+//      copied, asynchronously on the current stream (csrc/npu/lars_resident.h; "the resident
+//      device buffer" below);
 //   4. launches (launch_on_stream, csrc/npu/lars_npu_launch.cpp), all on the current stream: the
 //      square-sums kernel of every set, then, where a step writes, the λ and update kernels. With
 //      several sets the found_inf decision covers all of them: it is made on the device (the
@@ -65,6 +67,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
@@ -75,6 +79,7 @@
 #include "ascendc/lars_host_plan.h"
 #include "common/lars_math.h"
 #include "npu/lars_npu_launch.h"
+#include "npu/lars_resident.h"
 #include "ops/checks.h"
 #include "torch_npu/csrc/core/npu/NPUStream.h"
 
@@ -361,16 +366,167 @@ std::vector<double> host_lam(const uint8_t* f, int64_t n, at::TensorList ts, con
   return lam;
 }
 
-// Every set's workspace and index tables, and `extra` (float64 values the results need), in one
-// host buffer (pinned), copied to the device in one asynchronous copy on the current stream. Sets
-// without members are dropped.
+// torch_npu's current stream of `dev`, as the launcher takes it. Asked right before each launch:
+// stream() hands torch_npu's queued operators (the copies of upload(), the flag merge below) to
+// the ACL stream first, so the kernels run after them.
+uint64_t current_stream(const c10::Device& dev) {
+  return reinterpret_cast<uint64_t>(c10_npu::getCurrentNPUStream(dev.index()).stream());
+}
+
+// ---- the resident device buffer (csrc/npu/lars_resident.h) ------------------------------------
+// A call's device buffer stays allocated after the call, one pool per (device, stream), with the
+// host copy of what was sent to it; the next call on that stream builds its whole host buffer
+// again, compares it byte for byte with what the buffer is known to hold and copies only the
+// ranges that differ (for an unchanged model at a constant lr: none of the tables, no parameter).
+// What the kernels write (results) is never compared: zeroed on the device, sent, or left to the
+// kernels, as lars_resident.h decides per launch. Safety:
+//   - a buffer is used only on the stream it was allocated on (torch_npu's caching allocator
+//     ties it to that stream), so the copies of a call come after the previous call's kernels
+//     and result reads in stream order;
+//   - a buffer is leased to one call from its copies until its last launch and result read are
+//     queued: another thread's call on the same stream takes another buffer;
+//   - a call that throws anywhere leaves its buffer unknown: the next call sends everything.
+namespace resident = lars_npu_host::resident;
+
+struct ResidentBuffer {
+  c10::Device device{c10::kCPU};
+  uint64_t stream = 0;
+  at::Tensor buf;  // uint8, on `device`, allocated while `stream` was current
+  resident::Resident state;
+  bool busy = false;
+  uint64_t last_use = 0;
+};
+
+// The calls' buffers: at most kPerStream per (device, stream) and kMax in all (the least
+// recently used idle one goes). Never destroyed: at process exit torch_npu may be gone.
+class ResidentBuffers {
+ public:
+  static constexpr size_t kPerStream = 4, kMax = 16;
+
+  static ResidentBuffers& get() {
+    static auto* pool = new ResidentBuffers();
+    return *pool;
+  }
+
+  // An idle buffer of (dev, stream), leased to the caller until release(), by a byte comparison
+  // of `cur` with what each is known to hold: the known one that needs fewest bytes, if it needs
+  // at most half of what it holds (the same model: a new lr, a gradient re-allocated); else one
+  // nothing is known of, or a new one while the stream has fewer than kPerStream (another model
+  // gets its own); else that known one, or the least recently used. The choice never decides
+  // what is sent: Resident::sync does.
+  ResidentBuffer* acquire(const c10::Device& dev, uint64_t stream, const uint8_t* cur,
+                          uint64_t total, const std::vector<resident::Segment>& segs) {
+    const std::lock_guard<std::mutex> guard(lock_);
+    ResidentBuffer *near = nullptr, *unknown = nullptr, *oldest = nullptr;
+    resident::Resident::Difference near_d;
+    size_t mine = 0;
+    for (const auto& e : all_) {
+      if (e->device != dev || e->stream != stream) continue;
+      ++mine;
+      if (e->busy) continue;
+      if (oldest == nullptr || e->last_use < oldest->last_use) oldest = e.get();
+      const resident::Resident::Difference d =
+          e->buf.defined()
+              ? e->state.differing(reinterpret_cast<uint64_t>(e->buf.data_ptr()),
+                                   static_cast<uint64_t>(e->buf.numel()), cur, total, segs)
+              : resident::Resident::Difference{};
+      if (d.known && (near == nullptr || d.differ < near_d.differ)) {
+        near = e.get();
+        near_d = d;
+      } else if (!d.known && unknown == nullptr && !e->state.known()) {
+        unknown = e.get();
+      }
+    }
+    ResidentBuffer* best = near != nullptr && 2 * near_d.differ <= near_d.compared ? near : unknown;
+    if (best == nullptr && mine >= kPerStream) best = near != nullptr ? near : oldest;
+    if (best == nullptr) {
+      all_.push_back(std::make_unique<ResidentBuffer>());
+      best = all_.back().get();
+      best->device = dev;
+      best->stream = stream;
+    }
+    best->busy = true;
+    best->last_use = ++clock_;
+    // over the limit: the least recently used idle buffer of any stream goes
+    while (all_.size() > kMax) {
+      auto victim = all_.end();
+      for (auto it = all_.begin(); it != all_.end(); ++it) {
+        if (!(*it)->busy && (victim == all_.end() || (*it)->last_use < (*victim)->last_use)) {
+          victim = it;
+        }
+      }
+      if (victim == all_.end()) break;  // every one is in use
+      all_.erase(victim);
+    }
+    return best;
+  }
+
+  // The call is over: its launches and result reads are queued (ok), or it threw.
+  void release(ResidentBuffer* b, bool ok) {
+    const std::lock_guard<std::mutex> guard(lock_);
+    if (ok) {
+      b->state.commit();
+    } else {
+      b->state.invalidate();
+    }
+    b->busy = false;
+  }
+
+ private:
+  std::mutex lock_;
+  std::vector<std::unique_ptr<ResidentBuffer>> all_;
+  uint64_t clock_ = 0;
+};
+
+// A call's lease on its buffer: done() when everything of the call is queued; destroyed without
+// it (an exception), the buffer is unknown to the next call.
+class Lease {
+ public:
+  explicit Lease(ResidentBuffer* b) : b_(b) {}
+  ~Lease() { ResidentBuffers::get().release(b_, ok_); }
+  Lease(const Lease&) = delete;
+  Lease& operator=(const Lease&) = delete;
+  void done() { ok_ = true; }
+
+ private:
+  ResidentBuffer* b_;
+  bool ok_ = false;
+};
+
+// Memory policy of Resident::sync on a torch device buffer: asynchronous copies from the call's
+// pinned host buffer on the current stream, zeroing by a device fill.
+struct TorchDeviceMemory {
+  at::Tensor device, host;
+  uint64_t device_base = 0;
+  const uint8_t* host_base = nullptr;
+  void to_device(uint64_t dst, const void* src, uint64_t bytes) {
+    device.narrow(0, static_cast<int64_t>(dst - device_base), static_cast<int64_t>(bytes))
+        .copy_(host.narrow(0, static_cast<const uint8_t*>(src) - host_base,
+                           static_cast<int64_t>(bytes)),
+               /*non_blocking=*/true);
+  }
+  void zero(uint64_t dst, uint64_t bytes) {
+    device.narrow(0, static_cast<int64_t>(dst - device_base), static_cast<int64_t>(bytes))
+        .zero_();
+  }
+};
+
+// What the last call of this thread sent (lars_npu_ops_last_upload).
+thread_local resident::Counts last_upload;
+
+// Every set's workspace and index tables, and `extra` (float64 values the results need), built in
+// one host buffer (pinned) and brought to the call's resident device buffer by asynchronous
+// copies on the current stream of what differs from what that buffer holds. Sets without members
+// are dropped. run_sq: the square-sums kernels run; update_runs: the λ and update kernels of the
+// sets with `update` run (what the kernels will write is not sent).
 struct Upload {
   std::vector<LaunchSet> sets;
   uint64_t extra_off = 0;
   at::Tensor device;  // uint8, on the parameters' device
+  std::shared_ptr<Lease> lease;
 };
 
-Upload upload(std::vector<LaunchSet> sets, const c10::Device& dev,
+Upload upload(std::vector<LaunchSet> sets, const c10::Device& dev, bool run_sq, bool update_runs,
               const std::vector<double>& extra = {}) {
   Upload u;
   for (LaunchSet& s : sets) {
@@ -397,8 +553,10 @@ Upload upload(std::vector<LaunchSet> sets, const c10::Device& dev,
                              at::TensorOptions().dtype(at::kByte).pinned_memory(true));
   uint8_t* p = buf.data_ptr<uint8_t>();
   std::memset(p, 0, total);
+  std::vector<resident::Segment> segs;
   for (const LaunchSet& s : u.sets) {
     host::fill(p + s.ws_off, s.layout, s.args);
+    resident::workspace_segments(segs, s.ws_off, s.layout, run_sq, update_runs && s.update);
     auto* chunk_dst = reinterpret_cast<int64_t*>(p + s.chunk_dst_off);
     auto* tensor_dst = reinterpret_cast<int64_t*>(p + s.tensor_dst_off);
     uint64_t c = 0;
@@ -410,19 +568,32 @@ Upload upload(std::vector<LaunchSet> sets, const c10::Device& dev,
       }
     }
     TORCH_CHECK(c == s.layout.num_chunks, "lars_npu: chunk table does not match the plan");
+    resident::host_segment(segs, s.chunk_dst_off, s.chunk_dst_off + 8 * c, resident::kIndex);
+    resident::host_segment(segs, s.tensor_dst_off, s.tensor_dst_off + 8 * s.index.size(),
+                           resident::kIndex);
   }
   if (!extra.empty()) std::memcpy(p + u.extra_off, extra.data(), sizeof(double) * extra.size());
-  u.device = at::empty({static_cast<int64_t>(total)},
-                       at::TensorOptions().dtype(at::kByte).device(dev));
-  u.device.copy_(buf, /*non_blocking=*/true);
-  return u;
-}
+  resident::host_segment(segs, u.extra_off, u.extra_off + sizeof(double) * extra.size(),
+                         resident::kExtra);
+  resident::fill_gaps(segs, total);
 
-// torch_npu's current stream of `dev`, as the launcher takes it. Asked right before each launch:
-// stream() hands torch_npu's queued operators (the copies above, the flag merge below) to the
-// ACL stream first, so the kernels run after them.
-uint64_t current_stream(const c10::Device& dev) {
-  return reinterpret_cast<uint64_t>(c10_npu::getCurrentNPUStream(dev.index()).stream());
+  const uint64_t stream = current_stream(dev);
+  ResidentBuffer* b = ResidentBuffers::get().acquire(dev, stream, p, total, segs);
+  u.lease = std::make_shared<Lease>(b);  // from here on, an exception leaves b unknown
+  const auto need = static_cast<int64_t>(total);
+  if (!b->buf.defined() || b->buf.numel() < need || b->buf.numel() > 4 * need + 65536) {
+    b->state.invalidate();
+    b->buf = at::Tensor();  // (the old one back to the allocator first)
+    b->buf = at::empty({need}, at::TensorOptions().dtype(at::kByte).device(dev));
+    // a new buffer holds 0xFF (NaN as fp32) until sent to: a results block the resident rules
+    // wrongly left to the kernels shows as NaN, never as a lucky zero
+    b->buf.fill_(0xFF);
+  }
+  TorchDeviceMemory mem{b->buf, buf, reinterpret_cast<uint64_t>(b->buf.data_ptr()), p};
+  last_upload = b->state.sync(mem, mem.device_base, static_cast<uint64_t>(b->buf.numel()), p,
+                              total, std::move(segs));
+  u.device = b->buf.narrow(0, 0, need);
+  return u;
 }
 
 void launch(const Upload& u, const LaunchSet& s, const c10::Device& dev, bool run_sq,
@@ -625,10 +796,15 @@ Outputs4 fused_step_npu(at::TensorList params, at::TensorList grads, at::TensorL
   }
   const lars::Hyper h{epsilon, coefficient, use_clip, guard_zero_norm};
   const Extra extra = extra_of(given, host_lam(f, n, params, v, given_sums, h));
-  const Upload u = upload(std::move(sets), dev, extra.values);
+  // the square-sums kernels run unless the sums are given; no kernel runs when they are not finite
+  const bool skip = given.has_value() && given->found_inf;
+  const Upload u = upload(std::move(sets), dev, !given.has_value(), !skip, extra.values);
   std::vector<Staged> written = w;
   written.insert(written.end(), m.begin(), m.end());
-  return launch_writing(u, dev, n, extra.lam0, given.has_value() ? &*given : nullptr, written);
+  Outputs4 out =
+      launch_writing(u, dev, n, extra.lam0, given.has_value() ? &*given : nullptr, written);
+  u.lease->done();  // everything of the call is queued
+  return out;
 }
 
 // ---- the unfused pieces: square sums, and the in-place gradient rewrite ----------------------
@@ -680,9 +856,11 @@ std::tuple<at::Tensor, at::Tensor> square_sums_npu(at::TensorList weights, at::T
     t.adapt = adapt;
     add(sets[static_cast<size_t>(code)], t);
   }
-  const Upload u = upload(std::move(sets), dev);
+  const Upload u = upload(std::move(sets), dev, /*run_sq=*/true, /*update_runs=*/false);
   run(u, dev, /*given=*/false, /*writes=*/false);
-  return sums_on_device(u, n, dev);
+  auto out = sums_on_device(u, n, dev);
+  u.lease->done();  // everything of the call is queued
+  return out;
 }
 
 Outputs4 lars_npu(at::TensorList weights, at::TensorList grads, const at::Tensor& group,
@@ -763,8 +941,12 @@ Outputs4 lars_npu(at::TensorList weights, at::TensorList grads, const at::Tensor
   }
   const lars::Hyper h{epsilon, coefficient, use_clip, guard_zero_norm};
   const Extra extra = extra_of(given_values, host_lam(f, n, grads, v, given_sums, h));
-  const Upload u = upload(std::move(sets), dev, extra.values);
-  return launch_writing(u, dev, n, extra.lam0, given ? &*given_values : nullptr, written);
+  const bool skip = given && given_values->found_inf;  // no kernel runs then
+  const Upload u = upload(std::move(sets), dev, !given, !skip, extra.values);
+  Outputs4 out =
+      launch_writing(u, dev, n, extra.lam0, given ? &*given_values : nullptr, written);
+  u.lease->done();  // everything of the call is queued
+  return out;
 }
 
 }  // namespace
@@ -778,4 +960,16 @@ TORCH_LIBRARY_IMPL(lars_npu, PrivateUse1, m) {
   m.impl("fused_step_", &lars_ops::npu::fused_step_npu);
   m.impl("square_sums", &lars_ops::npu::square_sums_npu);
   m.impl("lars_", &lars_ops::npu::lars_npu);
+}
+
+// What the calling thread's last operator call sent to its resident device buffer (lars_resident.h
+// Counts): out[0] bytes copied host -> device, out[1] bytes zeroed on the device, out[2] copies
+// and zeroings, out[3] 1 when nothing was known of the buffer. For diagnostics and
+// .ci/npu-ops-host-check; a C symbol, so no header is needed to read it.
+extern "C" __attribute__((visibility("default"))) void lars_npu_ops_last_upload(uint64_t out[4]) {
+  const lars_npu_host::resident::Counts& c = lars_ops::npu::last_upload;
+  out[0] = c.sent;
+  out[1] = c.zeroed;
+  out[2] = c.copies;
+  out[3] = c.full ? 1 : 0;
 }

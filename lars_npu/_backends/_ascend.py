@@ -19,7 +19,8 @@ One step, whatever runs the kernels:
 Lists mixing fp32 and fp16 run as one launch set per dtype group.
 
 So the ``npu`` backend's Python code is the ``emu`` backend's, tested in every CI run, plus the
-device copies and the launch on the stream.
+device copies and the launch on the stream. The device copy of the workspace is kept between steps
+and only what differs from it is sent (csrc/npu/lars_resident.h; ``workspace_upload`` says what).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from ._ascend_launch import (
     kernel_pairs_ok,
     step_args,
 )
+from ._native import loaded
 from ._staging import stage_step, unstage_grads, unstage_step
 from .base import Hyper, MultiResult, per_tensor_rewrite_given_sums_, per_tensor_square_sums
 
@@ -55,7 +57,36 @@ __all__ = [
     "kernel_dtypes_ok",
     "kernel_pairs_ok",
     "step_args",
+    "workspace_upload",
 ]
+
+
+def workspace_upload(
+    layout: dict[str, int],
+    previous: np.ndarray | None,
+    current: np.ndarray,
+    *,
+    run_square_sums: bool = True,
+    run_update: bool = True,
+) -> dict[str, Any]:
+    """What one launch sends host-to-device with the workspace kept resident on the device
+    (csrc/npu/lars_resident.h, the rules of the NPU backend, the NPU operators and the staging
+    runner): ``current`` is this launch's workspace (``_C.ascend_plan``), ``previous`` the one the
+    device buffer holds from the last launch of this layout (None: a new buffer). Returns
+    ``{"bytes", "zeroed", "copies", "compared", "full", "zero_by_copy", "regions", "ranges"}``:
+    bytes copied host-to-device, bytes zeroed on the device (the cores' flags, no host data),
+    separate copies and zeroings, bytes compared on the host, whether nothing was known, bytes
+    sent per region (addresses, chunks, tensor_chunks, tiling, params, hyper, partials, flags,
+    lambda), and the ranges ``(offset, bytes, zero)``."""
+    out: dict[str, Any] = loaded().workspace_upload(
+        layout["n"],
+        layout["num_chunks"],
+        previous,
+        current,
+        run_square_sums=run_square_sums,
+        run_update=run_update,
+    )
+    return out
 
 
 class AscendKernelBackend(AscendLauncher):
