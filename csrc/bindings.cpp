@@ -227,11 +227,12 @@ py::dict workspace_upload(uint64_t n, uint64_t nc, const py::object& previous,
 
 py::dict staged_runner_launch(lars_npu_host::EmuStagedRunner& r, Blob& blob, uint64_t n,
                               uint64_t nc, int dtype, bool run_sq, bool run_update,
-                              int64_t core_order, bool saturation) {
+                              int64_t core_order, bool saturation, bool auto_sync) {
   const host::Layout L = blob_layout(blob, n, nc);
   if (dtype != 0 && dtype != 1) throw std::invalid_argument("dtype: fp32 (0) or fp16 (1)");
   r.mem.core_order = core_order;
   r.mem.saturation = saturation;
+  r.mem.auto_sync = auto_sync;
   {
     py::gil_scoped_release release;
     r.launch(blob.mutable_data(), L, dtype, run_sq, run_update);
@@ -408,6 +409,7 @@ PYBIND11_MODULE(_C, m) {
       .def("launch", &staged_runner_launch, py::arg("workspace"), py::arg("n"),
            py::arg("num_chunks"), py::arg("dtype"), py::arg("run_square_sums"),
            py::arg("run_update"), py::arg("core_order") = 0, py::arg("saturation") = true,
+           py::arg("auto_sync") = true,
            "Run the kernels through the staging runner on this runner's buffer, in place on the "
            "host workspace; returns the workspace upload's counts (workspace_upload's keys), "
            "tensor_bytes, allocations and what the device moved.")

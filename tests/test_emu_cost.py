@@ -163,3 +163,24 @@ def test_the_latency_model_charges_each_input_as_stated(monkeypatch, constant, c
     # what is left is max(streaming, vector work): microseconds here
     assert cost.latency_seconds == pytest.approx(events, abs=1e-3)
     assert cost.latency_seconds >= events + cost.model_seconds - 1e-12
+
+
+def test_the_workspace_upload_is_counted_and_steady_steps_send_no_bytes():
+    """Issue 22: the model counts the workspace's host-to-device traffic. Before the resident
+    workspace every step copied all of it; now a first step sends the tables and the per-step
+    part (never the results region, which the kernels write), and a steady step of the same model
+    sends nothing and zeroes the cores' flags on the device."""
+    from lars_npu._backends._native import constants
+
+    sizes = [1, 7, 5000, CHUNK + 3, 3 * CHUNK]
+    cost = emu.step_cost("t", sizes, cores=8)
+    k = constants()
+    assert 0 < cost.upload_first_bytes < cost.workspace_bytes
+    assert cost.upload_steady_bytes == 0
+    assert cost.upload_steady_zeroed == k.flag_slots * 32  # a 32-byte flag block per slot
+    assert cost.upload_whole_seconds == pytest.approx(
+        emu.H2D_OP_S + cost.workspace_bytes / emu.H2D_BYTES_PER_S
+    )
+    assert cost.upload_steady_seconds == pytest.approx(emu.H2D_OP_S)  # the one zeroing
+    table = emu.format_costs([cost])
+    assert f"{cost.workspace_bytes:,} B | {cost.upload_first_bytes:,} B | 0 B" in table

@@ -24,7 +24,7 @@ namespace lars_npu_host {
 class EmuDeviceMemory {
  public:
   int64_t block_dim = 8, ub_bytes = 192 * 1024, core_order = 0;
-  bool saturation = true;
+  bool saturation = true, auto_sync = true;
   // moved by the last call (reset by the runner), and the failure hook
   uint64_t bytes_in = 0, bytes_zeroed = 0, bytes_out = 0, copies_in = 0;
   int64_t fail_after_copies = -1;  // >= 0: the copy after this many in one call throws
@@ -58,7 +58,7 @@ class EmuDeviceMemory {
   void run(uint64_t ws, const lars_ascendc::host::Layout& L, int dtype, bool run_sq,
            bool run_update, uint32_t /*block_dim*/) {
     lars_emu::launch(reinterpret_cast<uint8_t*>(ws), L, dtype, run_sq, run_update, block_dim,
-                     ub_bytes, core_order, nullptr, saturation);
+                     ub_bytes, core_order, nullptr, saturation, auto_sync);
   }
 
  private:

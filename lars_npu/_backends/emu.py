@@ -11,7 +11,9 @@ the kernels, it takes fp32 and fp16 tensors.
 
 - ``emulation`` (default): lars_npu's emulation, in place on the host workspace;
 - ``staged``: the same emulation through the staging runner (tensors copied into a separate
-  "device" buffer and back), the path of CANN's cpu / sim builds;
+  "device" buffer and back), the path of CANN's cpu / sim builds; the buffer is kept per thread
+  between launches, so the resident workspace's rules (send only what differs from what the
+  buffer is known to hold) run on every staged launch;
 - ``cann``: the kernels as CANN built them with ``RUN_MODE=cpu`` (tikicpulib) or ``sim`` — only in
   an extension built with CANN (``lars-npu info`` says); this is what docker/cann-emulator-ci.sh
   runs the emu test-suite against.
@@ -32,7 +34,9 @@ depends on an earlier one with no ``PipeBarrier<PIPE_V>`` between them (docs/emu
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -138,6 +142,19 @@ class EmuBackend(AscendKernelBackend):
                 )
             C.cann_host_launch(blob, n, nc, code, run_square_sums, run_update, BLOCK_DIM)
             return
+        if how == "staged":
+            _staged_runner(C).launch(
+                blob,
+                n,
+                nc,
+                code,
+                run_square_sums,
+                run_update,
+                core_order(),
+                saturation(),
+                auto_sync(),
+            )
+            return
         C.emu_launch(
             blob,
             n,
@@ -147,11 +164,26 @@ class EmuBackend(AscendKernelBackend):
             run_update,
             BLOCK_DIM,
             UB_BYTES,
-            how == "staged",
+            False,
             core_order(),
             saturation=saturation(),
             auto_sync=auto_sync(),
         )
+
+
+_staged = threading.local()
+
+
+def _staged_runner(C: Any) -> Any:
+    """This thread's staging runner (``_C.StagedRunner``): its emulated device buffer is kept
+    between launches, so every staged launch goes through the resident-workspace rules
+    (csrc/npu/lars_resident.h) exactly as CANN's cpu / sim builds do: what the buffer is known to
+    hold is compared byte for byte, only differences are sent, and a launch that throws leaves
+    nothing known. One runner per thread: a runner serves one caller at a time."""
+    r = getattr(_staged, "runner", None)
+    if r is None:
+        r = _staged.runner = C.StagedRunner(BLOCK_DIM, UB_BYTES)
+    return r
 
 
 # -- the NPU cost model: counters of the emulation, never a hardware measurement ---------------
@@ -181,6 +213,12 @@ SCALAR_GM_READ_S = 0.5e-6
 # Assumption: a V -> S round trip (the vector pipe drains, its flag reaches the scalar unit, which
 # resumes issuing): a few hundred cycles.
 VS_ROUND_TRIP_CYCLES = 200
+# Assumptions: the workspace's host-to-device traffic (csrc/npu/lars_resident.h) over the host
+# link at an effective 25 GB/s (a PCIe 4.0 x16 link's practical rate; no 910B measurement), and
+# a fixed cost per stream-ordered copy or device-side zeroing (submission and DMA set-up; of the
+# order of an async memcpy's on other accelerators).
+H2D_BYTES_PER_S = 25e9
+H2D_OP_S = 10e-6
 
 
 @dataclass
@@ -210,6 +248,15 @@ class StepCost:
     exposed_gm_reads_by_launch: tuple[int, ...] = ()
     v_barriers_max_core: int = 0
     dma_ops_max_core: int = 0
+    # the workspace's host-to-device traffic per step (csrc/npu/lars_resident.h): before the
+    # resident workspace, all of it every step; now what a step sends to a new buffer (the first
+    # step) and to the buffer of the step before, same model and lr (steady), with the device-side
+    # zeroing of the cores' flags
+    upload_first_bytes: int = 0
+    upload_steady_bytes: int = 0
+    upload_steady_zeroed: int = 0
+    upload_whole_seconds: float = 0.0  # one copy of the whole workspace
+    upload_steady_seconds: float = 0.0
 
     @property
     def bytes_per_param(self) -> float:
@@ -254,7 +301,7 @@ def step_cost(
     move and issue does not depend on the values, so every tensor is backed by the same
     zero-filled buffers (w, g, m: one each, as long as the largest tensor): the real shapes at a
     fraction of their memory. The tensors' values after the step are meaningless."""
-    from ._ascend import step_args
+    from ._ascend import step_args, workspace_upload
     from ._native import constants
 
     k = constants()
@@ -283,6 +330,8 @@ def step_cost(
         chunk_elems=k.chunk,
     )
     blob, layout = C.ascend_plan(step)
+    first_up = workspace_upload(layout, None, blob)
+    steady_up = workspace_upload(layout, blob.copy(), blob)  # a later step, nothing changed
     counts = C.emu_launch(
         blob, layout["n"], layout["num_chunks"], 0, True, True, cores, UB_BYTES, False, 0, True
     )  # (launches, cores, fields)
@@ -317,7 +366,18 @@ def step_cost(
         exposed_gm_reads_by_launch=by_launch("exposed_gm_reads"),
         v_barriers_max_core=busiest("v_barriers"),
         dma_ops_max_core=busiest("dma_ops"),
+        upload_first_bytes=int(first_up["bytes"]),
+        upload_steady_bytes=int(steady_up["bytes"]),
+        upload_steady_zeroed=int(steady_up["zeroed"]),
+        upload_whole_seconds=upload_seconds(int(layout["bytes"]), 1),
+        upload_steady_seconds=upload_seconds(int(steady_up["bytes"]), int(steady_up["copies"])),
     )
+
+
+def upload_seconds(nbytes: int, ops: int) -> float:
+    """The model's time of a step's workspace traffic: ``ops`` stream-ordered copies or
+    zeroings moving ``nbytes`` from the host (stream-ordered before the kernels: not hidden)."""
+    return ops * H2D_OP_S + nbytes / H2D_BYTES_PER_S
 
 
 def _per_launch(values: tuple[int, ...] | tuple[float, ...], fmt: str = "{:,}") -> str:
@@ -352,6 +412,19 @@ def format_costs(costs: list[StepCost]) -> str:
         f"{c.latency_seconds * 1e6:,.0f} µs |"
         for c in costs
     ]
+    up_head = (
+        "| set | workspace (H2D per step before) | first step, resident | steady step, resident "
+        "(+ zeroed on device) | model H2D, whole → resident | **model step with latency and "
+        "H2D, whole → resident** |\n|---|---:|---:|---:|---:|---:|"
+    )
+    up_rows = [
+        f"| {c.name} | {c.workspace_bytes:,} B | {c.upload_first_bytes:,} B | "
+        f"{c.upload_steady_bytes:,} B (+ {c.upload_steady_zeroed:,} B) | "
+        f"{c.upload_whole_seconds * 1e6:,.1f} → {c.upload_steady_seconds * 1e6:,.1f} µs | "
+        f"**{(c.latency_seconds + c.upload_whole_seconds) * 1e6:,.0f} → "
+        f"{(c.latency_seconds + c.upload_steady_seconds) * 1e6:,.0f} µs** |"
+        for c in costs
+    ]
     cores = costs[0].cores if costs else CORES_910B
     note = (
         f"\nA MODEL from lars_npu's AscendC emulation counters (one fused fp32 momentum step, "
@@ -362,6 +435,10 @@ def format_costs(costs: list[StepCost]) -> str:
         "max(DMA streaming, vector work at 256 B/cycle) + assumed latencies: "
         f"{DMA_LATENCY_S * 1e6:g} µs per DMA pipe refill, {SCALAR_GM_READ_S * 1e6:g} µs per "
         f"exposed scalar GM read, {VS_ROUND_TRIP_CYCLES} cycles at {CLOCK_HZ / 1e9:g} GHz per "
-        "V→S round trip. The workspace copy is in neither."
+        "V→S round trip. Third: the workspace's host-to-device traffic per step, whole "
+        "(before the resident workspace) and as the resident workspace sends it, at an assumed "
+        f"{H2D_BYTES_PER_S / 1e9:g} GB/s + {H2D_OP_S * 1e6:g} µs per copy or zeroing, added to "
+        "the latency model's step (the kernels' own figures are the same in both)."
     )
-    return "\n".join([head, *rows, "", lat_head, *lat_rows]) + note
+    tables = [head, *rows, "", lat_head, *lat_rows, "", up_head, *up_rows]
+    return "\n".join(tables) + note
