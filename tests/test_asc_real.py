@@ -122,6 +122,18 @@ def test_muladddst_axpy_and_a_vector_barrier():
     np.testing.assert_array_equal(out, expected)
 
 
+def test_muladddst_and_axpy_with_half_sources_into_float():
+    """The mixed forms: a float destination with half sources (a repeat of 64 lanes reads four
+    32-byte blocks of each half operand)."""
+    n = 208
+    x, y = (np.zeros(2 * n, np.float16) for _ in range(2))  # every input `in_bytes` long
+    x[:n], y[:n] = data(n, 4).astype(np.float16), data(n, 5).astype(np.float16)
+    z = data(n, 6)
+    out = test_kernel("muladd_axpy_f16", x, y=y, z=z, n=n, out=np.zeros(n, np.float32))
+    xf, yf = x[:n].astype(np.float32), y[:n].astype(np.float32)
+    np.testing.assert_array_equal(out, (xf * yf + z) + np.float32(0.5) * xf)
+
+
 F16_IN = np.array([np.inf, -np.inf, np.nan, 1.0, 65504.0, -2.0, 2.0**-24, 3.0] + [0.0] * 8,
                   dtype=np.float16)  # fmt: skip
 F32_IN = np.array([1e6, -1e6, np.nan, np.inf, 1.0, 1 + 2.0**-11, 1 + 3 * 2.0**-11, 65519.0,

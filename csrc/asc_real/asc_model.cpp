@@ -57,22 +57,26 @@ Core& Cur(const char* name) {
 bool Saturating(const Core& c) { return ((c.ctrl >> kCtrlFloatMode) & 1u) == 0; }
 
 // ---- addresses -------------------------------------------------------------------------------
+// p as a UB address of `bytes` bytes, `align`-byte aligned from the UB's start; else a failure.
 uint8_t* Ub(const char* name, const Core& c, const void* p, uint64_t bytes, uint64_t align) {
-  const auto* q = static_cast<const uint8_t*>(p);
-  if (q < c.ub || q > c.ub + c.ub_bytes || bytes > static_cast<uint64_t>(c.ub + c.ub_bytes - q)) {
+  const auto base = reinterpret_cast<uintptr_t>(c.ub), a = reinterpret_cast<uintptr_t>(p);
+  const auto offset = static_cast<long long>(a) - static_cast<long long>(base);
+  if (a < base || a - base > c.ub_bytes || bytes > c.ub_bytes - (a - base)) {
     Fail(name, ("Unified Buffer access outside the core's " + std::to_string(c.ub_bytes) +
-                " bytes (offset " + std::to_string(static_cast<long long>(q - c.ub)) + ", " +
-                std::to_string(bytes) + " bytes)")
+                " bytes (offset " + std::to_string(offset) + ", " + std::to_string(bytes) +
+                " bytes)")
                    .c_str());
   }
-  if (align > 1 && static_cast<uint64_t>(q - c.ub) % align != 0) {
+  if (align > 1 && (a - base) % align != 0) {
     Fail(name, ("Unified Buffer address not " + std::to_string(align) + "-byte aligned (offset " +
-                std::to_string(q - c.ub) + ")")
+                std::to_string(offset) + ")")
                    .c_str());
   }
-  return const_cast<uint8_t*>(q);
+  return reinterpret_cast<uint8_t*>(a);
 }
 
+// p as a global-memory address of `bytes` bytes: not null, not in the UB, and inside a buffer of
+// the launch (when the runner named them); else a failure.
 uint8_t* Gm(const char* name, const Core& c, const void* p, uint64_t bytes) {
   const auto a = reinterpret_cast<uintptr_t>(p);
   if (a == 0) Fail(name, "null global-memory address");

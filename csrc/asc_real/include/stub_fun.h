@@ -10,7 +10,7 @@
 //  - modelled intrinsics (DMA, vector arithmetic, conversions, reductions, mask and control
 //    registers, flags): declared below, implemented in asc_model.cpp;
 //  - bookkeeping hooks of the closed CPU-debug library (AscendCBuf*, AscendCQueCreate, ...):
-//    no-ops here (asc_hooks.cpp);
+//    no-ops here, but for the one that re-poisons the Unified Buffer (asc_hooks.cpp);
 //  - every other intrinsic the headers name somewhere (so that they compile): a catch-all that
 //    throws "intrinsic X is not modelled" if a kernel ever reaches it at run time.
 #pragma once
@@ -55,7 +55,6 @@ namespace lars_asc_real {
 // Raises the model's error (a C++ exception the runner turns into a Python RuntimeError).
 [[noreturn]] void Fail(const char* intrinsic, const char* what);
 [[noreturn]] void Unmodelled(const char* intrinsic);
-
 
 // Element types of the vector model: float and half. The headers also instantiate the vector
 // intrinsics with integer types (in code lars_npu's kernels never reach): those compile and throw
@@ -247,7 +246,7 @@ void set_atomic_none();
 void set_l1_3d_size(uint64_t value);
 void set_padding(uint64_t value);
 
-// ---- bookkeeping hooks of the closed CPU-debug library: no-ops here (asc_hooks.cpp) ---------
+// ---- bookkeeping hooks of the closed CPU-debug library (asc_hooks.cpp) ------------------------
 void AscendCBufAbsAddr(uint8_t hardware, uint64_t addr, uint32_t len);
 void AscendCBufInit(uint8_t pos, int32_t type, int32_t num, uint64_t addr, uint32_t len);
 void AscendCBufAlloc(uint8_t pos, uint8_t hardware, uint64_t addr, uint64_t len);

@@ -13,6 +13,7 @@ LARS_ASC_TEST_KERNEL(lars_test_sum_datacopy_unaligned)
 LARS_ASC_TEST_KERNEL(lars_test_sum_reads_pad_lanes)
 LARS_ASC_TEST_KERNEL(lars_test_sum_uninitialized_lanes)
 LARS_ASC_TEST_KERNEL(lars_test_muladd_axpy)
+LARS_ASC_TEST_KERNEL(lars_test_muladd_axpy_f16)
 LARS_ASC_TEST_KERNEL(lars_test_cast_f16_to_f32)
 LARS_ASC_TEST_KERNEL(lars_test_cast_f32_to_f16)
 LARS_ASC_TEST_KERNEL(lars_test_store_past_output)
@@ -34,6 +35,7 @@ constexpr Entry kKernels[] = {
     {"sum_reads_pad_lanes", &lars_test_sum_reads_pad_lanes},
     {"sum_uninitialized_lanes", &lars_test_sum_uninitialized_lanes},
     {"muladd_axpy", &lars_test_muladd_axpy},
+    {"muladd_axpy_f16", &lars_test_muladd_axpy_f16},
     {"cast_f16_to_f32", &lars_test_cast_f16_to_f32},
     {"cast_f32_to_f16", &lars_test_cast_f32_to_f16},
     {"store_past_output", &lars_test_store_past_output},

@@ -63,3 +63,47 @@ extern "C" __global__ __aicore__ void lars_test_muladd_axpy(GM_ADDR x, GM_ADDR y
   op.Init(x, y, z, out, args);
   op.Process();
 }
+
+// The mixed-precision forms: out (float) = z + x * y, then out += 0.5 * x, with x and y half
+// (MulAddDst<float, half>, Axpy<float, half>: a repeat of 64 lanes reads 4 blocks of each half).
+extern "C" __global__ __aicore__ void lars_test_muladd_axpy_f16(GM_ADDR x, GM_ADDR y, GM_ADDR z,
+                                                               GM_ADDR out, GM_ADDR args) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
+  AscendC::GlobalTensor<uint32_t> a;
+  a.SetGlobalBuffer(reinterpret_cast<__gm__ uint32_t*>(args), 8);
+  AscendC::DataCacheCleanAndInvalid<uint32_t, AscendC::CacheLine::ENTIRE_DATA_CACHE,
+                                    AscendC::DcciDst::CACHELINE_OUT>(a);
+  const uint32_t n = a.GetValue(0);  // a multiple of 16
+  AscendC::GlobalTensor<half> xg, yg;
+  AscendC::GlobalTensor<float> zg, og;
+  xg.SetGlobalBuffer(reinterpret_cast<__gm__ half*>(x), n);
+  yg.SetGlobalBuffer(reinterpret_cast<__gm__ half*>(y), n);
+  zg.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(z), n);
+  og.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(out), n);
+  AscendC::TPipe pipe;
+  AscendC::TQue<AscendC::TPosition::VECIN, 2> halves;
+  AscendC::TQue<AscendC::TPosition::VECOUT, 1> acc;
+  pipe.InitBuffer(halves, 2, n * sizeof(half));
+  pipe.InitBuffer(acc, 1, n * sizeof(float));
+  AscendC::LocalTensor<half> xl = halves.AllocTensor<half>();
+  AscendC::LocalTensor<half> yl = halves.AllocTensor<half>();
+  AscendC::LocalTensor<float> o = acc.AllocTensor<float>();
+  AscendC::DataCopy(xl, xg, n);
+  AscendC::DataCopy(yl, yg, n);
+  AscendC::DataCopy(o, zg, n);  // (a VECOUT buffer filled by DMA, then computed on)
+  halves.EnQue(xl);
+  halves.EnQue(yl);
+  xl = halves.DeQue<half>();
+  yl = halves.DeQue<half>();
+  AscendC::SetFlag<AscendC::HardEvent::MTE2_V>(EVENT_ID0);
+  AscendC::WaitFlag<AscendC::HardEvent::MTE2_V>(EVENT_ID0);
+  AscendC::MulAddDst(o, xl, yl, n);
+  AscendC::PipeBarrier<PIPE_V>();
+  AscendC::Axpy(o, xl, static_cast<half>(0.5f), n);
+  acc.EnQue(o);
+  halves.FreeTensor(xl);
+  halves.FreeTensor(yl);
+  o = acc.DeQue<float>();
+  AscendC::DataCopy(og, o, n);
+  acc.FreeTensor(o);
+}
