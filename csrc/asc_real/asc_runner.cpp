@@ -19,7 +19,7 @@
 #include "asc_launch.h"
 #include "lars_host_plan.h"
 
-// The kernels (csrc/ascendc/lars_kernels.cpp; CMake renames them for this library).
+// The kernels (csrc/ascendc/lars_kernels.cpp, renamed for this library by real_kernels.cpp).
 extern "C" void lars_real_square_sums_fp32(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR);
 extern "C" void lars_real_square_sums_fp16(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR);
 extern "C" void lars_real_lambda(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR);
