@@ -1,4 +1,4 @@
-# The `real` runner (docs/asc-real.md): lars_npu's AscendC kernels compiled against the REAL
+# The `real` runner (docs/emulation.md): lars_npu's AscendC kernels compiled against the REAL
 # AscendC headers in their CPU-debug mode for Atlas A2, on lars_npu's own model of the intrinsics
 # beneath them (csrc/asc_real), into separate shared libraries loaded by
 # lars_npu/_backends/emu.py with ctypes (LARS_NPU_EMU_RUNNER=real).
@@ -22,15 +22,15 @@
 #                            for tests/test_asc_real.py (C entry lars_asc_real_testkernel)
 
 set(LARS_NPU_ASC_DEVKIT "" CACHE PATH
-    "asc-devkit (git dir or checkout): build the real AscendC runner (docs/asc-real.md)")
+    "asc-devkit (git dir or checkout): build the real AscendC runner (docs/emulation.md)")
 set(LARS_NPU_ASC_TOOLS "" CACHE PATH
-    "asc-tools (git dir or checkout): build the real AscendC runner (docs/asc-real.md)")
+    "asc-tools (git dir or checkout): build the real AscendC runner (docs/emulation.md)")
 set(LARS_NPU_HAVE_ASC_REAL OFF)
 set(_lars_real_libs _asc_real.so _asc_real_test.so)
 
 if(NOT LARS_NPU_ASC_DEVKIT AND NOT LARS_NPU_ASC_TOOLS)
   message(STATUS "lars_npu: real AscendC runner not built (needs -DLARS_NPU_ASC_DEVKIT and "
-                 "-DLARS_NPU_ASC_TOOLS; docs/asc-real.md)")
+                 "-DLARS_NPU_ASC_TOOLS; docs/emulation.md)")
   if(CMAKE_LIBRARY_OUTPUT_DIRECTORY)  # an earlier build's libraries must not be picked up
     foreach(lib IN LISTS _lars_real_libs)
       file(REMOVE "${CMAKE_LIBRARY_OUTPUT_DIRECTORY}/${lib}")
@@ -40,7 +40,7 @@ if(NOT LARS_NPU_ASC_DEVKIT AND NOT LARS_NPU_ASC_TOOLS)
 endif()
 if(NOT LARS_NPU_ASC_DEVKIT OR NOT LARS_NPU_ASC_TOOLS)
   message(FATAL_ERROR "lars_npu: the real AscendC runner needs both -DLARS_NPU_ASC_DEVKIT "
-                      "(asc-devkit) and -DLARS_NPU_ASC_TOOLS (asc-tools); docs/asc-real.md")
+                      "(asc-devkit) and -DLARS_NPU_ASC_TOOLS (asc-tools); docs/emulation.md")
 endif()
 if(NOT CMAKE_CXX_COMPILER_ID STREQUAL "GNU" OR NOT CMAKE_SYSTEM_NAME STREQUAL "Linux")
   message(FATAL_ERROR "lars_npu: the real AscendC runner is built with GCC on Linux only "

@@ -58,7 +58,7 @@ def cann_version() -> tuple[str | None, str]:
 
 
 def _real_runner() -> dict[str, Any]:
-    """Whether the `real` AscendC runner (LARS_NPU_EMU_RUNNER=real, docs/asc-real.md) is built:
+    """Whether the `real` AscendC runner (LARS_NPU_EMU_RUNNER=real, docs/emulation.md) is built:
     {"built": bool, "detail": the library's path, or why not}."""
     from ._backends.emu import real_runner
 

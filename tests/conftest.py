@@ -90,7 +90,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# -- LARS_NPU_EMU_RUNNER=real: the emu tests on the real AscendC runner (docs/asc-real.md) -------
+# -- LARS_NPU_EMU_RUNNER=real: the emu tests on the real AscendC runner (docs/emulation.md) -------
 # The `emu` backend follows the variable by itself (lars_npu/_backends/emu.py); the tests that call
 # the emulation's launch directly (native().emu_launch) are sent to the real runner here, so that
 # the same test files run the same kernels through the real AscendC headers. What only the

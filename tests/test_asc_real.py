@@ -1,6 +1,7 @@
-"""The `real` runner (docs/asc-real.md): lars_npu's AscendC kernels compiled against Huawei's REAL
-AscendC headers (CPU-debug mode, Atlas A2) on lars_npu's own model of the intrinsics beneath them
-(csrc/asc_real). Runs only when the runner was built (-DLARS_NPU_ASC_DEVKIT, -DLARS_NPU_ASC_TOOLS).
+"""The `real` runner (docs/emulation.md, "The real AscendC runner"): lars_npu's AscendC kernels
+compiled against Huawei's REAL AscendC headers (CPU-debug mode, Atlas A2) on lars_npu's own model
+of the intrinsics beneath them (csrc/asc_real). Runs only when the runner was built
+(-DLARS_NPU_ASC_DEVKIT, -DLARS_NPU_ASC_TOOLS).
 
 - deliberately wrong mini-kernels (csrc/asc_real/testkernels/), each beside a correct twin: a
   DataCopy of a partial 32-byte block, a sum over DataCopyPad's pad lanes, a ReduceSum over lanes

@@ -18,7 +18,7 @@ the kernels, it takes fp32 and fp16 tensors.
 - ``real``: the same kernel source compiled against Huawei's REAL AscendC headers (their CPU-debug
   implementation of DataCopy, ReduceSum, TPipe, ...) on lars_npu's own model of the intrinsics
   beneath them, sequentially, in place — only when built with ``-DLARS_NPU_ASC_DEVKIT`` and
-  ``-DLARS_NPU_ASC_TOOLS`` (lars_npu/_asc_real.so; docs/asc-real.md). It honours the core order
+  ``-DLARS_NPU_ASC_TOOLS`` (lars_npu/_asc_real.so; docs/emulation.md). It honours the core order
   and the floating-point mode below.
 
 ``LARS_NPU_EMU_CORE_ORDER`` (``forward``, ``reverse``, ``shuffle:<seed>``) picks the order in
@@ -107,7 +107,7 @@ def _real_library() -> tuple[ctypes.CDLL | None, str]:
         return None, (
             "lars_npu was built without the real AscendC runner (build with LARS_NPU_CMAKE_ARGS="
             '"-DLARS_NPU_ASC_DEVKIT=<asc-devkit> -DLARS_NPU_ASC_TOOLS=<asc-tools>"; '
-            "docs/asc-real.md)"
+            'docs/emulation.md, "The real AscendC runner")'
         )
     try:
         lib = ctypes.CDLL(str(path), mode=os.RTLD_LOCAL)

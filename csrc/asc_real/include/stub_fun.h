@@ -1,7 +1,7 @@
 // lars_npu's own model of the CCE intrinsic layer that the REAL AscendC headers (asc-devkit,
 // CPU-debug mode: ASCENDC_CPU_DEBUG=1, __NPU_ARCH__=2201) call. Those headers include
 // "stub_fun.h", which in CANN is a closed library's declarations (with a closed CPU model behind
-// them); this file takes its place for lars_npu's `real` runner (docs/asc-real.md). Nothing
+// them); this file takes its place for lars_npu's `real` runner (docs/emulation.md). Nothing
 // here is Huawei's code: the names and argument orders are read from the headers' call sites and
 // CANN's public documentation of each instruction; the semantics are implemented in
 // asc_model.cpp, also ours.
