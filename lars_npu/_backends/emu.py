@@ -97,7 +97,7 @@ def runner() -> str:
 # The `real` runner's library (cmake/LarsAscReal.cmake): its own shared object, loaded with
 # RTLD_LOCAL, since the same kernel classes built against the emulation are in lars_npu._C.
 REAL_LIBRARY = "_asc_real.so"
-_REAL_ERROR_BYTES = 4096
+_REAL_ERROR_BYTES = 4 * 1024  # room for the runner's error message
 
 
 @cache
