@@ -140,13 +140,15 @@ def _real_runner_for_direct_launches(monkeypatch: pytest.MonkeyPatch) -> None:
     def emu_launch(
         workspace: np.ndarray, n: int, num_chunks: int, dtype: int, run_square_sums: bool,
         run_update: bool, block_dim: int, ub_bytes: int, staged: bool = False,
-        core_order: int = 0, count: bool = False, saturation: bool = True,
+        core_order: int = 0, count: bool = False, saturation: bool = True, **emulation: Any,
     ) -> Any:  # fmt: skip
         if not _on_real_runner():
             return emulation_launch(
                 workspace, n, num_chunks, dtype, run_square_sums, run_update, block_dim,
-                ub_bytes, staged, core_order, count, saturation=saturation,
+                ub_bytes, staged, core_order, count, saturation=saturation, **emulation,
             )  # fmt: skip
+        if emulation:  # options of the emulation's own checks (e.g. its pipe-order modes)
+            pytest.skip(f"the emulation's job: emu_launch({', '.join(sorted(emulation))}=...)")
         if count:
             pytest.skip("the emulation's job: per-core counters (the real runner counts nothing)")
         if staged:
