@@ -97,6 +97,8 @@ class CMakeBuild(build_ext):
             path.unlink(missing_ok=True)
             (path.parent / TORCH_FILE).unlink(missing_ok=True)
             (path.parent / NPU_MARKER).unlink(missing_ok=True)
+            for lib in path.parent.glob(REAL_RUNNER_LIBS):
+                lib.unlink()
         # first paragraph: the reason, one line (the package repeats it); then the build's own
         # words; then what to do
         parts = [reason, details, ADVICE]
@@ -163,6 +165,19 @@ class CMakeBuild(build_ext):
                     shutil.copyfile(marker, path.parent / NPU_MARKER)
                 elif not marker.exists():
                     (path.parent / NPU_MARKER).unlink(missing_ok=True)
+        # the real runner's libraries (cmake/LarsAscReal.cmake, -DLARS_NPU_ASC_DEVKIT=...) go
+        # next to the module as well; copies left by an earlier build that made them do not
+        real = {lib.name: lib for lib in out_dir.glob(REAL_RUNNER_LIBS)}
+        for path in self._targets(ext):
+            if not path.parent.exists() or path.parent.resolve() == out_dir:
+                continue
+            for old in path.parent.glob(REAL_RUNNER_LIBS):
+                if old.name not in real:
+                    old.unlink()
+            for name, lib in real.items():  # replaced, not rewritten: a process may map it
+                tmp = path.parent / (name + ".tmp")
+                shutil.copy(lib, tmp)
+                os.replace(tmp, path.parent / name)
 
 
 ADVICE = (
@@ -175,6 +190,7 @@ ADVICE = (
 
 TORCH_FILE = "_C_torch_version.txt"
 NPU_MARKER = "_C_needs_torch_npu.txt"  # (CMakeLists.txt; read by lars_npu/_backends/_native.py)
+REAL_RUNNER_LIBS = "_asc_real*.so"  # the `real` runner (cmake/LarsAscReal.cmake; _backends/emu.py)
 
 
 def target_torch() -> tuple[str, str, str]:

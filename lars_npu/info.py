@@ -57,6 +57,15 @@ def cann_version() -> tuple[str | None, str]:
     return None, "no CANN toolkit found (set ASCEND_TOOLKIT_HOME or source CANN's set_env.sh)"
 
 
+def _real_runner() -> dict[str, Any]:
+    """Whether the `real` AscendC runner (LARS_NPU_EMU_RUNNER=real, docs/emulation.md) is built:
+    {"built": bool, "detail": the library's path, or why not}."""
+    from ._backends.emu import real_runner
+
+    built, detail = real_runner()
+    return {"built": built, "detail": detail}
+
+
 def info_dict() -> dict[str, Any]:
     C = native()
     backends = {}
@@ -77,6 +86,7 @@ def info_dict() -> dict[str, Any]:
         "backends": backends,
         "native_build": dict(C.build_info()) if C else None,
         "native_reason": "" if C else native_error(),
+        "asc_real_runner": _real_runner(),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
     }
@@ -102,6 +112,9 @@ def print_info(d: dict[str, Any]) -> None:
     else:
         print(f"native module lars_npu._C: not available — {d['native_reason']}")
         print(f"  {FALLBACK_COST}")
+    real = d["asc_real_runner"]
+    state = "built" if real["built"] else "not built"
+    print(f"real AscendC runner (LARS_NPU_EMU_RUNNER=real): {state} — {real['detail']}")
     print(f"threads (torch.get_num_threads): {d['torch_threads']} of {d['cpu_count']} CPUs")
     print("backends:")
     for name, b in d["backends"].items():

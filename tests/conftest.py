@@ -4,8 +4,10 @@ free local port)."""
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -86,3 +88,90 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# -- LARS_NPU_EMU_RUNNER=real: the emu tests on the real AscendC runner (docs/emulation.md) -------
+# The `emu` backend follows the variable by itself (lars_npu/_backends/emu.py); the tests that call
+# the emulation's launch directly (native().emu_launch) are sent to the real runner here, so that
+# the same test files run the same kernels through the real AscendC headers. What only the
+# emulation has is skipped with the reason, as the emulation's job:
+#   - its refusal mini-kernels (_testing.emu_selftest: queue and buffer misuse, misaligned or
+#     partial-block DataCopy, stale scalar reads of global memory, UB beyond 184 KiB, a kernel not
+#     restoring the floating-point mode, pipe-order races), its cross-core probe and its fp16
+#     probe: they are built against the emulation only (the real runner's own deliberately wrong
+#     kernels and fp16 probe are in tests/test_asc_real.py);
+#   - its per-core counters (count=True, the cost model) and a Unified Buffer other than A2's
+#     192 KiB (ub_bytes: the real library's buffer is fixed), and its staging runner.
+REAL_RUNNER = os.environ.get("LARS_NPU_EMU_RUNNER", "").strip() == "real"
+_UB_A2 = 192 * 1024
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if REAL_RUNNER:
+        from lars_npu._backends.emu import real_runner
+
+        built, why = real_runner()
+        if not built:
+            raise pytest.UsageError(f"LARS_NPU_EMU_RUNNER=real: {why}")
+
+
+def _on_real_runner() -> bool:  # a test may pick another runner for itself (monkeypatch.setenv)
+    return os.environ.get("LARS_NPU_EMU_RUNNER", "").strip() == "real"
+
+
+def _emulation_only(original: Any, why: str) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if _on_real_runner():
+            pytest.skip(f"the emulation's job, not the real runner's: {why}")
+        return original(*args, **kwargs)
+
+    return call
+
+
+@pytest.fixture(autouse=True)
+def _real_runner_for_direct_launches(monkeypatch: pytest.MonkeyPatch) -> None:
+    C = native()
+    if not REAL_RUNNER or C is None or not hasattr(C, "emu_launch"):
+        return
+    from lars_npu._backends.emu import real_launch
+
+    emulation_launch = C.emu_launch
+
+    def emu_launch(
+        workspace: np.ndarray, n: int, num_chunks: int, dtype: int, run_square_sums: bool,
+        run_update: bool, block_dim: int, ub_bytes: int, staged: bool = False,
+        core_order: int = 0, count: bool = False, saturation: bool = True, **emulation: Any,
+    ) -> Any:  # fmt: skip
+        if not _on_real_runner():
+            return emulation_launch(
+                workspace, n, num_chunks, dtype, run_square_sums, run_update, block_dim,
+                ub_bytes, staged, core_order, count, saturation=saturation, **emulation,
+            )  # fmt: skip
+        if emulation:  # options of the emulation's own checks (e.g. its pipe-order modes)
+            pytest.skip(f"the emulation's job: emu_launch({', '.join(sorted(emulation))}=...)")
+        if count:
+            pytest.skip("the emulation's job: per-core counters (the real runner counts nothing)")
+        if staged:
+            pytest.skip("the emulation's job: its staging runner")
+        if ub_bytes != _UB_A2:
+            pytest.skip("the emulation's job: a Unified Buffer other than A2's 192 KiB")
+        real_launch(
+            workspace, n, num_chunks, dtype, run_square_sums, run_update, block_dim, core_order,
+            saturation,
+        )  # fmt: skip
+        return None
+
+    monkeypatch.setattr(C, "emu_launch", emu_launch)
+    probes = {
+        "emu_cross_core_probe": "its cross-core probe kernel (built against the emulation only)",
+    }
+    for name, why in probes.items():
+        if hasattr(C, name):
+            monkeypatch.setattr(C, name, _emulation_only(getattr(C, name), why))
+    testing = getattr(C, "_testing", None)
+    for name, why in {
+        "emu_selftest": "its refusal mini-kernels (built against the emulation only)",
+        "emu_fp16_probe": "its fp16 probe (the real runner's is in tests/test_asc_real.py)",
+    }.items():
+        if testing is not None and hasattr(testing, name):
+            monkeypatch.setattr(testing, name, _emulation_only(getattr(testing, name), why))

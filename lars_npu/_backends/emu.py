@@ -17,6 +17,11 @@ the kernels, it takes fp32 and fp16 tensors.
 - ``cann``: the kernels as CANN built them with ``RUN_MODE=cpu`` (tikicpulib) or ``sim`` — only in
   an extension built with CANN (``lars-npu info`` says); this is what docker/cann-emulator-ci.sh
   runs the emu test-suite against.
+- ``real``: the same kernel source compiled against Huawei's REAL AscendC headers (their CPU-debug
+  implementation of DataCopy, ReduceSum, TPipe, ...) on lars_npu's own model of the intrinsics
+  beneath them, sequentially, in place — only when built with ``-DLARS_NPU_ASC_DEVKIT`` and
+  ``-DLARS_NPU_ASC_TOOLS`` (lars_npu/_asc_real.so; docs/emulation.md). It honours the core order
+  and the floating-point mode below.
 
 ``LARS_NPU_EMU_CORE_ORDER`` (``forward``, ``reverse``, ``shuffle:<seed>``) picks the order in
 which the emulation runs a launch's cores; results must not depend on it.
@@ -33,9 +38,12 @@ depends on an earlier one with no ``PipeBarrier<PIPE_V>`` between them (docs/emu
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,7 +57,7 @@ BLOCK_DIM = 8
 UB_BYTES = 192 * 1024
 
 RUNNER_ENV = "LARS_NPU_EMU_RUNNER"
-RUNNERS = ("emulation", "staged", "cann")
+RUNNERS = ("emulation", "staged", "cann", "real")
 
 # The order in which the emulation runs the cores of a launch (hardware runs them concurrently;
 # the tests require identical results in every order): forward (default), reverse, or
@@ -107,6 +115,79 @@ def runner() -> str:
     return r
 
 
+# The `real` runner's library (cmake/LarsAscReal.cmake): its own shared object, loaded with
+# RTLD_LOCAL, since the same kernel classes built against the emulation are in lars_npu._C.
+REAL_LIBRARY = "_asc_real.so"
+_REAL_ERROR_BYTES = 4 * 1024  # room for the runner's error message
+
+
+@cache
+def _real_library() -> tuple[ctypes.CDLL | None, str]:
+    path = Path(__file__).resolve().parent.parent / REAL_LIBRARY
+    if not path.exists():
+        return None, (
+            "lars_npu was built without the real AscendC runner (build with LARS_NPU_CMAKE_ARGS="
+            '"-DLARS_NPU_ASC_DEVKIT=<asc-devkit> -DLARS_NPU_ASC_TOOLS=<asc-tools>"; '
+            'docs/emulation.md, "The real AscendC runner")'
+        )
+    try:
+        lib = ctypes.CDLL(str(path), mode=os.RTLD_LOCAL)
+    except OSError as exc:
+        return None, f"{path} does not load ({exc})"
+    fn = lib.lars_asc_real_launch
+    fn.argtypes = [
+        ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int, ctypes.c_int,
+        ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_char_p,
+        ctypes.c_size_t,
+    ]  # fmt: skip
+    fn.restype = ctypes.c_int
+    return lib, str(path)
+
+
+def real_runner() -> tuple[bool, str]:
+    """(True, the library's path) when the `real` runner is built and loads, else (False, why)."""
+    lib, detail = _real_library()
+    return lib is not None, detail
+
+
+def real_launch(
+    blob: np.ndarray,
+    n: int,
+    nc: int,
+    code: int,
+    run_square_sums: bool,
+    run_update: bool,
+    block_dim: int,
+    order: int = 0,
+    saturating: bool = True,
+) -> None:
+    """One step of the kernels on the `real` runner, in place on the host workspace `blob` (as
+    ``_C.emu_launch`` does on the emulation): square sums, then λ and update, on ``block_dim``
+    vector cores run in ``order``, each launch starting in saturation mode or INF_NAN."""
+    lib, why = _real_library()
+    if lib is None:
+        raise RuntimeError(f"{RUNNER_ENV}=real: {why}")
+    from ._native import constants
+
+    slots = constants().flag_slots
+    if block_dim > slots:
+        raise ValueError(
+            f"block_dim: at most {slots} (one non-finite flag slot per core in the workspace)"
+        )
+    expected = int(loaded().ascend_layout(n, nc)["bytes"])
+    if blob.dtype != np.uint8 or blob.ndim != 1 or blob.size != expected:
+        raise ValueError(f"workspace: expected {expected} bytes")
+    if not blob.flags.c_contiguous or not blob.flags.writeable:
+        raise ValueError("workspace: a writable contiguous uint8 array")
+    err = ctypes.create_string_buffer(_REAL_ERROR_BYTES)
+    rc = lib.lars_asc_real_launch(
+        blob.ctypes.data, n, nc, code, int(run_square_sums), int(run_update), block_dim, order,
+        int(saturating), err, _REAL_ERROR_BYTES,
+    )  # fmt: skip
+    if rc != 0:
+        raise RuntimeError(f"real AscendC runner: {err.value.decode(errors='replace')}")
+
+
 class EmuBackend(AscendKernelBackend):
     name = "emu"
 
@@ -141,6 +222,12 @@ class EmuBackend(AscendKernelBackend):
                     "(build with RUN_MODE=cpu or sim; see docs/ascend.md)"
                 )
             C.cann_host_launch(blob, n, nc, code, run_square_sums, run_update, BLOCK_DIM)
+            return
+        if how == "real":
+            real_launch(
+                blob, n, nc, code, run_square_sums, run_update, BLOCK_DIM, core_order(),
+                saturation(),
+            )  # fmt: skip
             return
         if how == "staged":
             _staged_runner(C).launch(
