@@ -147,6 +147,10 @@ def _real_runner_for_direct_launches(monkeypatch: pytest.MonkeyPatch) -> None:
                 workspace, n, num_chunks, dtype, run_square_sums, run_update, block_dim,
                 ub_bytes, staged, core_order, count, saturation=saturation, **emulation,
             )  # fmt: skip
+        # auto_sync=True is the default launch; False asks for the emulation's auto-sync-off
+        # checks, which a sequential runner has nothing to do with
+        if emulation.pop("auto_sync", True) is False:
+            pytest.skip("the emulation's job: its auto-sync-off checks (auto_sync=False)")
         if emulation:  # options of the emulation's own checks (e.g. its pipe-order modes)
             pytest.skip(f"the emulation's job: emu_launch({', '.join(sorted(emulation))}=...)")
         if count:

@@ -215,6 +215,9 @@ class EmuBackend(AscendKernelBackend):
         C = loaded()
         n, nc = layout["n"], layout["num_chunks"]
         how = runner()
+        # every runner reads the switches, so a bad value is an error whichever runs (the real
+        # runner is sequential: auto-sync has nothing to order there)
+        order, sat, sync = core_order(), saturation(), auto_sync()
         if how == "cann":
             if not hasattr(C, "cann_host_launch"):
                 raise RuntimeError(
@@ -225,8 +228,7 @@ class EmuBackend(AscendKernelBackend):
             return
         if how == "real":
             real_launch(
-                blob, n, nc, code, run_square_sums, run_update, BLOCK_DIM, core_order(),
-                saturation(),
+                blob, n, nc, code, run_square_sums, run_update, BLOCK_DIM, order, sat
             )  # fmt: skip
             return
         if how == "staged":
@@ -237,9 +239,9 @@ class EmuBackend(AscendKernelBackend):
                 code,
                 run_square_sums,
                 run_update,
-                core_order(),
-                saturation(),
-                auto_sync(),
+                order,
+                sat,
+                sync,
             )
             return
         C.emu_launch(
@@ -252,9 +254,9 @@ class EmuBackend(AscendKernelBackend):
             BLOCK_DIM,
             UB_BYTES,
             False,
-            core_order(),
-            saturation=saturation(),
-            auto_sync=auto_sync(),
+            order,
+            saturation=sat,
+            auto_sync=sync,
         )
 
 
