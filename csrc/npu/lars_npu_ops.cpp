@@ -493,17 +493,23 @@ class Lease {
   bool ok_ = false;
 };
 
-// Memory policy of Resident::sync on a torch device buffer: asynchronous copies from the call's
-// pinned host buffer on the current stream, zeroing by a device fill.
+// Memory policy of Resident::sync on a torch device buffer: asynchronous copies on the current
+// stream, zeroing by a device fill. Each range goes from a pinned host tensor of its own (its
+// data pointer the start of its allocation), not from a slice of the call's host buffer: the
+// pinned-memory allocator keeps a block from reuse until the copies recorded against it are done,
+// and an allocator that finds the block by the copy source's exact pointer (older torch_npu) would
+// record nothing for a slice at an offset, and could hand the block out again, and overwrite the
+// bytes, before the asynchronous copy read them.
 struct TorchDeviceMemory {
   at::Tensor device, host;
   uint64_t device_base = 0;
   const uint8_t* host_base = nullptr;
   void to_device(uint64_t dst, const void* src, uint64_t bytes) {
+    at::Tensor piece = at::empty({static_cast<int64_t>(bytes)},
+                                 host.options().pinned_memory(host.is_pinned()));
+    std::memcpy(piece.data_ptr(), src, bytes);
     device.narrow(0, static_cast<int64_t>(dst - device_base), static_cast<int64_t>(bytes))
-        .copy_(host.narrow(0, static_cast<const uint8_t*>(src) - host_base,
-                           static_cast<int64_t>(bytes)),
-               /*non_blocking=*/true);
+        .copy_(piece, /*non_blocking=*/true);
   }
   void zero(uint64_t dst, uint64_t bytes) {
     device.narrow(0, static_cast<int64_t>(dst - device_base), static_cast<int64_t>(bytes))
