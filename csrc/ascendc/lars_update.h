@@ -134,20 +134,26 @@ class KernelUpdate {
     return cur_;
   }
 
+  // What one tile's arithmetic takes besides the tiles (the tensor's, and the launch's mode).
+  struct TileArgs {
+    float lam, wd, lr, mu;  // wd: 0 where not adapted
+    bool fused, use_m, first, nesterov;
+  };
+
   __aicore__ inline void UpdateChunk(uint64_t tensor, uint64_t offset, uint64_t length) {
     const TensorArgs& a = Tensor(tensor);
-    const float wde = a.adapt ? a.wd : 0.0f;
     AscendC::GlobalTensor<T> w, g, m;
     w.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(a.w) + offset, length);
     g.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(a.g) + offset, length);
     const bool fused = tiling_.mode == 1;
     const bool use_m = fused && a.has_m;
     if (use_m) m.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(a.m) + offset, length);
+    const TileArgs s{a.lam, a.adapt ? a.wd : 0.0f, a.lr, a.mu, fused, use_m, a.first, a.nesterov};
     for (uint64_t done = 0; done < length; done += tiling_.tile_elems) {
       const uint32_t n = static_cast<uint32_t>(
           length - done < tiling_.tile_elems ? length - done : tiling_.tile_elems);
       CopyIn(w, g, m, done, n, use_m && !a.first);
-      Compute(n, a.lam, wde, a.lr, a.mu, fused, use_m, a.first, a.nesterov);
+      Compute(n, s);
       CopyOut(w, g, m, done, n, fused, use_m);
     }
   }
@@ -192,8 +198,8 @@ class KernelUpdate {
     }
   }
 
-  __aicore__ inline void Compute(uint32_t n, float lam, float wd, float lr, float mu, bool fused,
-                                 bool use_m, bool first, bool nesterov) {
+  __aicore__ inline void Compute(uint32_t n, const TileArgs& s) {
+    const bool fused = s.fused, use_m = s.use_m, first = s.first;
     AscendC::LocalTensor<T> lw = inW_.template DeQue<T>();
     AscendC::LocalTensor<T> lg = inG_.template DeQue<T>();
     AscendC::LocalTensor<T> lm;
@@ -202,9 +208,9 @@ class KernelUpdate {
     AscendC::LocalTensor<T> outB;
     if (fused) outB = outB_.template AllocTensor<T>();
     if constexpr (sizeof(T) == sizeof(float)) {
-      ComputeFp32(lw, lg, lm, outA, outB, n, lam, wd, lr, mu, fused, use_m, first, nesterov);
+      ComputeFp32(lw, lg, lm, outA, outB, n, s);
     } else {
-      ComputeFp16(lw, lg, lm, outA, outB, n, lam, wd, lr, mu, fused, use_m, first, nesterov);
+      ComputeFp16(lw, lg, lm, outA, outB, n, s);
     }
     inW_.FreeTensor(lw);
     inG_.FreeTensor(lg);
@@ -220,39 +226,38 @@ class KernelUpdate {
                                      const AscendC::LocalTensor<T>& lg,
                                      const AscendC::LocalTensor<T>& lm,
                                      const AscendC::LocalTensor<T>& outA,
-                                     const AscendC::LocalTensor<T>& outB, uint32_t n, float lam,
-                                     float wd, float lr, float mu, bool fused, bool use_m,
-                                     bool first, bool nesterov) {
-    AscendC::Muls(outA, lw, wd, n);  // wd·w
+                                     const AscendC::LocalTensor<T>& outB, uint32_t n,
+                                     const TileArgs& s) {
+    AscendC::Muls(outA, lw, s.wd, n);  // wd·w
     AscendC::PipeBarrier<PIPE_V>();
     AscendC::Add(lg, lg, outA, n);  // g + wd·w
     AscendC::PipeBarrier<PIPE_V>();
-    if (!fused) {
-      AscendC::Muls(outA, lg, lam, n);  // g' = λ(g + wd·w)
+    if (!s.fused) {
+      AscendC::Muls(outA, lg, s.lam, n);  // g' = λ(g + wd·w)
       return;
     }
     AscendC::LocalTensor<T> d = lg;  // the direction w moves along
-    if (use_m) {
-      AscendC::Muls(outB, lg, lam, n);  // m = g' (first step)
-      if (!first) {
-        AscendC::Muls(lm, lm, mu, n);  // μ·m
+    if (s.use_m) {
+      AscendC::Muls(outB, lg, s.lam, n);  // m = g' (first step)
+      if (!s.first) {
+        AscendC::Muls(lm, lm, s.mu, n);  // μ·m
         AscendC::PipeBarrier<PIPE_V>();
         AscendC::Add(outB, outB, lm, n);  // m = μ·m + g'
       }
-      if (nesterov) {
+      if (s.nesterov) {
         AscendC::PipeBarrier<PIPE_V>();
-        AscendC::Muls(lg, lg, lam, n);    // g'
-        AscendC::Muls(outA, outB, mu, n);  // μ·m
+        AscendC::Muls(lg, lg, s.lam, n);  // g'
+        AscendC::Muls(outA, outB, s.mu, n);  // μ·m
         AscendC::PipeBarrier<PIPE_V>();
         AscendC::Add(lg, lg, outA, n);  // d = g' + μ·m
       } else {
         d = outB;  // d = m
       }
     } else {
-      AscendC::Muls(lg, lg, lam, n);  // d = g'
+      AscendC::Muls(lg, lg, s.lam, n);  // d = g'
     }
     AscendC::PipeBarrier<PIPE_V>();
-    AscendC::Muls(outA, d, -lr, n);  // -lr·d
+    AscendC::Muls(outA, d, -s.lr, n);  // -lr·d
     AscendC::PipeBarrier<PIPE_V>();
     AscendC::Add(outA, outA, lw, n);  // w - lr·d
   }
@@ -262,9 +267,8 @@ class KernelUpdate {
                                      const AscendC::LocalTensor<T>& lg,
                                      const AscendC::LocalTensor<T>& lm,
                                      const AscendC::LocalTensor<T>& outA,
-                                     const AscendC::LocalTensor<T>& outB, uint32_t n, float lam,
-                                     float wd, float lr, float mu, bool fused, bool use_m,
-                                     bool first, bool nesterov) {
+                                     const AscendC::LocalTensor<T>& outB, uint32_t n,
+                                     const TileArgs& s) {
     AscendC::LocalTensor<float> fw = bufW_.Get<float>();
     AscendC::LocalTensor<float> fg = bufG_.Get<float>();
     AscendC::LocalTensor<float> fm = bufM_.Get<float>();
@@ -272,25 +276,25 @@ class KernelUpdate {
     AscendC::Cast(fw, lw, AscendC::RoundMode::CAST_NONE, n);
     AscendC::Cast(fg, lg, AscendC::RoundMode::CAST_NONE, n);
     AscendC::PipeBarrier<PIPE_V>();
-    AscendC::Muls(fm, fw, wd, n);  // wd·w
+    AscendC::Muls(fm, fw, s.wd, n);  // wd·w
     AscendC::PipeBarrier<PIPE_V>();
     AscendC::Add(fg, fg, fm, n);  // g + wd·w
     AscendC::PipeBarrier<PIPE_V>();
-    AscendC::Muls(fg, fg, lam, n);  // g' = λ(g + wd·w)
-    if (!fused) {
+    AscendC::Muls(fg, fg, s.lam, n);  // g' = λ(g + wd·w)
+    if (!s.fused) {
       AscendC::PipeBarrier<PIPE_V>();
       AscendC::Cast(outA, fg, AscendC::RoundMode::CAST_RINT, n);
       return;
     }
     AscendC::LocalTensor<float> d = fg;  // the direction w moves along
-    if (use_m) {
-      if (first) {
+    if (s.use_m) {
+      if (s.first) {
         AscendC::PipeBarrier<PIPE_V>();
         AscendC::Cast(outB, fg, AscendC::RoundMode::CAST_RINT, n);  // m = g'
       } else {
         AscendC::Cast(fm, lm, AscendC::RoundMode::CAST_NONE, n);  // (fm's wd·w was read above)
         AscendC::PipeBarrier<PIPE_V>();
-        AscendC::Muls(fm, fm, mu, n);  // μ·m
+        AscendC::Muls(fm, fm, s.mu, n);  // μ·m
         AscendC::PipeBarrier<PIPE_V>();
         AscendC::Add(fm, fm, fg, n);  // μ·m + g'
         AscendC::PipeBarrier<PIPE_V>();
@@ -299,8 +303,8 @@ class KernelUpdate {
       AscendC::PipeBarrier<PIPE_V>();
       AscendC::Cast(fm, outB, AscendC::RoundMode::CAST_NONE, n);  // the stored (rounded) buffer,
       AscendC::PipeBarrier<PIPE_V>();                             // as torch reads it
-      if (nesterov) {
-        AscendC::Muls(fm, fm, mu, n);
+      if (s.nesterov) {
+        AscendC::Muls(fm, fm, s.mu, n);
         AscendC::PipeBarrier<PIPE_V>();
         AscendC::Add(fg, fg, fm, n);  // d = g' + μ·m
       } else {
@@ -308,7 +312,7 @@ class KernelUpdate {
       }
     }
     AscendC::PipeBarrier<PIPE_V>();
-    AscendC::Muls(d, d, -lr, n);  // -lr·d
+    AscendC::Muls(d, d, -s.lr, n);  // -lr·d
     AscendC::PipeBarrier<PIPE_V>();
     AscendC::Add(fw, fw, d, n);  // w - lr·d
     AscendC::PipeBarrier<PIPE_V>();
